@@ -1,0 +1,137 @@
+//! The `sluice` command line: argument parsing and wiring, nothing else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::compile;
+use crate::serve::Server;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Declarative LLM pipelines served as streaming SSE endpoints"
+)]
+pub struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve every pipeline in DIR.
+    Serve {
+        /// Directory holding settings.yaml and the pipeline files.
+        #[arg(default_value = "pipelines")]
+        dir: PathBuf,
+        /// Listen address, overriding server.listen in settings.yaml.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Compile the pipelines in DIR and print every problem; exit 1 if any.
+    Check {
+        #[arg(default_value = "pipelines")]
+        dir: PathBuf,
+    },
+}
+
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
+/// `sluice check`: prints diagnostics (errors and warnings) to stdout.
+pub fn check(dir: &std::path::Path) -> ExitCode {
+    match compile::load_dir(dir) {
+        Ok(catalog) => {
+            for w in &catalog.warnings {
+                println!("{w}");
+            }
+            println!(
+                "{}: {} pipeline(s) ok",
+                dir.display(),
+                catalog.pipelines.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            for d in &diags {
+                println!("{d}");
+            }
+            let errors = diags.iter().filter(|d| d.is_error()).count();
+            println!("{errors} error(s)");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sluice serve`: refuses to start on any configuration error.
+pub async fn serve(
+    dir: &std::path::Path,
+    listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
+    let catalog = match compile::load_dir(dir) {
+        Ok(c) => c,
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            eprintln!(
+                "not serving: fix the errors above (sluice check {} shows them)",
+                dir.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    for w in &catalog.warnings {
+        tracing::warn!("{w}");
+    }
+    let addr = listen.unwrap_or(catalog.server.listen);
+    let names: Vec<String> = catalog.pipelines.keys().cloned().collect();
+    let server = Server::bind(catalog, addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let local = server.local_addr()?;
+    tracing::info!(addr = %local, pipelines = ?names, "serving");
+    server.run(shutdown_signal()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,23 @@
+//! Sluice: YAML pipelines compiled into streaming SSE endpoints that keep
+//! every model call inside its timeouts and token ceiling.
+//!
+//! The modules, in the order a request meets them:
+//! - [`config`]: raw serde shapes of `settings.yaml` and pipeline files, a
+//!   positioned YAML tree, and diagnostics (`file:line:col: error: ...`).
+//! - [`compile`]: raw shapes -> [`compile::Catalog`] of runtime types that
+//!   cannot be invalid; collects every diagnostic before anything serves.
+//! - [`serve`]: the HTTP surface (hyper, HTTP/1.1 and h2c), request
+//!   validation, SSE encoding, graceful shutdown. The only module that knows HTTP.
+//! - [`run`]: one request: provider call, deadlines, token ceiling, events.
+//! - [`provider`]: the provider seam (a stream of typed chunks), the
+//!   OpenAI-compatible client, the upstream SSE parser and the replay provider.
+//! - [`tokens`]: tokenizer counts for ceilings and estimated usage.
+//! - [`cli`]: the `sluice` command line.
+
+pub mod cli;
+pub mod compile;
+pub mod config;
+pub mod provider;
+pub mod run;
+pub mod serve;
+pub mod tokens;

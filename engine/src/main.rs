@@ -1,0 +1,18 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice::cli::{self, Cli, Command};
+
+fn main() -> anyhow::Result<ExitCode> {
+    let args = Cli::parse();
+    match args.command {
+        Command::Check { dir } => Ok(cli::check(&dir)),
+        Command::Serve { dir, listen } => {
+            cli::init_logging(args.log_json);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(cli::serve(&dir, listen))
+        }
+    }
+}

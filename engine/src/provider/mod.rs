@@ -1,0 +1,169 @@
+//! The provider seam: a provider turns one [`ProviderRequest`] into a stream of
+//! typed [`Chunk`]s. The engine only sees this seam, so the OpenAI-compatible
+//! client, the replay provider and test doubles are interchangeable.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::Stream;
+use serde::Serialize;
+
+pub mod openai;
+pub mod openai_wire;
+pub mod replay;
+pub mod sse;
+
+/// One message of the conversation, in the provider-neutral shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// What the engine asks of a provider for one model call.
+#[derive(Debug, Clone)]
+pub struct ProviderRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub temperature: Option<f64>,
+    /// Already clamped to the pipeline's ceiling.
+    pub max_tokens: u32,
+    /// Bound on establishing the connection (TCP and TLS).
+    pub connect_timeout: Duration,
+}
+
+/// Token usage as the provider reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// Why the provider says the model stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+    Other(String),
+}
+
+impl FinishReason {
+    pub fn from_openai(s: &str) -> Self {
+        match s {
+            "stop" => Self::Stop,
+            "length" => Self::Length,
+            "tool_calls" | "function_call" => Self::ToolCalls,
+            "content_filter" => Self::ContentFilter,
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::ToolCalls => "tool_calls",
+            Self::ContentFilter => "content_filter",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+/// One typed piece of an upstream stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chunk {
+    /// Generated text. Never empty.
+    Delta(String),
+    /// A fragment of a tool call, assembled by `index` (OpenAI) or block (Anthropic).
+    ToolCallDelta {
+        index: u32,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: String,
+    },
+    /// The model stopped; more chunks (usage) may follow.
+    Finish(FinishReason),
+    /// Usage for the whole call, as reported by the provider.
+    Usage(Usage),
+    /// The provider's end-of-stream marker (`[DONE]`, `message_stop`).
+    End,
+}
+
+/// Where a provider failure came from, for logs and for retry decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The provider answered with an error or sent something we cannot use.
+    Upstream,
+    /// The network between us and the provider.
+    Network,
+    /// Our own fault (bad configuration, a bug).
+    Internal,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    #[error("cannot connect to provider: {0}")]
+    Connect(String),
+    #[error("connecting to provider took longer than {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("provider answered HTTP {status}: {message}")]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+        /// A short, redacted summary of the provider's error body.
+        message: String,
+    },
+    #[error("provider sent an error in the stream: {0}")]
+    InStream(String),
+    #[error("provider sent malformed data: {0}")]
+    Malformed(String),
+    #[error("provider connection failed: {0}")]
+    Io(String),
+    #[error("provider stream ended before it was complete")]
+    Truncated,
+    #[error("provider misconfigured: {0}")]
+    Config(String),
+}
+
+impl ProviderError {
+    pub fn source_kind(&self) -> ErrorSource {
+        match self {
+            Self::Connect(_) | Self::ConnectTimeout(_) | Self::Io(_) => ErrorSource::Network,
+            Self::Status { .. } | Self::InStream(_) | Self::Malformed(_) | Self::Truncated => {
+                ErrorSource::Upstream
+            }
+            Self::Config(_) => ErrorSource::Internal,
+        }
+    }
+
+    /// Whether trying the same call again may help (before the first byte).
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::ConnectTimeout(_) | Self::Io(_) | Self::Truncated => true,
+            Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            Self::InStream(_) | Self::Malformed(_) | Self::Config(_) => false,
+        }
+    }
+}
+
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, ProviderError>> + Send>>;
+
+/// A model provider. `call` resolves once the provider has accepted the
+/// request (response headers received); dropping the returned stream must
+/// close the upstream connection at once.
+pub trait Provider: Send + Sync {
+    fn call(
+        &self,
+        request: ProviderRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<ChunkStream, ProviderError>> + Send + '_>>;
+}

@@ -1,0 +1,524 @@
+//! The HTTP surface: the only module that knows hyper's server side.
+//!
+//! Routes, request validation, mapping run outcomes to HTTP statuses and
+//! SSE, and graceful shutdown. A request's work runs in `run`; this module
+//! only waits for its admission and forwards its events.
+
+mod request;
+pub mod sse;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::compile::{Catalog, Pipeline, ServerSettings};
+use crate::run::{self, Admission, ErrorCode, Event, Rejection, RunContext, RunRequest};
+
+pub use request::{Invalid, PipelineCall};
+
+/// A response body: a whole document or an event stream.
+pub enum ResponseBody {
+    Full(Full<Bytes>),
+    Sse(sse::SseBody),
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            ResponseBody::Full(b) => Pin::new(b).poll_frame(cx),
+            ResponseBody::Sse(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(b) => b.is_end_stream(),
+            ResponseBody::Sse(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            ResponseBody::Full(b) => b.size_hint(),
+            ResponseBody::Sse(b) => b.size_hint(),
+        }
+    }
+}
+
+/// State shared by all connections.
+struct Shared {
+    pipelines: std::collections::BTreeMap<String, Arc<Pipeline>>,
+    settings: ServerSettings,
+    run: RunContext,
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Binds `addr` (use port 0 for any free port).
+    pub async fn bind(catalog: Catalog, addr: SocketAddr) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(addr).await?;
+        crate::tokens::init();
+        let run = RunContext {
+            keepalive: catalog.server.keepalive,
+            force_stop: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        Ok(Server {
+            listener,
+            shared: Arc::new(Shared {
+                pipelines: catalog.pipelines,
+                settings: catalog.server,
+                run,
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets open
+    /// streams finish for up to the grace period, ends the rest with an
+    /// `error` event, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server { listener, shared } = self;
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let connections = TaskTracker::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                r = listener.accept() => match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, do not spin.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let shared = shared.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(shared, req).await) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder
+                .serve_connection(TokioIo::new(tcp), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            connections.spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        let grace = shared.settings.shutdown_grace;
+        info!(grace = %humantime::format_duration(grace), "shutting down: no new connections, draining open streams");
+        shared.run.tracker.close();
+        connections.close();
+        let drained = tokio::time::timeout(grace, shared.run.tracker.wait())
+            .await
+            .is_ok();
+        if !drained {
+            warn!("grace period over: ending the open streams");
+            shared.run.force_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), shared.run.tracker.wait()).await;
+        }
+        // Streams are over; let connections flush their last bytes.
+        let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+        info!("stopped");
+    }
+}
+
+/// A server running in the background (tests and embedding).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    pub async fn start(catalog: Catalog, addr: SocketAddr) -> std::io::Result<RunningServer> {
+        let server = Server::bind(catalog, addr).await?;
+        let addr = server.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let join = tokio::spawn(async move { server.run(token.cancelled_owned()).await });
+        Ok(RunningServer {
+            addr,
+            shutdown,
+            join,
+        })
+    }
+
+    /// Signals shutdown and waits until the server has stopped.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.join.await;
+    }
+
+    pub fn signal_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub async fn wait(self) {
+        let _ = self.join.await;
+    }
+}
+
+fn new_request_id(req: &Request<Incoming>) -> String {
+    // A caller's own id is kept when it is harmless to log and echo.
+    if let Some(id) = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        && !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return id.to_string();
+    }
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let request_id = new_request_id(&req);
+    let span = tracing::info_span!("request", id = %request_id);
+    let version = req.version();
+    let mut resp = route(&shared, req, &request_id).instrument(span).await;
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        headers.insert("x-request-id", v);
+    }
+    if version != Version::HTTP_11 {
+        headers.remove(header::CONNECTION);
+    }
+    resp
+}
+
+async fn route(
+    shared: &Shared,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match path.as_str() {
+        "/healthz" => match method {
+            Method::GET | Method::HEAD => json_response(StatusCode::OK, json!({"status": "ok"})),
+            _ => method_not_allowed("GET", request_id),
+        },
+        "/v1/pipelines" => match method {
+            Method::GET => list_pipelines(shared),
+            _ => method_not_allowed("GET", request_id),
+        },
+        p if p.starts_with("/v1/pipelines/") => {
+            let name = &p["/v1/pipelines/".len()..];
+            let Some(pipeline) = shared.pipelines.get(name).cloned() else {
+                return error_response(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("no pipeline named \"{name}\"; GET /v1/pipelines lists them"),
+                    None,
+                    request_id,
+                );
+            };
+            if method != Method::POST {
+                return method_not_allowed("POST", request_id);
+            }
+            call_pipeline(shared, pipeline, req, request_id).await
+        }
+        _ => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route for {path}"),
+            None,
+            request_id,
+        ),
+    }
+}
+
+fn list_pipelines(shared: &Shared) -> Response<ResponseBody> {
+    let list: Vec<_> = shared
+        .pipelines
+        .values()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "route": format!("/v1/pipelines/{}", p.name),
+                "description": p.description,
+                "provider": p.provider_name,
+                "model": p.model,
+                "max_tokens": p.max_tokens,
+                "timeouts": {
+                    "connect_ms": p.timeouts.connect.as_millis() as u64,
+                    "first_token_ms": p.timeouts.first_token.as_millis() as u64,
+                    "idle_ms": p.timeouts.idle.as_millis() as u64,
+                    "total_ms": p.timeouts.total.as_millis() as u64,
+                },
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, json!({ "pipelines": list }))
+}
+
+async fn call_pipeline(
+    shared: &Shared,
+    pipeline: Arc<Pipeline>,
+    req: Request<Incoming>,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
+        .unwrap_or(false);
+    if !is_json {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request body must be JSON: send Content-Type: application/json",
+            None,
+            request_id,
+        );
+    }
+    let limit = shared.settings.max_body_bytes;
+    let declared_too_big = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64);
+    let too_big = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("request body is larger than {limit} bytes"),
+            None,
+            request_id,
+        )
+    };
+    if declared_too_big {
+        return too_big();
+    }
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_big(),
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("cannot read request body: {e}"),
+                None,
+                request_id,
+            );
+        }
+    };
+    let call = match request::parse(&body) {
+        Ok(c) => c,
+        Err(Invalid { field, message }) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &message,
+                field.as_deref(),
+                request_id,
+            );
+        }
+    };
+    if let Some(meta) = &call.metadata {
+        debug!(metadata = %serde_json::Value::Object(meta.clone()), "request metadata");
+    }
+    let stream = call.stream;
+    let admission = run::spawn(
+        &shared.run,
+        pipeline,
+        RunRequest {
+            request_id: request_id.to_string(),
+            messages: call.messages,
+            max_tokens: call.max_tokens,
+        },
+    );
+    let admission = match admission.await {
+        Ok(a) => a,
+        Err(_) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the request ended unexpectedly",
+                None,
+                request_id,
+            );
+        }
+    };
+    match admission {
+        Admission::Rejected(r) => rejection_response(&r, request_id),
+        Admission::Streaming(rx) if stream => {
+            let mut resp = Response::new(ResponseBody::Sse(sse::SseBody::new(rx)));
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+            resp
+        }
+        Admission::Streaming(rx) => collect_response(rx, request_id).await,
+    }
+}
+
+/// `stream: false`: gathers the events into one JSON document.
+async fn collect_response(
+    mut rx: tokio::sync::mpsc::Receiver<Event>,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let mut text = String::new();
+    let mut start = serde_json::Value::Null;
+    let mut usage = serde_json::Value::Null;
+    let mut error: Option<(ErrorCode, String)> = None;
+    let mut finish = String::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Start {
+                pipeline,
+                provider,
+                model,
+                ..
+            } => {
+                start = json!({"pipeline": pipeline, "provider": provider, "model": model});
+            }
+            Event::Delta(t) => text.push_str(&t),
+            Event::Usage(u) => usage = serde_json::to_value(u).unwrap_or_default(),
+            Event::Error { code, message } => error = Some((code, message)),
+            Event::Done { finish_reason } => finish = finish_reason,
+            Event::KeepAlive => {}
+        }
+    }
+    let mut doc = json!({
+        "request_id": request_id,
+        "pipeline": start["pipeline"],
+        "provider": start["provider"],
+        "model": start["model"],
+        "output": text,
+        "finish_reason": finish,
+        "usage": usage,
+    });
+    let status = match &error {
+        None => StatusCode::OK,
+        Some((code, message)) => {
+            doc["error"] = json!({"code": code, "message": message});
+            match code {
+                // The answer is usable, just cut at the ceiling.
+                ErrorCode::TokenCeiling => StatusCode::OK,
+                c if c.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_GATEWAY,
+            }
+        }
+    };
+    json_response(status, doc)
+}
+
+fn rejection_response(r: &Rejection, request_id: &str) -> Response<ResponseBody> {
+    let status = match r.code {
+        c if c.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::UpstreamRateLimited | ErrorCode::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let mut body = json!({
+        "error": {"code": r.code, "message": r.message, "request_id": request_id}
+    });
+    if let Some(s) = r.upstream_status {
+        body["error"]["upstream_status"] = json!(s);
+    }
+    let mut resp = json_response(status, body);
+    if let Some(ra) = r.retry_after {
+        let secs = ra.as_secs() + u64::from(ra.subsec_nanos() > 0);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    resp
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<ResponseBody> {
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut resp = Response::new(ResponseBody::Full(Full::new(Bytes::from(bytes))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    field: Option<&str>,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let mut err = json!({"code": code, "message": message, "request_id": request_id});
+    if let Some(f) = field {
+        err["field"] = json!(f);
+    }
+    json_response(status, json!({ "error": err }))
+}
+
+fn method_not_allowed(allow: &'static str, request_id: &str) -> Response<ResponseBody> {
+    let mut resp = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("method not allowed here; use {allow}"),
+        None,
+        request_id,
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}

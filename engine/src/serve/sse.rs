@@ -1,0 +1,171 @@
+//! Client-side SSE encoding: one [`Event`] -> `event:` + `id:` + `data:` +
+//! blank line, and the streaming response body built on the event channel.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::run::{ErrorCode, Event, UsageReport};
+
+#[derive(Serialize)]
+struct StartData<'a> {
+    request_id: &'a str,
+    pipeline: &'a str,
+    provider: &'a str,
+    model: &'a str,
+}
+
+#[derive(Serialize)]
+struct DeltaData<'a> {
+    text: &'a str,
+}
+
+#[derive(Serialize)]
+struct ErrorData<'a> {
+    code: ErrorCode,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct DoneData<'a> {
+    finish_reason: &'a str,
+}
+
+fn write_event<T: Serialize>(buf: &mut BytesMut, name: &str, id: u64, data: &T) {
+    buf.put_slice(b"event: ");
+    buf.put_slice(name.as_bytes());
+    buf.put_slice(b"\nid: ");
+    buf.put_slice(itoa::Buffer::new().format(id).as_bytes());
+    buf.put_slice(b"\ndata: ");
+    // JSON never contains a raw newline, so one data line suffices.
+    if serde_json::to_writer((&mut *buf).writer(), data).is_err() {
+        buf.put_slice(b"{}");
+    }
+    buf.put_slice(b"\n\n");
+}
+
+/// Appends the SSE encoding of `ev` (with `id` for named events) to `buf`.
+pub fn encode(ev: &Event, id: u64, buf: &mut BytesMut) {
+    match ev {
+        Event::Start {
+            request_id,
+            pipeline,
+            provider,
+            model,
+        } => write_event(
+            buf,
+            "start",
+            id,
+            &StartData {
+                request_id,
+                pipeline,
+                provider,
+                model,
+            },
+        ),
+        Event::Delta(text) => write_event(buf, "delta", id, &DeltaData { text }),
+        Event::Usage(u) => write_event::<UsageReport>(buf, "usage", id, u),
+        Event::Error { code, message } => write_event(
+            buf,
+            "error",
+            id,
+            &ErrorData {
+                code: *code,
+                message,
+            },
+        ),
+        Event::Done { finish_reason } => write_event(buf, "done", id, &DoneData { finish_reason }),
+        Event::KeepAlive => buf.put_slice(b": keep-alive\n\n"),
+    }
+}
+
+/// The body of a streaming response: each event becomes one frame as soon
+/// as it arrives, so hyper writes (and flushes) it without waiting.
+pub struct SseBody {
+    rx: mpsc::Receiver<Event>,
+    next_id: u64,
+    buf: BytesMut,
+}
+
+impl SseBody {
+    pub fn new(rx: mpsc::Receiver<Event>) -> Self {
+        Self {
+            rx,
+            next_id: 0,
+            buf: BytesMut::with_capacity(4096),
+        }
+    }
+}
+
+impl http_body::Body for SseBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        // Take every event already waiting, so a burst is one write.
+        while let Poll::Ready(item) = this.rx.poll_recv(cx) {
+            match item {
+                Some(ev) => {
+                    if !matches!(ev, Event::KeepAlive) {
+                        this.next_id += 1;
+                    }
+                    encode(&ev, this.next_id, &mut this.buf);
+                    if this.buf.len() >= 16 * 1024 {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        if !this.buf.is_empty() {
+            return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
+        }
+        if this.rx.is_closed() && this.rx.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_named_numbered_and_end_with_a_blank_line() {
+        let mut buf = BytesMut::new();
+        encode(&Event::Delta("a\nb \"c\"".into()), 3, &mut buf);
+        assert_eq!(
+            &buf[..],
+            b"event: delta\nid: 3\ndata: {\"text\":\"a\\nb \\\"c\\\"\"}\n\n"
+        );
+        buf.clear();
+        encode(
+            &Event::Error {
+                code: ErrorCode::TimeoutIdle,
+                message: "x".into(),
+            },
+            9,
+            &mut buf,
+        );
+        assert_eq!(
+            &buf[..],
+            b"event: error\nid: 9\ndata: {\"code\":\"timeout.idle\",\"message\":\"x\"}\n\n"
+        );
+        buf.clear();
+        encode(&Event::KeepAlive, 0, &mut buf);
+        assert_eq!(&buf[..], b": keep-alive\n\n");
+    }
+}
