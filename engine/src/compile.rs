@@ -603,6 +603,17 @@ impl Cx {
                 }
             }
         }
+        // A default longer than an explicit total shrinks to it; only
+        // values the user wrote can contradict each other.
+        for (d, raw_d) in [
+            (&mut timeouts.connect, &t.connect),
+            (&mut timeouts.first_token, &t.first_token),
+            (&mut timeouts.idle, &t.idle),
+        ] {
+            if raw_d.is_none() {
+                *d = (*d).min(timeouts.total);
+            }
+        }
         if ok {
             let total_pos = t.total.as_ref().map(|s| s.pos);
             for (d, raw_d, what) in [

@@ -1,0 +1,251 @@
+//! Shared helpers for the black-box tests: a Sluice server on 127.0.0.1:0
+//! in front of the testkit's mock provider, and a client that reads the
+//! SSE stream as any client would.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use sluice::compile::{Catalog, compile_sources};
+use sluice::provider::sse::{SseEvent, SseParser};
+use sluice::serve::RunningServer;
+use sluice_testkit::{MockProvider, Script};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+pub const TIMEOUTS: &str = "{connect: 1s, first_token: 2s, idle: 3s, total: 10s}";
+
+/// Settings with one `mock` provider at `base_url`.
+pub fn settings(base_url: &str, extra_server: &str) -> (PathBuf, String) {
+    (
+        PathBuf::from("settings.yaml"),
+        format!(
+            "server: {{keepalive: 15s, shutdown_grace: 2s{extra_server}}}\nproviders:\n  mock:\n    kind: openai\n    base_url: {base_url}\n"
+        ),
+    )
+}
+
+pub fn pipeline(name: &str, max_tokens: u32, timeouts: &str) -> (PathBuf, String) {
+    (
+        PathBuf::from(format!("{name}.yaml")),
+        format!(
+            "name: {name}\nmodel: {{provider: mock, name: gpt-4o-mini, temperature: 0.2}}\nsystem: Be brief.\nlimits: {{max_tokens: {max_tokens}}}\ntimeouts: {timeouts}\n"
+        ),
+    )
+}
+
+pub fn catalog(base_url: &str, max_tokens: u32, timeouts: &str) -> Catalog {
+    catalog_with(base_url, max_tokens, timeouts, "")
+}
+
+pub fn catalog_with(
+    base_url: &str,
+    max_tokens: u32,
+    timeouts: &str,
+    extra_server: &str,
+) -> Catalog {
+    match compile_sources(
+        &settings(base_url, extra_server),
+        &[pipeline("chat", max_tokens, timeouts)],
+    ) {
+        Ok(c) => c,
+        Err(d) => panic!("test configuration does not compile: {d:?}"),
+    }
+}
+
+pub struct Harness {
+    pub mock: MockProvider,
+    pub server: RunningServer,
+}
+
+impl Harness {
+    pub async fn start(script: Script, max_tokens: u32, timeouts: &str) -> Harness {
+        Self::start_with(script, max_tokens, timeouts, "").await
+    }
+
+    pub async fn start_with(
+        script: Script,
+        max_tokens: u32,
+        timeouts: &str,
+        extra_server: &str,
+    ) -> Harness {
+        let mock = MockProvider::start(script).await.expect("mock starts");
+        let cat = catalog_with(&mock.base_url(), max_tokens, timeouts, extra_server);
+        let server = RunningServer::start(cat, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("server starts");
+        Harness { mock, server }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+}
+
+/// Sends one HTTP/1.1 request on a new connection.
+pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Response<Incoming> {
+    let (resp, conn) = send_on_own_connection(addr, req).await;
+    // The connection lives as long as the response body needs it.
+    std::mem::forget(conn);
+    resp
+}
+
+/// A client connection that is closed (the socket dropped) when this is dropped.
+pub struct ClientConn(tokio::task::JoinHandle<()>);
+
+impl Drop for ClientConn {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Connects, sends `req`, and returns the response with the connection's
+/// handle: dropping the handle is a client disconnect.
+pub async fn send_on_own_connection(
+    addr: SocketAddr,
+    req: Request<Full<Bytes>>,
+) -> (Response<Incoming>, ClientConn) {
+    let (sender, conn) = connect(addr).await;
+    let mut sender = sender;
+    let resp = sender.send_request(req).await.expect("response");
+    (resp, conn)
+}
+
+pub async fn connect(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    ClientConn,
+) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (sender, ClientConn(task))
+}
+
+pub fn post_json(path: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header("host", "sluice.test")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+pub async fn post(addr: SocketAddr, body: &str) -> Response<Incoming> {
+    send(addr, post_json("/v1/pipelines/chat", body)).await
+}
+
+pub async fn body_json(resp: Response<Incoming>) -> serde_json::Value {
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("body is not JSON ({e}): {bytes:?}"))
+}
+
+/// An SSE event as the client saw it, with the (virtual) time it arrived.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub name: String,
+    pub data: serde_json::Value,
+    pub id: Option<String>,
+    pub at: Instant,
+}
+
+/// Reads a streaming response event by event.
+pub struct SseReader {
+    body: Incoming,
+    parser: SseParser,
+    queue: std::collections::VecDeque<(SseEvent, Instant)>,
+    pub raw: Vec<u8>,
+    pub comments: usize,
+    ended: bool,
+}
+
+impl SseReader {
+    pub fn new(resp: Response<Incoming>) -> Self {
+        assert_eq!(resp.status(), http::StatusCode::OK, "not a stream");
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        Self {
+            body: resp.into_body(),
+            parser: SseParser::new(),
+            queue: Default::default(),
+            raw: Vec::new(),
+            comments: 0,
+            ended: false,
+        }
+    }
+
+    /// The next event, or None at the end of the body.
+    pub async fn next(&mut self) -> Option<Seen> {
+        loop {
+            if let Some((ev, at)) = self.queue.pop_front() {
+                let data = serde_json::from_str(&ev.data)
+                    .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {}", ev.data));
+                return Some(Seen {
+                    name: ev.event.unwrap_or_default(),
+                    data,
+                    id: ev.id,
+                    at,
+                });
+            }
+            if self.ended {
+                return None;
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        let now = Instant::now();
+                        self.comments += data.windows(12).filter(|w| w == b": keep-alive").count();
+                        self.raw.extend_from_slice(&data);
+                        let mut out = Vec::new();
+                        self.parser.push(&data, &mut out).expect("valid sse");
+                        self.queue.extend(out.into_iter().map(|e| (e, now)));
+                    }
+                }
+                Some(Err(e)) => panic!("body error: {e}"),
+                None => {
+                    self.ended = true;
+                    let mut out = Vec::new();
+                    self.parser.finish(&mut out);
+                    assert!(out.is_empty(), "the stream ended inside an event: {out:?}");
+                }
+            }
+        }
+    }
+
+    /// Reads to the end, bounded by `limit` events.
+    pub async fn collect(&mut self) -> Vec<Seen> {
+        let mut all = Vec::new();
+        while let Some(ev) = self.next().await {
+            all.push(ev);
+            assert!(all.len() < 100_000, "stream does not end");
+        }
+        all
+    }
+}
+
+pub fn names(events: &[Seen]) -> Vec<&str> {
+    events.iter().map(|e| e.name.as_str()).collect()
+}
+
+pub fn text(events: &[Seen]) -> String {
+    events
+        .iter()
+        .filter(|e| e.name == "delta")
+        .map(|e| e.data["text"].as_str().unwrap_or_default())
+        .collect()
+}
+
+pub fn find<'a>(events: &'a [Seen], name: &str) -> Option<&'a Seen> {
+    events.iter().find(|e| e.name == name)
+}
+
+pub const SECOND: Duration = Duration::from_secs(1);

@@ -1,0 +1,372 @@
+//! One client connection: read requests, answer them from the script while
+//! watching for the client closing, keep-alive.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::time::Instant;
+
+use crate::http::{self, ReadError, Request};
+use crate::journal::{Journal, RecordedRequest};
+use crate::script::{Body, Fault, Reply, Script};
+use crate::sse;
+
+pub(crate) struct Shared {
+    pub script: Script,
+    pub journal: Journal,
+    pub next_slot: AtomicUsize,
+}
+
+/// How a reply ended.
+enum Outcome {
+    Completed,
+    /// The client went away (EOF, reset or write error) at this time.
+    ClientClosed(Instant),
+    /// `Fault::DisconnectAfter`: the mock closes the connection.
+    Disconnect {
+        reset: bool,
+    },
+}
+
+enum Plan {
+    /// A complete JSON response (errors, 404, 400).
+    Simple(u16, Vec<u8>),
+    Stream(Reply),
+    Json(Reply),
+}
+
+pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, conn: usize) {
+    let _ = stream.set_nodelay(true);
+    let journal = shared.journal.clone();
+    let mut buf = BytesMut::new();
+    let mut mine: Vec<usize> = Vec::new();
+    loop {
+        let req = match http::read_request(&mut stream, &mut buf).await {
+            Ok(req) => req,
+            Err(ReadError::Closed) => {
+                journal.connection_done(&mine, Some(Instant::now()));
+                return;
+            }
+            Err(ReadError::Bad(status, msg)) => {
+                let body = http::error_body(status, Some(&msg));
+                let extra = [("connection", "close".to_owned())];
+                let resp = http::full_response(status, &extra, "application/json", &body);
+                let _ = stream.write_all(&resp).await;
+                let _ = stream.shutdown().await;
+                journal.connection_done(&mine, None);
+                return;
+            }
+        };
+        let received_at = Instant::now();
+        let json: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+        let (plan, slot) = plan(&req, &json, &shared);
+        let keep_alive = req.keep_alive();
+        let idx = journal.push(RecordedRequest {
+            method: req.method,
+            path: req.path,
+            headers: req.headers,
+            body: json,
+            raw_body: req.body,
+            received_at,
+            events_sent: 0,
+            bytes_sent: 0,
+            client_closed_at: None,
+            completed_at: None,
+            connection_closed_at: None,
+            connection: conn,
+            slot,
+        });
+        mine.push(idx);
+
+        let outcome = {
+            let (mut rd, mut wr) = stream.split();
+            let mut out = Out {
+                wr: &mut wr,
+                journal: &journal,
+                idx,
+                keep_alive,
+            };
+            tokio::select! {
+                biased;
+                () = watch_close(&mut rd, &mut buf) => Outcome::ClientClosed(Instant::now()),
+                res = out.reply(plan) => res.unwrap_or_else(Outcome::ClientClosed),
+            }
+        };
+        match outcome {
+            Outcome::Completed if keep_alive => continue,
+            Outcome::Completed => {
+                let _ = stream.shutdown().await;
+                journal.connection_done(&mine, None);
+            }
+            Outcome::ClientClosed(at) => journal.connection_done(&mine, Some(at)),
+            Outcome::Disconnect { reset } => {
+                if reset {
+                    // SO_LINGER 0: dropping the socket sends RST.
+                    let _ = stream.set_zero_linger();
+                } else {
+                    let _ = stream.shutdown().await;
+                }
+                journal.connection_done(&mine, None);
+            }
+        }
+        return;
+    }
+}
+
+/// Decides the answer to `req`; the slot is taken only for scripted replies.
+fn plan(req: &Request, json: &Value, shared: &Shared) -> (Plan, Option<usize>) {
+    let route = req.path.split('?').next().unwrap_or("");
+    if req.method != "POST" || !route.ends_with("/chat/completions") {
+        let msg = format!("Unknown request URL: {} {}", req.method, req.path);
+        return (Plan::Simple(404, http::error_body(404, Some(&msg))), None);
+    }
+    if !json.is_object() {
+        let msg = "We could not parse the JSON body of your request.";
+        return (Plan::Simple(400, http::error_body(400, Some(msg))), None);
+    }
+    let slot = shared.next_slot.fetch_add(1, Ordering::SeqCst);
+    let Some(reply) = shared.script.reply_for(slot).cloned() else {
+        let msg = "sluice-testkit: the mock's script is empty";
+        return (
+            Plan::Simple(500, http::error_body(500, Some(msg))),
+            Some(slot),
+        );
+    };
+    let plan = if json.get("stream") == Some(&Value::Bool(false)) {
+        Plan::Json(reply)
+    } else {
+        Plan::Stream(reply)
+    };
+    (plan, Some(slot))
+}
+
+/// Returns when the client closes its side (EOF) or the connection fails.
+/// Bytes that arrive meanwhile (a pipelined request) are kept in `buf`.
+async fn watch_close(rd: &mut ReadHalf<'_>, buf: &mut BytesMut) {
+    loop {
+        buf.reserve(4096);
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The events of a reply, produced lazily (a flood never ends).
+enum Source {
+    Events(std::vec::IntoIter<Bytes>),
+    Flood { started: bool, content: Bytes },
+}
+
+impl Iterator for Source {
+    type Item = Bytes;
+    fn next(&mut self) -> Option<Bytes> {
+        match self {
+            Source::Events(it) => it.next(),
+            Source::Flood { started, content } => {
+                if std::mem::replace(started, true) {
+                    Some(content.clone())
+                } else {
+                    Some(sse::role_chunk())
+                }
+            }
+        }
+    }
+}
+
+fn transformed(events: &[Bytes], faults: &[Fault]) -> Vec<Bytes> {
+    let truncate = faults.contains(&Fault::Truncate);
+    let omit_usage = faults.contains(&Fault::OmitUsage);
+    sse::transform(events, truncate, omit_usage)
+}
+
+/// The writing side of one reply. `Err(t)`: a write failed at `t`.
+struct Out<'a, 'b> {
+    wr: &'a mut WriteHalf<'b>,
+    journal: &'a Journal,
+    idx: usize,
+    keep_alive: bool,
+}
+
+impl Out<'_, '_> {
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Instant> {
+        self.wr.write_all(bytes).await.map_err(|_| Instant::now())?;
+        self.wr.flush().await.map_err(|_| Instant::now())
+    }
+
+    /// Writes `payload` as one HTTP chunk.
+    async fn chunk(&mut self, payload: &[u8]) -> Result<(), Instant> {
+        let mut framed = format!("{:x}\r\n", payload.len()).into_bytes();
+        framed.extend_from_slice(payload);
+        framed.extend_from_slice(b"\r\n");
+        self.send(&framed).await?;
+        let n = payload.len();
+        self.journal.update(self.idx, |r| r.bytes_sent += n);
+        Ok(())
+    }
+
+    fn completed(&self) {
+        let now = Instant::now();
+        self.journal
+            .update(self.idx, |r| r.completed_at = Some(now));
+    }
+
+    fn extra_headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = vec![("x-request-id", format!("req_mock_{}", self.idx))];
+        if !self.keep_alive {
+            h.push(("connection", "close".to_owned()));
+        }
+        h
+    }
+
+    async fn simple(
+        &mut self,
+        status: u16,
+        extra: &[(&str, String)],
+        ctype: &str,
+        body: &[u8],
+    ) -> Result<Outcome, Instant> {
+        let mut headers = self.extra_headers();
+        headers.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+        self.send(&http::full_response(status, &headers, ctype, body))
+            .await?;
+        let n = body.len();
+        self.journal.update(self.idx, |r| r.bytes_sent += n);
+        self.completed();
+        Ok(Outcome::Completed)
+    }
+
+    async fn reply(&mut self, plan: Plan) -> Result<Outcome, Instant> {
+        let reply = match plan {
+            Plan::Simple(status, body) => {
+                return self.simple(status, &[], "application/json", &body).await;
+            }
+            Plan::Stream(ref r) | Plan::Json(ref r) => r,
+        };
+        for f in &reply.faults {
+            if let Fault::DelayHeaders(d) = f {
+                tokio::time::sleep(*d).await;
+            }
+        }
+        let status = reply.faults.iter().find_map(|f| match f {
+            Fault::Status {
+                status,
+                retry_after,
+            } => Some((*status, *retry_after)),
+            _ => None,
+        });
+        if let Some((status, retry_after)) = status {
+            let extra: Vec<_> = retry_after
+                .map(|s| ("retry-after", s.to_string()))
+                .into_iter()
+                .collect();
+            return self
+                .simple(
+                    status,
+                    &extra,
+                    "application/json",
+                    &http::error_body(status, None),
+                )
+                .await;
+        }
+        match plan {
+            Plan::Json(ref r) => self.json(r).await,
+            _ => self.stream(reply).await,
+        }
+    }
+
+    /// A non-streaming `chat.completion`. A flood never finishes, so it
+    /// never answers (until the client closes).
+    async fn json(&mut self, reply: &Reply) -> Result<Outcome, Instant> {
+        let Body::Events(events) = &reply.body else {
+            return std::future::pending().await;
+        };
+        let v = sse::completion_from_events(&transformed(events, &reply.faults));
+        self.simple(200, &[], "application/json", v.to_string().as_bytes())
+            .await
+    }
+
+    async fn stream(&mut self, reply: &Reply) -> Result<Outcome, Instant> {
+        let faults = &reply.faults;
+        let mut head = String::from(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+             transfer-encoding: chunked\r\ncache-control: no-cache\r\n",
+        );
+        for (k, v) in self.extra_headers() {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        self.send(head.as_bytes()).await?;
+
+        let (mut source, flood) = match &reply.body {
+            Body::Events(ev) => (Source::Events(transformed(ev, faults).into_iter()), false),
+            Body::Flood { token } => {
+                let content = sse::content_chunk(token);
+                (
+                    Source::Flood {
+                        started: false,
+                        content,
+                    },
+                    true,
+                )
+            }
+        };
+        let fragment = faults
+            .iter()
+            .filter_map(|f| match f {
+                Fault::Fragment(n) => Some((*n).max(1)),
+                _ => None,
+            })
+            .min();
+        let mut sent = 0;
+        loop {
+            for f in faults {
+                match *f {
+                    Fault::StallAfter { events, duration } if events == sent => match duration {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending::<()>().await,
+                    },
+                    Fault::DisconnectAfter { events, reset } if events == sent => {
+                        return Ok(Outcome::Disconnect { reset });
+                    }
+                    _ => {}
+                }
+            }
+            let Some(mut event) = source.next() else {
+                break;
+            };
+            if !reply.pace.is_zero() {
+                tokio::time::sleep(reply.pace).await;
+            } else if flood {
+                tokio::task::yield_now().await;
+            }
+            if faults.contains(&Fault::MalformedAt(sent)) {
+                event = Bytes::from_static(sse::GARBAGE);
+            }
+            match fragment {
+                Some(n) => {
+                    for piece in event.chunks(n) {
+                        self.chunk(piece).await?;
+                        tokio::task::yield_now().await;
+                    }
+                }
+                None => self.chunk(&event).await?,
+            }
+            sent += 1;
+            self.journal.update(self.idx, |r| r.events_sent = sent);
+        }
+        self.send(b"0\r\n\r\n").await?;
+        self.completed();
+        Ok(Outcome::Completed)
+    }
+}
+
+/// Hands out connection numbers.
+pub(crate) fn next_conn(counter: &AtomicUsize) -> usize {
+    counter.fetch_add(1, Ordering::SeqCst)
+}

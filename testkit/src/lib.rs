@@ -1,0 +1,129 @@
+//! Test kit for Sluice: a mock OpenAI-compatible chat-completions provider
+//! for black-box tests.
+//!
+//! [`MockProvider`] is a raw HTTP/1.1 server on `tokio::net` (no hyper), so
+//! tests control every byte and can observe exactly when the client closes
+//! the connection, even while the mock is silent. It answers
+//! `POST …/chat/completions` from a [`Script`] of [`Reply`]s — recorded
+//! provider streams ([`Reply::fixture`]), synthesized ones ([`Reply::text`],
+//! [`Reply::flood`]) — paced and broken by [`Fault`]s, and records every
+//! request and the fate of its reply in a [`Journal`].
+//!
+//! Everything time-related runs on tokio's clock, so tests can use
+//! `#[tokio::test(start_paused = true)]`: a 60 s stall takes no real time.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use sluice_testkit::{Fault, MockProvider, Reply, Script};
+//!
+//! # async fn demo() -> std::io::Result<()> {
+//! let mock = MockProvider::start(
+//!     Script::single(Reply::fixture("openai/text_stop.sse").pace(Duration::from_millis(20)))
+//!         .then(Reply::text(&["Hel", "lo"]).fault(Fault::StallAfter { events: 2, duration: None })),
+//! )
+//! .await?;
+//! let upstream = mock.base_url(); // "http://127.0.0.1:PORT/v1"
+//! // ... point the gateway under test at `upstream` and send it requests ...
+//! # let _ = upstream;
+//! let journal = mock.journal();
+//! assert!(journal.wait_for_requests(2, Duration::from_secs(5)).await);
+//! // The second reply stalls forever: the gateway must give up and close.
+//! let closed = journal.wait_closed(1, Duration::from_secs(60)).await;
+//! assert!(closed.is_some());
+//! assert_eq!(journal.requests()[1].events_sent, 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Notes:
+//! - A request is streamed unless its JSON body has `"stream": false` (the
+//!   real API defaults to non-streaming); then a `chat.completion` is built
+//!   from the scripted events.
+//! - Header names in [`RecordedRequest::headers`] are lower-cased.
+//! - A client that half-closes its sending side counts as closed.
+
+mod conn;
+mod http;
+mod journal;
+mod script;
+mod sse;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+pub use journal::{Journal, RecordedRequest};
+pub use script::{Body, Fault, Reply, Script, fixtures_dir};
+
+/// A mock OpenAI-compatible provider on `127.0.0.1`. It serves until
+/// dropped; dropping it aborts the accept loop and every connection task
+/// (their sockets close at the runtime's next turn).
+#[derive(Debug)]
+pub struct MockProvider {
+    addr: SocketAddr,
+    journal: Journal,
+    task: JoinHandle<()>,
+}
+
+impl MockProvider {
+    /// Binds `127.0.0.1:0` and starts serving `script`.
+    pub async fn start(script: Script) -> std::io::Result<MockProvider> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let journal = Journal::default();
+        let shared = Arc::new(conn::Shared {
+            script,
+            journal: journal.clone(),
+            next_slot: AtomicUsize::new(0),
+        });
+        let task = tokio::spawn(accept_loop(listener, shared));
+        Ok(MockProvider {
+            addr,
+            journal,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/v1`; clients POST `{base_url}/chat/completions`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// A handle on the request log (a cheap clone of a shared handle).
+    pub fn journal(&self) -> Journal {
+        self.journal.clone()
+    }
+}
+
+impl Drop for MockProvider {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Accepts connections; the connection tasks live in a `JoinSet`, so
+/// aborting this task (dropping its future) aborts them all.
+async fn accept_loop(listener: TcpListener, shared: Arc<conn::Shared>) {
+    let mut conns = JoinSet::new();
+    let counter = AtomicUsize::new(0);
+    loop {
+        tokio::select! {
+            res = listener.accept() => match res {
+                Ok((stream, _)) => {
+                    let id = conn::next_conn(&counter);
+                    conns.spawn(conn::serve(stream, shared.clone(), id));
+                }
+                // E.g. out of file descriptors: back off briefly.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}

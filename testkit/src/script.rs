@@ -1,0 +1,173 @@
+//! What the mock answers: [`Script`], [`Reply`], [`Body`] and [`Fault`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::sse;
+
+/// What to answer, per request: the Nth chat-completions request gets
+/// `responses[N]`; once the list runs out, the last one repeats.
+///
+/// Requests that are not served (404, 400) do not consume a slot.
+#[derive(Clone, Debug)]
+pub struct Script {
+    pub responses: Vec<Reply>,
+}
+
+impl Script {
+    /// A script that answers every request with `reply`.
+    pub fn single(reply: Reply) -> Script {
+        Script {
+            responses: vec![reply],
+        }
+    }
+
+    /// Appends `reply` as the answer to the next request.
+    pub fn then(mut self, reply: Reply) -> Script {
+        self.responses.push(reply);
+        self
+    }
+
+    /// The reply for script slot `slot` (the last one repeats), or `None`
+    /// if the script is empty.
+    pub fn reply_for(&self, slot: usize) -> Option<&Reply> {
+        self.responses.get(slot).or_else(|| self.responses.last())
+    }
+}
+
+impl From<Reply> for Script {
+    fn from(reply: Reply) -> Script {
+        Script::single(reply)
+    }
+}
+
+/// The body of a reply, before faults are applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// A finite SSE stream. Each element is the exact bytes of one event,
+    /// including its terminating blank line (`\n\n` or `\r\n\r\n`).
+    Events(Vec<Bytes>),
+    /// An endless OpenAI stream: a role chunk, then content chunks carrying
+    /// `token` forever (never a `finish_reason`, usage or `[DONE]`).
+    Flood { token: String },
+}
+
+/// One scripted answer: a body, a pace and a list of faults.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub body: Body,
+    /// Delay before each event (after the headers). Zero means no delay.
+    pub pace: Duration,
+    /// Faults, applied together (see [`Fault`]).
+    pub faults: Vec<Fault>,
+}
+
+impl Reply {
+    /// A recorded SSE body, split into events at blank lines (`\n\n` or
+    /// `\r\n\r\n`). A body that ends without the final blank line still
+    /// yields its last event, completed with a blank line when written.
+    /// Everything else is kept byte for byte.
+    pub fn recorded(bytes: impl Into<Bytes>) -> Reply {
+        Reply::from_body(Body::Events(sse::split_events(&bytes.into())))
+    }
+
+    /// Loads `fixtures/recorded/<name>` (e.g. `"openai/text_stop.sse"`) from
+    /// the workspace root. Test-only helper: panics if the file is missing.
+    pub fn fixture(name: &str) -> Reply {
+        let path = fixtures_dir().join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => Reply::recorded(bytes),
+            Err(e) => panic!(
+                "sluice-testkit: cannot read fixture {name:?} at {}: {e} \
+                 (fixtures live in <workspace>/fixtures/recorded/)",
+                path.display()
+            ),
+        }
+    }
+
+    /// A synthesized OpenAI stream: a role chunk, one content chunk per
+    /// word, a `finish_reason: "stop"` chunk, a usage chunk (prompt 10,
+    /// completion `words.len()`), then `data: [DONE]`.
+    pub fn text(words: &[&str]) -> Reply {
+        Reply::from_body(Body::Events(sse::synth_text(words)))
+    }
+
+    /// An endless stream of content chunks carrying `token`; it ignores
+    /// `max_tokens` and never finishes. With zero pace the mock yields to
+    /// the runtime between events.
+    pub fn flood(token: &str) -> Reply {
+        Reply::from_body(Body::Flood {
+            token: token.to_owned(),
+        })
+    }
+
+    /// Sets the delay before each event.
+    pub fn pace(mut self, d: Duration) -> Reply {
+        self.pace = d;
+        self
+    }
+
+    /// Adds a fault.
+    pub fn fault(mut self, f: Fault) -> Reply {
+        self.faults.push(f);
+        self
+    }
+
+    fn from_body(body: Body) -> Reply {
+        Reply {
+            body,
+            pace: Duration::ZERO,
+            faults: Vec::new(),
+        }
+    }
+}
+
+/// `<workspace>/fixtures/recorded`.
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("fixtures")
+        .join("recorded")
+}
+
+/// A fault injected into a reply. Faults compose; event counts refer to
+/// the events actually sent (after `Truncate`/`OmitUsage` removed some).
+/// At one event count, faults act in list order (a stall then a disconnect).
+///
+/// A non-streaming request (`"stream": false`) only sees `Status`,
+/// `DelayHeaders`, `Truncate` and `OmitUsage`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this HTTP status, a provider-shaped JSON error body
+    /// (`{"error":{"message","type","param","code"}}`) and optionally
+    /// `Retry-After: secs`, instead of the body.
+    Status {
+        status: u16,
+        retry_after: Option<u64>,
+    },
+    /// Wait before sending the response headers (several add up).
+    DelayHeaders(Duration),
+    /// After `events` events, go silent: for `Some(d)` for `d` and then
+    /// continue, for `None` until the client closes. `events` equal to the
+    /// number of events stalls before the terminating chunk.
+    StallAfter {
+        events: usize,
+        duration: Option<Duration>,
+    },
+    /// After `events` events, close the connection (without the terminating
+    /// chunk): a clean FIN, or with `reset: true` a TCP RST (`SO_LINGER` 0).
+    DisconnectAfter { events: usize, reset: bool },
+    /// Replace event N (0-based) with garbage: `data: {not json\n\n`.
+    MalformedAt(usize),
+    /// Remove every event whose data is `[DONE]` or whose JSON has a
+    /// non-null top-level `usage`; the body then ends normally.
+    Truncate,
+    /// Remove usage only, keeping `[DONE]`: a usage-only chunk (`choices: []`)
+    /// is dropped, any other event loses its top-level `usage` key.
+    OmitUsage,
+    /// Write each event in pieces of at most N bytes, each its own HTTP
+    /// chunk, so splits fall mid-line and mid-UTF-8. 0 is treated as 1.
+    Fragment(usize),
+}
