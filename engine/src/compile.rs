@@ -181,13 +181,20 @@ pub fn compile_sources(
         None => (ServerSettings::default(), BTreeMap::new()),
     };
 
+    // Names declared in settings, valid or not: a pipeline naming a provider
+    // that failed its own checks must not also hear it is undeclared. With
+    // no readable settings at all, every name counts as declared.
+    let declared: Option<Vec<String>> = raw_settings
+        .as_ref()
+        .map(|raw| raw.providers.keys().map(|k| k.value.clone()).collect());
     let mut pipelines_out: BTreeMap<String, Arc<Pipeline>> = BTreeMap::new();
     let mut routes: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
     for (path, text) in pipelines {
         let Some(raw) = cx.parse::<RawPipeline>(path, text) else {
             continue;
         };
-        if let Some((first_file, first_pos)) = routes.get(&raw.name.value) {
+        let duplicate = routes.get(&raw.name.value).cloned();
+        if let Some((first_file, first_pos)) = &duplicate {
             cx.error(
                 path,
                 raw.name.pos,
@@ -199,10 +206,13 @@ pub fn compile_sources(
                     first_pos.col
                 ),
             );
-            continue;
+        } else {
+            routes.insert(raw.name.value.clone(), (path.clone(), raw.name.pos));
         }
-        routes.insert(raw.name.value.clone(), (path.clone(), raw.name.pos));
-        if let Some(p) = cx.pipeline(path, raw, &providers, raw_settings.is_some()) {
+        // A duplicate is still checked, so its other problems show up now.
+        if let Some(p) = cx.pipeline(path, raw, &providers, &declared)
+            && duplicate.is_none()
+        {
             pipelines_out.insert(p.name.clone(), Arc::new(p));
         }
     }
@@ -271,12 +281,24 @@ impl Cx {
         }
     }
 
+    /// A duration that must be longer than zero.
     fn duration(&mut self, file: &Path, raw: &Spanned<String>, what: &str) -> Option<Duration> {
-        match humantime::parse_duration(raw.value.trim()) {
-            Ok(d) if d.is_zero() => {
+        match self.duration_or_zero(file, raw, what)? {
+            d if d.is_zero() => {
                 self.error(file, raw.pos, format!("{what} must be longer than zero"));
                 None
             }
+            d => Some(d),
+        }
+    }
+
+    fn duration_or_zero(
+        &mut self,
+        file: &Path,
+        raw: &Spanned<String>,
+        what: &str,
+    ) -> Option<Duration> {
+        match humantime::parse_duration(raw.value.trim()) {
             Ok(d) => Some(d),
             Err(_) => {
                 self.error(
@@ -447,24 +469,14 @@ impl Cx {
                         file,
                         dir.pos,
                         format!(
-                            "fixtures directory \"{}\" does not exist",
-                            dir_path.display()
+                            "fixtures directory \"{}\" does not exist (paths are relative to {SETTINGS_FILE})",
+                            dir.value
                         ),
                     );
                     return None;
                 }
                 let pace = match &p.pace {
-                    Some(pace) => match humantime::parse_duration(pace.value.trim()) {
-                        Ok(d) => d,
-                        Err(_) => {
-                            self.error(
-                                file,
-                                pace.pos,
-                                format!("invalid duration \"{}\" for pace", pace.value),
-                            );
-                            return None;
-                        }
-                    },
+                    Some(pace) => self.duration_or_zero(file, pace, "pace")?,
                     None => Duration::ZERO,
                 };
                 let replay = Arc::new(ReplayProvider::new(dir_path, pace));
@@ -496,7 +508,7 @@ impl Cx {
         file: &Path,
         raw: RawPipeline,
         providers: &BTreeMap<String, ProviderEntry>,
-        settings_ok: bool,
+        declared: &Option<Vec<String>>,
     ) -> Option<Pipeline> {
         let mut ok = true;
         let name = &raw.name;
@@ -515,9 +527,10 @@ impl Cx {
         let provider = match providers.get(&raw.model.provider.value) {
             Some(p) => Some(p),
             None => {
-                // With a broken settings file the provider may well exist;
-                // saying it does not would be noise.
-                if settings_ok {
+                let is_declared = declared
+                    .as_ref()
+                    .is_none_or(|names| names.contains(&raw.model.provider.value));
+                if !is_declared {
                     let hint = diag::suggest(
                         &raw.model.provider.value,
                         providers.keys().map(String::as_str),
@@ -572,12 +585,12 @@ impl Cx {
         }
 
         let max_tokens = raw.limits.max_tokens.value;
-        if max_tokens <= 0 || max_tokens > i64::from(u32::MAX) {
+        if max_tokens.fract() != 0.0 || !(1.0..=f64::from(u32::MAX)).contains(&max_tokens) {
             self.error(
                 file,
                 raw.limits.max_tokens.pos,
                 format!(
-                    "max_tokens must be between 1 and {}, found {max_tokens}",
+                    "max_tokens must be a whole number between 1 and {}, found {max_tokens}",
                     u32::MAX
                 ),
             );
@@ -585,6 +598,7 @@ impl Cx {
         }
 
         let mut timeouts = Timeouts::DEFAULT;
+        let mut durations_ok = true;
         let t = &raw.timeouts;
         for (slot, raw_d, what) in [
             (&mut timeouts.connect, &t.connect, "timeouts.connect"),
@@ -599,7 +613,7 @@ impl Cx {
             if let Some(raw_d) = raw_d {
                 match self.duration(file, raw_d, what) {
                     Some(d) => *slot = d,
-                    None => ok = false,
+                    None => durations_ok = false,
                 }
             }
         }
@@ -614,7 +628,8 @@ impl Cx {
                 *d = (*d).min(timeouts.total);
             }
         }
-        if ok {
+        ok &= durations_ok;
+        if durations_ok {
             let total_pos = t.total.as_ref().map(|s| s.pos);
             for (d, raw_d, what) in [
                 (timeouts.connect, &t.connect, "connect"),

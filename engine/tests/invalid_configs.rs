@@ -83,12 +83,12 @@ fn diff(expected: &[String], actual: &[String]) -> String {
             out += &format!("    {}\n", expected[i]);
             i += 1;
             j += 1;
-        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out += &format!("  + {}\n", actual[j]);
-            j += 1;
-        } else {
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
             out += &format!("  - {}\n", expected[i]);
             i += 1;
+        } else {
+            out += &format!("  + {}\n", actual[j]);
+            j += 1;
         }
     }
     out

@@ -80,9 +80,10 @@ pub struct RawModel {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
-    /// Completion-token ceiling of one model call; signed so that a negative
-    /// value is reported as out of range rather than as a type error.
-    pub max_tokens: Spanned<i64>,
+    /// Completion-token ceiling of one model call. Read as any number so
+    /// that `-5`, `64.5` or `1e30` are reported as out of range, not as a
+    /// type error.
+    pub max_tokens: Spanned<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -73,21 +73,37 @@ pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
                     col: l.column() as u32,
                 })
                 .unwrap_or(Pos::START);
-            let msg = e.to_string();
-            // serde-saphyr prefixes "error: line X column Y: "; we print our own position.
-            let msg = msg
-                .lines()
-                .next()
-                .unwrap_or("invalid yaml")
-                .trim_start_matches("error: ")
-                .to_string();
-            let msg = match msg.split_once(": ") {
-                Some((head, tail)) if head.starts_with("line ") => tail.to_string(),
-                _ => msg,
-            };
-            Err((pos, format!("invalid yaml: {msg}")))
+            Err((
+                pos,
+                format!("invalid yaml: {}", tidy_parser_message(&e.to_string())),
+            ))
         }
     }
+}
+
+/// serde-saphyr's messages carry their own position (as a prefix or a
+/// suffix) and sometimes a hint for the library's users; we print our own
+/// position and speak to the author of the file.
+fn tidy_parser_message(raw: &str) -> String {
+    let mut msg = raw.lines().next().unwrap_or("syntax error").trim();
+    msg = msg.trim_start_matches("error: ");
+    if let Some((head, tail)) = msg.split_once(": ")
+        && head.starts_with("line ")
+    {
+        msg = tail;
+    }
+    if let Some(i) = msg.rfind(" at line ")
+        && msg[i + 9..]
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ',' || c == ' ' || c.is_ascii_alphabetic())
+        && msg[i..].contains("column")
+    {
+        msg = &msg[..i];
+    }
+    if let Some(i) = msg.find(", set DuplicateKeyPolicy") {
+        msg = &msg[..i];
+    }
+    msg.trim().to_string()
 }
 
 impl<'de> Deserialize<'de> for Node {
@@ -258,6 +274,20 @@ impl de::Error for DeError {
     fn missing_field(field: &'static str) -> Self {
         Self::custom(format_args!("missing field \"{field}\""))
     }
+    fn invalid_type(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
+        Self::custom(format_args!(
+            "expected {}, found {}",
+            expected_in_words(exp),
+            unexpected_in_words(&unexp)
+        ))
+    }
+    fn invalid_value(unexp: de::Unexpected, exp: &dyn de::Expected) -> Self {
+        Self::custom(format_args!(
+            "expected {}, found {}",
+            expected_in_words(exp),
+            unexpected_in_words(&unexp)
+        ))
+    }
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
         let hint = suggest(variant, expected.iter().copied())
             .map(|s| format!(" (did you mean \"{s}\"?)"))
@@ -266,6 +296,31 @@ impl de::Error for DeError {
             "unknown value \"{variant}\", expected one of {}{hint}",
             quoted_list(expected)
         ))
+    }
+}
+
+/// serde names Rust types ("i64", "u32"); a YAML author thinks in numbers.
+fn expected_in_words(exp: &dyn de::Expected) -> String {
+    let s = exp.to_string();
+    match s.as_str() {
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer".into(),
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer".into(),
+        "f32" | "f64" => "a number".into(),
+        "a boolean" | "bool" => "true or false".into(),
+        _ => s,
+    }
+}
+
+fn unexpected_in_words(u: &de::Unexpected) -> String {
+    match u {
+        de::Unexpected::Signed(i) => format!("{i}"),
+        de::Unexpected::Unsigned(i) => format!("{i}"),
+        de::Unexpected::Float(x) => format!("{x}"),
+        de::Unexpected::Str(s) => format!("string {s:?}"),
+        de::Unexpected::Unit => "null".into(),
+        de::Unexpected::Map => "a mapping".into(),
+        de::Unexpected::Seq => "a list".into(),
+        other => other.to_string(),
     }
 }
 
@@ -623,6 +678,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
     struct Inner {
         first_token: Spanned<String>,
         idle: Option<String>,
@@ -630,6 +686,7 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
     struct Outer {
         name: Spanned<String>,
         timeouts: Inner,

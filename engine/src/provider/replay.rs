@@ -42,10 +42,14 @@ impl ReplayProvider {
             ));
         }
         let path = self.dir.join(rel);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| format!("cannot read replay recording \"{}\": {e}", path.display()))?;
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                format!("replay recording \"{model}\" does not exist in the fixtures directory")
+            }
+            _ => format!("cannot read replay recording \"{model}\": {e}"),
+        })?;
         let groups = decode_recording(&bytes)
-            .map_err(|e| format!("replay recording \"{}\" is invalid: {e}", path.display()))?;
+            .map_err(|e| format!("replay recording \"{model}\" is invalid: {e}"))?;
         self.recordings
             .lock()
             .unwrap_or_else(|p| p.into_inner())
