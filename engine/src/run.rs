@@ -153,8 +153,9 @@ pub fn spawn(
     req: RunRequest,
 ) -> oneshot::Receiver<Admission> {
     let (tx, rx) = oneshot::channel();
-    // A child of the HTTP request's span, so every line carries the request id.
-    let span = tracing::info_span!("run", pipeline = %pipeline.name);
+    // Its own root span with the request id, so every line of the run (in
+    // JSON logs too, which show only the innermost span) names the request.
+    let span = tracing::info_span!(parent: None, "request", id = %req.request_id, pipeline = %pipeline.name);
     let cx2 = cx.clone();
     cx.tracker
         .spawn(async move { run(cx2, pipeline, req, tx).await }.instrument(span));

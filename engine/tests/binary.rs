@@ -1,0 +1,170 @@
+//! The `sluice` binary end to end: it serves the repository's own
+//! `pipelines/` with no API key, logs one request id on every line of a
+//! request, never logs the API key, and exits 0 on SIGTERM. Real time, but
+//! bounded: every wait has a deadline.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use sluice_testkit::{MockProvider, Reply, Script};
+
+struct Served {
+    child: Child,
+    addr: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &std::path::Path, envs: &[(&str, &str)], json_logs: bool) -> Served {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    if json_logs {
+        cmd.arg("--log-json");
+    }
+    cmd.args(["serve", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env_remove("SLUICE_LOG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("sluice starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut addr = None;
+    while addr.is_none() {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("sluice logs that it is serving");
+        if line.contains("serving") {
+            let start = line.find("127.0.0.1:").expect("address in the serving line");
+            let rest = &line[start..];
+            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).unwrap_or(rest.len());
+            addr = Some(rest[..end].to_string());
+        }
+    }
+    Served { child, addr: addr.unwrap(), lines: rx }
+}
+
+/// A plain HTTP/1.1 POST over std's TcpStream; returns the whole response.
+fn post(addr: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn serves_the_demo_pipeline_with_no_api_key_and_exits_0_on_sigterm() {
+    let served = serve(&repo_root().join("pipelines"), &[("OPENAI_API_KEY", "")], false);
+    let resp = post(&served.addr, "/v1/pipelines/demo", r#"{"input":"What is the weather?"}"#);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("event: start"));
+    assert!(resp.contains("data: {\"text\":\" San\"}"));
+    assert!(resp.contains("event: done"));
+    let mut served = served;
+    let child = &mut served.child;
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            assert_eq!(code.code(), Some(0), "sluice exits 0 after SIGTERM");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "sluice did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn logs_carry_the_request_id_and_never_the_api_key() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mock = rt.block_on(MockProvider::start(Script::single(Reply::fixture("openai/text_stop.sse")))).unwrap();
+    let dir = tempdir();
+    std::fs::write(
+        dir.join("settings.yaml"),
+        format!(
+            "providers:\n  up:\n    kind: openai\n    base_url: {}\n    api_key_env: SLUICE_TEST_SECRET_KEY\n",
+            mock.base_url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("chat.yaml"),
+        "name: chat\nmodel: {provider: up, name: gpt-4o-mini}\nlimits: {max_tokens: 64}\n",
+    )
+    .unwrap();
+    let secret = "sk-test-0123456789abcdefSECRET";
+    let served = serve(&dir, &[("SLUICE_TEST_SECRET_KEY", secret), ("SLUICE_LOG", "debug")], true);
+    let resp = post(
+        &served.addr,
+        "/v1/pipelines/chat",
+        r#"{"input":"hi","stream":false}"#,
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let id_line = resp.lines().find(|l| l.to_ascii_lowercase().starts_with("x-request-id:")).unwrap();
+    let id = id_line.split(':').nth(1).unwrap().trim().to_string();
+    // The provider got the key...
+    let sent = mock.journal().requests();
+    assert_eq!(sent[0].header("authorization"), Some(format!("Bearer {secret}").as_str()));
+    // ...the logs never show it, and every line about the request names it.
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        match served.lines.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => {
+                let done = l.contains("request finished");
+                lines.push(l);
+                if done {
+                    break;
+                }
+            }
+            Err(_) => continue,
+        }
+    }
+    assert!(lines.iter().any(|l| l.contains("request finished")), "{lines:#?}");
+    for l in &lines {
+        assert!(!l.contains(secret), "the API key was logged: {l}");
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"));
+        if v["span"].is_object() || v["spans"].is_array() {
+            assert!(l.contains(&id), "a request log line without the request id: {l}");
+        }
+    }
+    drop(served);
+    drop(mock);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-test-{}-{}", std::process::id(), uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn uuid_like() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
