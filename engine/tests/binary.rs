@@ -47,15 +47,25 @@ fn serve(dir: &std::path::Path, envs: &[(&str, &str)], json_logs: bool) -> Serve
     });
     let mut addr = None;
     while addr.is_none() {
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("sluice logs that it is serving");
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("sluice logs that it is serving");
         if line.contains("serving") {
-            let start = line.find("127.0.0.1:").expect("address in the serving line");
+            let start = line
+                .find("127.0.0.1:")
+                .expect("address in the serving line");
             let rest = &line[start..];
-            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).unwrap_or(rest.len());
+            let end = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+                .unwrap_or(rest.len());
             addr = Some(rest[..end].to_string());
         }
     }
-    Served { child, addr: addr.unwrap(), lines: rx }
+    Served {
+        child,
+        addr: addr.unwrap(),
+        lines: rx,
+    }
 }
 
 /// A plain HTTP/1.1 POST over std's TcpStream; returns the whole response.
@@ -80,15 +90,26 @@ fn repo_root() -> std::path::PathBuf {
 
 #[test]
 fn serves_the_demo_pipeline_with_no_api_key_and_exits_0_on_sigterm() {
-    let served = serve(&repo_root().join("pipelines"), &[("OPENAI_API_KEY", "")], false);
-    let resp = post(&served.addr, "/v1/pipelines/demo", r#"{"input":"What is the weather?"}"#);
+    let served = serve(
+        &repo_root().join("pipelines"),
+        &[("OPENAI_API_KEY", "")],
+        false,
+    );
+    let resp = post(
+        &served.addr,
+        "/v1/pipelines/demo",
+        r#"{"input":"What is the weather?"}"#,
+    );
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("event: start"));
     assert!(resp.contains("data: {\"text\":\" San\"}"));
     assert!(resp.contains("event: done"));
     let mut served = served;
     let child = &mut served.child;
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -96,7 +117,10 @@ fn serves_the_demo_pipeline_with_no_api_key_and_exits_0_on_sigterm() {
             assert_eq!(code.code(), Some(0), "sluice exits 0 after SIGTERM");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "sluice did not stop after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sluice did not stop after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -104,7 +128,11 @@ fn serves_the_demo_pipeline_with_no_api_key_and_exits_0_on_sigterm() {
 #[test]
 fn logs_carry_the_request_id_and_never_the_api_key() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mock = rt.block_on(MockProvider::start(Script::single(Reply::fixture("openai/text_stop.sse")))).unwrap();
+    let mock = rt
+        .block_on(MockProvider::start(Script::single(Reply::fixture(
+            "openai/text_stop.sse",
+        ))))
+        .unwrap();
     let dir = tempdir();
     std::fs::write(
         dir.join("settings.yaml"),
@@ -120,18 +148,28 @@ fn logs_carry_the_request_id_and_never_the_api_key() {
     )
     .unwrap();
     let secret = "sk-test-0123456789abcdefSECRET";
-    let served = serve(&dir, &[("SLUICE_TEST_SECRET_KEY", secret), ("SLUICE_LOG", "debug")], true);
+    let served = serve(
+        &dir,
+        &[("SLUICE_TEST_SECRET_KEY", secret), ("SLUICE_LOG", "debug")],
+        true,
+    );
     let resp = post(
         &served.addr,
         "/v1/pipelines/chat",
         r#"{"input":"hi","stream":false}"#,
     );
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    let id_line = resp.lines().find(|l| l.to_ascii_lowercase().starts_with("x-request-id:")).unwrap();
+    let id_line = resp
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("x-request-id:"))
+        .unwrap();
     let id = id_line.split(':').nth(1).unwrap().trim().to_string();
     // The provider got the key...
     let sent = mock.journal().requests();
-    assert_eq!(sent[0].header("authorization"), Some(format!("Bearer {secret}").as_str()));
+    assert_eq!(
+        sent[0].header("authorization"),
+        Some(format!("Bearer {secret}").as_str())
+    );
     // ...the logs never show it, and every line about the request names it.
     let mut lines = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -147,12 +185,19 @@ fn logs_carry_the_request_id_and_never_the_api_key() {
             Err(_) => continue,
         }
     }
-    assert!(lines.iter().any(|l| l.contains("request finished")), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("request finished")),
+        "{lines:#?}"
+    );
     for l in &lines {
         assert!(!l.contains(secret), "the API key was logged: {l}");
-        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"));
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"));
         if v["span"].is_object() || v["spans"].is_array() {
-            assert!(l.contains(&id), "a request log line without the request id: {l}");
+            assert!(
+                l.contains(&id),
+                "a request log line without the request id: {l}"
+            );
         }
     }
     drop(served);
@@ -160,11 +205,18 @@ fn logs_carry_the_request_id_and_never_the_api_key() {
 }
 
 fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-test-{}-{}", std::process::id(), uuid_like()));
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-test-{}-{}",
+        std::process::id(),
+        uuid_like()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
 fn uuid_like() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }

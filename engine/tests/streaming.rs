@@ -502,3 +502,35 @@ async fn stream_false_with_a_mid_answer_timeout_is_a_504_with_the_partial_output
     assert_eq!(body["error"]["code"], "timeout.idle");
     assert_eq!(body["output"], "Hello there");
 }
+
+#[tokio::test(start_paused = true)]
+async fn connect_timeout_covers_a_tls_handshake_that_never_answers() {
+    // A listener that accepts TCP and then says nothing: the TLS handshake
+    // of an https provider hangs inside the connect phase.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let cat = catalog(
+        &format!("https://localhost:{port}/v1"),
+        256,
+        "{connect: 1500ms, first_token: 5s, total: 10s}",
+    );
+    let server = sluice::serve::RunningServer::start(cat, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let resp = post(server.addr, r#"{"input":"hi"}"#).await;
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        Instant::now().duration_since(t0),
+        Duration::from_millis(1500)
+    );
+    assert_eq!(body_json(resp).await["error"]["code"], "timeout.connect");
+    server.stop().await;
+    held.abort();
+}
