@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::http::{self, ReadError, Request};
 use crate::journal::{Journal, RecordedRequest};
 use crate::script::{Body, Fault, Reply, Script};
-use crate::sse;
+use crate::{anthropic, sse};
 
 pub(crate) struct Shared {
     pub script: Script,
@@ -36,8 +36,28 @@ enum Outcome {
 enum Plan {
     /// A complete JSON response (errors, 404, 400).
     Simple(u16, Vec<u8>),
-    Stream(Reply),
-    Json(Reply),
+    Stream(Reply, Wire),
+    Json(Reply, Wire),
+}
+
+/// The API a request was made to, chosen by its path. It shapes error
+/// bodies and non-streaming answers; scripted stream bodies are sent as
+/// they are, whatever the path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// `…/chat/completions`
+    OpenAi,
+    /// `…/messages`
+    Anthropic,
+}
+
+impl Wire {
+    fn error_body(self, status: u16, message: Option<&str>) -> Vec<u8> {
+        match self {
+            Wire::OpenAi => http::error_body(status, message),
+            Wire::Anthropic => anthropic::error_body(status, message),
+        }
+    }
 }
 
 pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, conn: usize) {
@@ -121,26 +141,36 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, conn: usiz
 /// Decides the answer to `req`; the slot is taken only for scripted replies.
 fn plan(req: &Request, json: &Value, shared: &Shared) -> (Plan, Option<usize>) {
     let route = req.path.split('?').next().unwrap_or("");
-    if req.method != "POST" || !route.ends_with("/chat/completions") {
+    let wire = if route.ends_with("/chat/completions") {
+        Wire::OpenAi
+    } else if route.ends_with("/messages") {
+        Wire::Anthropic
+    } else {
         let msg = format!("Unknown request URL: {} {}", req.method, req.path);
         return (Plan::Simple(404, http::error_body(404, Some(&msg))), None);
+    };
+    if req.method != "POST" {
+        let msg = format!("Unknown request URL: {} {}", req.method, req.path);
+        return (Plan::Simple(404, wire.error_body(404, Some(&msg))), None);
     }
     if !json.is_object() {
         let msg = "We could not parse the JSON body of your request.";
-        return (Plan::Simple(400, http::error_body(400, Some(msg))), None);
+        return (Plan::Simple(400, wire.error_body(400, Some(msg))), None);
     }
     let slot = shared.next_slot.fetch_add(1, Ordering::SeqCst);
     let Some(reply) = shared.script.reply_for(slot).cloned() else {
         let msg = "sluice-testkit: the mock's script is empty";
         return (
-            Plan::Simple(500, http::error_body(500, Some(msg))),
+            Plan::Simple(500, wire.error_body(500, Some(msg))),
             Some(slot),
         );
     };
+    // Both APIs stream only when asked (`stream` defaults to false there);
+    // the mock streams unless told not to.
     let plan = if json.get("stream") == Some(&Value::Bool(false)) {
-        Plan::Json(reply)
+        Plan::Json(reply, wire)
     } else {
-        Plan::Stream(reply)
+        Plan::Stream(reply, wire)
     };
     (plan, Some(slot))
 }
@@ -160,7 +190,11 @@ async fn watch_close(rd: &mut ReadHalf<'_>, buf: &mut BytesMut) {
 /// The events of a reply, produced lazily (a flood never ends).
 enum Source {
     Events(std::vec::IntoIter<Bytes>),
-    Flood { started: bool, content: Bytes },
+    /// The prelude's events, then `content` forever.
+    Flood {
+        prelude: std::vec::IntoIter<Bytes>,
+        content: Bytes,
+    },
 }
 
 impl Iterator for Source {
@@ -168,12 +202,8 @@ impl Iterator for Source {
     fn next(&mut self) -> Option<Bytes> {
         match self {
             Source::Events(it) => it.next(),
-            Source::Flood { started, content } => {
-                if std::mem::replace(started, true) {
-                    Some(content.clone())
-                } else {
-                    Some(sse::role_chunk())
-                }
+            Source::Flood { prelude, content } => {
+                Some(prelude.next().unwrap_or_else(|| content.clone()))
             }
         }
     }
@@ -246,7 +276,7 @@ impl Out<'_, '_> {
             Plan::Simple(status, body) => {
                 return self.simple(status, &[], "application/json", &body).await;
             }
-            Plan::Stream(ref r) | Plan::Json(ref r) => r,
+            Plan::Stream(ref r, _) | Plan::Json(ref r, _) => r,
         };
         for f in &reply.faults {
             if let Fault::DelayHeaders(d) = f {
@@ -265,28 +295,36 @@ impl Out<'_, '_> {
                 .map(|s| ("retry-after", s.to_string()))
                 .into_iter()
                 .collect();
+            let wire = match plan {
+                Plan::Stream(_, w) | Plan::Json(_, w) => w,
+                Plan::Simple(..) => Wire::OpenAi,
+            };
             return self
                 .simple(
                     status,
                     &extra,
                     "application/json",
-                    &http::error_body(status, None),
+                    &wire.error_body(status, None),
                 )
                 .await;
         }
         match plan {
-            Plan::Json(ref r) => self.json(r).await,
+            Plan::Json(ref r, wire) => self.json(r, wire).await,
             _ => self.stream(reply).await,
         }
     }
 
-    /// A non-streaming `chat.completion`. A flood never finishes, so it
-    /// never answers (until the client closes).
-    async fn json(&mut self, reply: &Reply) -> Result<Outcome, Instant> {
+    /// A non-streaming `chat.completion` or Anthropic `message`. A flood
+    /// never finishes, so it never answers (until the client closes).
+    async fn json(&mut self, reply: &Reply, wire: Wire) -> Result<Outcome, Instant> {
         let Body::Events(events) = &reply.body else {
             return std::future::pending().await;
         };
-        let v = sse::completion_from_events(&transformed(events, &reply.faults));
+        let events = transformed(events, &reply.faults);
+        let v = match wire {
+            Wire::OpenAi => sse::completion_from_events(&events),
+            Wire::Anthropic => anthropic::message_from_events(&events),
+        };
         self.simple(200, &[], "application/json", v.to_string().as_bytes())
             .await
     }
@@ -305,16 +343,20 @@ impl Out<'_, '_> {
 
         let (mut source, flood) = match &reply.body {
             Body::Events(ev) => (Source::Events(transformed(ev, faults).into_iter()), false),
-            Body::Flood { token } => {
-                let content = sse::content_chunk(token);
-                (
-                    Source::Flood {
-                        started: false,
-                        content,
-                    },
-                    true,
-                )
-            }
+            Body::Flood { token } => (
+                Source::Flood {
+                    prelude: vec![sse::role_chunk()].into_iter(),
+                    content: sse::content_chunk(token),
+                },
+                true,
+            ),
+            Body::AnthropicFlood { token } => (
+                Source::Flood {
+                    prelude: anthropic::flood_prelude().into_iter(),
+                    content: anthropic::text_delta(token),
+                },
+                true,
+            ),
         };
         let fragment = faults
             .iter()

@@ -1,13 +1,16 @@
-//! Test kit for Sluice: a mock OpenAI-compatible chat-completions provider
-//! for black-box tests.
+//! Test kit for Sluice: a mock model provider, OpenAI-compatible chat
+//! completions and Anthropic Messages, for black-box tests.
 //!
 //! [`MockProvider`] is a raw HTTP/1.1 server on `tokio::net` (no hyper), so
 //! tests control every byte and can observe exactly when the client closes
 //! the connection, even while the mock is silent. It answers
-//! `POST …/chat/completions` from a [`Script`] of [`Reply`]s — recorded
-//! provider streams ([`Reply::fixture`]), synthesized ones ([`Reply::text`],
-//! [`Reply::flood`]) — paced and broken by [`Fault`]s, and records every
-//! request and the fate of its reply in a [`Journal`].
+//! `POST …/chat/completions` and `POST …/messages` (Anthropic) from one
+//! [`Script`] of [`Reply`]s — recorded provider streams ([`Reply::fixture`]),
+//! synthesized ones ([`Reply::text`], [`Reply::flood`],
+//! [`Reply::anthropic_text`], [`Reply::anthropic_flood`]) — paced and broken
+//! by [`Fault`]s, and records every request (with its `path`) and the fate
+//! of its reply in a [`Journal`]. The path decides the shape of error bodies
+//! and of non-streaming answers; stream bodies are sent as scripted.
 //!
 //! Everything time-related runs on tokio's clock, so tests can use
 //! `#[tokio::test(start_paused = true)]`: a 60 s stall takes no real time.
@@ -37,11 +40,12 @@
 //!
 //! Notes:
 //! - A request is streamed unless its JSON body has `"stream": false` (the
-//!   real API defaults to non-streaming); then a `chat.completion` is built
-//!   from the scripted events.
+//!   real APIs default to non-streaming); then a `chat.completion` (or, on
+//!   `…/messages`, a `message`) is built from the scripted events.
 //! - Header names in [`RecordedRequest::headers`] are lower-cased.
 //! - A client that half-closes its sending side counts as closed.
 
+mod anthropic;
 mod conn;
 mod http;
 mod journal;
@@ -58,7 +62,7 @@ use tokio::task::{JoinHandle, JoinSet};
 pub use journal::{Journal, RecordedRequest};
 pub use script::{Body, Fault, Reply, Script, fixtures_dir};
 
-/// A mock OpenAI-compatible provider on `127.0.0.1`. It serves until
+/// A mock OpenAI-compatible and Anthropic provider on `127.0.0.1`. It serves until
 /// dropped; dropping it aborts the accept loop and every connection task
 /// (their sockets close at the runtime's next turn).
 #[derive(Debug)]
@@ -91,7 +95,8 @@ impl MockProvider {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT/v1`; clients POST `{base_url}/chat/completions`.
+    /// `http://127.0.0.1:PORT/v1`; clients POST `{base_url}/chat/completions`
+    /// or `{base_url}/messages`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }

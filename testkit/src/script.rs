@@ -7,8 +7,8 @@ use bytes::Bytes;
 
 use crate::sse;
 
-/// What to answer, per request: the Nth chat-completions request gets
-/// `responses[N]`; once the list runs out, the last one repeats.
+/// What to answer, per request: the Nth model request (`…/chat/completions`
+/// or `…/messages`, one sequence for both) gets `responses[N]`; once the list runs out, the last one repeats.
 ///
 /// Requests that are not served (404, 400) do not consume a slot.
 #[derive(Clone, Debug)]
@@ -52,6 +52,10 @@ pub enum Body {
     /// An endless OpenAI stream: a role chunk, then content chunks carrying
     /// `token` forever (never a `finish_reason`, usage or `[DONE]`).
     Flood { token: String },
+    /// An endless Anthropic stream: `message_start`, a text block start and
+    /// a `ping`, then `text_delta`s carrying `token` forever (never a
+    /// `message_delta` or `message_stop`).
+    AnthropicFlood { token: String },
 }
 
 /// One scripted answer: a body, a pace and a list of faults.
@@ -103,6 +107,21 @@ impl Reply {
         })
     }
 
+    /// A synthesized Anthropic Messages stream: `message_start` (input 10
+    /// tokens), a text `content_block_start`, `ping`, one `text_delta` per
+    /// word, `content_block_stop`, `message_delta` (`end_turn`, cumulative
+    /// `output_tokens` = `words.len()`), `message_stop`.
+    pub fn anthropic_text(words: &[&str]) -> Reply {
+        Reply::from_body(Body::Events(crate::anthropic::synth_text(words)))
+    }
+
+    /// Like [`Reply::flood`], on the Anthropic wire (see [`Body::AnthropicFlood`]).
+    pub fn anthropic_flood(token: &str) -> Reply {
+        Reply::from_body(Body::AnthropicFlood {
+            token: token.to_owned(),
+        })
+    }
+
     /// Sets the delay before each event.
     pub fn pace(mut self, d: Duration) -> Reply {
         self.pace = d;
@@ -140,9 +159,12 @@ pub fn fixtures_dir() -> PathBuf {
 /// `DelayHeaders`, `Truncate` and `OmitUsage`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// Answer with this HTTP status, a provider-shaped JSON error body
-    /// (`{"error":{"message","type","param","code"}}`) and optionally
-    /// `Retry-After: secs`, instead of the body.
+    /// Answer with this HTTP status, a provider-shaped JSON error body and
+    /// optionally `Retry-After: secs`, instead of the body. The shape follows
+    /// the path: OpenAI's `{"error":{"message","type","param","code"}}` on
+    /// `…/chat/completions`, Anthropic's
+    /// `{"type":"error","error":{"type","message"}}` on `…/messages` (529 is
+    /// `overloaded_error`, 429 `rate_limit_error`, other 5xx `api_error`).
     Status {
         status: u16,
         retry_after: Option<u64>,
@@ -162,10 +184,13 @@ pub enum Fault {
     /// Replace event N (0-based) with garbage: `data: {not json\n\n`.
     MalformedAt(usize),
     /// Remove every event whose data is `[DONE]` or whose JSON has a
-    /// non-null top-level `usage`; the body then ends normally.
+    /// non-null top-level `usage`; the body then ends normally. On the
+    /// Anthropic wire: remove `message_stop`, and strip the `usage` of
+    /// `message_delta` (keeping its stop reason).
     Truncate,
     /// Remove usage only, keeping `[DONE]`: a usage-only chunk (`choices: []`)
-    /// is dropped, any other event loses its top-level `usage` key.
+    /// is dropped, any other event (e.g. Anthropic's `message_delta`) loses
+    /// its top-level `usage` key.
     OmitUsage,
     /// Write each event in pieces of at most N bytes, each its own HTTP
     /// chunk, so splits fall mid-line and mid-UTF-8. 0 is treated as 1.

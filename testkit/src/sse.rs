@@ -88,7 +88,7 @@ pub(crate) fn event_data(event: &[u8]) -> Option<String> {
     data
 }
 
-fn event_json(event: &[u8]) -> Option<Value> {
+pub(crate) fn event_json(event: &[u8]) -> Option<Value> {
     serde_json::from_str(&event_data(event)?).ok()
 }
 
@@ -97,6 +97,8 @@ fn has_usage(v: &Value) -> bool {
 }
 
 /// Applies `Fault::Truncate` and `Fault::OmitUsage` to a list of events.
+/// An Anthropic `message_delta` carries the stop reason with the usage, so
+/// `Truncate` strips its usage instead of removing it (as `OmitUsage` does).
 pub(crate) fn transform(events: &[Bytes], truncate: bool, omit_usage: bool) -> Vec<Bytes> {
     let mut out = Vec::with_capacity(events.len());
     for ev in events {
@@ -104,13 +106,19 @@ pub(crate) fn transform(events: &[Bytes], truncate: bool, omit_usage: bool) -> V
         let json = data
             .as_deref()
             .and_then(|d| serde_json::from_str::<Value>(d).ok());
+        let message_delta = json
+            .as_ref()
+            .is_some_and(|v| v.get("type").and_then(Value::as_str) == Some("message_delta"));
         if truncate {
-            let done = data.as_deref().is_some_and(|d| d.trim() == "[DONE]");
-            if done || json.as_ref().is_some_and(has_usage) {
+            let done = data.as_deref().is_some_and(|d| d.trim() == "[DONE]")
+                || json.as_ref().is_some_and(crate::anthropic::is_stop);
+            if done || (!message_delta && json.as_ref().is_some_and(has_usage)) {
                 continue;
             }
         }
-        if omit_usage && let Some(mut v) = json.filter(has_usage) {
+        if (omit_usage || (truncate && message_delta))
+            && let Some(mut v) = json.filter(has_usage)
+        {
             let usage_only = v
                 .get("choices")
                 .and_then(Value::as_array)

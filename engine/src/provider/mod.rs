@@ -8,6 +8,9 @@ use std::time::Duration;
 use futures_util::Stream;
 use serde::Serialize;
 
+pub mod anthropic;
+pub mod anthropic_wire;
+pub mod http;
 pub mod openai;
 pub mod openai_wire;
 pub mod replay;

@@ -4,6 +4,9 @@
 //! The pipeline's model name is the recording to play, relative to the
 //! provider's `fixtures` directory (e.g. `openai/text_stop.sse`). Recordings
 //! are read and decoded once, when the pipeline is compiled.
+//!
+//! Recordings under `anthropic/`, or whose first event is `message_start`,
+//! are Anthropic Messages streams; all others are OpenAI chat completions.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -13,8 +16,10 @@ use std::time::Duration;
 
 use futures_util::stream;
 
+use super::anthropic_wire::AnthropicDecoder;
+use super::http::Decoder;
 use super::openai_wire::OpenAiDecoder;
-use super::sse::SseParser;
+use super::sse::{SseEvent, SseParser};
 use super::{Chunk, ChunkStream, Provider, ProviderError, ProviderRequest};
 
 pub struct ReplayProvider {
@@ -48,7 +53,7 @@ impl ReplayProvider {
             }
             _ => format!("cannot read replay recording \"{model}\": {e}"),
         })?;
-        let groups = decode_recording(&bytes)
+        let groups = decode_recording_as(&bytes, model.starts_with("anthropic/"))
             .map_err(|e| format!("replay recording \"{model}\" is invalid: {e}"))?;
         self.recordings
             .lock()
@@ -66,8 +71,15 @@ impl ReplayProvider {
     }
 }
 
-/// Decodes a recorded OpenAI stream body into one chunk group per event.
+/// Decodes a recorded stream body into one chunk group per event: an
+/// Anthropic stream if its first event is `message_start`, else OpenAI.
 pub fn decode_recording(bytes: &[u8]) -> Result<Vec<Vec<Chunk>>, String> {
+    decode_recording_as(bytes, false)
+}
+
+/// Like [`decode_recording`], with the Anthropic decoder forced when
+/// `anthropic` is set.
+pub fn decode_recording_as(bytes: &[u8], anthropic: bool) -> Result<Vec<Vec<Chunk>>, String> {
     let mut parser = SseParser::new();
     let mut events = Vec::new();
     parser.push(bytes, &mut events).map_err(|e| e.to_string())?;
@@ -75,7 +87,17 @@ pub fn decode_recording(bytes: &[u8]) -> Result<Vec<Vec<Chunk>>, String> {
     if events.is_empty() {
         return Err("no events".into());
     }
-    let mut decoder = OpenAiDecoder::new();
+    if anthropic || events[0].event.as_deref() == Some("message_start") {
+        decode_events(&events, AnthropicDecoder::new())
+    } else {
+        decode_events(&events, OpenAiDecoder::new())
+    }
+}
+
+fn decode_events(
+    events: &[SseEvent],
+    mut decoder: impl Decoder,
+) -> Result<Vec<Vec<Chunk>>, String> {
     let mut groups = Vec::with_capacity(events.len());
     for (i, ev) in events.iter().enumerate() {
         let mut chunks = Vec::new();
@@ -107,5 +129,84 @@ impl Provider for ReplayProvider {
             let s: ChunkStream = Box::pin(futures_util::StreamExt::flatten(events));
             Ok(s)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::provider::{FinishReason, Message, Role, Usage};
+
+    fn fixtures() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/recorded")
+    }
+
+    async fn play(p: &ReplayProvider, model: &str) -> Vec<Chunk> {
+        let req = ProviderRequest {
+            model: model.to_string(),
+            messages: vec![Message {
+                role: Role::User,
+                content: "hi".into(),
+            }],
+            temperature: None,
+            max_tokens: 64,
+            connect_timeout: Duration::from_secs(1),
+        };
+        let stream = p.call(req).await.expect("recording is loaded");
+        stream.map(|c| c.expect("no error")).collect().await
+    }
+
+    fn text(chunks: &[Chunk]) -> String {
+        chunks
+            .iter()
+            .filter_map(|c| match c {
+                Chunk::Delta(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn anthropic_recordings_play_through_the_anthropic_decoder() {
+        let p = ReplayProvider::new(fixtures(), Duration::ZERO);
+        p.preload("anthropic/text.sse").unwrap();
+        p.preload("anthropic/tool_use.sse").unwrap();
+
+        let chunks = play(&p, "anthropic/text.sse").await;
+        assert_eq!(text(&chunks), "Hello there!");
+        assert_eq!(
+            &chunks[chunks.len() - 3..],
+            &[
+                Chunk::Finish(FinishReason::Stop),
+                Chunk::Usage(Usage {
+                    prompt_tokens: 11,
+                    completion_tokens: 6
+                }),
+                Chunk::End
+            ]
+        );
+
+        let chunks = play(&p, "anthropic/tool_use.sse").await;
+        assert_eq!(
+            text(&chunks),
+            "I'll check the current weather in Paris for you."
+        );
+        assert!(chunks.contains(&Chunk::Finish(FinishReason::ToolCalls)));
+        assert_eq!(chunks.last(), Some(&Chunk::End));
+    }
+
+    #[test]
+    fn the_wire_is_told_by_the_first_event_or_the_directory() {
+        let body = std::fs::read(fixtures().join("anthropic/text.sse")).unwrap();
+        let groups = decode_recording(&body).unwrap();
+        assert!(groups.concat().contains(&Chunk::End));
+        // The OpenAI decoder would reject Anthropic events, and vice versa.
+        let openai = std::fs::read(fixtures().join("openai/text_stop.sse")).unwrap();
+        assert!(decode_recording(&openai).is_ok());
+        assert!(decode_recording_as(&openai, true).is_err());
     }
 }

@@ -1,0 +1,355 @@
+//! The Anthropic Messages API wire format: request bodies, the streamed
+//! `message_start` ... `message_stop` events and HTTP error bodies.
+//!
+//! Unlike OpenAI's, this stream is typed by the SSE `event:` name, so the
+//! decoder dispatches on it (falling back to the data's `type` when a proxy
+//! drops the name) and parses only the fields each event needs.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::sse::SseEvent;
+use super::{Chunk, FinishReason, ProviderError, ProviderRequest, Role, Usage};
+
+/// Longest summary of an in-stream error, in characters.
+const SUMMARY_MAX: usize = 200;
+/// Most characters of offending upstream data quoted in a `Malformed` error.
+const SNIPPET_MAX: usize = 80;
+
+/// The body of `POST {base_url}/messages`. Anthropic has no system role in
+/// `messages`: system messages are joined into the top-level `system`.
+pub fn request_body(req: &ProviderRequest) -> Value {
+    let system: Vec<&str> = req
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::System)
+        .map(|m| m.content.as_str())
+        .collect();
+    let messages: Vec<Value> = req
+        .messages
+        .iter()
+        .filter(|m| m.role != Role::System)
+        .map(|m| json!({ "role": m.role, "content": m.content }))
+        .collect();
+    let mut body = json!({
+        "model": req.model,
+        // Required by Anthropic; already clamped to the pipeline's ceiling.
+        "max_tokens": req.max_tokens,
+        "messages": messages,
+        "stream": true,
+    });
+    if !system.is_empty() {
+        body["system"] = json!(system.join("\n\n"));
+    }
+    if let Some(t) = req.temperature {
+        body["temperature"] = json!(t);
+    }
+    body
+}
+
+/// Maps Anthropic's `stop_reason`.
+pub fn finish_reason(stop_reason: &str) -> FinishReason {
+    match stop_reason {
+        "end_turn" | "stop_sequence" => FinishReason::Stop,
+        "max_tokens" => FinishReason::Length,
+        "tool_use" => FinishReason::ToolCalls,
+        "refusal" => FinishReason::ContentFilter,
+        other => FinishReason::Other(other.to_string()),
+    }
+}
+
+// Only the fields we use are declared; serde skips the rest. Strings are
+// `Cow` so that they borrow from the event unless JSON escapes force a copy.
+#[derive(Deserialize)]
+struct TypeOnly<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct MessageStart {
+    message: StartMessage,
+}
+
+#[derive(Deserialize)]
+struct StartMessage {
+    usage: Option<WireUsage>,
+}
+
+// Counts may be absent or null (cache fields on older models, input_tokens
+// in most `message_delta`s).
+#[derive(Deserialize, Default)]
+struct WireUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct BlockStart<'a> {
+    index: u32,
+    #[serde(borrow)]
+    content_block: ContentBlock<'a>,
+}
+
+#[derive(Deserialize)]
+struct ContentBlock<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct BlockDelta<'a> {
+    index: u32,
+    #[serde(borrow)]
+    delta: DeltaBody<'a>,
+}
+
+#[derive(Deserialize)]
+struct DeltaBody<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    partial_json: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct MessageDelta<'a> {
+    #[serde(borrow)]
+    delta: Option<StopDelta<'a>>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct StopDelta<'a> {
+    #[serde(borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEvent<'a> {
+    #[serde(borrow)]
+    error: Option<ErrorBody<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    message: Option<Cow<'a, str>>,
+}
+
+/// Decodes one Anthropic stream. Keeps the prompt-side token counts of
+/// `message_start` so that the `message_delta` usage can be reported whole.
+#[derive(Debug, Default, Clone)]
+pub struct AnthropicDecoder {
+    input_tokens: Option<u64>,
+    cache_creation_tokens: Option<u64>,
+    cache_read_tokens: Option<u64>,
+}
+
+impl AnthropicDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Turns one upstream event into chunks. On error nothing is appended.
+    pub fn decode(&mut self, ev: &SseEvent, out: &mut Vec<Chunk>) -> Result<(), ProviderError> {
+        let data = ev.data.trim_ascii();
+        let named;
+        let kind: &str = match ev.event.as_deref() {
+            Some(name) => name,
+            None => {
+                named = parse::<TypeOnly>(data, "event")?.kind.unwrap_or_default();
+                named.as_ref()
+            }
+        };
+        match kind {
+            // Nothing to say, and their data is not worth parsing.
+            "ping" | "content_block_stop" => {}
+            "message_start" => {
+                let start: MessageStart = parse(data, "message_start")?;
+                self.remember(&start.message.usage.unwrap_or_default());
+            }
+            "content_block_start" => {
+                let start: BlockStart = parse(data, "content_block_start")?;
+                let block = start.content_block;
+                match block.kind.as_ref() {
+                    "text" => {
+                        // Always empty in practice; kept if it is not.
+                        if let Some(text) = block.text.filter(|t| !t.is_empty()) {
+                            out.push(Chunk::Delta(text.into_owned()));
+                        }
+                    }
+                    "tool_use" => out.push(Chunk::ToolCallDelta {
+                        index: start.index,
+                        id: block.id.map(Cow::into_owned),
+                        name: block.name.map(Cow::into_owned),
+                        arguments: String::new(),
+                    }),
+                    // thinking, server tools...: not part of the answer.
+                    _ => {}
+                }
+            }
+            "content_block_delta" => {
+                let d: BlockDelta = parse(data, "content_block_delta")?;
+                match d.delta.kind.as_ref() {
+                    "text_delta" => {
+                        if let Some(text) = d.delta.text.filter(|t| !t.is_empty()) {
+                            out.push(Chunk::Delta(text.into_owned()));
+                        }
+                    }
+                    "input_json_delta" => out.push(Chunk::ToolCallDelta {
+                        index: d.index,
+                        id: None,
+                        name: None,
+                        arguments: d
+                            .delta
+                            .partial_json
+                            .map(Cow::into_owned)
+                            .unwrap_or_default(),
+                    }),
+                    // thinking_delta, signature_delta, citations_delta...
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                let d: MessageDelta = parse(data, "message_delta")?;
+                if let Some(reason) = d.delta.and_then(|s| s.stop_reason) {
+                    out.push(Chunk::Finish(finish_reason(&reason)));
+                }
+                if let Some(usage) = d.usage {
+                    // Cumulative counts: they replace, not add to, what
+                    // `message_start` said.
+                    self.remember(&usage);
+                    // Without both counts the usage is left to Sluice's
+                    // estimate rather than reported as zero tokens.
+                    if let (Some(input), Some(output)) = (self.input_tokens, usage.output_tokens) {
+                        let cache = [self.cache_creation_tokens, self.cache_read_tokens];
+                        out.push(Chunk::Usage(Usage {
+                            prompt_tokens: cache
+                                .into_iter()
+                                .flatten()
+                                .fold(input, u64::saturating_add),
+                            completion_tokens: output,
+                        }));
+                    }
+                }
+            }
+            "message_stop" => out.push(Chunk::End),
+            "error" => {
+                let e: ErrorEvent = serde_json::from_str(data)
+                    .map_err(|_| ProviderError::InStream(one_line(data, SUMMARY_MAX)))?;
+                let summary = match e.error {
+                    Some(ErrorBody {
+                        kind: Some(k),
+                        message: Some(m),
+                    }) => format!("{k}: {m}"),
+                    Some(ErrorBody { kind: Some(s), .. })
+                    | Some(ErrorBody {
+                        message: Some(s), ..
+                    }) => s.into_owned(),
+                    _ => format!("unrecognized error event {data}"),
+                };
+                return Err(ProviderError::InStream(one_line(&summary, SUMMARY_MAX)));
+            }
+            // Anthropic documents that new event types may appear.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Keeps the prompt-side counts. Output counts are reported only from
+    /// `message_delta`, whose count is the final one.
+    fn remember(&mut self, u: &WireUsage) {
+        let fields = [
+            (&mut self.input_tokens, u.input_tokens),
+            (
+                &mut self.cache_creation_tokens,
+                u.cache_creation_input_tokens,
+            ),
+            (&mut self.cache_read_tokens, u.cache_read_input_tokens),
+        ];
+        for (slot, value) in fields {
+            if value.is_some() {
+                *slot = value;
+            }
+        }
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(data: &'a str, what: &str) -> Result<T, ProviderError> {
+    // Checked first because serde would also accept a JSON array as a
+    // struct, positionally.
+    if !data.starts_with('{') {
+        return Err(malformed(
+            &format!("{what} data is not a json object"),
+            data,
+        ));
+    }
+    serde_json::from_str(data).map_err(|e| {
+        malformed(
+            &format!("invalid {what} ({})", one_line(&e.to_string(), SNIPPET_MAX)),
+            data,
+        )
+    })
+}
+
+fn malformed(what: &str, data: &str) -> ProviderError {
+    ProviderError::Malformed(format!("{what}: {}", one_line(data, SNIPPET_MAX)))
+}
+
+/// A one-line summary of an HTTP error body, at most 200 characters:
+/// `"type: message"` for Anthropic's `{"type":"error","error":{...}}`.
+pub fn summarize_error_body(status: u16, body: &[u8]) -> String {
+    // The OpenAI summarizer reads `error.type` and `error.message` of a
+    // top-level `error` object, which is exactly Anthropic's shape, and
+    // handles the non-JSON bodies of proxies the same way.
+    super::openai_wire::summarize_error_body(status, body)
+}
+
+/// Collapses whitespace and control characters to single spaces and keeps at
+/// most `max` characters, ending with "..." when anything was cut.
+fn one_line(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut chars = 0;
+    let mut space = false;
+    for c in s.chars() {
+        if c.is_whitespace() || c.is_control() {
+            space = !out.is_empty();
+            continue;
+        }
+        if space {
+            out.push(' ');
+            chars += 1;
+            space = false;
+        }
+        out.push(c);
+        chars += 1;
+        if chars > max {
+            let keep = max.saturating_sub(3);
+            let end = out.char_indices().nth(keep).map_or(out.len(), |(i, _)| i);
+            out.truncate(end);
+            out.truncate(out.trim_end().len());
+            out.push_str("...");
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "anthropic_wire_tests.rs"]
+mod tests;
