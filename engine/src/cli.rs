@@ -38,6 +38,31 @@ pub enum Command {
         #[arg(default_value = "pipelines")]
         dir: PathBuf,
     },
+    /// Spend, tokens, errors and time to first token from the ledger.
+    Usage {
+        /// Directory whose settings.yaml names the ledger.
+        #[arg(default_value = "pipelines")]
+        dir: PathBuf,
+        /// How far back: a duration such as 24h or 7d.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Group rows by pipeline, model or day.
+        #[arg(long, value_enum, default_value = "pipeline")]
+        by: UsageBy,
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The ledger URL, instead of the one in settings.yaml.
+        #[arg(long)]
+        storage: Option<String>,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum UsageBy {
+    Pipeline,
+    Model,
+    Day,
 }
 
 pub fn init_logging(json: bool) {
@@ -105,9 +130,7 @@ pub async fn serve(
     }
     let addr = listen.unwrap_or(catalog.server.listen);
     let names: Vec<String> = catalog.pipelines.keys().cloned().collect();
-    let server = Server::bind(catalog, addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let server = Server::bind(catalog, addr).await?;
     let local = server.local_addr()?;
     tracing::info!(addr = %local, pipelines = ?names, "serving");
     server.run(shutdown_signal()).await;
@@ -134,4 +157,59 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+/// `sluice usage`: reads the ledger and prints totals per group.
+pub async fn usage(
+    dir: &std::path::Path,
+    since: &str,
+    by: UsageBy,
+    json: bool,
+    storage: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    use crate::ledger::report::{self, GroupBy};
+    let since = humantime::parse_duration(since).map_err(|_| {
+        anyhow::anyhow!("invalid --since \"{since}\", expected a duration such as 24h or 7d")
+    })?;
+    let storage = match storage {
+        Some(s) => s,
+        None => match compile::load_dir(dir) {
+            Ok(c) => c.storage,
+            Err(diags) => {
+                for d in diags.iter().filter(|d| d.is_error()) {
+                    eprintln!("{d}");
+                }
+                anyhow::bail!(
+                    "cannot read the ledger location from {}; fix the errors or pass --storage",
+                    dir.display()
+                );
+            }
+        },
+    };
+    let ledger = crate::ledger::Ledger::open(&storage).await?;
+    let since_ms = crate::ledger::money::now_ms() - since.as_millis() as i64;
+    let rows = ledger.rows_since(since_ms).await?;
+    let by = match by {
+        UsageBy::Pipeline => GroupBy::Pipeline,
+        UsageBy::Model => GroupBy::Model,
+        UsageBy::Day => GroupBy::Day,
+    };
+    let groups = report::summarize(&rows, by);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "since_ms": since_ms, "groups": groups })
+            )?
+        );
+    } else if groups.is_empty() {
+        println!(
+            "no requests in the ledger since {}",
+            humantime::format_duration(since)
+        );
+    } else {
+        print!("{}", report::render_table(&groups, by));
+    }
+    ledger.close().await;
+    Ok(ExitCode::SUCCESS)
 }

@@ -12,11 +12,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::budget::{self, Budget};
 use crate::config::node::{self, Node};
 use crate::config::{
     Diagnostic, Pos, RawPipeline, RawProvider, RawSettings, SETTINGS_FILE, Spanned, diag,
 };
+use crate::ledger::Price;
 use crate::provider::Provider;
+use crate::provider::anthropic::{self, AnthropicProvider};
 use crate::provider::openai::OpenAiProvider;
 use crate::provider::replay::ReplayProvider;
 
@@ -26,7 +29,16 @@ pub struct Catalog {
     pub pipelines: BTreeMap<String, Arc<Pipeline>>,
     /// Problems that do not stop serving (e.g. an API key variable not set).
     pub warnings: Vec<Diagnostic>,
+    /// Ledger URL: `sqlite:...` or `postgres://...`.
+    pub storage: String,
+    /// The budget every pipeline shares, if any.
+    pub global_budget: Option<Budget>,
+    /// Where budget alerts are posted.
+    pub alert_webhook: Option<String>,
 }
+
+/// The ledger's default place, relative to the working directory.
+pub const DEFAULT_STORAGE: &str = "sqlite:data/sluice.db";
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -59,6 +71,9 @@ pub struct Pipeline {
     /// Completion-token ceiling of one model call, > 0.
     pub max_tokens: u32,
     pub timeouts: Timeouts,
+    /// The model's price; always set when any budget applies.
+    pub price: Option<Price>,
+    pub budget: Option<Budget>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -93,7 +108,7 @@ impl Timeouts {
 }
 
 /// Provider kinds that `settings.yaml` may declare.
-pub const PROVIDER_KINDS: &[&str] = &["openai", "replay"];
+pub const PROVIDER_KINDS: &[&str] = &["openai", "anthropic", "replay"];
 
 /// Compiles every file in `dir`. On success the catalog carries warnings;
 /// on failure every diagnostic (errors and warnings) is returned, sorted.
@@ -180,6 +195,40 @@ pub fn compile_sources(
         ),
         None => (ServerSettings::default(), BTreeMap::new()),
     };
+    let prices = raw_settings
+        .as_ref()
+        .map(|raw| budget::compile_prices(settings_path, &raw.prices, &mut cx.diags))
+        .unwrap_or_default();
+    let global_budget = raw_settings
+        .as_ref()
+        .and_then(|raw| raw.budgets.global.as_ref())
+        .and_then(|b| {
+            let mut no_downgrade = |m: &crate::config::RawModel, d: &mut Vec<Diagnostic>| {
+                d.push(Diagnostic::error(
+                settings_path,
+                m.provider.pos,
+                "the global budget cannot downgrade (each pipeline declares its own cheaper model)",
+            ));
+                None
+            };
+            budget::compile_budget(
+                settings_path,
+                b,
+                "global".into(),
+                &mut cx.diags,
+                &mut no_downgrade,
+            )
+        });
+    let money = MoneyCx {
+        prices: &prices,
+        global_budget: raw_settings
+            .as_ref()
+            .is_some_and(|r| r.budgets.global.is_some()),
+    };
+    let (storage, alert_webhook) = match &raw_settings {
+        Some(raw) => cx.ledger_settings(settings_path, raw),
+        None => (DEFAULT_STORAGE.to_string(), None),
+    };
 
     // Names declared in settings, valid or not: a pipeline naming a provider
     // that failed its own checks must not also hear it is undeclared. With
@@ -210,7 +259,7 @@ pub fn compile_sources(
             routes.insert(raw.name.value.clone(), (path.clone(), raw.name.pos));
         }
         // A duplicate is still checked, so its other problems show up now.
-        if let Some(p) = cx.pipeline(path, raw, &providers, &declared)
+        if let Some(p) = cx.pipeline(path, raw, &providers, &declared, &money)
             && duplicate.is_none()
         {
             pipelines_out.insert(p.name.clone(), Arc::new(p));
@@ -225,6 +274,9 @@ pub fn compile_sources(
             server,
             pipelines: pipelines_out,
             warnings,
+            storage,
+            global_budget,
+            alert_webhook,
         })
     } else {
         let mut all = errors;
@@ -232,6 +284,12 @@ pub fn compile_sources(
         diag::sort(&mut all);
         Err(all)
     }
+}
+
+/// Prices and whether a global budget applies, for pipeline checks.
+struct MoneyCx<'a> {
+    prices: &'a BTreeMap<String, Price>,
+    global_budget: bool,
 }
 
 /// A declared provider, resolved.
@@ -380,42 +438,47 @@ impl Cx {
         let not_for =
             |key: &str| format!("\"{key}\" does not apply to a provider of kind \"{kind}\"");
         match kind {
-            "openai" => {
+            "openai" | "anthropic" => {
                 if let Some(f) = &p.fixtures {
                     self.error(file, f.pos, not_for("fixtures"));
                 }
                 if let Some(f) = &p.pace {
                     self.error(file, f.pos, not_for("pace"));
                 }
-                let Some(base_url) = &p.base_url else {
-                    self.error(
-                        file,
-                        p.pos,
-                        format!(
-                            "provider \"{}\" of kind \"openai\" needs a base_url",
-                            name.value
-                        ),
-                    );
-                    return None;
-                };
-                let uri = match base_url.value.parse::<http::Uri>() {
-                    Ok(u)
-                        if matches!(u.scheme_str(), Some("http" | "https"))
-                            && u.host().is_some() =>
-                    {
-                        u
+                let uri = match &p.base_url {
+                    None if kind == "anthropic" => {
+                        http::Uri::from_static(anthropic::DEFAULT_BASE_URL)
                     }
-                    _ => {
+                    None => {
                         self.error(
                             file,
-                            base_url.pos,
+                            p.pos,
                             format!(
-                                "invalid base_url \"{}\", expected an http:// or https:// URL",
-                                base_url.value
+                                "provider \"{}\" of kind \"openai\" needs a base_url",
+                                name.value
                             ),
                         );
                         return None;
                     }
+                    Some(base_url) => match base_url.value.parse::<http::Uri>() {
+                        Ok(u)
+                            if matches!(u.scheme_str(), Some("http" | "https"))
+                                && u.host().is_some() =>
+                        {
+                            u
+                        }
+                        _ => {
+                            self.error(
+                                file,
+                                base_url.pos,
+                                format!(
+                                    "invalid base_url \"{}\", expected an http:// or https:// URL",
+                                    base_url.value
+                                ),
+                            );
+                            return None;
+                        }
+                    },
                 };
                 let mut api_key = None;
                 let mut missing_key = None;
@@ -434,14 +497,14 @@ impl Cx {
                         }
                     }
                 }
-                let provider = OpenAiProvider::new(
-                    &name.value,
-                    uri,
-                    api_key,
-                    p.api_key_env.as_ref().map(|v| v.value.clone()),
-                );
+                let key_env = p.api_key_env.as_ref().map(|v| v.value.clone());
+                let provider: Arc<dyn Provider> = if kind == "anthropic" {
+                    Arc::new(AnthropicProvider::new(&name.value, uri, api_key, key_env))
+                } else {
+                    Arc::new(OpenAiProvider::new(&name.value, uri, api_key, key_env))
+                };
                 Some(ProviderEntry {
-                    provider: Arc::new(provider),
+                    provider,
                     replay: None,
                     missing_key,
                 })
@@ -503,12 +566,157 @@ impl Cx {
         }
     }
 
+    fn ledger_settings(&mut self, file: &Path, raw: &RawSettings) -> (String, Option<String>) {
+        let storage = match (&raw.storage, &raw.storage_env) {
+            (Some(_), Some(env)) => {
+                self.error(
+                    file,
+                    env.pos,
+                    "give either storage or storage_env, not both",
+                );
+                DEFAULT_STORAGE.to_string()
+            }
+            (Some(s), None) => s.value.clone(),
+            (None, Some(env)) => match std::env::var(&env.value) {
+                Ok(v) if !v.is_empty() => v,
+                _ => {
+                    self.error(
+                        file,
+                        env.pos,
+                        format!(
+                            "environment variable {} (storage_env) is not set",
+                            env.value
+                        ),
+                    );
+                    DEFAULT_STORAGE.to_string()
+                }
+            },
+            (None, None) => DEFAULT_STORAGE.to_string(),
+        };
+        let known = storage == "memory"
+            || storage.starts_with("sqlite:")
+            || storage.starts_with("postgres://")
+            || storage.starts_with("postgresql://");
+        if !known {
+            let pos = raw
+                .storage
+                .as_ref()
+                .or(raw.storage_env.as_ref())
+                .map_or(Pos::START, |s| s.pos);
+            // The URL may carry a password: do not echo it.
+            self.error(
+                file,
+                pos,
+                "invalid storage, expected sqlite:PATH, postgres://... or memory",
+            );
+        }
+        let mut webhook = None;
+        if let Some(alerts) = &raw.alerts {
+            let url = match (&alerts.webhook_url, &alerts.webhook_url_env) {
+                (Some(u), None) => Some((u.value.clone(), u.pos)),
+                (None, Some(env)) => match std::env::var(&env.value) {
+                    Ok(v) if !v.is_empty() => Some((v, env.pos)),
+                    _ => {
+                        self.diags.push(Diagnostic::warning(
+                            file,
+                            env.pos,
+                            format!("environment variable {} is not set; budget alerts will only be logged", env.value),
+                        ));
+                        None
+                    }
+                },
+                (Some(_), Some(env)) => {
+                    self.error(
+                        file,
+                        env.pos,
+                        "give either webhook_url or webhook_url_env, not both",
+                    );
+                    None
+                }
+                (None, None) => None,
+            };
+            if let Some((url, pos)) = url {
+                match url.parse::<http::Uri>() {
+                    Ok(u)
+                        if matches!(u.scheme_str(), Some("http" | "https"))
+                            && u.host().is_some() =>
+                    {
+                        webhook = Some(url)
+                    }
+                    _ => self.error(
+                        file,
+                        pos,
+                        "invalid alert webhook, expected an http:// or https:// URL",
+                    ),
+                }
+            }
+        }
+        (storage, webhook)
+    }
+
+    fn downgrade_target(
+        &mut self,
+        file: &Path,
+        m: &crate::config::RawModel,
+        providers: &BTreeMap<String, ProviderEntry>,
+        money: &MoneyCx,
+        main_price: Option<Price>,
+        d: &mut Vec<Diagnostic>,
+    ) -> Option<budget::Downgrade> {
+        let Some(entry) = providers.get(&m.provider.value) else {
+            d.push(Diagnostic::error(
+                file,
+                m.provider.pos,
+                format!("unknown provider \"{}\" in downgrade_to", m.provider.value),
+            ));
+            return None;
+        };
+        if let Some(replay) = &entry.replay
+            && let Err(msg) = replay.preload(&m.name.value)
+        {
+            d.push(Diagnostic::error(file, m.name.pos, msg));
+            return None;
+        }
+        let Some(price) = money.prices.get(&m.name.value).copied() else {
+            d.push(Diagnostic::error(
+                file,
+                m.name.pos,
+                format!(
+                    "downgrade model \"{}\" has no price in settings.yaml",
+                    m.name.value
+                ),
+            ));
+            return None;
+        };
+        if let Some(main) = main_price
+            && price.input_per_m >= main.input_per_m
+            && price.output_per_m >= main.output_per_m
+        {
+            d.push(Diagnostic::error(
+                file,
+                m.name.pos,
+                format!(
+                    "downgrade model \"{}\" is not cheaper than the pipeline's model",
+                    m.name.value
+                ),
+            ));
+            return None;
+        }
+        Some(budget::Downgrade {
+            provider_name: m.provider.value.clone(),
+            provider: entry.provider.clone(),
+            model: m.name.value.clone(),
+            price,
+        })
+    }
+
     fn pipeline(
         &mut self,
         file: &Path,
         raw: RawPipeline,
         providers: &BTreeMap<String, ProviderEntry>,
         declared: &Option<Vec<String>>,
+        money: &MoneyCx,
     ) -> Option<Pipeline> {
         let mut ok = true;
         let name = &raw.name;
@@ -656,6 +864,38 @@ impl Cx {
             }
         }
 
+        let price = money.prices.get(&raw.model.name.value).copied();
+        if price.is_none() && (raw.budget.is_some() || money.global_budget) {
+            self.error(
+                file,
+                raw.model.name.pos,
+                format!(
+                    "model \"{}\" has no price in settings.yaml (prices: {{\"{}\": {{input: ..., output: ...}}}}); a budget needs a price for every model it pays for",
+                    raw.model.name.value, raw.model.name.value
+                ),
+            );
+            ok = false;
+        }
+        let budget = match &raw.budget {
+            None => None,
+            Some(b) => {
+                let main_price = price;
+                let mut downgrade = |m: &crate::config::RawModel, d: &mut Vec<Diagnostic>| {
+                    self.downgrade_target(file, m, providers, money, main_price, d)
+                };
+                let mut diags = Vec::new();
+                let compiled = budget::compile_budget(
+                    file,
+                    b,
+                    format!("pipeline:{}", raw.name.value),
+                    &mut diags,
+                    &mut downgrade,
+                );
+                ok &= compiled.is_some();
+                self.diags.extend(diags);
+                compiled
+            }
+        };
         let provider = provider?;
         if let Some(w) = &provider.missing_key
             && !self.diags.contains(w)
@@ -666,6 +906,8 @@ impl Cx {
             return None;
         }
         Some(Pipeline {
+            price,
+            budget,
             name: raw.name.value,
             description: raw.description,
             provider_name: raw.model.provider.value,

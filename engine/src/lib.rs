@@ -11,12 +11,18 @@
 //! - [`run`]: one request: provider call, deadlines, token ceiling, events.
 //! - [`provider`]: the provider seam (a stream of typed chunks), the
 //!   OpenAI-compatible client, the upstream SSE parser and the replay provider.
+//! - [`tools`]: SQL tools the model may call: schema-checked arguments
+//!   bound into fixed queries on read-only SQLite databases.
 //! - [`tokens`]: tokenizer counts for ceilings and estimated usage.
 //! - [`cli`]: the `sluice` command line.
 
+pub mod alerts;
+pub mod budget;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod ledger;
+pub mod metrics;
 pub mod provider;
 pub mod run;
 pub mod serve;

@@ -7,6 +7,18 @@ fn main() -> anyhow::Result<ExitCode> {
     let args = Cli::parse();
     match args.command {
         Command::Check { dir } => Ok(cli::check(&dir)),
+        Command::Usage {
+            dir,
+            since,
+            by,
+            json,
+            storage,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(cli::usage(&dir, &since, by, json, storage))
+        }
         Command::Serve { dir, listen } => {
             cli::init_logging(args.log_json);
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -25,6 +25,57 @@ pub struct RawSettings {
     pub server: RawServer,
     #[serde(default)]
     pub providers: BTreeMap<Spanned<String>, Spanned<RawProvider>>,
+    /// Where the ledger lives: `sqlite:PATH` (default `sqlite:data/sluice.db`,
+    /// relative to the working directory) or `postgres://...`.
+    pub storage: Option<Spanned<String>>,
+    /// Like `storage`, but read from this environment variable (for URLs
+    /// that carry a password).
+    pub storage_env: Option<Spanned<String>>,
+    /// Prices per million tokens, by model name.
+    #[serde(default)]
+    pub prices: BTreeMap<Spanned<String>, Spanned<RawPrice>>,
+    /// Budgets shared by every pipeline.
+    #[serde(default)]
+    pub budgets: RawGlobalBudgets,
+    pub alerts: Option<RawAlerts>,
+}
+
+/// Dollars per million tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input: Spanned<f64>,
+    pub output: Spanned<f64>,
+    pub cached_input: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGlobalBudgets {
+    pub global: Option<Spanned<RawBudget>>,
+}
+
+/// A daily budget, in dollars, by UTC calendar day.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub daily_usd: Spanned<f64>,
+    /// Fractions of the budget at which an alert fires, e.g. `[0.5, 0.8, 1.0]`.
+    #[serde(default)]
+    pub alert_at: Vec<Spanned<f64>>,
+    /// `reject` (default) or `downgrade`.
+    pub on_exhausted: Option<Spanned<String>>,
+    /// The cheaper model used when `on_exhausted: downgrade`.
+    pub downgrade_to: Option<RawModel>,
+}
+
+/// Where budget alerts go: a webhook that accepts Slack's `{"text": ...}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    pub webhook_url: Option<Spanned<String>>,
+    /// The webhook URL from an environment variable (it is often a secret).
+    pub webhook_url_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +118,7 @@ pub struct RawPipeline {
     pub limits: RawLimits,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    pub budget: Option<Spanned<RawBudget>>,
 }
 
 #[derive(Debug, Deserialize)]

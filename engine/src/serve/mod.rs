@@ -27,7 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::alerts::Alerts;
 use crate::compile::{Catalog, Pipeline, ServerSettings};
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
 use crate::run::{self, Admission, ErrorCode, Event, Rejection, RunContext, RunRequest};
 
 pub use request::{Invalid, PipelineCall};
@@ -81,14 +84,32 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `addr` (use port 0 for any free port).
-    pub async fn bind(catalog: Catalog, addr: SocketAddr) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
+    /// Opens the ledger (recovering requests a dead instance left pending)
+    /// and binds `addr` (use port 0 for any free port).
+    pub async fn bind(catalog: Catalog, addr: SocketAddr) -> anyhow::Result<Server> {
+        let ledger = Ledger::open(&catalog.storage)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the ledger: {e}"))?;
+        let recovered = ledger.recover_interrupted().await?;
+        if recovered > 0 {
+            warn!(
+                requests = recovered,
+                "requests left unfinished by a stopped instance were recorded as interrupted"
+            );
+        }
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         crate::tokens::init();
+        let tracker = TaskTracker::new();
         let run = RunContext {
             keepalive: catalog.server.keepalive,
             force_stop: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            tracker: tracker.clone(),
+            alerts: Alerts::new(ledger.clone(), catalog.alert_webhook.as_deref(), tracker),
+            ledger,
+            global_budget: catalog.global_budget,
+            metrics: Arc::new(Metrics::new()),
         };
         Ok(Server {
             listener,
@@ -111,6 +132,31 @@ impl Server {
         let Server { listener, shared } = self;
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let connections = TaskTracker::new();
+        // Tells other instances sharing the ledger that our pending rows
+        // are live, not orphans.
+        let stop_heartbeat = CancellationToken::new();
+        let heartbeat = {
+            let ledger = shared.run.ledger.clone();
+            let stop = stop_heartbeat.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                            if let Err(e) = ledger.heartbeat().await {
+                                warn!(error = %e, "ledger heartbeat failed");
+                            }
+                            // A peer sharing the ledger may have died.
+                            match ledger.recover_interrupted().await {
+                                Ok(0) => {}
+                                Ok(n) => warn!(requests = n, "requests of a stopped instance were recorded as interrupted"),
+                                Err(e) => warn!(error = %e, "ledger recovery failed"),
+                            }
+                        }
+                    }
+                }
+            })
+        };
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -157,6 +203,9 @@ impl Server {
         }
         // Streams are over; let connections flush their last bytes.
         let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+        stop_heartbeat.cancel();
+        let _ = heartbeat.await;
+        shared.run.ledger.close().await;
         info!("stopped");
     }
 }
@@ -169,7 +218,7 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    pub async fn start(catalog: Catalog, addr: SocketAddr) -> std::io::Result<RunningServer> {
+    pub async fn start(catalog: Catalog, addr: SocketAddr) -> anyhow::Result<RunningServer> {
         let server = Server::bind(catalog, addr).await?;
         let addr = server.local_addr()?;
         let shutdown = CancellationToken::new();
@@ -239,6 +288,21 @@ async fn route(
     match path.as_str() {
         "/healthz" => match method {
             Method::GET | Method::HEAD => json_response(StatusCode::OK, json!({"status": "ok"})),
+            _ => method_not_allowed("GET", request_id),
+        },
+        "/metrics" => match method {
+            Method::GET => {
+                let mut resp = Response::new(ResponseBody::Full(Full::new(Bytes::from(
+                    shared.run.metrics.encode(),
+                ))));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                resp
+            }
             _ => method_not_allowed("GET", request_id),
         },
         "/v1/pipelines" => match method {
@@ -466,6 +530,7 @@ fn rejection_response(r: &Rejection, request_id: &str) -> Response<ResponseBody>
     let status = match r.code {
         c if c.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::UpstreamRateLimited | ErrorCode::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_GATEWAY,
     };
@@ -474,6 +539,11 @@ fn rejection_response(r: &Rejection, request_id: &str) -> Response<ResponseBody>
     });
     if let Some(s) = r.upstream_status {
         body["error"]["upstream_status"] = json!(s);
+    }
+    if let Some(serde_json::Value::Object(extra)) = &r.details {
+        for (k, v) in extra {
+            body["error"][k] = v.clone();
+        }
     }
     let mut resp = json_response(status, body);
     if let Some(ra) = r.retry_after {

@@ -17,6 +17,8 @@ struct StartData<'a> {
     pipeline: &'a str,
     provider: &'a str,
     model: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    downgraded_from: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -56,6 +58,7 @@ pub fn encode(ev: &Event, id: u64, buf: &mut BytesMut) {
             pipeline,
             provider,
             model,
+            downgraded_from,
         } => write_event(
             buf,
             "start",
@@ -65,6 +68,7 @@ pub fn encode(ev: &Event, id: u64, buf: &mut BytesMut) {
                 pipeline,
                 provider,
                 model,
+                downgraded_from: downgraded_from.as_deref(),
             },
         ),
         Event::Delta(text) => write_event(buf, "delta", id, &DeltaData { text }),

@@ -26,7 +26,7 @@ pub fn settings(base_url: &str, extra_server: &str) -> (PathBuf, String) {
     (
         PathBuf::from("settings.yaml"),
         format!(
-            "server: {{keepalive: 15s, shutdown_grace: 2s{extra_server}}}\nproviders:\n  mock:\n    kind: openai\n    base_url: {base_url}\n"
+            "storage: memory\nserver: {{keepalive: 15s, shutdown_grace: 2s{extra_server}}}\nproviders:\n  mock:\n    kind: openai\n    base_url: {base_url}\n"
         ),
     )
 }

@@ -1,0 +1,134 @@
+//! Budget alerts: when a scope's spend crosses an `alert_at` threshold, one
+//! webhook POST (Slack-compatible `text` plus structured fields), once per
+//! scope, threshold and UTC day. The claim is persisted in the ledger
+//! before delivery, so a restart never fires it again; delivery retries
+//! with backoff in a tracked background task and never blocks a request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+use serde_json::json;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::budget::Budget;
+use crate::ledger::money::format_usd;
+use crate::ledger::{Ledger, Spend};
+use crate::provider::http::Endpoint;
+
+/// Attempts per alert, with exponential backoff between them.
+const ATTEMPTS: u32 = 6;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Alerts {
+    ledger: Arc<Ledger>,
+    webhook: Option<(Endpoint, Uri)>,
+    tracker: TaskTracker,
+}
+
+impl Alerts {
+    pub fn new(ledger: Arc<Ledger>, webhook: Option<&str>, tracker: TaskTracker) -> Self {
+        let webhook = webhook
+            .and_then(|u| u.parse::<Uri>().ok())
+            .map(|u| (Endpoint::new(&u, ""), u));
+        Alerts {
+            ledger,
+            webhook,
+            tracker,
+        }
+    }
+
+    /// Fires every threshold of `budget` that `spend` has reached and that
+    /// has not fired yet today.
+    pub async fn check(&self, budget: &Budget, day: &str, spend: Spend) {
+        if budget.daily_micros <= 0 {
+            return;
+        }
+        for &ppm in &budget.alert_at_ppm {
+            // spent / daily >= ppm / 1e6, in integers.
+            let reached = i128::from(spend.spent_micros) * 1_000_000
+                >= i128::from(ppm) * i128::from(budget.daily_micros);
+            if !reached {
+                break;
+            }
+            match self.ledger.claim_alert(&budget.scope, day, ppm).await {
+                Ok(true) => self.deliver(budget, day, spend, ppm),
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, scope = %budget.scope, "cannot record a budget alert"),
+            }
+        }
+    }
+
+    fn deliver(&self, budget: &Budget, day: &str, spend: Spend, ppm: i64) {
+        let percent = ppm as f64 / 10_000.0;
+        let text = format!(
+            "Sluice budget alert: {} has spent ${} of its ${} daily budget on {day} ({percent:.0}% threshold reached)",
+            budget.scope,
+            format_usd(spend.spent_micros),
+            format_usd(budget.daily_micros),
+        );
+        info!(scope = %budget.scope, day, threshold = percent / 100.0, "{text}");
+        let Some((endpoint, uri)) = self.webhook.clone() else {
+            return;
+        };
+        let body = json!({
+            "text": text,
+            "scope": budget.scope,
+            "day": day,
+            "spent_usd": format_usd(spend.spent_micros),
+            "budget_usd": format_usd(budget.daily_micros),
+            "spent_micros": spend.spent_micros,
+            "budget_micros": budget.daily_micros,
+            "threshold": percent / 100.0,
+        });
+        let ledger = self.ledger.clone();
+        let scope = budget.scope.clone();
+        let day = day.to_string();
+        self.tracker.spawn(async move {
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            let mut backoff = FIRST_BACKOFF;
+            for attempt in 1..=ATTEMPTS {
+                let mut req = match endpoint.post(
+                    std::iter::empty::<(HeaderName, HeaderValue)>(),
+                    bytes.clone(),
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(error = %e, "cannot build the alert request");
+                        return;
+                    }
+                };
+                if let Some(pq) = uri.path_and_query() {
+                    *req.uri_mut() = pq.as_str().parse().unwrap_or_else(|_| req.uri().clone());
+                }
+                match endpoint.send(req, CALL_TIMEOUT).await {
+                    Ok(status) if (200..300).contains(&status) => {
+                        if let Err(e) = ledger.mark_alert_delivered(&scope, &day, ppm).await {
+                            warn!(error = %e, "cannot mark a budget alert delivered");
+                        }
+                        return;
+                    }
+                    Ok(status) => warn!(attempt, status, %scope, "alert webhook refused the alert"),
+                    Err(e) => warn!(attempt, error = %e, %scope, "alert webhook unreachable"),
+                }
+                if attempt < ATTEMPTS {
+                    // Jitter keeps many instances from retrying in step.
+                    let jitter = Duration::from_millis(
+                        u64::from(rand_u16()) % (backoff.as_millis() as u64 / 2 + 1),
+                    );
+                    tokio::time::sleep(backoff + jitter).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+            warn!(%scope, %day, "giving up on a budget alert after {ATTEMPTS} attempts");
+        });
+    }
+}
+
+fn rand_u16() -> u16 {
+    let b = uuid::Uuid::new_v4().into_bytes();
+    u16::from_le_bytes([b[0], b[1]])
+}

@@ -1,0 +1,189 @@
+//! Prices and budgets: compiled from settings and pipelines into integer
+//! micro-dollars, and the reservation a request must make.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{Diagnostic, RawBudget, RawModel, RawPrice, Spanned};
+use crate::ledger::money::usd_to_micros;
+use crate::ledger::{Micros, Price, Scope};
+use crate::provider::{Message, Provider};
+use crate::tokens;
+
+/// A daily budget of one scope (`global` or `pipeline:NAME`).
+#[derive(Clone)]
+pub struct Budget {
+    pub scope: String,
+    pub daily_micros: Micros,
+    /// Alert thresholds in parts per million of the budget, ascending.
+    pub alert_at_ppm: Vec<i64>,
+    pub on_exhausted: OnExhausted,
+}
+
+impl Budget {
+    pub fn ledger_scope(&self) -> Scope {
+        Scope {
+            key: self.scope.clone(),
+            daily_micros: self.daily_micros,
+        }
+    }
+}
+
+impl std::fmt::Debug for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budget")
+            .field("scope", &self.scope)
+            .field("daily_micros", &self.daily_micros)
+            .field("alert_at_ppm", &self.alert_at_ppm)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+pub enum OnExhausted {
+    Reject,
+    /// Use this cheaper model when the budget cannot afford the pipeline's.
+    Downgrade(Arc<Downgrade>),
+}
+
+pub struct Downgrade {
+    pub provider_name: String,
+    pub provider: Arc<dyn Provider>,
+    pub model: String,
+    pub price: Price,
+}
+
+/// Worst-case cost of a call: the prompt (with a margin for the provider's
+/// own counting) plus every completion token allowed, so that settling with
+/// the real usage never needs more than was reserved.
+pub fn reservation(price: &Price, prompt: &[Message], max_tokens: u32) -> Micros {
+    let counted = tokens::count_prompt(prompt);
+    let prompt_bound = counted + counted / 10 + 16;
+    price.cost(prompt_bound, u64::from(max_tokens))
+}
+
+pub fn compile_prices(
+    file: &Path,
+    raw: &BTreeMap<Spanned<String>, Spanned<RawPrice>>,
+    diags: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, Price> {
+    let mut out = BTreeMap::new();
+    for (model, p) in raw {
+        let mut get = |v: &Spanned<f64>, what: &str| match usd_to_micros(v.value) {
+            Some(m) => Some(m),
+            None => {
+                diags.push(Diagnostic::error(
+                    file,
+                    v.pos,
+                    format!("{what} price {} of model \"{}\" must be a non-negative number of dollars per million tokens", v.value, model.value),
+                ));
+                None
+            }
+        };
+        let input = get(&p.input, "input");
+        let output = get(&p.output, "output");
+        let cached = p.cached_input.as_ref().map(|c| get(c, "cached_input"));
+        if let (Some(input_per_m), Some(output_per_m)) = (input, output) {
+            out.insert(
+                model.value.clone(),
+                Price {
+                    input_per_m,
+                    output_per_m,
+                    cached_input_per_m: cached.flatten().unwrap_or(input_per_m),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Compiles one budget. `downgrade` resolves the `downgrade_to` model (its
+/// provider and price), reporting its own problems.
+pub fn compile_budget(
+    file: &Path,
+    raw: &Spanned<RawBudget>,
+    scope: String,
+    diags: &mut Vec<Diagnostic>,
+    downgrade: &mut dyn FnMut(&RawModel, &mut Vec<Diagnostic>) -> Option<Downgrade>,
+) -> Option<Budget> {
+    let mut ok = true;
+    let daily_micros = match usd_to_micros(raw.daily_usd.value) {
+        Some(m) => m,
+        None => {
+            diags.push(Diagnostic::error(
+                file,
+                raw.daily_usd.pos,
+                format!(
+                    "daily_usd must be a non-negative number of dollars, found {}",
+                    raw.daily_usd.value
+                ),
+            ));
+            ok = false;
+            0
+        }
+    };
+    let mut alert_at_ppm = Vec::new();
+    for a in &raw.alert_at {
+        if a.value > 0.0 && a.value <= 1.0 {
+            alert_at_ppm.push((a.value * 1_000_000.0).round() as i64);
+        } else {
+            diags.push(Diagnostic::error(
+                file,
+                a.pos,
+                format!("alert_at {} is out of range, expected a fraction of the budget above 0 and at most 1", a.value),
+            ));
+            ok = false;
+        }
+    }
+    alert_at_ppm.sort_unstable();
+    alert_at_ppm.dedup();
+    let on_exhausted = match raw.on_exhausted.as_ref().map(|s| s.value.as_str()) {
+        None | Some("reject") => {
+            if let Some(d) = &raw.downgrade_to {
+                diags.push(Diagnostic::error(
+                    file,
+                    d.provider.pos,
+                    "downgrade_to only applies with on_exhausted: downgrade",
+                ));
+                ok = false;
+            }
+            OnExhausted::Reject
+        }
+        Some("downgrade") => match &raw.downgrade_to {
+            Some(target) => match downgrade(target, diags) {
+                Some(d) => OnExhausted::Downgrade(Arc::new(d)),
+                None => {
+                    ok = false;
+                    OnExhausted::Reject
+                }
+            },
+            None => {
+                diags.push(Diagnostic::error(
+                    file,
+                    raw.on_exhausted.as_ref().map_or(raw.pos, |s| s.pos),
+                    "on_exhausted: downgrade needs downgrade_to: {provider, name} naming the cheaper model",
+                ));
+                ok = false;
+                OnExhausted::Reject
+            }
+        },
+        Some(other) => {
+            diags.push(Diagnostic::error(
+                file,
+                raw.on_exhausted.as_ref().map_or(raw.pos, |s| s.pos),
+                format!(
+                    "unknown on_exhausted \"{other}\", expected one of \"reject\", \"downgrade\""
+                ),
+            ));
+            ok = false;
+            OnExhausted::Reject
+        }
+    };
+    ok.then_some(Budget {
+        scope,
+        daily_micros,
+        alert_at_ppm,
+        on_exhausted,
+    })
+}

@@ -1,0 +1,210 @@
+//! The ledger: one row per request, and the budgets that rows spend.
+//!
+//! A request is recorded *before* its provider is called (status
+//! `pending`, with its budget reservation) and settled when it ends, so a
+//! crash can never hide spend: rows left pending by a dead instance are
+//! marked `interrupted` at the next start and their reservation counts as
+//! spent. Check-and-reserve is one transaction with a conditional UPDATE,
+//! so no interleaving of requests (or of instances sharing Postgres) can
+//! spend past a budget.
+
+mod memory;
+pub mod money;
+pub mod report;
+mod store;
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+pub use money::{Micros, Price};
+use store::Store;
+
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    #[error(
+        "ledger storage url \"{0}\" is not supported, expected sqlite:PATH, postgres://... or memory"
+    )]
+    BadUrl(String),
+    #[error("ledger database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("ledger migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A budget a request must fit in: `global` or `pipeline:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub key: String,
+    pub daily_micros: Micros,
+}
+
+/// What is known of a request before its provider is called.
+#[derive(Debug, Clone)]
+pub struct Opening {
+    pub id: String,
+    pub pipeline: String,
+    pub provider: String,
+    pub model: String,
+    /// Upper bound of what the call may cost; reserved on every scope.
+    pub reserve_micros: Micros,
+    pub scopes: Vec<Scope>,
+}
+
+/// The answer to an opening.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    Admitted,
+    /// The scope that cannot afford the reservation.
+    Exhausted {
+        scope: String,
+        daily_micros: Micros,
+        spent_micros: Micros,
+    },
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    pub status: &'static str,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub estimated: bool,
+    pub cost_micros: Micros,
+    pub ttft_ms: Option<i64>,
+    pub duration_ms: i64,
+    pub tool_calls: u32,
+    pub error_code: Option<&'static str>,
+    /// The model that actually answered (after a downgrade).
+    pub model: String,
+}
+
+/// What a settlement left behind: the row's day and each scope's spend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settled {
+    pub day: String,
+    pub spends: Vec<(String, Spend)>,
+}
+
+/// Spend of one scope on one day, after a settlement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spend {
+    pub spent_micros: Micros,
+    pub reserved_micros: Micros,
+}
+
+pub struct Ledger {
+    store: Store,
+    instance: String,
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger at `url`, runs the embedded
+    /// migrations, and registers this instance.
+    pub async fn open(url: &str) -> Result<Arc<Ledger>, LedgerError> {
+        let store = Store::connect(url).await?;
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let ledger = Ledger { store, instance };
+        ledger.heartbeat().await?;
+        Ok(Arc::new(ledger))
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
+    /// Marks this instance alive; pending rows of instances not seen for
+    /// [`store::INSTANCE_TIMEOUT_MS`] are orphans.
+    pub async fn heartbeat(&self) -> Result<(), LedgerError> {
+        self.store.heartbeat(&self.instance, money::now_ms()).await
+    }
+
+    /// Settles the rows that dead instances left pending: status
+    /// `interrupted`, reservation counted as spent. Returns how many.
+    pub async fn recover_interrupted(&self) -> Result<u64, LedgerError> {
+        self.store.recover(&self.instance, money::now_ms()).await
+    }
+
+    /// Records a request before its provider is called, reserving its
+    /// worst-case cost on every scope in one atomic step. When a scope
+    /// cannot afford it, nothing is reserved or recorded: the caller may try
+    /// a cheaper model, or record the rejection with [`Ledger::record_rejected`].
+    pub async fn open_request(&self, o: &Opening) -> Result<Admit, LedgerError> {
+        let now = money::now_ms();
+        self.store
+            .open(&self.instance, o, now, &money::utc_day(now))
+            .await
+    }
+
+    /// Records a request that never reached a provider (e.g. an invalid body).
+    pub async fn record_rejected(
+        &self,
+        o: &Opening,
+        status: &str,
+        error_code: &str,
+    ) -> Result<(), LedgerError> {
+        let now = money::now_ms();
+        self.store
+            .record_rejected(
+                &self.instance,
+                o,
+                now,
+                &money::utc_day(now),
+                status,
+                error_code,
+            )
+            .await
+    }
+
+    /// Settles a pending row: releases its reservation and adds its real
+    /// cost to every scope. Returns each scope's spend afterwards (nothing
+    /// when the row was already settled).
+    pub async fn settle(&self, id: &str, s: &Settlement) -> Result<Settled, LedgerError> {
+        self.store.settle(id, s, money::now_ms()).await
+    }
+
+    /// Records that an alert threshold fired; false if it had already fired
+    /// for this scope and day (so it must not fire again).
+    pub async fn claim_alert(
+        &self,
+        scope: &str,
+        day: &str,
+        threshold_ppm: i64,
+    ) -> Result<bool, LedgerError> {
+        self.store
+            .claim_alert(scope, day, threshold_ppm, money::now_ms())
+            .await
+    }
+
+    pub async fn mark_alert_delivered(
+        &self,
+        scope: &str,
+        day: &str,
+        threshold_ppm: i64,
+    ) -> Result<(), LedgerError> {
+        self.store
+            .mark_alert_delivered(scope, day, threshold_ppm)
+            .await
+    }
+
+    pub async fn spend(&self, scope: &str, day: &str) -> Result<Spend, LedgerError> {
+        self.store.spend(scope, day).await
+    }
+
+    /// Rows started at or after `since_ms`, for reports.
+    pub async fn rows_since(&self, since_ms: i64) -> Result<Vec<report::Row>, LedgerError> {
+        self.store.rows_since(since_ms).await
+    }
+
+    pub async fn row(&self, id: &str) -> Result<Option<report::Row>, LedgerError> {
+        self.store.row(id).await
+    }
+
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+}
+
+#[cfg(test)]
+#[path = "ledger_tests.rs"]
+mod tests;

@@ -1,0 +1,111 @@
+//! Money and days: integer micro-dollars, prices per million tokens, and
+//! UTC calendar days. No floats once configuration is compiled.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Integer micro-dollars (1 USD = 1,000,000).
+pub type Micros = i64;
+
+/// Converts a configured dollar amount (e.g. `5.00`, `0.15`) to micro-dollars
+/// of that unit, rounding to the nearest. None for negative or absurd values.
+pub fn usd_to_micros(usd: f64) -> Option<Micros> {
+    if !usd.is_finite() || !(0.0..=1e12).contains(&usd) {
+        return None;
+    }
+    Some((usd * 1_000_000.0).round() as Micros)
+}
+
+/// Formats micro-dollars as dollars with six decimals, e.g. `0.001250`.
+pub fn format_usd(m: Micros) -> String {
+    let sign = if m < 0 { "-" } else { "" };
+    let m = m.unsigned_abs();
+    format!("{sign}{}.{:06}", m / 1_000_000, m % 1_000_000)
+}
+
+/// A model's price, in micro-dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Price {
+    pub input_per_m: Micros,
+    pub output_per_m: Micros,
+    pub cached_input_per_m: Micros,
+}
+
+impl Price {
+    /// Cost of a call, rounded up to the next micro-dollar so that many small
+    /// calls never add up to less than they cost.
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Micros {
+        let total = i128::from(prompt_tokens) * i128::from(self.input_per_m)
+            + i128::from(completion_tokens) * i128::from(self.output_per_m);
+        let micros = (total + 999_999) / 1_000_000;
+        Micros::try_from(micros).unwrap_or(Micros::MAX)
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The UTC calendar day of a unix time in milliseconds, as `YYYY-MM-DD`.
+pub fn utc_day(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Time left until the next UTC midnight.
+pub fn until_next_utc_midnight(ms: i64) -> Duration {
+    let into_day = ms.rem_euclid(86_400_000);
+    Duration::from_millis((86_400_000 - into_day) as u64)
+}
+
+/// Days since 1970-01-01 -> (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_are_utc_calendar_days() {
+        assert_eq!(utc_day(0), "1970-01-01");
+        assert_eq!(utc_day(951_782_400_000), "2000-02-29");
+        assert_eq!(utc_day(1_798_761_599_999), "2026-12-31");
+        assert_eq!(utc_day(1_798_761_600_000), "2027-01-01");
+        assert_eq!(
+            until_next_utc_midnight(1_798_761_599_000),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn prices_round_up_and_dollars_convert_exactly() {
+        assert_eq!(usd_to_micros(0.15), Some(150_000));
+        assert_eq!(usd_to_micros(5.0), Some(5_000_000));
+        assert_eq!(usd_to_micros(-1.0), None);
+        let p = Price {
+            input_per_m: 150_000,
+            output_per_m: 600_000,
+            cached_input_per_m: 0,
+        };
+        // 14 * 0.15 + 30 * 0.60 = 20.1 micro-dollars -> 21.
+        assert_eq!(p.cost(14, 30), 21);
+        assert_eq!(p.cost(0, 0), 0);
+        assert_eq!(p.cost(1_000_000, 1_000_000), 750_000);
+        assert_eq!(format_usd(1_250), "0.001250");
+        assert_eq!(format_usd(5_000_000), "5.000000");
+    }
+}

@@ -1,0 +1,137 @@
+//! Prometheus metrics (`GET /metrics`): requests, tokens, cost, time to
+//! first token, stream duration, active streams and budget use.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub pipeline: String,
+    pub model: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub pipeline: String,
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub pipeline: String,
+    pub model: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PipelineLabels {
+    pub pipeline: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabels {
+    pub scope: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub cost_micros: Family<ModelLabels, Counter>,
+    pub ttft: Family<ModelLabels, Histogram>,
+    pub duration: Family<ModelLabels, Histogram>,
+    pub active_streams: Family<PipelineLabels, Gauge>,
+    pub budget_used: Family<ScopeLabels, Gauge<f64, AtomicU64>>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([
+        0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    ])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let tokens = Family::<TokenLabels, Counter>::default();
+        let cost_micros = Family::<ModelLabels, Counter>::default();
+        let ttft = Family::<ModelLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let duration = Family::<ModelLabels, Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        let active_streams = Family::<PipelineLabels, Gauge>::default();
+        let budget_used = Family::<ScopeLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "requests",
+            "Requests by pipeline, model and final status",
+            requests.clone(),
+        );
+        registry.register("tokens", "Prompt and completion tokens", tokens.clone());
+        registry.register(
+            "cost_micro_usd",
+            "Cost in micro-dollars",
+            cost_micros.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "From request start to the first upstream token",
+            ttft.clone(),
+        );
+        registry.register(
+            "stream_duration_seconds",
+            "Whole request duration",
+            duration.clone(),
+        );
+        registry.register(
+            "active_streams",
+            "Requests currently running",
+            active_streams.clone(),
+        );
+        registry.register(
+            "budget_used_ratio",
+            "Spent fraction of today's budget, by scope",
+            budget_used.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            tokens,
+            cost_micros,
+            ttft,
+            duration,
+            active_streams,
+            budget_used,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,153 @@
+//! What a run tells the client and the ledger: events, error codes,
+//! usage, rejections and final statuses.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ErrorCode {
+    #[serde(rename = "timeout.connect")]
+    TimeoutConnect,
+    #[serde(rename = "timeout.first_token")]
+    TimeoutFirstToken,
+    #[serde(rename = "timeout.idle")]
+    TimeoutIdle,
+    #[serde(rename = "timeout.total")]
+    TimeoutTotal,
+    #[serde(rename = "upstream")]
+    Upstream,
+    #[serde(rename = "upstream_rate_limited")]
+    UpstreamRateLimited,
+    #[serde(rename = "token_ceiling")]
+    TokenCeiling,
+    #[serde(rename = "budget_exhausted")]
+    BudgetExhausted,
+    #[serde(rename = "shutdown")]
+    Shutdown,
+    #[serde(rename = "internal")]
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TimeoutConnect => "timeout.connect",
+            Self::TimeoutFirstToken => "timeout.first_token",
+            Self::TimeoutIdle => "timeout.idle",
+            Self::TimeoutTotal => "timeout.total",
+            Self::Upstream => "upstream",
+            Self::UpstreamRateLimited => "upstream_rate_limited",
+            Self::TokenCeiling => "token_ceiling",
+            Self::BudgetExhausted => "budget_exhausted",
+            Self::Shutdown => "shutdown",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub fn is_timeout(self) -> bool {
+        matches!(
+            self,
+            Self::TimeoutConnect | Self::TimeoutFirstToken | Self::TimeoutIdle | Self::TimeoutTotal
+        )
+    }
+}
+
+/// Token usage as reported to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageReport {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// True when counted by Sluice's tokenizer because the provider gave none.
+    pub estimated: bool,
+    /// What the call cost, in integer micro-dollars (0 without a price).
+    pub cost_micros: i64,
+    /// The same as a decimal string of dollars, e.g. "0.000021".
+    pub cost_usd: String,
+}
+
+/// One thing to tell the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Start {
+        request_id: String,
+        pipeline: String,
+        provider: String,
+        model: String,
+        /// Set when the budget could not afford the pipeline's own model
+        /// and a cheaper one answers instead.
+        downgraded_from: Option<String>,
+    },
+    Delta(String),
+    Usage(UsageReport),
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    Done {
+        finish_reason: String,
+    },
+    /// Nothing happened for a while; keeps proxies from closing the stream.
+    KeepAlive,
+}
+
+/// A failure before anything was sent to the client.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The provider's HTTP status, when it answered with one.
+    pub upstream_status: Option<u16>,
+    pub retry_after: Option<Duration>,
+    /// More fields for the error body (e.g. which budget).
+    pub details: Option<serde_json::Value>,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            message: message.into(),
+            upstream_status: None,
+            retry_after: None,
+            details: None,
+        }
+    }
+}
+
+/// The outcome of the first phase of a request.
+#[derive(Debug)]
+pub enum Admission {
+    Streaming(mpsc::Receiver<Event>),
+    Rejected(Rejection),
+}
+
+/// How a request ended: the ledger row's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Timeout,
+    ClientClosed,
+    UpstreamError,
+    Ceiling,
+    Interrupted,
+    BudgetRejected,
+    Internal,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Timeout => "timeout",
+            Self::ClientClosed => "client_closed",
+            Self::UpstreamError => "upstream_error",
+            Self::Ceiling => "ceiling",
+            Self::Interrupted => "interrupted",
+            Self::BudgetRejected => "budget_rejected",
+            Self::Internal => "internal",
+        }
+    }
+}

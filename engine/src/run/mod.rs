@@ -1,0 +1,596 @@
+//! Running one request: record it in the ledger (reserving its budget),
+//! call the provider, enforce the deadlines and the token ceiling, turn the
+//! upstream chunks into client [`Event`]s, and settle the ledger row.
+//!
+//! A request runs in its own task. Until the first upstream chunk arrives
+//! nothing has been sent to the client, so a failure is still an HTTP
+//! status ([`Admission::Rejected`]); from the first chunk on, the task
+//! *commits* ([`Admission::Streaming`]) and every failure becomes an `error`
+//! event followed by `done`.
+//!
+//! Cancellation is by ownership: the upstream stream owns its connection,
+//! and this task drops it the moment a deadline fires, the ceiling is
+//! crossed, the client goes away (the event channel or the admission
+//! channel closes) or the server is forced to stop. Whatever happened, the
+//! ledger row opened before the call is settled at the end.
+
+mod events;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, warn};
+
+pub use events::{Admission, ErrorCode, Event, Rejection, Status, UsageReport};
+use stream::{Ending, Out, stream_body};
+
+use crate::alerts::Alerts;
+use crate::budget::{self, Budget, OnExhausted};
+use crate::compile::Pipeline;
+use crate::ledger::money::{format_usd, until_next_utc_midnight};
+use crate::ledger::{Admit, Ledger, Opening, Price, Settlement};
+use crate::metrics::{
+    Metrics, ModelLabels, PipelineLabels, RequestLabels, ScopeLabels, TokenLabels,
+};
+use crate::provider::{Message, Provider, ProviderError, ProviderRequest, Role, Usage};
+use crate::tokens;
+
+/// Capacity of the per-request event channel. Small on purpose: a slow
+/// client slows the upstream read instead of growing a buffer.
+const EVENT_BUFFER: usize = 16;
+
+/// What a client asked for, validated.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub request_id: String,
+    pub messages: Vec<Message>,
+    pub max_tokens: Option<u32>,
+}
+
+/// Shared by all requests of a server.
+#[derive(Clone)]
+pub struct RunContext {
+    pub keepalive: Duration,
+    /// Cancelled when open streams must end now (shutdown grace is over).
+    pub force_stop: CancellationToken,
+    pub tracker: tokio_util::task::TaskTracker,
+    pub ledger: Arc<Ledger>,
+    pub global_budget: Option<Budget>,
+    pub alerts: Alerts,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Starts a request in its own task; the receiver resolves once the request
+/// is admitted (first upstream chunk) or rejected. Dropping the receiver
+/// before that cancels the request.
+pub fn spawn(
+    cx: &RunContext,
+    pipeline: Arc<Pipeline>,
+    req: RunRequest,
+) -> oneshot::Receiver<Admission> {
+    let (tx, rx) = oneshot::channel();
+    // Its own root span with the request id, so every line of the run (in
+    // JSON logs too, which show only the innermost span) names the request.
+    let span = tracing::info_span!(parent: None, "request", id = %req.request_id, pipeline = %pipeline.name);
+    let cx2 = cx.clone();
+    cx.tracker
+        .spawn(async move { run(cx2, pipeline, req, tx).await }.instrument(span));
+    rx
+}
+
+/// The model that answers: the pipeline's own, or its budget's downgrade.
+struct Target {
+    provider_name: String,
+    provider: Arc<dyn Provider>,
+    model: String,
+    price: Option<Price>,
+    downgraded_from: Option<String>,
+}
+
+pub(crate) struct Tally {
+    started: Instant,
+    first_token_at: Option<Instant>,
+    completion_counted: u64,
+    provider_usage: Option<Usage>,
+    prompt: Vec<Message>,
+    price: Option<Price>,
+}
+
+impl Tally {
+    fn usage(&self) -> UsageReport {
+        let (prompt_tokens, completion_tokens, estimated) = match self.provider_usage {
+            Some(u) => (u.prompt_tokens, u.completion_tokens, false),
+            None if self.first_token_at.is_none() && self.completion_counted == 0 => {
+                // Nothing was generated: the provider bills nothing for a
+                // call that failed before its first token.
+                (0, 0, true)
+            }
+            None => (
+                tokens::count_prompt(&self.prompt),
+                self.completion_counted,
+                true,
+            ),
+        };
+        let cost_micros = self
+            .price
+            .map_or(0, |p| p.cost(prompt_tokens, completion_tokens));
+        UsageReport {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+            estimated,
+            cost_micros,
+            cost_usd: format_usd(cost_micros),
+        }
+    }
+}
+
+fn rejection_for(e: &ProviderError) -> Rejection {
+    let (code, upstream_status, retry_after) = match e {
+        ProviderError::ConnectTimeout(_) => (ErrorCode::TimeoutConnect, None, None),
+        ProviderError::Status {
+            status: 429,
+            retry_after,
+            ..
+        } => (ErrorCode::UpstreamRateLimited, Some(429), *retry_after),
+        ProviderError::Status {
+            status,
+            retry_after,
+            ..
+        } => (ErrorCode::Upstream, Some(*status), *retry_after),
+        ProviderError::Config(_) => (ErrorCode::Internal, None, None),
+        _ => (ErrorCode::Upstream, None, None),
+    };
+    let message = match e {
+        // Configuration problems are ours, not the client's: keep the
+        // detail in the log.
+        ProviderError::Config(_) => {
+            "the provider of this pipeline is not configured correctly".into()
+        }
+        other => other.to_string(),
+    };
+    Rejection {
+        code,
+        message,
+        upstream_status,
+        retry_after,
+        details: None,
+    }
+}
+
+/// Records the request in the ledger before any provider call, reserving
+/// its worst-case cost on every budget that applies; downgrades to the
+/// cheaper model when the budget says so. Err is the client's answer.
+async fn open_in_ledger(
+    cx: &RunContext,
+    pipeline: &Pipeline,
+    request_id: &str,
+    prompt: &[Message],
+    max_tokens: u32,
+    budgets: &[&Budget],
+) -> Result<Target, Rejection> {
+    let mut target = Target {
+        provider_name: pipeline.provider_name.clone(),
+        provider: pipeline.provider.clone(),
+        model: pipeline.model.clone(),
+        price: pipeline.price,
+        downgraded_from: None,
+    };
+    let scopes: Vec<_> = budgets.iter().map(|b| b.ledger_scope()).collect();
+    loop {
+        // compile guarantees a price wherever a budget applies.
+        let reserve = match (&target.price, scopes.is_empty()) {
+            (Some(p), false) => budget::reservation(p, prompt, max_tokens),
+            _ => 0,
+        };
+        let opening = Opening {
+            id: request_id.to_string(),
+            pipeline: pipeline.name.clone(),
+            provider: target.provider_name.clone(),
+            model: target.model.clone(),
+            reserve_micros: reserve,
+            scopes: scopes.clone(),
+        };
+        let exhausted = match cx.ledger.open_request(&opening).await {
+            Ok(Admit::Admitted) => return Ok(target),
+            Ok(Admit::Exhausted {
+                scope,
+                daily_micros,
+                spent_micros,
+            }) => (scope, daily_micros, spent_micros),
+            Err(e) => {
+                // No row, no call: spend that cannot be recorded is not made.
+                error!(error = %e, "cannot record the request in the ledger; refusing it");
+                return Err(Rejection::new(
+                    ErrorCode::Internal,
+                    "the ledger is unavailable; the request was not sent",
+                ));
+            }
+        };
+        let (scope, daily, spent) = exhausted;
+        if target.downgraded_from.is_none()
+            && let Some(b) = &pipeline.budget
+            && let OnExhausted::Downgrade(d) = &b.on_exhausted
+        {
+            info!(scope = %scope, from = %target.model, to = %d.model, "budget cannot afford the model; downgrading");
+            target = Target {
+                provider_name: d.provider_name.clone(),
+                provider: d.provider.clone(),
+                model: d.model.clone(),
+                price: Some(d.price),
+                downgraded_from: Some(target.model),
+            };
+            continue;
+        }
+        if let Err(e) = cx
+            .ledger
+            .record_rejected(
+                &opening,
+                Status::BudgetRejected.as_str(),
+                "budget_exhausted",
+            )
+            .await
+        {
+            warn!(error = %e, "cannot record a budget rejection");
+        }
+        let retry_after = until_next_utc_midnight(crate::ledger::money::now_ms());
+        let mut r = Rejection::new(
+            ErrorCode::BudgetExhausted,
+            format!(
+                "the {scope} budget of ${} for today (UTC) cannot afford this request: ${} spent",
+                format_usd(daily),
+                format_usd(spent)
+            ),
+        );
+        r.retry_after = Some(retry_after);
+        r.details = Some(json!({
+            "budget": {
+                "scope": scope,
+                "daily_usd": format_usd(daily),
+                "spent_usd": format_usd(spent),
+                "reserve_usd": format_usd(reserve),
+            }
+        }));
+        return Err(r);
+    }
+}
+
+async fn run(
+    cx: RunContext,
+    pipeline: Arc<Pipeline>,
+    req: RunRequest,
+    admit: oneshot::Sender<Admission>,
+) {
+    let started = Instant::now();
+    let mut prompt = Vec::with_capacity(req.messages.len() + 1);
+    if let Some(system) = &pipeline.system {
+        prompt.push(Message {
+            role: Role::System,
+            content: system.clone(),
+        });
+    }
+    prompt.extend(req.messages);
+    let max_tokens = req
+        .max_tokens
+        .map_or(pipeline.max_tokens, |m| m.min(pipeline.max_tokens));
+    let budgets: Vec<&Budget> = pipeline
+        .budget
+        .iter()
+        .chain(cx.global_budget.iter())
+        .collect();
+
+    let target = match open_in_ledger(
+        &cx,
+        &pipeline,
+        &req.request_id,
+        &prompt,
+        max_tokens,
+        &budgets,
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(rejection) => {
+            let status = if rejection.code == ErrorCode::BudgetExhausted {
+                Status::BudgetRejected
+            } else {
+                Status::Internal
+            };
+            info!(
+                status = status.as_str(),
+                error = rejection.code.as_str(),
+                "request rejected before the provider"
+            );
+            cx.metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    pipeline: pipeline.name.clone(),
+                    model: pipeline.model.clone(),
+                    status: status.as_str().into(),
+                })
+                .inc();
+            let _ = admit.send(Admission::Rejected(rejection));
+            return;
+        }
+    };
+    let mut tally = Tally {
+        started,
+        first_token_at: None,
+        completion_counted: 0,
+        provider_usage: None,
+        prompt,
+        price: target.price,
+    };
+    let active = cx
+        .metrics
+        .active_streams
+        .get_or_create(&PipelineLabels {
+            pipeline: pipeline.name.clone(),
+        })
+        .clone();
+    active.inc();
+    let (status, finish, error) = drive(
+        &cx,
+        &pipeline,
+        &target,
+        &req.request_id,
+        max_tokens,
+        &mut tally,
+        admit,
+    )
+    .await;
+    active.dec();
+    conclude(
+        &cx,
+        &pipeline,
+        &target,
+        &req.request_id,
+        &tally,
+        status,
+        &finish,
+        error,
+        &budgets,
+    )
+    .await;
+}
+
+/// Phases 1 and 2: returns the ledger status, finish reason and error code.
+async fn drive(
+    cx: &RunContext,
+    pipeline: &Pipeline,
+    target: &Target,
+    request_id: &str,
+    max_tokens: u32,
+    tally: &mut Tally,
+    mut admit: oneshot::Sender<Admission>,
+) -> (Status, String, Option<ErrorCode>) {
+    let t = pipeline.timeouts;
+    let total_deadline = tally.started + t.total;
+    let first_deadline = (tally.started + t.first_token).min(total_deadline);
+    let preq = ProviderRequest {
+        model: target.model.clone(),
+        messages: tally.prompt.clone(),
+        temperature: pipeline.temperature,
+        max_tokens,
+        connect_timeout: t.connect.min(t.first_token),
+    };
+    debug!(model = %target.model, max_tokens, "calling provider");
+
+    // Phase 1: nothing sent yet. Wait for the first chunk.
+    let first = async {
+        let mut stream = target.provider.call(preq).await?;
+        match stream.next().await {
+            Some(Ok(chunk)) => Ok((stream, chunk)),
+            Some(Err(e)) => Err(e),
+            None => Err(ProviderError::Truncated),
+        }
+    };
+    let phase1 = tokio::select! {
+        biased;
+        _ = admit.closed() => return (Status::ClientClosed, "cancelled".into(), None),
+        _ = cx.force_stop.cancelled() => Err(Rejection::new(ErrorCode::Shutdown, "the server is shutting down")),
+        r = tokio::time::timeout_at(first_deadline, first) => match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                warn!(error = %e, source = ?e.source_kind(), "provider call failed before the first token");
+                Err(rejection_for(&e))
+            }
+            Err(_) => Err(Rejection::new(
+                ErrorCode::TimeoutFirstToken,
+                format!("no token from the provider within {}", humantime::format_duration(t.first_token)),
+            )),
+        },
+    };
+    let (stream, first_chunk) = match phase1 {
+        Ok(v) => v,
+        Err(rejection) => {
+            let code = rejection.code;
+            let status = match code {
+                c if c.is_timeout() => Status::Timeout,
+                ErrorCode::Shutdown => Status::Interrupted,
+                ErrorCode::Internal => Status::Internal,
+                _ => Status::UpstreamError,
+            };
+            let _ = admit.send(Admission::Rejected(rejection));
+            return (status, "error".into(), Some(code));
+        }
+    };
+    tally.first_token_at = Some(Instant::now());
+
+    // Phase 2: committed.
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    if admit.send(Admission::Streaming(rx)).is_err() {
+        return (Status::ClientClosed, "cancelled".into(), None);
+    }
+    let mut out = Out {
+        tx,
+        total_deadline,
+        keepalive: cx.keepalive,
+    };
+    let start = Event::Start {
+        request_id: request_id.to_string(),
+        pipeline: pipeline.name.clone(),
+        provider: target.provider_name.clone(),
+        model: target.model.clone(),
+        downgraded_from: target.downgraded_from.clone(),
+    };
+    let ending = match out.send(start).await {
+        Err(()) => Ending::ClientClosed,
+        Ok(()) => {
+            stream_body(
+                cx,
+                pipeline,
+                stream,
+                first_chunk,
+                max_tokens,
+                &mut out,
+                tally,
+                t.idle,
+            )
+            .await
+        }
+    };
+    // The upstream stream was dropped inside `stream_body`: the provider
+    // connection is closed before the client hears the ending.
+    match ending {
+        Ending::ClientClosed => (Status::ClientClosed, "cancelled".into(), None),
+        Ending::Finished(reason) => {
+            let _ = out.send(Event::Usage(tally.usage())).await;
+            let _ = out
+                .send(Event::Done {
+                    finish_reason: reason.clone(),
+                })
+                .await;
+            (Status::Ok, reason, None)
+        }
+        Ending::Failed {
+            code,
+            message,
+            finish,
+        } => {
+            let status = match code {
+                c if c.is_timeout() => Status::Timeout,
+                ErrorCode::TokenCeiling => Status::Ceiling,
+                ErrorCode::Shutdown => Status::Interrupted,
+                ErrorCode::Internal => Status::Internal,
+                _ => Status::UpstreamError,
+            };
+            let _ = out.send(Event::Usage(tally.usage())).await;
+            let _ = out.send(Event::Error { code, message }).await;
+            let _ = out
+                .send(Event::Done {
+                    finish_reason: finish.to_string(),
+                })
+                .await;
+            (status, finish.to_string(), Some(code))
+        }
+    }
+}
+
+/// Settles the ledger row, updates the metrics, fires budget alerts and
+/// logs the request's one summary line.
+#[allow(clippy::too_many_arguments)]
+async fn conclude(
+    cx: &RunContext,
+    pipeline: &Pipeline,
+    target: &Target,
+    request_id: &str,
+    tally: &Tally,
+    status: Status,
+    finish: &str,
+    error_code: Option<ErrorCode>,
+    budgets: &[&Budget],
+) {
+    let usage = tally.usage();
+    let ttft = tally
+        .first_token_at
+        .map(|t| t.duration_since(tally.started));
+    let duration = tally.started.elapsed();
+    let settlement = Settlement {
+        status: status.as_str(),
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        estimated: usage.estimated,
+        cost_micros: usage.cost_micros,
+        ttft_ms: ttft.map(|d| d.as_millis() as i64),
+        duration_ms: duration.as_millis() as i64,
+        tool_calls: 0,
+        error_code: error_code.map(ErrorCode::as_str),
+        model: target.model.clone(),
+    };
+    match cx.ledger.settle(request_id, &settlement).await {
+        Ok(settled) => {
+            for (scope, spend) in &settled.spends {
+                if let Some(b) = budgets.iter().find(|b| &b.scope == scope) {
+                    if b.daily_micros > 0 {
+                        let ratio = spend.spent_micros as f64 / b.daily_micros as f64;
+                        cx.metrics
+                            .budget_used
+                            .get_or_create(&ScopeLabels {
+                                scope: scope.clone(),
+                            })
+                            .set(ratio);
+                    }
+                    cx.alerts.check(b, &settled.day, *spend).await;
+                }
+            }
+        }
+        // The row stays pending: the next start counts its reservation as
+        // spent, which never under-counts.
+        Err(e) => error!(error = %e, "cannot settle the request in the ledger"),
+    }
+
+    let m = &cx.metrics;
+    let model = ModelLabels {
+        pipeline: pipeline.name.clone(),
+        model: target.model.clone(),
+    };
+    m.requests
+        .get_or_create(&RequestLabels {
+            pipeline: pipeline.name.clone(),
+            model: target.model.clone(),
+            status: status.as_str().into(),
+        })
+        .inc();
+    for (kind, n) in [
+        ("prompt", usage.prompt_tokens),
+        ("completion", usage.completion_tokens),
+    ] {
+        m.tokens
+            .get_or_create(&TokenLabels {
+                pipeline: pipeline.name.clone(),
+                model: target.model.clone(),
+                kind,
+            })
+            .inc_by(n);
+    }
+    m.cost_micros
+        .get_or_create(&model)
+        .inc_by(usage.cost_micros.max(0) as u64);
+    if let Some(ttft) = ttft {
+        m.ttft.get_or_create(&model).observe(ttft.as_secs_f64());
+    }
+    m.duration
+        .get_or_create(&model)
+        .observe(duration.as_secs_f64());
+
+    info!(
+        status = status.as_str(),
+        finish_reason = finish,
+        error = error_code.map(ErrorCode::as_str),
+        model = %target.model,
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        estimated = usage.estimated,
+        cost_usd = %usage.cost_usd,
+        ttft_ms = ttft.map(|d| d.as_secs_f64() * 1000.0),
+        duration_ms = duration.as_secs_f64() * 1000.0,
+        "request finished"
+    );
+}
