@@ -222,3 +222,95 @@ fn uuid_like() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+#[test]
+fn requests_cut_by_sigkill_are_recorded_as_interrupted_at_the_next_start() {
+    use std::io::{Read, Write};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Three words, then silence: the streams are mid-answer when the
+    // server is killed.
+    let reply = Reply::text(&["one", " two", " three"]).fault(sluice_testkit::Fault::StallAfter {
+        events: 3,
+        duration: None,
+    });
+    let mock = rt
+        .block_on(MockProvider::start(Script::single(reply)))
+        .unwrap();
+    let dir = tempdir();
+    let url = format!("sqlite://{}/ledger.db", dir.display());
+    std::fs::write(
+        dir.join("settings.yaml"),
+        format!(
+            "storage: \"{url}\"\nproviders:\n  up: {{kind: openai, base_url: \"{}\"}}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\n",
+            mock.base_url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("chat.yaml"),
+        "name: chat\nmodel: {provider: up, name: gpt-4o-mini}\nlimits: {max_tokens: 100}\ntimeouts: {idle: 60s, total: 120s}\nbudget: {daily_usd: 1.0}\n",
+    )
+    .unwrap();
+    let mut served = serve(&dir, &[], false);
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(&served.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let body = r#"{"input":"hi"}"#;
+        write!(
+            s,
+            "POST /v1/pipelines/chat HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        // Read until the first delta has arrived: the request is streaming.
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("event: delta") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "stream ended early");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        streams.push(s);
+    }
+    let status = Command::new("kill")
+        .args(["-KILL", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = served.child.wait();
+    drop(streams);
+
+    // The next start finds the three pending rows of the dead process.
+    let again = serve(&dir, &[], false);
+    let rows = rt.block_on(async {
+        let ledger = sluice::ledger::Ledger::open(&url).await.unwrap();
+        let rows = ledger.rows_since(0).await.unwrap();
+        let day = sluice::ledger::money::utc_day(sluice::ledger::money::now_ms());
+        let spend = ledger.spend("pipeline:chat", &day).await.unwrap();
+        ledger.close().await;
+        (rows, spend)
+    });
+    let (rows, spend) = rows;
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    for r in &rows {
+        assert_eq!(r.status, "interrupted");
+        assert!(r.reserved_micros > 0);
+        assert_eq!(
+            r.cost_micros, r.reserved_micros,
+            "an interrupted request counts its whole reservation"
+        );
+    }
+    assert_eq!(spend.reserved_micros, 0);
+    assert_eq!(
+        spend.spent_micros,
+        rows.iter().map(|r| r.reserved_micros).sum::<i64>()
+    );
+    println!(
+        "sigkill: {} streams cut, {} rows interrupted, {} µ$ counted as spent",
+        3,
+        rows.len(),
+        spend.spent_micros
+    );
+    drop(again);
+}

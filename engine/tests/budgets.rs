@@ -393,3 +393,68 @@ async fn an_alert_fires_once_per_threshold_and_day_even_across_restarts() {
     let _ = std::fs::remove_dir_all(dir);
     let _ = Arc::new(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_usage_reports_requests_tokens_cost_and_errors_from_the_ledger() {
+    let mock = MockProvider::start(Script::single(Reply::text(&["a", " b", " c"])).then(
+        Reply::text(&["x"]).fault(sluice_testkit::Fault::Status {
+            status: 500,
+            retry_after: None,
+        }),
+    ))
+    .await
+    .unwrap();
+    let (dir, url) = temp_db();
+    let server = RunningServer::start(catalog(&mock, &url, "", ""), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        post(server.addr, r#"{"input":"hi","stream":false}"#)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(server.addr, r#"{"input":"hi","stream":false}"#)
+            .await
+            .status(),
+        StatusCode::BAD_GATEWAY
+    );
+    server.stop().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "usage",
+            "--storage",
+            &url,
+            "--by",
+            "model",
+            "--json",
+            "--since",
+            "1h",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let g = &report["groups"][0];
+    assert_eq!(g["key"], "mock/gpt-4o-mini");
+    assert_eq!(g["requests"], 2);
+    assert_eq!(g["errors"], 1);
+    assert_eq!(g["error_rate"], 0.5);
+    assert_eq!(g["prompt_tokens"], 10);
+    assert_eq!(g["completion_tokens"], 3);
+    assert_eq!(g["cost_micros"], 16);
+    assert!(g["ttft_p50_ms"].is_number());
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["usage", "--storage", &url, "--by", "pipeline"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(table.starts_with("pipeline"), "{table}");
+    assert!(table.contains("0.000016"), "{table}");
+    let _ = std::fs::remove_dir_all(dir);
+}

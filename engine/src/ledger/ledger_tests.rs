@@ -167,3 +167,99 @@ async fn an_alert_threshold_is_claimed_once_per_scope_and_day() {
             .unwrap()
     );
 }
+
+mod interleavings {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Reserve(Micros),
+        /// Settle the k-th open request at this fraction (per mille) of its reservation.
+        Settle(usize, u16),
+        /// Release the k-th open request: it failed, nothing was spent.
+        Release(usize),
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        prop::collection::vec(
+            prop_oneof![
+                (1i64..400).prop_map(Op::Reserve),
+                (0usize..8, 0u16..=1000).prop_map(|(k, f)| Op::Settle(k, f)),
+                (0usize..8).prop_map(Op::Release),
+            ],
+            1..60,
+        )
+    }
+
+    /// Runs `ops` against `url` and checks after every step that spent +
+    /// reserved never exceeds the budget and matches the model.
+    async fn check(url: &str, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        const BUDGET: Micros = 1000;
+        let l = Ledger::open(url).await.unwrap();
+        let day = money::utc_day(money::now_ms());
+        let mut open: Vec<(String, Micros)> = Vec::new();
+        let (mut spent, mut next) = (0, 0);
+        for op in ops {
+            match op {
+                Op::Reserve(r) => {
+                    next += 1;
+                    let id = format!("r{next}");
+                    let fits = spent + open.iter().map(|(_, r)| r).sum::<Micros>() + r <= BUDGET;
+                    let admit = l
+                        .open_request(&opening(&id, r, &[("global", BUDGET)]))
+                        .await
+                        .unwrap();
+                    prop_assert_eq!(admit == Admit::Admitted, fits);
+                    if fits {
+                        open.push((id, r));
+                    }
+                }
+                Op::Settle(k, _) | Op::Release(k) if k < open.len() => {
+                    let (id, r) = open.remove(k);
+                    let cost = if let Op::Settle(_, f) = op {
+                        r * Micros::from(f) / 1000
+                    } else {
+                        0
+                    };
+                    l.settle(&id, &settlement(cost)).await.unwrap();
+                    spent += cost;
+                }
+                _ => {}
+            }
+            let s = l.spend("global", &day).await.unwrap();
+            prop_assert!(s.spent_micros + s.reserved_micros <= BUDGET, "{:?}", s);
+            prop_assert_eq!(s.spent_micros, spent);
+            prop_assert_eq!(
+                s.reserved_micros,
+                open.iter().map(|(_, r)| r).sum::<Micros>()
+            );
+        }
+        l.close().await;
+        Ok(())
+    }
+
+    fn run(url: &'static str, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(check(url, ops))
+    }
+
+    proptest! {
+        #[test]
+        fn memory_never_spends_past_the_budget(ops in ops()) {
+            run("memory", ops)?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn sqlite_never_spends_past_the_budget(ops in ops()) {
+            run("sqlite::memory:", ops)?;
+        }
+    }
+}

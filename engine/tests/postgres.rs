@@ -1,0 +1,255 @@
+//! The ledger and budgets on Postgres, shared by two `sluice serve`
+//! processes. Runs when SLUICE_TEST_POSTGRES_URL is set (CI sets it);
+//! otherwise each test says it was skipped and passes.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sluice::ledger::{Ledger, money};
+use sluice_testkit::{MockProvider, Reply, Script};
+use sqlx::Connection;
+
+/// A fresh database on the test server, dropped by the caller.
+async fn fresh_database() -> Option<(String, String, String)> {
+    let Ok(admin_url) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
+        // Written to the real stderr: the harness hides captured output of
+        // passing tests, and a skip must be visible.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: Postgres ledger test (set SLUICE_TEST_POSTGRES_URL to run it)"
+        );
+        return None;
+    };
+    let name = format!("sluice_test_{}", uuid_like());
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to SLUICE_TEST_POSTGRES_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("the url names a database");
+    Some((admin_url.clone(), format!("{base}/{name}"), name))
+}
+
+async fn drop_database(admin_url: &str, name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+    }
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+struct Instance {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_instance(dir: &std::path::Path) -> Instance {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env_remove("SLUICE_LOG")
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("sluice starts");
+        if let Some(i) = line.find("127.0.0.1:") {
+            let rest = &line[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+                .unwrap_or(rest.len());
+            return Instance {
+                child,
+                addr: rest[..end].to_string(),
+            };
+        }
+    }
+}
+
+fn post(addr: &str) -> u16 {
+    use std::io::{Read, Write};
+    let body = r#"{"input":"hi","stream":false}"#;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /v1/pipelines/chat HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out[9..12].parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_postgres_never_spend_past_a_shared_budget() {
+    let Some((admin_url, url, name)) = fresh_database().await else {
+        return;
+    };
+    let mock = MockProvider::start(Script::single(Reply::text(&[" word"; 100])))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("sluice-pg-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 210 µ$ per request (prompt 10 at $1/M, 100 completion at $2/M); the
+    // reservation is ~232 µ$. The shared global budget affords ~50.
+    std::fs::write(
+        dir.join("settings.yaml"),
+        format!(
+            "storage: \"{url}\"\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\nbudgets:\n  global: {{daily_usd: 0.0116}}\n",
+            mock.base_url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("chat.yaml"),
+        "name: chat\nmodel: {provider: mock, name: gpt-4o-mini}\nsystem: Be brief.\nlimits: {max_tokens: 100}\n",
+    )
+    .unwrap();
+    let a = start_instance(&dir);
+    let b = start_instance(&dir);
+    let addrs = [a.addr.clone(), b.addr.clone()];
+    let mut threads = Vec::new();
+    for i in 0..200 {
+        let addr = addrs[i % 2].clone();
+        threads.push(std::thread::spawn(move || post(&addr)));
+    }
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let rejected = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(admitted + rejected, 200, "{statuses:?}");
+    drop(a);
+    drop(b);
+
+    let ledger = Ledger::open(&url).await.unwrap();
+    let spend = ledger
+        .spend("global", &money::utc_day(money::now_ms()))
+        .await
+        .unwrap();
+    let budget = 11_600;
+    println!(
+        "postgres, two instances: budget {budget} µ$, spent {} µ$ ({:.1}%), reserved {}, admitted {admitted}, rejected {rejected}",
+        spend.spent_micros,
+        100.0 * spend.spent_micros as f64 / budget as f64,
+        spend.reserved_micros
+    );
+    assert!(spend.spent_micros <= budget, "overshoot: {spend:?}");
+    assert!(admitted >= 50, "only {admitted} admitted");
+    assert_eq!(mock.journal().request_count(), admitted);
+    let rows = ledger.rows_since(0).await.unwrap();
+    assert_eq!(rows.len(), 200);
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.status == "ok")
+            .map(|r| r.cost_micros)
+            .sum::<i64>(),
+        spend.spent_micros
+    );
+    ledger.close().await;
+    drop_database(&admin_url, &name).await;
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = PathBuf::new();
+}
+
+#[tokio::test]
+async fn ledger_semantics_hold_on_postgres() {
+    let Some((admin_url, url, name)) = fresh_database().await else {
+        return;
+    };
+    use sluice::ledger::{Admit, Opening, Scope, Settlement};
+    let l = Ledger::open(&url).await.unwrap();
+    let open = |id: &str, reserve| Opening {
+        id: id.into(),
+        pipeline: "p".into(),
+        provider: "x".into(),
+        model: "m".into(),
+        reserve_micros: reserve,
+        scopes: vec![Scope {
+            key: "global".into(),
+            daily_micros: 100,
+        }],
+    };
+    assert_eq!(
+        l.open_request(&open("a", 60)).await.unwrap(),
+        Admit::Admitted
+    );
+    assert!(matches!(
+        l.open_request(&open("b", 50)).await.unwrap(),
+        Admit::Exhausted { .. }
+    ));
+    let settled = l
+        .settle(
+            "a",
+            &Settlement {
+                status: "ok",
+                prompt_tokens: 1,
+                completion_tokens: 2,
+                estimated: false,
+                cost_micros: 40,
+                ttft_ms: Some(3),
+                duration_ms: 4,
+                tool_calls: 0,
+                error_code: None,
+                model: "m".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(settled.spends[0].1.spent_micros, 40);
+    assert!(
+        l.claim_alert("global", &settled.day, 500_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !l.claim_alert("global", &settled.day, 500_000)
+            .await
+            .unwrap()
+    );
+    let row = l.row("a").await.unwrap().unwrap();
+    assert_eq!(
+        (row.status.as_str(), row.cost_micros, row.ttft_ms),
+        ("ok", 40, Some(3))
+    );
+    l.close().await;
+    drop_database(&admin_url, &name).await;
+}
