@@ -1,0 +1,377 @@
+//! Compile: raw configuration -> runtime types that cannot be invalid.
+//!
+//! Reads every file of a pipelines directory, collects *all* diagnostics
+//! (syntax, shape, unknown keys, semantic cross-checks), and only builds a
+//! [`Catalog`] when there is no error.
+
+mod pipeline;
+mod settings;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::budget::{self, Budget};
+use crate::config::node::{self, Node};
+use crate::config::{
+    Diagnostic, Pos, RawPipeline, RawProvider, RawSettings, SETTINGS_FILE, Spanned, diag,
+};
+use crate::ledger::Price;
+use crate::provider::Provider;
+use crate::provider::anthropic::{self, AnthropicProvider};
+use crate::provider::openai::OpenAiProvider;
+use crate::provider::replay::ReplayProvider;
+
+/// Everything `sluice serve` needs, checked.
+pub struct Catalog {
+    pub server: ServerSettings,
+    pub pipelines: BTreeMap<String, Arc<Pipeline>>,
+    /// Problems that do not stop serving (e.g. an API key variable not set).
+    pub warnings: Vec<Diagnostic>,
+    /// Ledger URL: `sqlite:...` or `postgres://...`.
+    pub storage: String,
+    /// The budget every pipeline shares, if any.
+    pub global_budget: Option<Budget>,
+    /// Where budget alerts are posted.
+    pub alert_webhook: Option<String>,
+}
+
+/// The ledger's default place, relative to the working directory.
+pub const DEFAULT_STORAGE: &str = "sqlite:data/sluice.db";
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub keepalive: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1 << 20,
+            keepalive: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A pipeline ready to serve.
+pub struct Pipeline {
+    pub name: String,
+    pub description: Option<String>,
+    pub provider_name: String,
+    pub provider: Arc<dyn Provider>,
+    pub model: String,
+    pub temperature: Option<f64>,
+    pub system: Option<String>,
+    /// Completion-token ceiling of one model call, > 0.
+    pub max_tokens: u32,
+    pub timeouts: Timeouts,
+    /// The model's price; always set when any budget applies.
+    pub price: Option<Price>,
+    pub budget: Option<Budget>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.name)
+            .field("provider", &self.provider_name)
+            .field("model", &self.model)
+            .field("max_tokens", &self.max_tokens)
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// All four deadlines of a request; `first_token`, `idle` and `connect` are
+/// never longer than `total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_token: Duration,
+    pub idle: Duration,
+    pub total: Duration,
+}
+
+impl Timeouts {
+    pub const DEFAULT: Timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        first_token: Duration::from_secs(30),
+        idle: Duration::from_secs(30),
+        total: Duration::from_secs(300),
+    };
+}
+
+/// Provider kinds that `settings.yaml` may declare.
+pub const PROVIDER_KINDS: &[&str] = &["openai", "anthropic", "replay"];
+
+/// Compiles every file in `dir`. On success the catalog carries warnings;
+/// on failure every diagnostic (errors and warnings) is returned, sorted.
+pub fn load_dir(dir: &Path) -> Result<Catalog, Vec<Diagnostic>> {
+    let mut files = Vec::new();
+    let mut diags = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let is_yaml = matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml")
+                );
+                if is_yaml && path.is_file() {
+                    files.push(path);
+                }
+            }
+        }
+        Err(e) => {
+            diags.push(Diagnostic::error(
+                dir,
+                Pos::START,
+                format!("cannot read pipelines directory: {e}"),
+            ));
+            return Err(diags);
+        }
+    }
+    files.sort();
+    let settings_path = dir.join(SETTINGS_FILE);
+    let mut sources = Vec::new();
+    let mut settings_source = None;
+    for path in files {
+        match std::fs::read_to_string(&path) {
+            Ok(text) if path == settings_path => settings_source = Some((path, text)),
+            Ok(text) => sources.push((path, text)),
+            Err(e) => diags.push(Diagnostic::error(
+                &path,
+                Pos::START,
+                format!("cannot read file: {e}"),
+            )),
+        }
+    }
+    let Some(settings_source) = settings_source else {
+        diags.push(Diagnostic::error(
+            &settings_path,
+            Pos::START,
+            "missing settings file (providers and server settings shared by the pipelines)",
+        ));
+        return Err(diags);
+    };
+    match compile_sources(&settings_source, &sources) {
+        Ok(mut catalog) => {
+            if diags.is_empty() {
+                Ok(catalog)
+            } else {
+                diags.append(&mut catalog.warnings);
+                diag::sort(&mut diags);
+                Err(diags)
+            }
+        }
+        Err(mut more) => {
+            diags.append(&mut more);
+            diag::sort(&mut diags);
+            Err(diags)
+        }
+    }
+}
+
+/// Compiles a settings file and pipeline files given as `(path, text)`.
+/// Relative paths in settings resolve against the settings file's folder.
+pub fn compile_sources(
+    settings: &(PathBuf, String),
+    pipelines: &[(PathBuf, String)],
+) -> Result<Catalog, Vec<Diagnostic>> {
+    let mut cx = Cx { diags: Vec::new() };
+    let (settings_path, settings_text) = settings;
+    let raw_settings = cx.parse::<RawSettings>(settings_path, settings_text);
+    let base_dir = settings_path.parent().unwrap_or(Path::new("."));
+    let (server, providers) = match &raw_settings {
+        Some(raw) => (
+            cx.server(settings_path, raw),
+            cx.providers(settings_path, base_dir, raw),
+        ),
+        None => (ServerSettings::default(), BTreeMap::new()),
+    };
+    let prices = raw_settings
+        .as_ref()
+        .map(|raw| budget::compile_prices(settings_path, &raw.prices, &mut cx.diags))
+        .unwrap_or_default();
+    let global_budget = raw_settings
+        .as_ref()
+        .and_then(|raw| raw.budgets.global.as_ref())
+        .and_then(|b| {
+            let mut no_downgrade = |m: &crate::config::RawModel, d: &mut Vec<Diagnostic>| {
+                d.push(Diagnostic::error(
+                settings_path,
+                m.provider.pos,
+                "the global budget cannot downgrade (each pipeline declares its own cheaper model)",
+            ));
+                None
+            };
+            budget::compile_budget(
+                settings_path,
+                b,
+                "global".into(),
+                &mut cx.diags,
+                &mut no_downgrade,
+            )
+        });
+    let money = MoneyCx {
+        prices: &prices,
+        global_budget: raw_settings
+            .as_ref()
+            .is_some_and(|r| r.budgets.global.is_some()),
+    };
+    let (storage, alert_webhook) = match &raw_settings {
+        Some(raw) => cx.ledger_settings(settings_path, raw),
+        None => (DEFAULT_STORAGE.to_string(), None),
+    };
+
+    // Names declared in settings, valid or not: a pipeline naming a provider
+    // that failed its own checks must not also hear it is undeclared. With
+    // no readable settings at all, every name counts as declared.
+    let declared: Option<Vec<String>> = raw_settings
+        .as_ref()
+        .map(|raw| raw.providers.keys().map(|k| k.value.clone()).collect());
+    let mut pipelines_out: BTreeMap<String, Arc<Pipeline>> = BTreeMap::new();
+    let mut routes: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
+    for (path, text) in pipelines {
+        let Some(raw) = cx.parse::<RawPipeline>(path, text) else {
+            continue;
+        };
+        let duplicate = routes.get(&raw.name.value).cloned();
+        if let Some((first_file, first_pos)) = &duplicate {
+            cx.error(
+                path,
+                raw.name.pos,
+                format!(
+                    "pipeline \"{}\" is already declared at {}:{}:{}",
+                    raw.name.value,
+                    first_file.display(),
+                    first_pos.line,
+                    first_pos.col
+                ),
+            );
+        } else {
+            routes.insert(raw.name.value.clone(), (path.clone(), raw.name.pos));
+        }
+        // A duplicate is still checked, so its other problems show up now.
+        if let Some(p) = cx.pipeline(path, raw, &providers, &declared, &money)
+            && duplicate.is_none()
+        {
+            pipelines_out.insert(p.name.clone(), Arc::new(p));
+        }
+    }
+
+    let (errors, warnings): (Vec<_>, Vec<_>) = cx.diags.into_iter().partition(|d| d.is_error());
+    if errors.is_empty() {
+        let mut warnings = warnings;
+        diag::sort(&mut warnings);
+        Ok(Catalog {
+            server,
+            pipelines: pipelines_out,
+            warnings,
+            storage,
+            global_budget,
+            alert_webhook,
+        })
+    } else {
+        let mut all = errors;
+        all.extend(warnings);
+        diag::sort(&mut all);
+        Err(all)
+    }
+}
+
+/// Prices and whether a global budget applies, for pipeline checks.
+struct MoneyCx<'a> {
+    prices: &'a BTreeMap<String, Price>,
+    global_budget: bool,
+}
+
+/// A declared provider, resolved.
+struct ProviderEntry {
+    provider: Arc<dyn Provider>,
+    replay: Option<Arc<ReplayProvider>>,
+    /// Set when the API key variable is not set: warned about once a
+    /// pipeline uses this provider.
+    missing_key: Option<Diagnostic>,
+}
+
+struct Cx {
+    diags: Vec<Diagnostic>,
+}
+
+impl Cx {
+    fn error(&mut self, file: &Path, pos: Pos, msg: impl Into<String>) {
+        self.diags.push(Diagnostic::error(file, pos, msg));
+    }
+
+    fn parse<T: for<'a> Deserialize<'a>>(&mut self, file: &Path, text: &str) -> Option<T> {
+        let node: Node = match node::parse(text) {
+            Ok(n) => n,
+            Err((pos, msg)) => {
+                self.error(file, pos, msg);
+                return None;
+            }
+        };
+        if matches!(node.kind, node::Kind::Null) {
+            self.error(file, Pos::START, "file is empty");
+            return None;
+        }
+        let (result, notes) = node::from_node::<T>(&node);
+        let noted = !notes.is_empty();
+        for n in notes {
+            self.error(file, n.pos, n.message);
+        }
+        match result {
+            Ok(v) if !noted => Some(v),
+            // Unknown keys were reported; the rest of the file is still
+            // checked so that semantic problems show up in the same run.
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error(file, e.pos.unwrap_or(Pos::START), e.message);
+                None
+            }
+        }
+    }
+
+    /// A duration that must be longer than zero.
+    fn duration(&mut self, file: &Path, raw: &Spanned<String>, what: &str) -> Option<Duration> {
+        match self.duration_or_zero(file, raw, what)? {
+            d if d.is_zero() => {
+                self.error(file, raw.pos, format!("{what} must be longer than zero"));
+                None
+            }
+            d => Some(d),
+        }
+    }
+
+    fn duration_or_zero(
+        &mut self,
+        file: &Path,
+        raw: &Spanned<String>,
+        what: &str,
+    ) -> Option<Duration> {
+        match humantime::parse_duration(raw.value.trim()) {
+            Ok(d) => Some(d),
+            Err(_) => {
+                self.error(
+                    file,
+                    raw.pos,
+                    format!(
+                        "invalid duration \"{}\" for {what}, expected a number and a unit such as 250ms, 10s or 2m",
+                        raw.value
+                    ),
+                );
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Compiling one pipeline file: its model (and fallbacks), limits,
+//! timeouts and budget.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::*;
+
+impl Cx {
+    fn downgrade_target(
+        &mut self,
+        file: &Path,
+        m: &crate::config::RawModel,
+        providers: &BTreeMap<String, ProviderEntry>,
+        money: &MoneyCx,
+        main_price: Option<Price>,
+        d: &mut Vec<Diagnostic>,
+    ) -> Option<budget::Downgrade> {
+        let Some(entry) = providers.get(&m.provider.value) else {
+            d.push(Diagnostic::error(
+                file,
+                m.provider.pos,
+                format!("unknown provider \"{}\" in downgrade_to", m.provider.value),
+            ));
+            return None;
+        };
+        if let Some(replay) = &entry.replay
+            && let Err(msg) = replay.preload(&m.name.value)
+        {
+            d.push(Diagnostic::error(file, m.name.pos, msg));
+            return None;
+        }
+        let Some(price) = money.prices.get(&m.name.value).copied() else {
+            d.push(Diagnostic::error(
+                file,
+                m.name.pos,
+                format!(
+                    "downgrade model \"{}\" has no price in settings.yaml",
+                    m.name.value
+                ),
+            ));
+            return None;
+        };
+        if let Some(main) = main_price
+            && price.input_per_m >= main.input_per_m
+            && price.output_per_m >= main.output_per_m
+        {
+            d.push(Diagnostic::error(
+                file,
+                m.name.pos,
+                format!(
+                    "downgrade model \"{}\" is not cheaper than the pipeline's model",
+                    m.name.value
+                ),
+            ));
+            return None;
+        }
+        Some(budget::Downgrade {
+            provider_name: m.provider.value.clone(),
+            provider: entry.provider.clone(),
+            model: m.name.value.clone(),
+            price,
+        })
+    }
+
+    pub(super) fn pipeline(
+        &mut self,
+        file: &Path,
+        raw: RawPipeline,
+        providers: &BTreeMap<String, ProviderEntry>,
+        declared: &Option<Vec<String>>,
+        money: &MoneyCx,
+    ) -> Option<Pipeline> {
+        let mut ok = true;
+        let name = &raw.name;
+        if !valid_route_name(&name.value) {
+            self.error(
+                file,
+                name.pos,
+                format!(
+                    "invalid pipeline name \"{}\", expected lowercase letters, digits, '-' and '_' (it becomes the route /v1/pipelines/NAME)",
+                    name.value
+                ),
+            );
+            ok = false;
+        }
+
+        let provider = match providers.get(&raw.model.provider.value) {
+            Some(p) => Some(p),
+            None => {
+                let is_declared = declared
+                    .as_ref()
+                    .is_none_or(|names| names.contains(&raw.model.provider.value));
+                if !is_declared {
+                    let hint = diag::suggest(
+                        &raw.model.provider.value,
+                        providers.keys().map(String::as_str),
+                    )
+                    .map(|s| format!(" (did you mean \"{s}\"?)"))
+                    .unwrap_or_default();
+                    let declared = if providers.is_empty() {
+                        "no provider is declared in settings.yaml".to_string()
+                    } else {
+                        format!(
+                            "declared providers: {}",
+                            providers
+                                .keys()
+                                .map(|k| format!("\"{k}\""))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    };
+                    self.error(
+                        file,
+                        raw.model.provider.pos,
+                        format!(
+                            "unknown provider \"{}\"{hint}; {declared}",
+                            raw.model.provider.value
+                        ),
+                    );
+                }
+                ok = false;
+                None
+            }
+        };
+
+        if raw.model.name.value.trim().is_empty() {
+            self.error(file, raw.model.name.pos, "model name is empty");
+            ok = false;
+        } else if let Some(replay) = provider.and_then(|p| p.replay.as_ref())
+            && let Err(msg) = replay.preload(&raw.model.name.value)
+        {
+            self.error(file, raw.model.name.pos, msg);
+            ok = false;
+        }
+
+        if let Some(t) = &raw.model.temperature
+            && !(0.0..=2.0).contains(&t.value)
+        {
+            self.error(
+                file,
+                t.pos,
+                format!("temperature {} is out of range, expected 0 to 2", t.value),
+            );
+            ok = false;
+        }
+
+        let max_tokens = raw.limits.max_tokens.value;
+        if max_tokens.fract() != 0.0 || !(1.0..=f64::from(u32::MAX)).contains(&max_tokens) {
+            self.error(
+                file,
+                raw.limits.max_tokens.pos,
+                format!(
+                    "max_tokens must be a whole number between 1 and {}, found {max_tokens}",
+                    u32::MAX
+                ),
+            );
+            ok = false;
+        }
+
+        let mut timeouts = Timeouts::DEFAULT;
+        let mut durations_ok = true;
+        let t = &raw.timeouts;
+        for (slot, raw_d, what) in [
+            (&mut timeouts.connect, &t.connect, "timeouts.connect"),
+            (
+                &mut timeouts.first_token,
+                &t.first_token,
+                "timeouts.first_token",
+            ),
+            (&mut timeouts.idle, &t.idle, "timeouts.idle"),
+            (&mut timeouts.total, &t.total, "timeouts.total"),
+        ] {
+            if let Some(raw_d) = raw_d {
+                match self.duration(file, raw_d, what) {
+                    Some(d) => *slot = d,
+                    None => durations_ok = false,
+                }
+            }
+        }
+        // A default longer than an explicit total shrinks to it; only
+        // values the user wrote can contradict each other.
+        for (d, raw_d) in [
+            (&mut timeouts.connect, &t.connect),
+            (&mut timeouts.first_token, &t.first_token),
+            (&mut timeouts.idle, &t.idle),
+        ] {
+            if raw_d.is_none() {
+                *d = (*d).min(timeouts.total);
+            }
+        }
+        ok &= durations_ok;
+        if durations_ok {
+            let total_pos = t.total.as_ref().map(|s| s.pos);
+            for (d, raw_d, what) in [
+                (timeouts.connect, &t.connect, "connect"),
+                (timeouts.first_token, &t.first_token, "first_token"),
+                (timeouts.idle, &t.idle, "idle"),
+            ] {
+                if d > timeouts.total {
+                    let pos = raw_d
+                        .as_ref()
+                        .map(|s| s.pos)
+                        .or(total_pos)
+                        .unwrap_or(Pos::START);
+                    self.error(
+                        file,
+                        pos,
+                        format!(
+                            "timeouts.{what} ({}) is longer than timeouts.total ({}); it could never fire",
+                            humantime::format_duration(d),
+                            humantime::format_duration(timeouts.total)
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+
+        let price = money.prices.get(&raw.model.name.value).copied();
+        if price.is_none() && (raw.budget.is_some() || money.global_budget) {
+            self.error(
+                file,
+                raw.model.name.pos,
+                format!(
+                    "model \"{}\" has no price in settings.yaml (prices: {{\"{}\": {{input: ..., output: ...}}}}); a budget needs a price for every model it pays for",
+                    raw.model.name.value, raw.model.name.value
+                ),
+            );
+            ok = false;
+        }
+        let budget = match &raw.budget {
+            None => None,
+            Some(b) => {
+                let main_price = price;
+                let mut downgrade = |m: &crate::config::RawModel, d: &mut Vec<Diagnostic>| {
+                    self.downgrade_target(file, m, providers, money, main_price, d)
+                };
+                let mut diags = Vec::new();
+                let compiled = budget::compile_budget(
+                    file,
+                    b,
+                    format!("pipeline:{}", raw.name.value),
+                    &mut diags,
+                    &mut downgrade,
+                );
+                ok &= compiled.is_some();
+                self.diags.extend(diags);
+                compiled
+            }
+        };
+        let provider = provider?;
+        if let Some(w) = &provider.missing_key
+            && !self.diags.contains(w)
+        {
+            self.diags.push(w.clone());
+        }
+        if !ok {
+            return None;
+        }
+        Some(Pipeline {
+            price,
+            budget,
+            name: raw.name.value,
+            description: raw.description,
+            provider_name: raw.model.provider.value,
+            provider: provider.provider.clone(),
+            model: raw.model.name.value,
+            temperature: raw.model.temperature.map(|t| t.value),
+            system: raw.system,
+            max_tokens: max_tokens as u32,
+            timeouts,
+        })
+    }
+}
+fn valid_route_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
