@@ -27,3 +27,4 @@ pub mod provider;
 pub mod run;
 pub mod serve;
 pub mod tokens;
+pub mod tools;

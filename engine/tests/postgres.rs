@@ -229,6 +229,7 @@ async fn ledger_semantics_hold_on_postgres() {
                 duration_ms: 4,
                 tool_calls: 0,
                 error_code: None,
+                provider: "x".into(),
                 model: "m".into(),
             },
         )

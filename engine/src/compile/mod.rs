@@ -77,6 +77,35 @@ pub struct Pipeline {
     /// The model's price; always set when any budget applies.
     pub price: Option<Price>,
     pub budget: Option<Budget>,
+    /// Tried in order after the pipeline's own model failed every retry.
+    pub fallbacks: Vec<ModelRef>,
+    pub retries: RetryPolicy,
+}
+
+/// A model of a provider, with its price when it has one.
+#[derive(Clone)]
+pub struct ModelRef {
+    pub provider_name: String,
+    pub provider: Arc<dyn Provider>,
+    pub model: String,
+    pub price: Option<Price>,
+}
+
+/// How often, and how patiently, a failing call is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries of each model, the first included (>= 1).
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    pub const NONE: RetryPolicy = RetryPolicy {
+        attempts: 1,
+        backoff: Duration::from_millis(250),
+        max_backoff: Duration::from_secs(10),
+    };
 }
 
 impl std::fmt::Debug for Pipeline {

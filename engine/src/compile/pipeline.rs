@@ -7,6 +7,97 @@ use std::path::Path;
 use super::*;
 
 impl Cx {
+    /// A fallback model: a declared provider, a readable recording for
+    /// replay, and a price when a budget applies.
+    fn model_ref(
+        &mut self,
+        file: &Path,
+        m: &crate::config::RawModel,
+        providers: &BTreeMap<String, ProviderEntry>,
+        money: &MoneyCx,
+        needs_price: bool,
+        what: &str,
+    ) -> Option<ModelRef> {
+        let Some(entry) = providers.get(&m.provider.value) else {
+            let hint = diag::suggest(&m.provider.value, providers.keys().map(String::as_str))
+                .map(|s| format!(" (did you mean \"{s}\"?)"))
+                .unwrap_or_default();
+            self.error(
+                file,
+                m.provider.pos,
+                format!("unknown provider \"{}\" in {what}{hint}", m.provider.value),
+            );
+            return None;
+        };
+        if let Some(replay) = &entry.replay
+            && let Err(msg) = replay.preload(&m.name.value)
+        {
+            self.error(file, m.name.pos, msg);
+            return None;
+        }
+        if let Some(t) = &m.temperature {
+            self.error(
+                file,
+                t.pos,
+                format!("a {what} uses the pipeline's temperature; remove it here"),
+            );
+            return None;
+        }
+        let price = money.prices.get(&m.name.value).copied();
+        if price.is_none() && needs_price {
+            self.error(
+                file,
+                m.name.pos,
+                format!("{what} model \"{}\" has no price in settings.yaml; a budget needs a price for every model it pays for", m.name.value),
+            );
+            return None;
+        }
+        Some(ModelRef {
+            provider_name: m.provider.value.clone(),
+            provider: entry.provider.clone(),
+            model: m.name.value.clone(),
+            price,
+        })
+    }
+
+    fn retries(
+        &mut self,
+        file: &Path,
+        r: &Spanned<crate::config::RawRetries>,
+    ) -> Option<RetryPolicy> {
+        let mut policy = RetryPolicy::NONE;
+        let mut ok = true;
+        match u32::try_from(r.attempts.value) {
+            Ok(n) if (1..=10).contains(&n) => policy.attempts = n,
+            _ => {
+                self.error(file, r.attempts.pos, format!("retries.attempts must be between 1 and 10 (tries of each model, the first included), found {}", r.attempts.value));
+                ok = false;
+            }
+        }
+        if let Some(b) = &r.backoff {
+            match self.duration(file, b, "retries.backoff") {
+                Some(d) => policy.backoff = d,
+                None => ok = false,
+            }
+        }
+        if let Some(b) = &r.max_backoff {
+            match self.duration(file, b, "retries.max_backoff") {
+                Some(d) => policy.max_backoff = d,
+                None => ok = false,
+            }
+        }
+        if ok && policy.max_backoff < policy.backoff {
+            let pos = r.max_backoff.as_ref().map_or(r.pos, |b| b.pos);
+            self.error(
+                file,
+                pos,
+                "retries.max_backoff is shorter than retries.backoff",
+            );
+            ok = false;
+        }
+        ok.then_some(policy)
+    }
+
     fn downgrade_target(
         &mut self,
         file: &Path,
@@ -249,6 +340,24 @@ impl Cx {
                 compiled
             }
         };
+        let needs_price = raw.budget.is_some() || money.global_budget;
+        let mut fallbacks = Vec::new();
+        for m in &raw.fallbacks {
+            match self.model_ref(file, m, providers, money, needs_price, "fallback") {
+                Some(r) => fallbacks.push(r),
+                None => ok = false,
+            }
+        }
+        let retries = match &raw.retries {
+            None => RetryPolicy::NONE,
+            Some(r) => match self.retries(file, r) {
+                Some(p) => p,
+                None => {
+                    ok = false;
+                    RetryPolicy::NONE
+                }
+            },
+        };
         let provider = provider?;
         if let Some(w) = &provider.missing_key
             && !self.diags.contains(w)
@@ -261,6 +370,8 @@ impl Cx {
         Some(Pipeline {
             price,
             budget,
+            fallbacks,
+            retries,
             name: raw.name.value,
             description: raw.description,
             provider_name: raw.model.provider.value,

@@ -119,6 +119,22 @@ pub struct RawPipeline {
     #[serde(default)]
     pub timeouts: RawTimeouts,
     pub budget: Option<Spanned<RawBudget>>,
+    /// Retries of a failed call, before the first byte reaches the client.
+    pub retries: Option<Spanned<RawRetries>>,
+    /// Models tried in order when the pipeline's own model keeps failing.
+    #[serde(default)]
+    pub fallbacks: Vec<RawModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    /// Tries of each model, the first included (1 = no retry).
+    pub attempts: Spanned<i64>,
+    /// Wait before the first retry; doubles each time, with jitter.
+    pub backoff: Option<Spanned<String>>,
+    /// Longest wait between two tries.
+    pub max_backoff: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

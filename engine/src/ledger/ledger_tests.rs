@@ -30,6 +30,7 @@ fn settlement(cost: Micros) -> Settlement {
         duration_ms: 50,
         tool_calls: 0,
         error_code: None,
+        provider: "prov".into(),
         model: "m".into(),
     }
 }

@@ -125,6 +125,7 @@ impl MemStore {
         }
         row.status = s.status.to_string();
         row.ended_at_ms = Some(now);
+        row.provider = s.provider.clone();
         row.model = s.model.clone();
         row.prompt_tokens = s.prompt_tokens as i64;
         row.completion_tokens = s.completion_tokens as i64;

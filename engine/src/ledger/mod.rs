@@ -75,7 +75,9 @@ pub struct Settlement {
     pub duration_ms: i64,
     pub tool_calls: u32,
     pub error_code: Option<&'static str>,
-    /// The model that actually answered (after a downgrade).
+    /// The provider and model that actually answered (after a downgrade or
+    /// a fallback).
+    pub provider: String,
     pub model: String,
 }
 

@@ -433,11 +433,12 @@ impl Store {
                 let day: String = row.try_get("day")?;
                 let reserved: i64 = row.try_get("reserved_micros")?;
                 let scopes: String = row.try_get("budget_scopes")?;
-                sqlx::query(q("UPDATE requests SET status = ?, ended_at_ms = ?, model = ?, prompt_tokens = ?, \
+                sqlx::query(q("UPDATE requests SET status = ?, ended_at_ms = ?, provider = ?, model = ?, prompt_tokens = ?, \
                  completion_tokens = ?, estimated = ?, cost_micros = ?, ttft_ms = ?, duration_ms = ?, \
                  tool_calls = ?, error_code = ? WHERE id = ?"))
             .bind(s.status)
             .bind(now)
+            .bind(&s.provider)
             .bind(&s.model)
             .bind(s.prompt_tokens as i64)
             .bind(s.completion_tokens as i64)

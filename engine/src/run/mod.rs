@@ -14,18 +14,18 @@
 //! channel closes) or the server is forced to stop. Whatever happened, the
 //! ledger row opened before the call is settled at the end.
 
+mod attempts;
 mod events;
 mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 pub use events::{Admission, ErrorCode, Event, Rejection, Status, UsageReport};
 use stream::{Ending, Out, stream_body};
@@ -38,7 +38,7 @@ use crate::ledger::{Admit, Ledger, Opening, Price, Settlement};
 use crate::metrics::{
     Metrics, ModelLabels, PipelineLabels, RequestLabels, ScopeLabels, TokenLabels,
 };
-use crate::provider::{Message, Provider, ProviderError, ProviderRequest, Role, Usage};
+use crate::provider::{Message, Provider, ProviderError, Role, Usage};
 use crate::tokens;
 
 /// Capacity of the per-request event channel. Small on purpose: a slow
@@ -84,7 +84,9 @@ pub fn spawn(
     rx
 }
 
-/// The model that answers: the pipeline's own, or its budget's downgrade.
+/// A model that may answer: the pipeline's own, a fallback, or its
+/// budget's downgrade.
+#[derive(Clone)]
 struct Target {
     provider_name: String,
     provider: Arc<dyn Provider>,
@@ -127,6 +129,18 @@ impl Tally {
             estimated,
             cost_micros,
             cost_usd: format_usd(cost_micros),
+        }
+    }
+}
+
+impl Target {
+    fn from_ref(m: &crate::compile::ModelRef) -> Self {
+        Target {
+            provider_name: m.provider_name.clone(),
+            provider: m.provider.clone(),
+            model: m.model.clone(),
+            price: m.price,
+            downgraded_from: None,
         }
     }
 }
@@ -184,10 +198,22 @@ async fn open_in_ledger(
     };
     let scopes: Vec<_> = budgets.iter().map(|b| b.ledger_scope()).collect();
     loop {
-        // compile guarantees a price wherever a budget applies.
-        let reserve = match (&target.price, scopes.is_empty()) {
-            (Some(p), false) => budget::reservation(p, prompt, max_tokens),
-            _ => 0,
+        // compile guarantees a price wherever a budget applies. A fallback
+        // may answer instead: reserve for the dearest model that might.
+        let reserve = if scopes.is_empty() {
+            0
+        } else {
+            let fallbacks = if target.downgraded_from.is_some() {
+                &[][..]
+            } else {
+                &pipeline.fallbacks[..]
+            };
+            std::iter::once(target.price)
+                .chain(fallbacks.iter().map(|f| f.price))
+                .flatten()
+                .map(|p| budget::reservation(&p, prompt, max_tokens))
+                .max()
+                .unwrap_or(0)
         };
         let opening = Opening {
             id: request_id.to_string(),
@@ -319,13 +345,21 @@ async fn run(
             return;
         }
     };
+    // The pipeline's model first, then its fallbacks; a downgrade stands alone.
+    let candidates: Vec<Target> = if target.downgraded_from.is_some() {
+        vec![target]
+    } else {
+        std::iter::once(target)
+            .chain(pipeline.fallbacks.iter().map(Target::from_ref))
+            .collect()
+    };
     let mut tally = Tally {
         started,
         first_token_at: None,
         completion_counted: 0,
         provider_usage: None,
         prompt,
-        price: target.price,
+        price: candidates[0].price,
     };
     let active = cx
         .metrics
@@ -335,10 +369,10 @@ async fn run(
         })
         .clone();
     active.inc();
-    let (status, finish, error) = drive(
+    let (answered, status, finish, error) = drive(
         &cx,
         &pipeline,
-        &target,
+        &candidates,
         &req.request_id,
         max_tokens,
         &mut tally,
@@ -349,7 +383,7 @@ async fn run(
     conclude(
         &cx,
         &pipeline,
-        &target,
+        &candidates[answered],
         &req.request_id,
         &tally,
         status,
@@ -360,56 +394,38 @@ async fn run(
     .await;
 }
 
-/// Phases 1 and 2: returns the ledger status, finish reason and error code.
+/// Phases 1 and 2: returns which candidate answered (or was tried last),
+/// the ledger status, finish reason and error code.
 async fn drive(
     cx: &RunContext,
     pipeline: &Pipeline,
-    target: &Target,
+    candidates: &[Target],
     request_id: &str,
     max_tokens: u32,
     tally: &mut Tally,
     mut admit: oneshot::Sender<Admission>,
-) -> (Status, String, Option<ErrorCode>) {
+) -> (usize, Status, String, Option<ErrorCode>) {
     let t = pipeline.timeouts;
     let total_deadline = tally.started + t.total;
-    let first_deadline = (tally.started + t.first_token).min(total_deadline);
-    let preq = ProviderRequest {
-        model: target.model.clone(),
-        messages: tally.prompt.clone(),
-        temperature: pipeline.temperature,
-        max_tokens,
-        connect_timeout: t.connect.min(t.first_token),
-    };
-    debug!(model = %target.model, max_tokens, "calling provider");
 
-    // Phase 1: nothing sent yet. Wait for the first chunk.
-    let first = async {
-        let mut stream = target.provider.call(preq).await?;
-        match stream.next().await {
-            Some(Ok(chunk)) => Ok((stream, chunk)),
-            Some(Err(e)) => Err(e),
-            None => Err(ProviderError::Truncated),
-        }
-    };
-    let phase1 = tokio::select! {
-        biased;
-        _ = admit.closed() => return (Status::ClientClosed, "cancelled".into(), None),
-        _ = cx.force_stop.cancelled() => Err(Rejection::new(ErrorCode::Shutdown, "the server is shutting down")),
-        r = tokio::time::timeout_at(first_deadline, first) => match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                warn!(error = %e, source = ?e.source_kind(), "provider call failed before the first token");
-                Err(rejection_for(&e))
-            }
-            Err(_) => Err(Rejection::new(
-                ErrorCode::TimeoutFirstToken,
-                format!("no token from the provider within {}", humantime::format_duration(t.first_token)),
-            )),
-        },
-    };
-    let (stream, first_chunk) = match phase1 {
+    // Phase 1: nothing sent yet. Wait for the first chunk, retrying and
+    // falling back as the pipeline allows.
+    let phase1 = attempts::first_chunk(
+        cx,
+        pipeline,
+        candidates,
+        &tally.prompt,
+        max_tokens,
+        tally.started,
+        &mut admit,
+    )
+    .await;
+    let (index, stream, first_chunk) = match phase1 {
         Ok(v) => v,
-        Err(rejection) => {
+        Err((index, attempts::NoStart::ClientClosed)) => {
+            return (index, Status::ClientClosed, "cancelled".into(), None);
+        }
+        Err((index, attempts::NoStart::Rejected(rejection))) => {
             let code = rejection.code;
             let status = match code {
                 c if c.is_timeout() => Status::Timeout,
@@ -418,15 +434,17 @@ async fn drive(
                 _ => Status::UpstreamError,
             };
             let _ = admit.send(Admission::Rejected(rejection));
-            return (status, "error".into(), Some(code));
+            return (index, status, "error".into(), Some(code));
         }
     };
+    let target = &candidates[index];
+    tally.price = target.price;
     tally.first_token_at = Some(Instant::now());
 
     // Phase 2: committed.
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     if admit.send(Admission::Streaming(rx)).is_err() {
-        return (Status::ClientClosed, "cancelled".into(), None);
+        return (index, Status::ClientClosed, "cancelled".into(), None);
     }
     let mut out = Out {
         tx,
@@ -458,7 +476,7 @@ async fn drive(
     };
     // The upstream stream was dropped inside `stream_body`: the provider
     // connection is closed before the client hears the ending.
-    match ending {
+    let (status, finish, error) = match ending {
         Ending::ClientClosed => (Status::ClientClosed, "cancelled".into(), None),
         Ending::Finished(reason) => {
             let _ = out.send(Event::Usage(tally.usage())).await;
@@ -490,7 +508,8 @@ async fn drive(
                 .await;
             (status, finish.to_string(), Some(code))
         }
-    }
+    };
+    (index, status, finish, error)
 }
 
 /// Settles the ledger row, updates the metrics, fires budget alerts and
@@ -522,6 +541,7 @@ async fn conclude(
         duration_ms: duration.as_millis() as i64,
         tool_calls: 0,
         error_code: error_code.map(ErrorCode::as_str),
+        provider: target.provider_name.clone(),
         model: target.model.clone(),
     };
     match cx.ledger.settle(request_id, &settlement).await {

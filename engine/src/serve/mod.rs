@@ -213,6 +213,7 @@ impl Server {
 /// A server running in the background (tests and embedding).
 pub struct RunningServer {
     pub addr: SocketAddr,
+    ledger: Arc<Ledger>,
     shutdown: CancellationToken,
     join: tokio::task::JoinHandle<()>,
 }
@@ -221,14 +222,21 @@ impl RunningServer {
     pub async fn start(catalog: Catalog, addr: SocketAddr) -> anyhow::Result<RunningServer> {
         let server = Server::bind(catalog, addr).await?;
         let addr = server.local_addr()?;
+        let ledger = server.shared.run.ledger.clone();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let join = tokio::spawn(async move { server.run(token.cancelled_owned()).await });
         Ok(RunningServer {
             addr,
+            ledger,
             shutdown,
             join,
         })
+    }
+
+    /// The server's ledger, e.g. to read a request's row in tests.
+    pub fn ledger(&self) -> Arc<Ledger> {
+        self.ledger.clone()
     }
 
     /// Signals shutdown and waits until the server has stopped.

@@ -1,0 +1,179 @@
+//! Raw scenario shapes, exactly as written in a scenario file.
+//!
+//! Parsed with the configuration's positioned YAML tree
+//! ([`crate::config::node`]), so unknown keys are reported with
+//! `file:line:col` and a suggestion, like in pipeline files. Nothing here is
+//! checked beyond its shape; [`super::build`] does the rest.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::Spanned;
+
+/// One scenario file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScenario {
+    /// Shown in reports.
+    pub description: Option<String>,
+    /// The pipeline to call (its `name`, which is also its route).
+    pub pipeline: Spanned<String>,
+    /// The pipelines directory, relative to this file (default: the
+    /// runner's `--pipelines`, `pipelines/`).
+    pub pipelines: Option<Spanned<String>>,
+    /// Where `fixture:` paths are looked up, relative to this file
+    /// (default: the runner's `--recordings`, `fixtures/recorded/`).
+    pub recordings: Option<Spanned<String>>,
+    /// `openai` or `anthropic`: the wire the mock speaks when the pipeline's
+    /// provider is a replay provider (default: from the fixtures' paths).
+    pub wire: Option<Spanned<String>>,
+    /// `virtual` (default: tokio's paused clock) or `real`.
+    pub clock: Option<Spanned<String>>,
+    /// The longest the scenario may take on its clock (default 10m).
+    pub limit: Option<Spanned<String>>,
+    /// The JSON body POSTed to `/v1/pipelines/{pipeline}`.
+    pub request: Spanned<Value>,
+    /// How the client behaves.
+    pub client: Option<RawClient>,
+    /// One upstream reply per model call, in order; the last one repeats.
+    pub turns: Spanned<Vec<Spanned<RawTurn>>>,
+    pub expect: RawExpect,
+}
+
+/// The client's behaviour beyond sending the request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    /// Close the connection this long after sending the request.
+    pub disconnect_after: Option<Spanned<String>>,
+    /// Close the connection after receiving this many SSE events.
+    pub disconnect_after_events: Option<Spanned<u64>>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<Spanned<String>, Spanned<String>>,
+}
+
+/// One upstream reply: exactly one body (`fixture`, `text` or `flood`),
+/// its timing and its faults.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTurn {
+    /// A recorded stream under the recordings directory, played with its
+    /// `.timing` sidecar when there is one.
+    pub fixture: Option<Spanned<String>>,
+    /// A synthesized stream: one delta per item.
+    pub text: Option<Spanned<Vec<String>>>,
+    /// An endless stream of this token that ignores `max_tokens`.
+    pub flood: Option<Spanned<String>>,
+    /// A uniform delay before each event (replaces recorded timing).
+    pub pace: Option<Spanned<String>>,
+    /// Plays every recorded or paced delay this many times faster.
+    pub speed: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub faults: Vec<Spanned<RawFault>>,
+}
+
+/// A fault, written as `- name: value` (or `- name` when it takes none).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawFault {
+    /// `status: {code: 429, retry_after: 7}`
+    Status(RawStatus),
+    /// `delay_headers: 12s`
+    DelayHeaders(Spanned<String>),
+    /// `stall_after: {events: 5, for: 60s}` (`for` omitted or `forever`:
+    /// until the client closes)
+    StallAfter(RawStall),
+    /// `disconnect_after: {events: 5, reset: true}`
+    DisconnectAfter(RawDisconnect),
+    /// `malformed_at: 3`
+    MalformedAt(Spanned<u64>),
+    /// `truncate`
+    Truncate,
+    /// `omit_usage`
+    OmitUsage,
+    /// `fragment: 7`
+    Fragment(Spanned<u64>),
+    /// `error_event_after: 4`
+    ErrorEventAfter(Spanned<u64>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatus {
+    pub code: Spanned<u64>,
+    pub retry_after: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStall {
+    pub events: Spanned<u64>,
+    #[serde(rename = "for")]
+    pub duration: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDisconnect {
+    pub events: Spanned<u64>,
+    #[serde(default)]
+    pub reset: bool,
+}
+
+/// A map from dotted paths (`stream_options.include_usage`) to JSON values.
+pub type RawPaths = BTreeMap<Spanned<String>, Spanned<Value>>;
+
+/// The expected outcome; every key is optional and only the given ones
+/// are checked.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpect {
+    /// The HTTP status of the response.
+    pub status: Option<Spanned<u64>>,
+    /// The error code: of the SSE `error` event, or `error.code` of a JSON
+    /// error body; `none` for no error.
+    pub error: Option<Spanned<String>>,
+    /// `finish_reason` of `done` (or of a `stream: false` body).
+    pub finish_reason: Option<Spanned<String>>,
+    /// The SSE event names, exactly and in order.
+    pub events: Option<Spanned<Vec<String>>>,
+    /// Event names that must each appear at least once.
+    pub events_contain: Option<Spanned<Vec<String>>>,
+    /// How many events of each name, e.g. `{delta: 20}`.
+    pub event_counts: Option<BTreeMap<Spanned<String>, Spanned<u64>>>,
+    /// The concatenated `delta` texts (or the `output` of a JSON body).
+    pub text: Option<Spanned<String>>,
+    /// Fields of the `usage` event (or of a JSON body's `usage`).
+    pub usage: Option<RawPaths>,
+    /// Response headers (names case-insensitive).
+    pub headers: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    /// Fields of a JSON response body, by dotted path.
+    pub body: Option<RawPaths>,
+    /// The request's ledger row.
+    pub ledger: Option<RawLedger>,
+    /// The mock saw Sluice close the upstream connection within this bound
+    /// after the deadline that ended the request (or after the client left,
+    /// or after Sluice reported the ending).
+    pub upstream_closed_within: Option<Spanned<String>>,
+    /// Fields of the (last) request body Sluice sent upstream.
+    pub upstream_request: Option<RawPaths>,
+    /// How many model calls reached the mock.
+    pub upstream_calls: Option<Spanned<u64>>,
+    /// The mock wrote at most this many events before the connection closed.
+    pub upstream_events_at_most: Option<Spanned<u64>>,
+}
+
+/// The expected ledger row; only the given fields are checked.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLedger {
+    pub status: Option<Spanned<String>>,
+    pub prompt_tokens: Option<Spanned<i64>>,
+    pub completion_tokens: Option<Spanned<i64>>,
+    pub estimated: Option<Spanned<bool>>,
+    /// `none` for no error code.
+    pub error_code: Option<Spanned<String>>,
+}
