@@ -106,6 +106,16 @@ fn serves_the_demo_pipeline_with_no_api_key_and_exits_0_on_sigterm() {
     assert!(resp.contains("event: start"));
     assert!(resp.contains("data: {\"text\":\" San\"}"));
     assert!(resp.contains("event: done"));
+    // The support demo makes a real tool round on the seeded shop database.
+    let resp = post(
+        &served.addr,
+        "/v1/pipelines/support",
+        r#"{"input":"Where is order 7?"}"#,
+    );
+    assert!(resp.contains("event: tool_call"), "{resp}");
+    assert!(resp.contains(r#""arguments":{"order_id":7}"#), "{resp}");
+    assert!(resp.contains(r#""ok":true,"rows":1"#), "{resp}");
+    assert!(resp.contains(r#"data: {"text":" delivered"}"#), "{resp}");
     let mut served = served;
     let child = &mut served.child;
     let status = Command::new("kill")

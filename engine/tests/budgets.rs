@@ -45,14 +45,8 @@ fn catalog(mock: &MockProvider, storage: &str, budget: &str, extra_settings: &st
 /// What one request through `chat` reserves with the prompt {"input":"hi"}.
 fn reservation() -> i64 {
     let prompt = [
-        Message {
-            role: Role::System,
-            content: "Be brief.".into(),
-        },
-        Message {
-            role: Role::User,
-            content: "hi".into(),
-        },
+        Message::new(Role::System, "Be brief."),
+        Message::new(Role::User, "hi"),
     ];
     sluice::budget::reservation(&PRICE, &prompt, 100)
 }

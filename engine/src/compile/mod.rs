@@ -80,7 +80,17 @@ pub struct Pipeline {
     /// Tried in order after the pipeline's own model failed every retry.
     pub fallbacks: Vec<ModelRef>,
     pub retries: RetryPolicy,
+    /// Tools the model may call, and what providers are told of them.
+    pub tools: Vec<Arc<crate::tools::Tool>>,
+    pub tool_specs: Arc<[crate::provider::ToolSpec]>,
+    /// Model calls of one request that may ask for tools.
+    pub max_tool_rounds: u32,
+    /// Tokens of all rounds of one request together.
+    pub max_total_tokens: Option<u64>,
 }
+
+/// Rounds of tool calls allowed when a pipeline does not say.
+pub const DEFAULT_MAX_TOOL_ROUNDS: u32 = 4;
 
 /// A model of a provider, with its price when it has one.
 #[derive(Clone)]
@@ -251,7 +261,14 @@ pub fn compile_sources(
                 &mut no_downgrade,
             )
         });
+    let databases = match &raw_settings {
+        Some(raw) => {
+            crate::tools::open_databases(base_dir, &raw.databases, settings_path, &mut cx.diags)
+        }
+        None => crate::tools::Databases::unchecked(),
+    };
     let money = MoneyCx {
+        databases: &databases,
         prices: &prices,
         global_budget: raw_settings
             .as_ref()
@@ -320,6 +337,8 @@ pub fn compile_sources(
 
 /// Prices and whether a global budget applies, for pipeline checks.
 struct MoneyCx<'a> {
+    /// Tool databases, opened (and seeded) once for every pipeline.
+    databases: &'a crate::tools::Databases,
     prices: &'a BTreeMap<String, Price>,
     global_budget: bool,
 }

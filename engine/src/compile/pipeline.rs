@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::*;
 
@@ -358,6 +359,67 @@ impl Cx {
                 }
             },
         };
+        let mut tools = Vec::new();
+        crate::tools::check_unique(&raw.tools, file, &mut self.diags);
+        for t in &raw.tools {
+            match crate::tools::compile_tool(t, money.databases, file, &mut self.diags) {
+                Some(tool) => tools.push(Arc::new(tool)),
+                None => ok = false,
+            }
+        }
+        let tool_specs: Arc<[crate::provider::ToolSpec]> = tools
+            .iter()
+            .map(|t| crate::provider::ToolSpec {
+                name: t.name().to_string(),
+                description: t.description().to_string(),
+                parameters: t.parameters().clone(),
+            })
+            .collect();
+        let count = |v: &Option<Spanned<f64>>,
+                     what: &str,
+                     max: f64,
+                     ok: &mut bool,
+                     this: &mut Self|
+         -> Option<u64> {
+            let v = v.as_ref()?;
+            if v.value.fract() != 0.0 || !(1.0..=max).contains(&v.value) {
+                this.error(
+                    file,
+                    v.pos,
+                    format!(
+                        "{what} must be a whole number between 1 and {max}, found {}",
+                        v.value
+                    ),
+                );
+                *ok = false;
+                return None;
+            }
+            Some(v.value as u64)
+        };
+        let max_tool_rounds = count(
+            &raw.limits.max_tool_rounds,
+            "max_tool_rounds",
+            32.0,
+            &mut ok,
+            self,
+        )
+        .map_or(DEFAULT_MAX_TOOL_ROUNDS, |v| v as u32);
+        let max_total_tokens = count(
+            &raw.limits.max_total_tokens,
+            "max_total_tokens",
+            1e9,
+            &mut ok,
+            self,
+        );
+        if !tools.is_empty() && needs_price && max_total_tokens.is_none() {
+            // Without it, a request's rounds have no upper bound to reserve.
+            self.error(
+                file,
+                raw.limits.max_tokens.pos,
+                "a pipeline with tools and a budget needs limits.max_total_tokens (the tokens of all rounds together)",
+            );
+            ok = false;
+        }
         let provider = provider?;
         if let Some(w) = &provider.missing_key
             && !self.diags.contains(w)
@@ -372,6 +434,10 @@ impl Cx {
             budget,
             fallbacks,
             retries,
+            tools,
+            tool_specs,
+            max_tool_rounds,
+            max_total_tokens,
             name: raw.name.value,
             description: raw.description,
             provider_name: raw.model.provider.value,

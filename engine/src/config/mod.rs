@@ -38,6 +38,9 @@ pub struct RawSettings {
     #[serde(default)]
     pub budgets: RawGlobalBudgets,
     pub alerts: Option<RawAlerts>,
+    /// SQLite databases that tools query, by name.
+    #[serde(default)]
+    pub databases: BTreeMap<Spanned<String>, crate::tools::RawDatabase>,
 }
 
 /// Dollars per million tokens.
@@ -124,6 +127,9 @@ pub struct RawPipeline {
     /// Models tried in order when the pipeline's own model keeps failing.
     #[serde(default)]
     pub fallbacks: Vec<RawModel>,
+    /// Tools the model may call: fixed queries on declared databases.
+    #[serde(default)]
+    pub tools: Vec<crate::tools::RawTool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +158,10 @@ pub struct RawLimits {
     /// that `-5`, `64.5` or `1e30` are reported as out of range, not as a
     /// type error.
     pub max_tokens: Spanned<f64>,
+    /// Model calls that may ask for tools in one request (default 4).
+    pub max_tool_rounds: Option<Spanned<f64>>,
+    /// Prompt and completion tokens of all rounds of one request together.
+    pub max_total_tokens: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -27,12 +27,7 @@ pub fn request_body(req: &ProviderRequest) -> Value {
         .filter(|m| m.role == Role::System)
         .map(|m| m.content.as_str())
         .collect();
-    let messages: Vec<Value> = req
-        .messages
-        .iter()
-        .filter(|m| m.role != Role::System)
-        .map(|m| json!({ "role": m.role, "content": m.content }))
-        .collect();
+    let messages = messages(&req.messages);
     let mut body = json!({
         "model": req.model,
         // Required by Anthropic; already clamped to the pipeline's ceiling.
@@ -46,7 +41,68 @@ pub fn request_body(req: &ProviderRequest) -> Value {
     if let Some(t) = req.temperature {
         body["temperature"] = json!(t);
     }
+    if !req.tools.is_empty() {
+        let tools: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.parameters}))
+            .collect();
+        body["tools"] = Value::Array(tools);
+    }
     body
+}
+
+/// Messages in Anthropic's shape: an assistant turn's tool calls become
+/// `tool_use` blocks; tool results become `tool_result` blocks of a user
+/// turn (consecutive results share one turn, as the API requires).
+fn messages(all: &[super::Message]) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    for m in all.iter().filter(|m| m.role != Role::System) {
+        match m.role {
+            Role::Assistant if !m.tool_calls.is_empty() => {
+                let mut blocks = Vec::new();
+                if !m.content.is_empty() {
+                    blocks.push(json!({"type": "text", "text": m.content}));
+                }
+                for c in &m.tool_calls {
+                    // The model's arguments are JSON text; an object is
+                    // required here, so invalid text travels as a string.
+                    let input = serde_json::from_str::<Value>(&c.arguments)
+                        .ok()
+                        .filter(Value::is_object)
+                        .unwrap_or_else(|| json!({}));
+                    blocks.push(
+                        json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}),
+                    );
+                }
+                out.push(json!({"role": "assistant", "content": blocks}));
+            }
+            Role::Tool => {
+                let block = json!({
+                    "type": "tool_result",
+                    "tool_use_id": m.tool_call_id.as_deref().unwrap_or_default(),
+                    "content": m.content,
+                });
+                let joined = out.last_mut().and_then(|last| {
+                    let is_results = last["role"] == "user"
+                        && last["content"]
+                            .as_array()
+                            .is_some_and(|b| b.iter().all(|b| b["type"] == "tool_result"));
+                    if is_results {
+                        last["content"].as_array_mut()
+                    } else {
+                        None
+                    }
+                });
+                match joined {
+                    Some(blocks) => blocks.push(block),
+                    None => out.push(json!({"role": "user", "content": [block]})),
+                }
+            }
+            role => out.push(json!({ "role": role, "content": m.content })),
+        }
+    }
+    out
 }
 
 /// Maps Anthropic's `stop_reason`.

@@ -332,14 +332,12 @@ fn request(messages: Vec<Message>, temperature: Option<f64>) -> ProviderRequest 
         temperature,
         max_tokens: 300,
         connect_timeout: Duration::from_secs(1),
+        tools: Default::default(),
     }
 }
 
 fn msg(role: Role, content: &str) -> Message {
-    Message {
-        role,
-        content: content.into(),
-    }
+    Message::new(role, content)
 }
 
 #[test]

@@ -21,6 +21,23 @@ pub mod sse;
 pub struct Message {
     pub role: Role,
     pub content: String,
+    /// An assistant turn that asked for tools.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` message answers this call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -29,6 +46,26 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// The result of a tool call, fed back to the model.
+    Tool,
+}
+
+/// A complete tool call, as the model asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments exactly as the model wrote them (JSON text, maybe invalid).
+    pub arguments: String,
+}
+
+/// A tool offered to the model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments.
+    pub parameters: serde_json::Value,
 }
 
 /// What the engine asks of a provider for one model call.
@@ -41,6 +78,8 @@ pub struct ProviderRequest {
     pub max_tokens: u32,
     /// Bound on establishing the connection (TCP and TLS).
     pub connect_timeout: Duration,
+    /// Tools the model may call (none: the provider is not told of tools).
+    pub tools: std::sync::Arc<[ToolSpec]>,
 }
 
 /// Token usage as the provider reported it.

@@ -16,11 +16,7 @@ const SNIPPET_MAX: usize = 80;
 const ERROR_JSON_MAX: usize = 64 << 10;
 
 pub fn request_body(req: &ProviderRequest, stream: bool) -> Value {
-    let messages: Vec<Value> = req
-        .messages
-        .iter()
-        .map(|m| json!({ "role": m.role, "content": m.content }))
-        .collect();
+    let messages: Vec<Value> = req.messages.iter().map(message).collect();
     let mut body = json!({
         "model": req.model,
         "messages": messages,
@@ -30,11 +26,49 @@ pub fn request_body(req: &ProviderRequest, stream: bool) -> Value {
     if let Some(t) = req.temperature {
         body["temperature"] = json!(t);
     }
+    if !req.tools.is_empty() {
+        let tools: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "function": {
+                    "name": t.name, "description": t.description, "parameters": t.parameters,
+                }})
+            })
+            .collect();
+        body["tools"] = Value::Array(tools);
+    }
     if stream {
         // Without this OpenAI sends no usage at all in streaming mode.
         body["stream_options"] = json!({ "include_usage": true });
     }
     body
+}
+
+/// One message in OpenAI's shape: assistant tool calls as `tool_calls`,
+/// tool results as `role: tool` with their `tool_call_id`.
+fn message(m: &super::Message) -> Value {
+    match m.role {
+        super::Role::Assistant if !m.tool_calls.is_empty() => {
+            let calls: Vec<Value> = m
+                .tool_calls
+                .iter()
+                .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                .collect();
+            let content = if m.content.is_empty() {
+                Value::Null
+            } else {
+                json!(m.content)
+            };
+            json!({"role": "assistant", "content": content, "tool_calls": calls})
+        }
+        super::Role::Tool => json!({
+            "role": "tool",
+            "tool_call_id": m.tool_call_id.as_deref().unwrap_or_default(),
+            "content": m.content,
+        }),
+        role => json!({ "role": role, "content": m.content }),
+    }
 }
 
 // Only the fields we use are declared: serde skips the rest (id, model,

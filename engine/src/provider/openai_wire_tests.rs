@@ -327,22 +327,14 @@ fn request_body_streaming() {
     let req = ProviderRequest {
         model: "gpt-4o".into(),
         messages: vec![
-            Message {
-                role: Role::System,
-                content: "be brief".into(),
-            },
-            Message {
-                role: Role::User,
-                content: "hi".into(),
-            },
-            Message {
-                role: Role::Assistant,
-                content: "hello".into(),
-            },
+            Message::new(Role::System, "be brief"),
+            Message::new(Role::User, "hi"),
+            Message::new(Role::Assistant, "hello"),
         ],
         temperature: Some(0.5),
         max_tokens: 256,
         connect_timeout: Duration::from_secs(5),
+        tools: Default::default(),
     };
     assert_eq!(
         request_body(&req, true),

@@ -7,6 +7,11 @@
 //!
 //! Recordings under `anthropic/`, or whose first event is `message_start`,
 //! are Anthropic Messages streams; all others are OpenAI chat completions.
+//!
+//! A model name that is a directory holds one recording per round of a
+//! conversation with tools (`1.sse`, `2.sse`, ... in name order): a call is
+//! answered with the recording of its round, counted from the assistant
+//! tool-call turns already in its messages. The provider stays stateless.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -25,9 +30,12 @@ use super::{Chunk, ChunkStream, Provider, ProviderError, ProviderRequest};
 pub struct ReplayProvider {
     dir: PathBuf,
     pace: Duration,
-    /// Decoded recordings: one group of chunks per upstream event.
-    recordings: Mutex<HashMap<String, Arc<Vec<Vec<Chunk>>>>>,
+    /// Decoded recordings, by model name: one per round, each one group of
+    /// chunks per upstream event.
+    recordings: Mutex<HashMap<String, Arc<Vec<Recording>>>>,
 }
+
+type Recording = Arc<Vec<Vec<Chunk>>>;
 
 impl ReplayProvider {
     pub fn new(dir: PathBuf, pace: Duration) -> Self {
@@ -47,26 +55,62 @@ impl ReplayProvider {
             ));
         }
         let path = self.dir.join(rel);
-        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                format!("replay recording \"{model}\" does not exist in the fixtures directory")
+        let files = if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
+                .map_err(|e| format!("cannot read replay recordings \"{model}\": {e}"))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "sse"))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(format!(
+                    "replay directory \"{model}\" holds no .sse recording"
+                ));
             }
-            _ => format!("cannot read replay recording \"{model}\": {e}"),
-        })?;
-        let groups = decode_recording_as(&bytes, model.starts_with("anthropic/"))
-            .map_err(|e| format!("replay recording \"{model}\" is invalid: {e}"))?;
+            files
+        } else {
+            vec![path]
+        };
+        let mut rounds = Vec::with_capacity(files.len());
+        for file in &files {
+            let shown = file
+                .strip_prefix(&self.dir)
+                .unwrap_or(file)
+                .display()
+                .to_string();
+            let bytes = std::fs::read(file).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    format!("replay recording \"{model}\" does not exist in the fixtures directory")
+                }
+                _ => format!("cannot read replay recording \"{shown}\": {e}"),
+            })?;
+            let groups = decode_recording_as(&bytes, model.starts_with("anthropic/"))
+                .map_err(|e| format!("replay recording \"{shown}\" is invalid: {e}"))?;
+            rounds.push(Arc::new(groups));
+        }
         self.recordings
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(model.to_string(), Arc::new(groups));
+            .insert(model.to_string(), Arc::new(rounds));
         Ok(())
     }
 
-    fn recording(&self, model: &str) -> Option<Arc<Vec<Vec<Chunk>>>> {
-        self.recordings
+    /// The recording for the round `request` is in.
+    fn recording(&self, request: &ProviderRequest) -> Option<Recording> {
+        let rounds = self
+            .recordings
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(model)
+            .get(&request.model)
+            .cloned()?;
+        let round = request
+            .messages
+            .iter()
+            .filter(|m| m.role == super::Role::Assistant && !m.tool_calls.is_empty())
+            .count();
+        rounds
+            .get(round.min(rounds.len().saturating_sub(1)))
             .cloned()
     }
 }
@@ -115,7 +159,7 @@ impl Provider for ReplayProvider {
         request: ProviderRequest,
     ) -> Pin<Box<dyn Future<Output = Result<ChunkStream, ProviderError>> + Send + '_>> {
         Box::pin(async move {
-            let groups = self.recording(&request.model).ok_or_else(|| {
+            let groups = self.recording(&request).ok_or_else(|| {
                 ProviderError::Config(format!("no replay recording \"{}\"", request.model))
             })?;
             let pace = self.pace;
@@ -148,13 +192,11 @@ mod tests {
     async fn play(p: &ReplayProvider, model: &str) -> Vec<Chunk> {
         let req = ProviderRequest {
             model: model.to_string(),
-            messages: vec![Message {
-                role: Role::User,
-                content: "hi".into(),
-            }],
+            messages: vec![Message::new(Role::User, "hi")],
             temperature: None,
             max_tokens: 64,
             connect_timeout: Duration::from_secs(1),
+            tools: Default::default(),
         };
         let stream = p.call(req).await.expect("recording is loaded");
         stream.map(|c| c.expect("no error")).collect().await

@@ -101,6 +101,7 @@ pub(super) async fn first_chunk(
                 temperature: pipeline.temperature,
                 max_tokens,
                 connect_timeout: t.connect.min(t.first_token),
+                tools: pipeline.tool_specs.clone(),
             };
             debug!(provider = %target.provider_name, model = %target.model, attempt, max_tokens, "calling provider");
             let first = async {

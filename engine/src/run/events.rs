@@ -81,6 +81,23 @@ pub enum Event {
         downgraded_from: Option<String>,
     },
     Delta(String),
+    /// The model asked for a tool; `arguments` is its JSON (or, when it
+    /// wrote invalid JSON, its text as a string).
+    ToolCall {
+        id: String,
+        name: String,
+        arguments: serde_json::Value,
+        round: u32,
+    },
+    /// What the tool answered (rows count, or the error sent to the model).
+    ToolResult {
+        id: String,
+        name: String,
+        ok: bool,
+        rows: usize,
+        truncated: bool,
+        error: Option<String>,
+    },
     Usage(UsageReport),
     Error {
         code: ErrorCode,

@@ -17,6 +17,7 @@
 mod attempts;
 mod events;
 mod stream;
+mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 
 pub use events::{Admission, ErrorCode, Event, Rejection, Status, UsageReport};
-use stream::{Ending, Out, stream_body};
+use stream::{Ending, Out};
 
 use crate::alerts::Alerts;
 use crate::budget::{self, Budget, OnExhausted};
@@ -95,18 +96,47 @@ struct Target {
     downgraded_from: Option<String>,
 }
 
+/// What a request has used so far: finished rounds (model calls that asked
+/// for tools) plus the round in progress.
 pub(crate) struct Tally {
     started: Instant,
     first_token_at: Option<Instant>,
+    /// This round: completion tokens counted while streaming (for the
+    /// ceiling), the provider's own usage if it sent one, and its prompt.
     completion_counted: u64,
     provider_usage: Option<Usage>,
     prompt: Vec<Message>,
+    /// Finished rounds, summed.
+    spent_prompt: u64,
+    spent_completion: u64,
+    spent_estimated: bool,
+    spent_cost: i64,
+    rounds: u32,
+    tool_calls: u32,
     price: Option<Price>,
 }
 
 impl Tally {
-    fn usage(&self) -> UsageReport {
-        let (prompt_tokens, completion_tokens, estimated) = match self.provider_usage {
+    fn new(started: Instant, prompt: Vec<Message>, price: Option<Price>) -> Self {
+        Tally {
+            started,
+            first_token_at: None,
+            completion_counted: 0,
+            provider_usage: None,
+            prompt,
+            spent_prompt: 0,
+            spent_completion: 0,
+            spent_estimated: false,
+            spent_cost: 0,
+            rounds: 0,
+            tool_calls: 0,
+            price,
+        }
+    }
+
+    /// The round in progress: (prompt, completion, estimated).
+    fn round(&self) -> (u64, u64, bool) {
+        match self.provider_usage {
             Some(u) => (u.prompt_tokens, u.completion_tokens, false),
             None if self.first_token_at.is_none() && self.completion_counted == 0 => {
                 // Nothing was generated: the provider bills nothing for a
@@ -118,15 +148,38 @@ impl Tally {
                 self.completion_counted,
                 true,
             ),
-        };
-        let cost_micros = self
-            .price
-            .map_or(0, |p| p.cost(prompt_tokens, completion_tokens));
+        }
+    }
+
+    /// Ends the round in progress; the next one sends `prompt`.
+    fn close_round(&mut self, prompt: Vec<Message>) {
+        let (p, c, estimated) = self.round();
+        self.spent_prompt += p;
+        self.spent_completion += c;
+        self.spent_estimated |= estimated;
+        self.spent_cost += self.price.map_or(0, |price| price.cost(p, c));
+        self.rounds += 1;
+        self.completion_counted = 0;
+        self.provider_usage = None;
+        self.prompt = prompt;
+    }
+
+    /// Tokens of every round so far, the current one included.
+    fn total_tokens(&self) -> u64 {
+        let (p, c, _) = self.round();
+        self.spent_prompt + self.spent_completion + p + c
+    }
+
+    fn usage(&self) -> UsageReport {
+        let (p, c, estimated) = self.round();
+        let prompt_tokens = self.spent_prompt + p;
+        let completion_tokens = self.spent_completion + c;
+        let cost_micros = self.spent_cost + self.price.map_or(0, |price| price.cost(p, c));
         UsageReport {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
-            estimated,
+            estimated: estimated || self.spent_estimated,
             cost_micros,
             cost_usd: format_usd(cost_micros),
         }
@@ -211,7 +264,14 @@ async fn open_in_ledger(
             std::iter::once(target.price)
                 .chain(fallbacks.iter().map(|f| f.price))
                 .flatten()
-                .map(|p| budget::reservation(&p, prompt, max_tokens))
+                .map(|p| match pipeline.max_total_tokens {
+                    // Rounds of tool calls: all of them together are
+                    // bounded by max_total_tokens, billed at worst as output.
+                    Some(total) if !pipeline.tools.is_empty() => {
+                        p.cost(total, 0).max(p.cost(0, total))
+                    }
+                    _ => budget::reservation(&p, prompt, max_tokens),
+                })
                 .max()
                 .unwrap_or(0)
         };
@@ -296,15 +356,33 @@ async fn run(
     let started = Instant::now();
     let mut prompt = Vec::with_capacity(req.messages.len() + 1);
     if let Some(system) = &pipeline.system {
-        prompt.push(Message {
-            role: Role::System,
-            content: system.clone(),
-        });
+        prompt.push(Message::new(Role::System, system.clone()));
     }
     prompt.extend(req.messages);
-    let max_tokens = req
+    let mut max_tokens = req
         .max_tokens
         .map_or(pipeline.max_tokens, |m| m.min(pipeline.max_tokens));
+    if let Some(total) = pipeline.max_total_tokens {
+        // The request's token budget bounds the first call too.
+        let counted = tokens::count_prompt(&prompt);
+        let prompt_bound = counted + counted / 10 + 16;
+        if prompt_bound >= total {
+            let mut r = Rejection::new(
+                ErrorCode::TokenCeiling,
+                format!(
+                    "the prompt (about {counted} tokens) leaves nothing of this pipeline's max_total_tokens ({total})"
+                ),
+            );
+            r.details = Some(json!({"field": "messages"}));
+            info!(
+                counted,
+                total, "request rejected: prompt larger than max_total_tokens"
+            );
+            let _ = admit.send(Admission::Rejected(r));
+            return;
+        }
+        max_tokens = max_tokens.min(u32::try_from(total - prompt_bound).unwrap_or(u32::MAX));
+    }
     let budgets: Vec<&Budget> = pipeline
         .budget
         .iter()
@@ -353,14 +431,7 @@ async fn run(
             .chain(pipeline.fallbacks.iter().map(Target::from_ref))
             .collect()
     };
-    let mut tally = Tally {
-        started,
-        first_token_at: None,
-        completion_counted: 0,
-        provider_usage: None,
-        prompt,
-        price: candidates[0].price,
-    };
+    let mut tally = Tally::new(started, prompt, candidates[0].price);
     let active = cx
         .metrics
         .active_streams
@@ -461,15 +532,15 @@ async fn drive(
     let ending = match out.send(start).await {
         Err(()) => Ending::ClientClosed,
         Ok(()) => {
-            stream_body(
+            tools::stream_body(
                 cx,
                 pipeline,
+                target,
                 stream,
                 first_chunk,
                 max_tokens,
                 &mut out,
                 tally,
-                t.idle,
             )
             .await
         }
@@ -539,7 +610,7 @@ async fn conclude(
         cost_micros: usage.cost_micros,
         ttft_ms: ttft.map(|d| d.as_millis() as i64),
         duration_ms: duration.as_millis() as i64,
-        tool_calls: 0,
+        tool_calls: tally.tool_calls,
         error_code: error_code.map(ErrorCode::as_str),
         provider: target.provider_name.clone(),
         model: target.model.clone(),

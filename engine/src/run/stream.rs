@@ -12,7 +12,9 @@ use tracing::{debug, warn};
 use super::events::{ErrorCode, Event};
 use super::{RunContext, Tally};
 use crate::compile::Pipeline;
-use crate::provider::{Chunk, ChunkStream, FinishReason, ProviderError};
+use std::collections::BTreeMap;
+
+use crate::provider::{Chunk, ChunkStream, FinishReason, ProviderError, ToolCall};
 use crate::tokens;
 
 pub(super) enum Ending {
@@ -49,8 +51,42 @@ impl Out {
     }
 }
 
+/// How one model call (round) ended.
+pub(super) enum RoundEnd {
+    Ended(Ending),
+    /// The model asked for tools; `text` is what it said before asking.
+    ToolCalls {
+        calls: Vec<ToolCall>,
+        text: String,
+    },
+}
+
+/// A tool call being assembled from stream fragments.
+#[derive(Default)]
+struct Partial {
+    id: Option<String>,
+    name: String,
+    arguments: String,
+}
+
+/// The calls of a round, in the order the provider indexed them.
+fn assemble(partials: BTreeMap<u32, Partial>) -> Vec<ToolCall> {
+    partials
+        .into_iter()
+        .map(|(index, p)| ToolCall {
+            // Some compatible servers send no id; the conversation still
+            // needs one to pair each result with its call.
+            id: p.id.unwrap_or_else(|| format!("call_{index}")),
+            name: p.name,
+            arguments: p.arguments,
+        })
+        .collect()
+}
+
+/// One model call's stream: relays text, assembles tool calls, and enforces
+/// the idle and total deadlines and the completion ceiling.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn stream_body(
+pub(super) async fn stream_round(
     cx: &RunContext,
     pipeline: &Pipeline,
     mut stream: ChunkStream,
@@ -59,9 +95,23 @@ pub(super) async fn stream_body(
     out: &mut Out,
     tally: &mut Tally,
     idle: Duration,
-) -> Ending {
+) -> RoundEnd {
     let max_tokens = u64::from(max_tokens);
     let mut finish: Option<FinishReason> = None;
+    let mut text = String::new();
+    let mut partials: BTreeMap<u32, Partial> = BTreeMap::new();
+    let wants_tools = !pipeline.tools.is_empty();
+    // A finished round: either the answer, or tools to run.
+    let finished = |finish: FinishReason, text: String, partials: BTreeMap<u32, Partial>| {
+        if wants_tools && !partials.is_empty() {
+            RoundEnd::ToolCalls {
+                calls: assemble(partials),
+                text,
+            }
+        } else {
+            RoundEnd::Ended(Ending::Finished(finish.as_str().to_string()))
+        }
+    };
     let mut next = Some(first);
     let mut last_chunk_at = Instant::now();
     let mut keepalive_at = Instant::now() + out.keepalive;
@@ -73,14 +123,14 @@ pub(super) async fn stream_body(
                 let deadline = idle_deadline.min(out.total_deadline);
                 tokio::select! {
                     biased;
-                    _ = out.tx.closed() => return Ending::ClientClosed,
+                    _ = out.tx.closed() => return RoundEnd::Ended(Ending::ClientClosed),
                     _ = cx.force_stop.cancelled() => {
                         drop(stream);
-                        return Ending::Failed {
+                        return RoundEnd::Ended(Ending::Failed {
                             code: ErrorCode::Shutdown,
                             message: "the server is shutting down".into(),
                             finish: "error",
-                        };
+                        });
                     }
                     _ = tokio::time::sleep_until(deadline) => {
                         drop(stream);
@@ -88,7 +138,7 @@ pub(super) async fn stream_body(
                             // The answer is complete; only the usage chunk
                             // or the terminator is missing.
                             debug!("upstream silent after finishing; usage will be estimated");
-                            return Ending::Finished(reason.as_str().to_string());
+                            return finished(reason, text, partials);
                         }
                         let (code, what, d) = if deadline == out.total_deadline {
                             (ErrorCode::TimeoutTotal, "the request", pipeline.timeouts.total)
@@ -100,11 +150,11 @@ pub(super) async fn stream_body(
                         } else {
                             format!("{what} {}", humantime::format_duration(d))
                         };
-                        return Ending::Failed { code, message, finish: "error" };
+                        return RoundEnd::Ended(Ending::Failed { code, message, finish: "error" });
                     }
                     _ = tokio::time::sleep_until(keepalive_at) => {
                         if out.send(Event::KeepAlive).await.is_err() {
-                            return Ending::ClientClosed;
+                            return RoundEnd::Ended(Ending::ClientClosed);
                         }
                         keepalive_at = Instant::now() + out.keepalive;
                         continue;
@@ -113,23 +163,23 @@ pub(super) async fn stream_body(
                         Some(Ok(c)) => c,
                         Some(Err(ProviderError::Truncated)) | None if finish.is_some() => {
                             debug!("upstream ended without usage or terminator after finishing");
-                            return Ending::Finished(finish.map(|f| f.as_str().to_string()).unwrap_or_default());
+                            return finished(finish.unwrap_or(FinishReason::Stop), text, partials);
                         }
                         None => {
-                            return Ending::Failed {
+                            return RoundEnd::Ended(Ending::Failed {
                                 code: ErrorCode::Upstream,
                                 message: ProviderError::Truncated.to_string(),
                                 finish: "error",
-                            };
+                            });
                         }
                         Some(Err(e)) => {
                             drop(stream);
                             warn!(error = %e, source = ?e.source_kind(), "provider stream failed");
-                            return Ending::Failed {
+                            return RoundEnd::Ended(Ending::Failed {
                                 code: ErrorCode::Upstream,
                                 message: e.to_string(),
                                 finish: "error",
-                            };
+                            });
                         }
                     },
                 }
@@ -137,54 +187,73 @@ pub(super) async fn stream_body(
         };
         last_chunk_at = Instant::now();
         match chunk {
-            Chunk::Delta(text) => {
+            Chunk::Delta(delta) => {
                 if finish.is_some() {
                     continue;
                 }
-                let n = tokens::count(&text);
+                let n = tokens::count(&delta);
                 if tally.completion_counted + n > max_tokens {
                     // The provider went past max_tokens: stop it here.
                     drop(stream);
                     let allowed = max_tokens - tally.completion_counted;
                     if allowed > 0 {
-                        let cut = tokens::truncate(&text, allowed);
+                        let cut = tokens::truncate(&delta, allowed);
                         tally.completion_counted += tokens::count(&cut);
                         if !cut.is_empty() && out.send(Event::Delta(cut)).await.is_err() {
-                            return Ending::ClientClosed;
+                            return RoundEnd::Ended(Ending::ClientClosed);
                         }
                     }
                     warn!(
                         max_tokens,
                         "provider streamed past the token ceiling; stream cut"
                     );
-                    return Ending::Failed {
+                    return RoundEnd::Ended(Ending::Failed {
                         code: ErrorCode::TokenCeiling,
                         message: format!(
                             "the provider went past the ceiling of {max_tokens} completion tokens; the stream was cut"
                         ),
                         finish: "length",
-                    };
+                    });
                 }
                 tally.completion_counted += n;
-                if out.send(Event::Delta(text)).await.is_err() {
-                    return Ending::ClientClosed;
+                text.push_str(&delta);
+                if out.send(Event::Delta(delta)).await.is_err() {
+                    return RoundEnd::Ended(Ending::ClientClosed);
                 }
                 keepalive_at = Instant::now() + out.keepalive;
             }
-            Chunk::ToolCallDelta { .. } => {
-                debug!("ignoring a tool call: this pipeline declares no tools");
+            Chunk::ToolCallDelta {
+                index,
+                id,
+                name,
+                arguments,
+            } => {
+                if !wants_tools {
+                    debug!("ignoring a tool call: this pipeline declares no tools");
+                    continue;
+                }
+                // Arguments count against the completion ceiling too.
+                tally.completion_counted += tokens::count(&arguments);
+                let p = partials.entry(index).or_default();
+                if id.is_some() {
+                    p.id = id;
+                }
+                if let Some(n) = name {
+                    p.name.push_str(&n);
+                }
+                p.arguments.push_str(&arguments);
             }
             Chunk::Finish(reason) => finish = Some(reason),
             Chunk::Usage(u) => tally.provider_usage = Some(u),
             Chunk::End => {
                 drop(stream);
                 return match finish {
-                    Some(reason) => Ending::Finished(reason.as_str().to_string()),
-                    None => Ending::Failed {
+                    Some(reason) => finished(reason, text, partials),
+                    None => RoundEnd::Ended(Ending::Failed {
                         code: ErrorCode::Upstream,
                         message: "the provider ended the stream without a finish reason".into(),
                         finish: "error",
-                    },
+                    }),
                 };
             }
         }

@@ -491,8 +491,31 @@ async fn collect_response(
     let mut usage = serde_json::Value::Null;
     let mut error: Option<(ErrorCode, String)> = None;
     let mut finish = String::new();
+    let mut tool_calls: Vec<serde_json::Value> = Vec::new();
     while let Some(ev) = rx.recv().await {
         match ev {
+            Event::ToolCall {
+                id,
+                name,
+                arguments,
+                round,
+            } => {
+                tool_calls
+                    .push(json!({"id": id, "name": name, "arguments": arguments, "round": round}));
+            }
+            Event::ToolResult {
+                id,
+                ok,
+                rows,
+                truncated,
+                error,
+                ..
+            } => {
+                if let Some(call) = tool_calls.iter_mut().rev().find(|c| c["id"] == json!(id)) {
+                    call["result"] =
+                        json!({"ok": ok, "rows": rows, "truncated": truncated, "error": error});
+                }
+            }
             Event::Start {
                 pipeline,
                 provider,
@@ -517,6 +540,9 @@ async fn collect_response(
         "finish_reason": finish,
         "usage": usage,
     });
+    if !tool_calls.is_empty() {
+        doc["tool_calls"] = serde_json::Value::Array(tool_calls);
+    }
     let status = match &error {
         None => StatusCode::OK,
         Some((code, message)) => {
@@ -539,6 +565,9 @@ fn rejection_response(r: &Rejection, request_id: &str) -> Response<ResponseBody>
         c if c.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::UpstreamRateLimited | ErrorCode::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
+        // Before any call, only a prompt larger than the request's token
+        // budget hits the ceiling: the client's to fix.
+        ErrorCode::TokenCeiling => StatusCode::BAD_REQUEST,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_GATEWAY,
     };

@@ -85,10 +85,7 @@ pub fn parse(body: &[u8]) -> Result<PipelineCall, Invalid> {
             if s.is_empty() {
                 return Err(invalid("input", "\"input\" is empty"));
             }
-            vec![Message {
-                role: Role::User,
-                content: s.clone(),
-            }]
+            vec![Message::new(Role::User, s.clone())]
         }
         (None, Some(other)) => {
             return Err(invalid(
@@ -218,7 +215,7 @@ fn parse_messages(items: &[Value]) -> Result<Vec<Message>, Invalid> {
             }
             None => return Err(invalid(at(".content"), "missing \"content\"")),
         };
-        out.push(Message { role, content });
+        out.push(Message::new(role, content));
     }
     Ok(out)
 }
@@ -235,13 +232,7 @@ mod tests {
     fn accepts_messages_or_input() {
         let c =
             parse(br#"{"input":"hi","max_tokens":5,"stream":false,"metadata":{"k":"v"}}"#).unwrap();
-        assert_eq!(
-            c.messages,
-            vec![Message {
-                role: Role::User,
-                content: "hi".into()
-            }]
-        );
+        assert_eq!(c.messages, vec![Message::new(Role::User, "hi")]);
         assert_eq!(c.max_tokens, Some(5));
         assert!(!c.stream);
         let c = parse(

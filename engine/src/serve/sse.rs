@@ -72,6 +72,30 @@ pub fn encode(ev: &Event, id: u64, buf: &mut BytesMut) {
             },
         ),
         Event::Delta(text) => write_event(buf, "delta", id, &DeltaData { text }),
+        Event::ToolCall {
+            id: call_id,
+            name,
+            arguments,
+            round,
+        } => write_event(
+            buf,
+            "tool_call",
+            id,
+            &serde_json::json!({"id": call_id, "name": name, "arguments": arguments, "round": round}),
+        ),
+        Event::ToolResult {
+            id: call_id,
+            name,
+            ok,
+            rows,
+            truncated,
+            error,
+        } => write_event(
+            buf,
+            "tool_result",
+            id,
+            &serde_json::json!({"id": call_id, "name": name, "ok": ok, "rows": rows, "truncated": truncated, "error": error}),
+        ),
         Event::Usage(u) => write_event::<UsageReport>(buf, "usage", id, u),
         Event::Error { code, message } => write_event(
             buf,

@@ -1,0 +1,216 @@
+//! The tool loop of phase 2: when the model asks for tools, run them
+//! (arguments validated first), tell the client, feed the results back and
+//! call the model again, until it answers, the rounds run out
+//! (`tool_limit`), or the request's token budget would be exceeded.
+//! Deadlines and the ceiling keep covering every round.
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::events::{ErrorCode, Event};
+use super::stream::{Ending, Out, RoundEnd, stream_round};
+use super::{RunContext, Tally, Target};
+use crate::compile::Pipeline;
+use crate::provider::{
+    Chunk, ChunkStream, Message, ProviderError, ProviderRequest, Role, ToolCall,
+};
+use crate::tokens;
+use crate::tools::ToolOutcome;
+
+/// Runs one call the model asked for. An undeclared tool is an error the
+/// model can read, like invalid arguments.
+async fn run_tool(pipeline: &Pipeline, call: &ToolCall) -> ToolOutcome {
+    match pipeline.tools.iter().find(|t| t.name() == call.name) {
+        Some(tool) => tool.call(&call.arguments).await,
+        None => {
+            let known: Vec<&str> = pipeline.tools.iter().map(|t| t.name()).collect();
+            let message = format!(
+                "there is no tool named \"{}\"; the tools are: {}",
+                call.name,
+                known.join(", ")
+            );
+            ToolOutcome {
+                ok: false,
+                content: serde_json::json!({ "error": message }),
+                rows: 0,
+                truncated: false,
+                error: Some(message),
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn stream_body(
+    cx: &RunContext,
+    pipeline: &Pipeline,
+    target: &Target,
+    mut stream: ChunkStream,
+    mut first: Chunk,
+    mut max_tokens: u32,
+    out: &mut Out,
+    tally: &mut Tally,
+) -> Ending {
+    let t = pipeline.timeouts;
+    loop {
+        let (calls, text) =
+            match stream_round(cx, pipeline, stream, first, max_tokens, out, tally, t.idle).await {
+                RoundEnd::Ended(ending) => return ending,
+                RoundEnd::ToolCalls { calls, text } => (calls, text),
+            };
+        if tally.rounds >= pipeline.max_tool_rounds {
+            info!(
+                rounds = tally.rounds,
+                "the model asked for tools once more than max_tool_rounds allows"
+            );
+            return Ending::Finished("tool_limit".into());
+        }
+        let round = tally.rounds + 1;
+        tally.tool_calls += calls.len() as u32;
+        for c in &calls {
+            let arguments = serde_json::from_str::<Value>(&c.arguments)
+                .unwrap_or_else(|_| Value::String(c.arguments.clone()));
+            let ev = Event::ToolCall {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                arguments,
+                round,
+            };
+            if out.send(ev).await.is_err() {
+                return Ending::ClientClosed;
+            }
+        }
+        // The calls of one round are independent: run them together, but
+        // never past the request's deadline or after the client left.
+        let outcomes = tokio::select! {
+            biased;
+            _ = out.tx.closed() => return Ending::ClientClosed,
+            _ = tokio::time::sleep_until(out.total_deadline) => {
+                return Ending::Failed {
+                    code: ErrorCode::TimeoutTotal,
+                    message: format!("the request took longer than {}", humantime::format_duration(t.total)),
+                    finish: "error",
+                };
+            }
+            o = join_all(calls.iter().map(|c| run_tool(pipeline, c))) => o,
+        };
+        let mut next_prompt = tally.prompt.clone();
+        next_prompt.push(Message {
+            role: Role::Assistant,
+            content: text,
+            tool_calls: calls.clone(),
+            tool_call_id: None,
+        });
+        for (c, o) in calls.iter().zip(&outcomes) {
+            if !o.ok {
+                warn!(tool = %c.name, error = o.error.as_deref().unwrap_or_default(), "tool call refused or failed; the model is told");
+            }
+            let ev = Event::ToolResult {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                ok: o.ok,
+                rows: o.rows,
+                truncated: o.truncated,
+                error: o.error.clone(),
+            };
+            if out.send(ev).await.is_err() {
+                return Ending::ClientClosed;
+            }
+            next_prompt.push(Message {
+                role: Role::Tool,
+                content: o.content.to_string(),
+                tool_calls: Vec::new(),
+                tool_call_id: Some(c.id.clone()),
+            });
+        }
+        tally.close_round(next_prompt);
+
+        // Another round must fit in the request's token budget: its prompt
+        // (counted, with a margin) plus at least one completion token.
+        max_tokens = pipeline.max_tokens;
+        if let Some(total) = pipeline.max_total_tokens {
+            let counted = tokens::count_prompt(&tally.prompt);
+            let prompt_bound = counted + counted / 10 + 16;
+            let used = tally.total_tokens();
+            if used + prompt_bound >= total {
+                return Ending::Failed {
+                    code: ErrorCode::TokenCeiling,
+                    message: format!(
+                        "another model call would go past max_total_tokens ({total}); {used} tokens used in {} rounds",
+                        tally.rounds
+                    ),
+                    finish: "length",
+                };
+            }
+            max_tokens =
+                max_tokens.min(u32::try_from(total - used - prompt_bound).unwrap_or(u32::MAX));
+        }
+
+        let preq = ProviderRequest {
+            model: target.model.clone(),
+            messages: tally.prompt.clone(),
+            temperature: pipeline.temperature,
+            max_tokens,
+            connect_timeout: t.connect.min(t.first_token),
+            tools: pipeline.tool_specs.clone(),
+        };
+        let first_deadline = (Instant::now() + t.first_token).min(out.total_deadline);
+        let call = async {
+            let mut s = target.provider.call(preq).await?;
+            match s.next().await {
+                Some(Ok(c)) => Ok((s, c)),
+                Some(Err(e)) => Err(e),
+                None => Err(ProviderError::Truncated),
+            }
+        };
+        let next = tokio::select! {
+            biased;
+            _ = out.tx.closed() => return Ending::ClientClosed,
+            _ = cx.force_stop.cancelled() => {
+                return Ending::Failed { code: ErrorCode::Shutdown, message: "the server is shutting down".into(), finish: "error" };
+            }
+            r = tokio::time::timeout_at(first_deadline, call) => r,
+        };
+        match next {
+            Ok(Ok((s, c))) => {
+                stream = s;
+                first = c;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, round = round + 1, "provider call after tool results failed");
+                return Ending::Failed {
+                    code: ErrorCode::Upstream,
+                    message: e.to_string(),
+                    finish: "error",
+                };
+            }
+            Err(_) => {
+                let (code, message) = if first_deadline == out.total_deadline {
+                    (
+                        ErrorCode::TimeoutTotal,
+                        format!(
+                            "the request took longer than {}",
+                            humantime::format_duration(t.total)
+                        ),
+                    )
+                } else {
+                    (
+                        ErrorCode::TimeoutFirstToken,
+                        format!(
+                            "no token from the provider within {}",
+                            humantime::format_duration(t.first_token)
+                        ),
+                    )
+                };
+                return Ending::Failed {
+                    code,
+                    message,
+                    finish: "error",
+                };
+            }
+        }
+    }
+}
