@@ -323,3 +323,34 @@ async fn shutdown_lets_short_streams_finish_and_ends_long_ones_after_the_grace()
             .is_some()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn chat_completions_speaks_openai_errors() {
+    let h = harness().await;
+    let post_chat = |body: &'static str| send(h.addr(), post_json("/v1/chat/completions", body));
+    let resp = post_chat(r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let body = body_json(resp).await;
+    assert_eq!(body["error"]["code"], "model_not_found");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(body["error"]["param"], "model");
+
+    let resp = post_chat(r#"{"model":"chat","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(body_json(resp).await["error"]["param"], "tools");
+
+    let resp = post_chat(r#"{"model":"chat","messages":[{"role":"tool","content":"x"}]}"#).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(body_json(resp).await["error"]["param"], "messages[0].role");
+
+    let resp = post_chat(r#"{"model":"chat","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"max_tokens":5}"#).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = body_json(resp).await;
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["content"], "One two three");
+    assert_eq!(
+        h.mock.journal().requests()[0].body["max_tokens"],
+        5,
+        "the ceiling and clamping apply"
+    );
+}

@@ -4,6 +4,7 @@
 //! SSE, and graceful shutdown. A request's work runs in `run`; this module
 //! only waits for its admission and forwards its events.
 
+mod openai_compat;
 mod request;
 pub mod sse;
 
@@ -39,6 +40,8 @@ pub use request::{Invalid, PipelineCall};
 pub enum ResponseBody {
     Full(Full<Bytes>),
     Sse(sse::SseBody),
+    /// `/v1/chat/completions` streaming: OpenAI chunks.
+    Chat(openai_compat::ChunkBody),
 }
 
 impl http_body::Body for ResponseBody {
@@ -52,13 +55,14 @@ impl http_body::Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full(b) => Pin::new(b).poll_frame(cx),
             ResponseBody::Sse(b) => Pin::new(b).poll_frame(cx),
+            ResponseBody::Chat(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(b) => b.is_end_stream(),
-            ResponseBody::Sse(_) => false,
+            ResponseBody::Sse(_) | ResponseBody::Chat(_) => false,
         }
     }
 
@@ -66,6 +70,7 @@ impl http_body::Body for ResponseBody {
         match self {
             ResponseBody::Full(b) => b.size_hint(),
             ResponseBody::Sse(b) => b.size_hint(),
+            ResponseBody::Chat(_) => http_body::SizeHint::default(),
         }
     }
 }
@@ -313,6 +318,14 @@ async fn route(
             }
             _ => method_not_allowed("GET", request_id),
         },
+        "/v1/chat/completions" => match method {
+            Method::POST => openai_compat::chat_completions(shared, req, request_id).await,
+            _ => method_not_allowed("POST", request_id),
+        },
+        "/v1/models" => match method {
+            Method::GET => openai_compat::models(shared),
+            _ => method_not_allowed("GET", request_id),
+        },
         "/v1/pipelines" => match method {
             Method::GET => list_pipelines(shared),
             _ => method_not_allowed("GET", request_id),
@@ -373,58 +386,9 @@ async fn call_pipeline(
     req: Request<Incoming>,
     request_id: &str,
 ) -> Response<ResponseBody> {
-    let is_json = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("application/json")
-        })
-        .unwrap_or(false);
-    if !is_json {
-        return error_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "request body must be JSON: send Content-Type: application/json",
-            None,
-            request_id,
-        );
-    }
-    let limit = shared.settings.max_body_bytes;
-    let declared_too_big = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > limit as u64);
-    let too_big = || {
-        error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            &format!("request body is larger than {limit} bytes"),
-            None,
-            request_id,
-        )
-    };
-    if declared_too_big {
-        return too_big();
-    }
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_big(),
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &format!("cannot read request body: {e}"),
-                None,
-                request_id,
-            );
-        }
+    let body = match read_json_body(req, shared.settings.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return error_response(e.status(), e.code(), &e.to_string(), None, request_id),
     };
     let call = match request::parse(&body) {
         Ok(c) => c,
@@ -478,6 +442,71 @@ async fn call_pipeline(
             resp
         }
         Admission::Streaming(rx) => collect_response(rx, request_id).await,
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("request body must be JSON: send Content-Type: application/json")]
+    NotJson,
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("cannot read request body: {0}")]
+    Read(String),
+}
+
+impl BodyError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            BodyError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Read(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            BodyError::NotJson => "unsupported_media_type",
+            BodyError::TooLarge(_) => "body_too_large",
+            BodyError::Read(_) => "invalid_request",
+        }
+    }
+}
+
+/// Reads a JSON request body of at most `limit` bytes: the content type is
+/// checked first, a declared length over the limit is refused unread, and a
+/// chunked body is cut off as soon as it passes the limit.
+pub(crate) async fn read_json_body(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        });
+    if !is_json {
+        return Err(BodyError::NotJson);
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
+        Err(e) => Err(BodyError::Read(e.to_string())),
     }
 }
 
