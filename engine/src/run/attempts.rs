@@ -29,7 +29,7 @@ enum Next {
     /// Try this model again, after a backoff.
     Retry,
     /// This model cannot serve (no key, unknown model): go to the next one.
-    NextModel,
+    Skip,
     /// The request itself is at fault: no model will take it.
     GiveUp,
 }
@@ -38,7 +38,7 @@ fn classify(e: &ProviderError) -> Next {
     match e {
         ProviderError::Status { status, .. } => match status {
             408 | 429 | 500..=599 => Next::Retry,
-            401 | 403 | 404 => Next::NextModel,
+            401 | 403 | 404 => Next::Skip,
             _ => Next::GiveUp,
         },
         ProviderError::Connect(_)
@@ -48,8 +48,8 @@ fn classify(e: &ProviderError) -> Next {
         // Before the first token, an in-stream error is the provider being
         // unavailable (Anthropic's overloaded_error arrives this way).
         ProviderError::InStream(_) => Next::Retry,
-        ProviderError::Malformed(_) => Next::NextModel,
-        ProviderError::Config(_) => Next::NextModel,
+        ProviderError::Malformed(_) => Next::Skip,
+        ProviderError::Config(_) => Next::Skip,
     }
 }
 
@@ -172,7 +172,7 @@ pub(super) async fn first_chunk(
             last = Some(rejection);
             match next {
                 Next::GiveUp => break 'models,
-                Next::NextModel => continue 'models,
+                Next::Skip => continue 'models,
                 Next::Retry if attempt < pipeline.retries.attempts => {
                     let wait = backoff(pipeline, attempt - 1, retry_after);
                     if Instant::now() + wait >= total_deadline {

@@ -62,7 +62,7 @@ struct ChatRequest {
     include_usage: bool,
 }
 
-fn text_of(content: &Value, i: usize) -> Result<String, Response<ResponseBody>> {
+fn text_of(content: &Value, i: usize) -> Result<String, Invalid> {
     match content {
         Value::String(s) => Ok(s.clone()),
         Value::Null => Ok(String::new()),
@@ -89,7 +89,7 @@ fn text_of(content: &Value, i: usize) -> Result<String, Response<ResponseBody>> 
     }
 }
 
-fn parse(body: &[u8]) -> Result<ChatRequest, Response<ResponseBody>> {
+fn parse(body: &[u8]) -> Result<ChatRequest, Invalid> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| invalid(&format!("request body is not valid JSON: {e}"), None))?;
     let Some(obj) = v.as_object() else {
@@ -247,7 +247,15 @@ pub(super) async fn chat_completions(
     };
     let chat = match parse(&body) {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(e) => {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                &e.message,
+                "invalid_request_error",
+                e.param.as_deref(),
+                None,
+            );
+        }
     };
     let Some(pipeline) = shared.pipelines.get(&chat.model).cloned() else {
         return openai_error(
