@@ -119,7 +119,7 @@ async fn two_hundred_concurrent_requests_never_spend_past_the_budget_sqlite() {
                 assert_eq!(body["error"]["budget"]["scope"], "pipeline:chat");
                 let secs: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
                 assert!(
-                    secs >= 1 && secs <= 86_400,
+                    (1..=86_400).contains(&secs),
                     "Retry-After {secs} is not the time to midnight UTC"
                 );
             }
@@ -302,7 +302,10 @@ async fn metrics_are_scraped_in_prometheus_text_format() {
 }
 
 /// (name, labels, value) of every sample line.
-fn parse_prometheus(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// A metric name, its labels, and its value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+fn parse_prometheus(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in text
         .lines()

@@ -81,6 +81,11 @@ fn start_instance(dir: &std::path::Path) -> Instance {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    // Owned by the guard at once: a failed start still kills the process.
+    let mut instance = Instance {
+        child,
+        addr: String::new(),
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -96,10 +101,8 @@ fn start_instance(dir: &std::path::Path) -> Instance {
             let end = rest
                 .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
                 .unwrap_or(rest.len());
-            return Instance {
-                child,
-                addr: rest[..end].to_string(),
-            };
+            instance.addr = rest[..end].to_string();
+            return instance;
         }
     }
 }

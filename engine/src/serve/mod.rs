@@ -579,18 +579,17 @@ async fn collect_response(
             match code {
                 // The answer is usable, just cut at the ceiling.
                 ErrorCode::TokenCeiling => StatusCode::OK,
-                c if c.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
-                ErrorCode::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-                _ => StatusCode::BAD_GATEWAY,
+                code => rejection_status(*code),
             }
         }
     };
     json_response(status, doc)
 }
 
-fn rejection_response(r: &Rejection, request_id: &str) -> Response<ResponseBody> {
-    let status = match r.code {
+/// The HTTP status of a failure known before the stream started (the one
+/// place that maps Sluice's error codes to statuses).
+pub(crate) fn rejection_status(code: ErrorCode) -> StatusCode {
+    match code {
         c if c.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::UpstreamRateLimited | ErrorCode::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
@@ -599,7 +598,20 @@ fn rejection_response(r: &Rejection, request_id: &str) -> Response<ResponseBody>
         ErrorCode::TokenCeiling => StatusCode::BAD_REQUEST,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_GATEWAY,
-    };
+    }
+}
+
+/// Whole seconds, rounded up, as `Retry-After` wants them.
+pub(crate) fn set_retry_after(resp: &mut Response<ResponseBody>, after: Option<Duration>) {
+    if let Some(ra) = after {
+        let secs = ra.as_secs() + u64::from(ra.subsec_nanos() > 0);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+}
+
+fn rejection_response(r: &Rejection, request_id: &str) -> Response<ResponseBody> {
     let mut body = json!({
         "error": {"code": r.code, "message": r.message, "request_id": request_id}
     });
@@ -611,13 +623,8 @@ fn rejection_response(r: &Rejection, request_id: &str) -> Response<ResponseBody>
             body["error"][k] = v.clone();
         }
     }
-    let mut resp = json_response(status, body);
-    if let Some(ra) = r.retry_after {
-        let secs = ra.as_secs() + u64::from(ra.subsec_nanos() > 0);
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-    }
+    let mut resp = json_response(rejection_status(r.code), body);
+    set_retry_after(&mut resp, r.retry_after);
     resp
 }
 

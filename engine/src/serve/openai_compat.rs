@@ -33,14 +33,17 @@ fn openai_error(
     )
 }
 
-fn invalid(message: &str, param: Option<&str>) -> Response<ResponseBody> {
-    openai_error(
-        StatusCode::BAD_REQUEST,
-        message,
-        "invalid_request_error",
-        param,
-        None,
-    )
+/// A request OpenAI would answer with 400 `invalid_request_error`.
+struct Invalid {
+    message: String,
+    param: Option<String>,
+}
+
+fn invalid(message: &str, param: Option<&str>) -> Invalid {
+    Invalid {
+        message: message.to_string(),
+        param: param.map(str::to_string),
+    }
 }
 
 /// `GET /v1/models`: the pipelines, as OpenAI models.
@@ -199,12 +202,7 @@ fn status_of(code: ErrorCode) -> (StatusCode, &'static str) {
 fn rejection(r: &Rejection) -> Response<ResponseBody> {
     let (status, kind) = status_of(r.code);
     let mut resp = openai_error(status, &r.message, kind, None, Some(r.code.as_str()));
-    if let Some(ra) = r.retry_after {
-        let secs = ra.as_secs() + u64::from(ra.subsec_nanos() > 0);
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-    }
+    super::set_retry_after(&mut resp, r.retry_after);
     resp
 }
 
