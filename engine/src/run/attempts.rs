@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -104,14 +103,7 @@ pub(super) async fn first_chunk(
                 tools: pipeline.tool_specs.clone(),
             };
             debug!(provider = %target.provider_name, model = %target.model, attempt, max_tokens, "calling provider");
-            let first = async {
-                let mut stream = target.provider.call(preq).await?;
-                match stream.next().await {
-                    Some(Ok(chunk)) => Ok((stream, chunk)),
-                    Some(Err(e)) => Err(e),
-                    None => Err(ProviderError::Truncated),
-                }
-            };
+            let first = super::open_stream(target, preq);
             let outcome = tokio::select! {
                 biased;
                 _ = admit.closed() => return Err((index, NoStart::ClientClosed)),

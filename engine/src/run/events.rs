@@ -155,6 +155,18 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status of a request that ended with this error.
+    pub fn for_error(code: ErrorCode) -> Status {
+        match code {
+            c if c.is_timeout() => Status::Timeout,
+            ErrorCode::TokenCeiling => Status::Ceiling,
+            ErrorCode::Shutdown => Status::Interrupted,
+            ErrorCode::Internal => Status::Internal,
+            ErrorCode::BudgetExhausted => Status::BudgetRejected,
+            _ => Status::UpstreamError,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",

@@ -186,6 +186,21 @@ impl Tally {
     }
 }
 
+/// Calls `target` and waits for its first chunk: the stream is only
+/// handed on once the provider has produced something.
+async fn open_stream(
+    target: &Target,
+    request: crate::provider::ProviderRequest,
+) -> Result<(crate::provider::ChunkStream, crate::provider::Chunk), ProviderError> {
+    use futures_util::StreamExt;
+    let mut stream = target.provider.call(request).await?;
+    match stream.next().await {
+        Some(Ok(chunk)) => Ok((stream, chunk)),
+        Some(Err(e)) => Err(e),
+        None => Err(ProviderError::Truncated),
+    }
+}
+
 impl Target {
     fn from_ref(m: &crate::compile::ModelRef) -> Self {
         Target {
@@ -401,11 +416,7 @@ async fn run(
     {
         Ok(t) => t,
         Err(rejection) => {
-            let status = if rejection.code == ErrorCode::BudgetExhausted {
-                Status::BudgetRejected
-            } else {
-                Status::Internal
-            };
+            let status = Status::for_error(rejection.code);
             info!(
                 status = status.as_str(),
                 error = rejection.code.as_str(),
@@ -498,12 +509,7 @@ async fn drive(
         }
         Err((index, attempts::NoStart::Rejected(rejection))) => {
             let code = rejection.code;
-            let status = match code {
-                c if c.is_timeout() => Status::Timeout,
-                ErrorCode::Shutdown => Status::Interrupted,
-                ErrorCode::Internal => Status::Internal,
-                _ => Status::UpstreamError,
-            };
+            let status = Status::for_error(code);
             let _ = admit.send(Admission::Rejected(rejection));
             return (index, status, "error".into(), Some(code));
         }
@@ -563,13 +569,7 @@ async fn drive(
             message,
             finish,
         } => {
-            let status = match code {
-                c if c.is_timeout() => Status::Timeout,
-                ErrorCode::TokenCeiling => Status::Ceiling,
-                ErrorCode::Shutdown => Status::Interrupted,
-                ErrorCode::Internal => Status::Internal,
-                _ => Status::UpstreamError,
-            };
+            let status = Status::for_error(code);
             let _ = out.send(Event::Usage(tally.usage())).await;
             let _ = out.send(Event::Error { code, message }).await;
             let _ = out

@@ -4,7 +4,6 @@
 //! (`tool_limit`), or the request's token budget would be exceeded.
 //! Deadlines and the ceiling keep covering every round.
 
-use futures_util::StreamExt;
 use futures_util::future::join_all;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -14,9 +13,7 @@ use super::events::{ErrorCode, Event};
 use super::stream::{Ending, Out, RoundEnd, stream_round};
 use super::{RunContext, Tally, Target};
 use crate::compile::Pipeline;
-use crate::provider::{
-    Chunk, ChunkStream, Message, ProviderError, ProviderRequest, Role, ToolCall,
-};
+use crate::provider::{Chunk, ChunkStream, Message, ProviderRequest, Role, ToolCall};
 use crate::tokens;
 use crate::tools::ToolOutcome;
 
@@ -158,14 +155,7 @@ pub(super) async fn stream_body(
             tools: pipeline.tool_specs.clone(),
         };
         let first_deadline = (Instant::now() + t.first_token).min(out.total_deadline);
-        let call = async {
-            let mut s = target.provider.call(preq).await?;
-            match s.next().await {
-                Some(Ok(c)) => Ok((s, c)),
-                Some(Err(e)) => Err(e),
-                None => Err(ProviderError::Truncated),
-            }
-        };
+        let call = super::open_stream(target, preq);
         let next = tokio::select! {
             biased;
             _ = out.tx.closed() => return Ending::ClientClosed,
