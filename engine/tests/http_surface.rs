@@ -354,3 +354,35 @@ async fn chat_completions_speaks_openai_errors() {
         "the ceiling and clamping apply"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn refused_requests_to_a_pipeline_have_ledger_rows_too() {
+    let h = harness().await;
+    assert_eq!(
+        post(h.addr(), r#"{"messages":[]}"#).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    let resp = send(
+        h.addr(),
+        Request::post("/v1/pipelines/chat")
+            .header("host", "t")
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from_static(b"hi")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let rows = h.server.ledger().rows_since(0).await.unwrap();
+    let seen: Vec<(&str, Option<&str>)> = rows
+        .iter()
+        .map(|r| (r.status.as_str(), r.error_code.as_deref()))
+        .collect();
+    assert_eq!(seen.len(), 2, "{rows:#?}");
+    assert!(seen.contains(&("invalid_request", Some("invalid_request"))));
+    assert!(seen.contains(&("invalid_request", Some("unsupported_media_type"))));
+    assert!(
+        rows.iter()
+            .all(|r| r.pipeline == "chat" && r.cost_micros == 0)
+    );
+    assert_eq!(h.mock.journal().request_count(), 0);
+}

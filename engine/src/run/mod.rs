@@ -186,6 +186,39 @@ impl Tally {
     }
 }
 
+/// Records a request refused before any provider call (status
+/// `invalid_request`), so the ledger shows every request a pipeline got.
+pub async fn record_invalid(
+    cx: &RunContext,
+    pipeline: &Pipeline,
+    request_id: &str,
+    error_code: &str,
+) {
+    let opening = Opening {
+        id: request_id.to_string(),
+        pipeline: pipeline.name.clone(),
+        provider: pipeline.provider_name.clone(),
+        model: pipeline.model.clone(),
+        reserve_micros: 0,
+        scopes: Vec::new(),
+    };
+    if let Err(e) = cx
+        .ledger
+        .record_rejected(&opening, "invalid_request", error_code)
+        .await
+    {
+        warn!(error = %e, "cannot record a refused request in the ledger");
+    }
+    cx.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            pipeline: pipeline.name.clone(),
+            model: pipeline.model.clone(),
+            status: "invalid_request".into(),
+        })
+        .inc();
+}
+
 /// Calls `target` and waits for its first chunk: the stream is only
 /// handed on once the provider has produced something.
 async fn open_stream(
@@ -393,6 +426,7 @@ async fn run(
                 counted,
                 total, "request rejected: prompt larger than max_total_tokens"
             );
+            record_invalid(&cx, &pipeline, &req.request_id, "token_ceiling").await;
             let _ = admit.send(Admission::Rejected(r));
             return;
         }

@@ -388,11 +388,15 @@ async fn call_pipeline(
 ) -> Response<ResponseBody> {
     let body = match read_json_body(req, shared.settings.max_body_bytes).await {
         Ok(b) => b,
-        Err(e) => return error_response(e.status(), e.code(), &e.to_string(), None, request_id),
+        Err(e) => {
+            run::record_invalid(&shared.run, &pipeline, request_id, e.code()).await;
+            return error_response(e.status(), e.code(), &e.to_string(), None, request_id);
+        }
     };
     let call = match request::parse(&body) {
         Ok(c) => c,
         Err(Invalid { field, message }) => {
+            run::record_invalid(&shared.run, &pipeline, request_id, "invalid_request").await;
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
