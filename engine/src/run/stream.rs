@@ -191,14 +191,12 @@ pub(super) async fn stream_round(
                 if finish.is_some() {
                     continue;
                 }
-                let n = tokens::count(&delta);
-                if tally.completion_counted + n > max_tokens {
+                if let Err(allowed) = tally.generated.push(&delta, max_tokens) {
                     // The provider went past max_tokens: stop it here.
                     drop(stream);
-                    let allowed = max_tokens - tally.completion_counted;
                     if allowed > 0 {
                         let cut = tokens::truncate(&delta, allowed);
-                        tally.completion_counted += tokens::count(&cut);
+                        tally.generated.push_unchecked(&cut);
                         if !cut.is_empty() && out.send(Event::Delta(cut)).await.is_err() {
                             return RoundEnd::Ended(Ending::ClientClosed);
                         }
@@ -215,7 +213,6 @@ pub(super) async fn stream_round(
                         finish: "length",
                     });
                 }
-                tally.completion_counted += n;
                 text.push_str(&delta);
                 if out.send(Event::Delta(delta)).await.is_err() {
                     return RoundEnd::Ended(Ending::ClientClosed);
@@ -232,8 +229,8 @@ pub(super) async fn stream_round(
                     debug!("ignoring a tool call: this pipeline declares no tools");
                     continue;
                 }
-                // Arguments count against the completion ceiling too.
-                tally.completion_counted += tokens::count(&arguments);
+                // Arguments are generated tokens too.
+                tally.generated.push_unchecked(&arguments);
                 let p = partials.entry(index).or_default();
                 if id.is_some() {
                     p.id = id;
