@@ -56,6 +56,57 @@ pub enum Command {
         #[arg(long)]
         storage: Option<String>,
     },
+    /// Run fault scenarios (YAML) against the pipelines, with a mock provider
+    /// on a virtual clock; exit 1 if any fails.
+    Test(TestArgs),
+    /// Proxy requests to a provider and save each streamed answer with its timing.
+    Record(RecordArgs),
+}
+
+/// `sluice test`: fault scenarios against the testkit's mock provider.
+#[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    /// A scenario file, or a directory of them (searched recursively).
+    #[arg(default_value = "fixtures/scenarios")]
+    pub path: PathBuf,
+    /// Write a JUnit XML report to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Run on the real clock instead of tokio's paused one (stalls take their time).
+    #[arg(long)]
+    pub real_time: bool,
+    /// Scenarios run at once, each on its own thread and runtime.
+    #[arg(long, default_value_t = default_jobs())]
+    pub jobs: usize,
+    /// The pipelines directory, for scenarios that do not name one.
+    #[arg(long, default_value = "pipelines")]
+    pub pipelines: PathBuf,
+    /// Where `fixture:` paths are found, for scenarios that do not say.
+    #[arg(long, default_value = "fixtures/recorded")]
+    pub recordings: PathBuf,
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4))
+}
+
+/// `sluice record`: a recording proxy in front of a provider.
+#[derive(clap::Args, Debug)]
+pub struct RecordArgs {
+    /// The provider to forward to, e.g. `https://api.openai.com` (request
+    /// paths are appended to its path).
+    #[arg(long)]
+    pub upstream: String,
+    /// Where the first stream body goes (later ones: FILE with .2, .3... before
+    /// its extension); each gets a FILE.timing sidecar.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    pub listen: std::net::SocketAddr,
+    /// Stop after this many requests (default: until Ctrl-C).
+    #[arg(long)]
+    pub count: Option<usize>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -211,5 +262,45 @@ pub async fn usage(
         print!("{}", report::render_table(&groups, by));
     }
     ledger.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice test`: prints progress, failures and `N passed, M failed`.
+pub fn test(args: &TestArgs) -> ExitCode {
+    use crate::scenario::{Defaults, RunOptions, TestCommand, test_command};
+    let cmd = TestCommand {
+        path: args.path.clone(),
+        defaults: Defaults {
+            pipelines: args.pipelines.clone(),
+            recordings: args.recordings.clone(),
+        },
+        run: RunOptions {
+            real_time: args.real_time,
+            ..RunOptions::default()
+        },
+        jobs: args.jobs.max(1),
+        junit: args.junit.clone(),
+    };
+    let stdout = std::io::stdout();
+    match test_command(&cmd, &mut stdout.lock()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("sluice test: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sluice record`: serves until Ctrl-C or `--count` requests.
+pub async fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
+    crate::scenario::record::record_command(
+        &args.upstream,
+        &args.out,
+        args.listen,
+        args.count,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -14,6 +14,8 @@
 //! - [`tools`]: SQL tools the model may call: schema-checked arguments
 //!   bound into fixed queries on read-only SQLite databases.
 //! - [`tokens`]: tokenizer counts for ceilings and estimated usage.
+//! - [`scenario`]: fault scenarios against the testkit's mock provider
+//!   (`sluice test`) and the recording proxy (`sluice record`).
 //! - [`cli`]: the `sluice` command line.
 
 pub mod alerts;
@@ -25,6 +27,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod provider;
 pub mod run;
+pub mod scenario;
 pub mod serve;
 pub mod tokens;
 pub mod tools;

@@ -19,6 +19,13 @@ fn main() -> anyhow::Result<ExitCode> {
                 .build()?;
             rt.block_on(cli::usage(&dir, &since, by, json, storage))
         }
+        Command::Test(test) => Ok(cli::test(&test)),
+        Command::Record(record) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(cli::record(&record))
+        }
         Command::Serve { dir, listen } => {
             cli::init_logging(args.log_json);
             let rt = tokio::runtime::Builder::new_multi_thread()

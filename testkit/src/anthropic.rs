@@ -14,6 +14,10 @@ pub(crate) const MOCK_MODEL: &str = "mock-claude";
 /// `input_tokens` reported by synthesized streams.
 pub(crate) const MOCK_INPUT_TOKENS: u64 = 10;
 
+/// The in-stream error of `Fault::ErrorEventAfter`: Anthropic's
+/// `overloaded_error`, as sent mid-stream when the API is overloaded.
+pub(crate) const ERROR_EVENT: &[u8] = b"event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n";
+
 /// One named event: `event: {name}\ndata: {data}\n\n`.
 fn event(name: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
@@ -11,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
+use crate::fixture::Wire;
 use crate::http::{self, ReadError, Request};
 use crate::journal::{Journal, RecordedRequest};
 use crate::script::{Body, Fault, Reply, Script};
@@ -40,22 +42,23 @@ enum Plan {
     Json(Reply, Wire),
 }
 
-/// The API a request was made to, chosen by its path. It shapes error
-/// bodies and non-streaming answers; scripted stream bodies are sent as
-/// they are, whatever the path.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Wire {
-    /// `…/chat/completions`
-    OpenAi,
-    /// `…/messages`
-    Anthropic,
-}
+// The API a request was made to (`fixture::Wire`), chosen by its path. It
+// shapes error bodies and non-streaming answers; scripted stream bodies are
+// sent as they are, whatever the path.
 
 impl Wire {
     fn error_body(self, status: u16, message: Option<&str>) -> Vec<u8> {
         match self {
             Wire::OpenAi => http::error_body(status, message),
             Wire::Anthropic => anthropic::error_body(status, message),
+        }
+    }
+
+    /// The in-stream error event of `Fault::ErrorEventAfter`.
+    fn error_event(self) -> Bytes {
+        match self {
+            Wire::OpenAi => Bytes::from_static(sse::ERROR_EVENT),
+            Wire::Anthropic => Bytes::from_static(anthropic::ERROR_EVENT),
         }
     }
 }
@@ -95,6 +98,8 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, conn: usiz
             received_at,
             events_sent: 0,
             bytes_sent: 0,
+            headers_sent_at: None,
+            last_event_at: None,
             client_closed_at: None,
             completed_at: None,
             connection_closed_at: None,
@@ -187,26 +192,60 @@ async fn watch_close(rd: &mut ReadHalf<'_>, buf: &mut BytesMut) {
     }
 }
 
-/// The events of a reply, produced lazily (a flood never ends).
+/// The events of a reply with the delay before each, produced lazily (a
+/// flood never ends).
 enum Source {
-    Events(std::vec::IntoIter<Bytes>),
-    /// The prelude's events, then `content` forever.
+    Events(std::vec::IntoIter<(Bytes, Duration)>),
+    /// The prelude's events, then `content` forever; `next` indexes the
+    /// reply's timing.
     Flood {
         prelude: std::vec::IntoIter<Bytes>,
         content: Bytes,
+        reply: Reply,
+        next: usize,
     },
 }
 
 impl Iterator for Source {
-    type Item = Bytes;
-    fn next(&mut self) -> Option<Bytes> {
+    type Item = (Bytes, Duration);
+    fn next(&mut self) -> Option<(Bytes, Duration)> {
         match self {
             Source::Events(it) => it.next(),
-            Source::Flood { prelude, content } => {
-                Some(prelude.next().unwrap_or_else(|| content.clone()))
+            Source::Flood {
+                prelude,
+                content,
+                reply,
+                next,
+            } => {
+                let delay = reply.event_delay(*next);
+                *next += 1;
+                Some((prelude.next().unwrap_or_else(|| content.clone()), delay))
             }
         }
     }
+}
+
+/// The reply's events after `Truncate`/`OmitUsage`, each with its delay. A
+/// removed event's recorded delay is added to the next one sent, so the
+/// rest of the stream keeps its recorded times; a uniform pace is only
+/// paid by the events sent.
+fn timed_events(events: &[Bytes], reply: &Reply) -> Vec<(Bytes, Duration)> {
+    let truncate = reply.faults.contains(&Fault::Truncate);
+    let omit_usage = reply.faults.contains(&Fault::OmitUsage);
+    let recorded = reply.timing.as_ref().map_or(0, |t| t.events.len());
+    let mut out = Vec::with_capacity(events.len());
+    let mut carried = Duration::ZERO;
+    for (i, ev) in events.iter().enumerate() {
+        let delay = reply.event_delay(i);
+        let kept = sse::transform(std::slice::from_ref(ev), truncate, omit_usage);
+        if kept.is_empty() && i < recorded {
+            carried += delay;
+        }
+        for k in kept {
+            out.push((k, std::mem::take(&mut carried) + delay));
+        }
+    }
+    out
 }
 
 fn transformed(events: &[Bytes], faults: &[Fault]) -> Vec<Bytes> {
@@ -278,10 +317,14 @@ impl Out<'_, '_> {
             }
             Plan::Stream(ref r, _) | Plan::Json(ref r, _) => r,
         };
+        let mut delay = reply.headers_delay();
         for f in &reply.faults {
             if let Fault::DelayHeaders(d) = f {
-                tokio::time::sleep(*d).await;
+                delay += *d;
             }
+        }
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         let status = reply.faults.iter().find_map(|f| match f {
             Fault::Status {
@@ -310,7 +353,8 @@ impl Out<'_, '_> {
         }
         match plan {
             Plan::Json(ref r, wire) => self.json(r, wire).await,
-            _ => self.stream(reply).await,
+            Plan::Stream(ref r, wire) => self.stream(r, wire).await,
+            Plan::Simple(..) => Ok(Outcome::Completed),
         }
     }
 
@@ -329,7 +373,7 @@ impl Out<'_, '_> {
             .await
     }
 
-    async fn stream(&mut self, reply: &Reply) -> Result<Outcome, Instant> {
+    async fn stream(&mut self, reply: &Reply, wire: Wire) -> Result<Outcome, Instant> {
         let faults = &reply.faults;
         let mut head = String::from(
             "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
@@ -340,13 +384,18 @@ impl Out<'_, '_> {
         }
         head.push_str("\r\n");
         self.send(head.as_bytes()).await?;
+        let now = Instant::now();
+        self.journal
+            .update(self.idx, |r| r.headers_sent_at = Some(now));
 
         let (mut source, flood) = match &reply.body {
-            Body::Events(ev) => (Source::Events(transformed(ev, faults).into_iter()), false),
+            Body::Events(ev) => (Source::Events(timed_events(ev, reply).into_iter()), false),
             Body::Flood { token } => (
                 Source::Flood {
                     prelude: vec![sse::role_chunk()].into_iter(),
                     content: sse::content_chunk(token),
+                    reply: reply.clone(),
+                    next: 0,
                 },
                 true,
             ),
@@ -354,6 +403,8 @@ impl Out<'_, '_> {
                 Source::Flood {
                     prelude: anthropic::flood_prelude().into_iter(),
                     content: anthropic::text_delta(token),
+                    reply: reply.clone(),
+                    next: 0,
                 },
                 true,
             ),
@@ -376,14 +427,26 @@ impl Out<'_, '_> {
                     Fault::DisconnectAfter { events, reset } if events == sent => {
                         return Ok(Outcome::Disconnect { reset });
                     }
+                    Fault::ErrorEventAfter(events) if events == sent => {
+                        self.chunk(&wire.error_event()).await?;
+                        sent += 1;
+                        let now = Instant::now();
+                        self.journal.update(self.idx, |r| {
+                            r.events_sent = sent;
+                            r.last_event_at = Some(now);
+                        });
+                        self.send(b"0\r\n\r\n").await?;
+                        self.completed();
+                        return Ok(Outcome::Completed);
+                    }
                     _ => {}
                 }
             }
-            let Some(mut event) = source.next() else {
+            let Some((mut event, delay)) = source.next() else {
                 break;
             };
-            if !reply.pace.is_zero() {
-                tokio::time::sleep(reply.pace).await;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
             } else if flood {
                 tokio::task::yield_now().await;
             }
@@ -400,7 +463,11 @@ impl Out<'_, '_> {
                 None => self.chunk(&event).await?,
             }
             sent += 1;
-            self.journal.update(self.idx, |r| r.events_sent = sent);
+            let now = Instant::now();
+            self.journal.update(self.idx, |r| {
+                r.events_sent = sent;
+                r.last_event_at = Some(now);
+            });
         }
         self.send(b"0\r\n\r\n").await?;
         self.completed();

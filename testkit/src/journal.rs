@@ -23,6 +23,10 @@ pub struct RecordedRequest {
     pub events_sent: usize,
     /// Response body bytes (the SSE payload, without chunk framing) written so far.
     pub bytes_sent: usize,
+    /// When the response headers were written, if they were.
+    pub headers_sent_at: Option<Instant>,
+    /// When the last SSE event was written (its last byte), if any was.
+    pub last_event_at: Option<Instant>,
     /// When the mock saw the client close the connection (read EOF, reset
     /// or write error) BEFORE it finished its reply. `None` if the reply
     /// was finished first, or the connection is still open.

@@ -7,8 +7,9 @@
 //! `POST …/chat/completions` and `POST …/messages` (Anthropic) from one
 //! [`Script`] of [`Reply`]s — recorded provider streams ([`Reply::fixture`]),
 //! synthesized ones ([`Reply::text`], [`Reply::flood`],
-//! [`Reply::anthropic_text`], [`Reply::anthropic_flood`]) — paced and broken
-//! by [`Fault`]s, and records every request (with its `path`) and the fate
+//! [`Reply::anthropic_text`], [`Reply::anthropic_flood`], [`Reply::tool_call`],
+//! [`Reply::anthropic_tool_call`]) — with recorded timing or a pace and a
+//! speed factor, broken by [`Fault`]s, and records every request (with its `path`) and the fate
 //! of its reply in a [`Journal`]. The path decides the shape of error bodies
 //! and of non-streaming answers; stream bodies are sent as scripted.
 //!
@@ -38,6 +39,9 @@
 //! # }
 //! ```
 //!
+//! See [`guide`] for runnable examples: a mock with a fixture, composed
+//! faults, the journal's answers, recorded timing and speed.
+//!
 //! Notes:
 //! - A request is streamed unless its JSON body has `"stream": false` (the
 //!   real APIs default to non-streaming); then a `chat.completion` (or, on
@@ -47,10 +51,15 @@
 
 mod anthropic;
 mod conn;
+mod fixture;
+pub mod guide;
 mod http;
+mod inspect;
 mod journal;
 mod script;
 mod sse;
+mod synth;
+mod timing;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -59,8 +68,11 @@ use std::sync::atomic::AtomicUsize;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use fixture::{FixtureError, Recording, Wire, validate_dir};
+pub use inspect::{SentBeforeClose, ToolResult, lookup};
 pub use journal::{Journal, RecordedRequest};
 pub use script::{Body, Fault, Reply, Script, fixtures_dir};
+pub use timing::{Timing, TimingError};
 
 /// A mock OpenAI-compatible and Anthropic provider on `127.0.0.1`. It serves until
 /// dropped; dropping it aborts the accept loop and every connection task

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::sse;
+use crate::timing::Timing;
 
 /// What to answer, per request: the Nth model request (`…/chat/completions`
 /// or `…/messages`, one sequence for both) gets `responses[N]`; once the list runs out, the last one repeats.
@@ -58,12 +59,21 @@ pub enum Body {
     AnthropicFlood { token: String },
 }
 
-/// One scripted answer: a body, a pace and a list of faults.
+/// One scripted answer: a body, its timing (recorded per event, or a
+/// uniform pace), a speed factor and a list of faults.
 #[derive(Clone, Debug)]
 pub struct Reply {
     pub body: Body,
-    /// Delay before each event (after the headers). Zero means no delay.
+    /// Delay before each event (after the headers) that `timing` does not
+    /// cover. Zero means no delay.
     pub pace: Duration,
+    /// Recorded timing: a delay before the headers and before each event
+    /// (events past its end use `pace`). Set by [`Reply::fixture`] from a
+    /// `NAME.timing` sidecar, or by [`Reply::timing`].
+    pub timing: Option<Timing>,
+    /// Divides every delay of `pace` and `timing` (2.0 plays twice as
+    /// fast); fault durations (`DelayHeaders`, `StallAfter`) are not scaled.
+    pub speed: f64,
     /// Faults, applied together (see [`Fault`]).
     pub faults: Vec<Fault>,
 }
@@ -78,17 +88,32 @@ impl Reply {
     }
 
     /// Loads `fixtures/recorded/<name>` (e.g. `"openai/text_stop.sse"`) from
-    /// the workspace root. Test-only helper: panics if the file is missing.
+    /// the workspace root, with its `<name>.timing` sidecar when there is
+    /// one. Test-only helper: panics if the file is missing or its timing
+    /// is invalid (see [`Reply::recording`] for a checked load).
     pub fn fixture(name: &str) -> Reply {
         let path = fixtures_dir().join(name);
-        match std::fs::read(&path) {
+        let mut reply = match std::fs::read(&path) {
             Ok(bytes) => Reply::recorded(bytes),
             Err(e) => panic!(
                 "sluice-testkit: cannot read fixture {name:?} at {}: {e} \
                  (fixtures live in <workspace>/fixtures/recorded/)",
                 path.display()
             ),
+        };
+        let sidecar = Timing::sidecar_path(&path);
+        if let Ok(text) = std::fs::read_to_string(&sidecar) {
+            match Timing::parse(&text) {
+                Ok(t) => reply.timing = Some(t),
+                Err(e) => panic!(
+                    "sluice-testkit: {}:{}: {}",
+                    sidecar.display(),
+                    e.line,
+                    e.message
+                ),
+            }
         }
+        reply
     }
 
     /// A synthesized OpenAI stream: a role chunk, one content chunk per
@@ -122,10 +147,49 @@ impl Reply {
         })
     }
 
-    /// Sets the delay before each event.
+    /// Sets a uniform delay before each event, replacing any recorded
+    /// per-event timing (the recorded delay before the headers stays).
     pub fn pace(mut self, d: Duration) -> Reply {
         self.pace = d;
+        if let Some(t) = &mut self.timing {
+            t.events.clear();
+        }
         self
+    }
+
+    /// Sets per-event timing (see [`Timing`]), e.g. from a recording.
+    pub fn timing(mut self, t: Timing) -> Reply {
+        self.timing = Some(t);
+        self
+    }
+
+    /// Plays every recorded or paced delay `factor` times faster (`2.0`
+    /// halves them, `0.5` doubles them). Panics unless `factor` is finite
+    /// and above zero.
+    pub fn speed(mut self, factor: f64) -> Reply {
+        assert!(
+            factor.is_finite() && factor > 0.0,
+            "sluice-testkit: speed must be a finite number above zero, found {factor}"
+        );
+        self.speed = factor;
+        self
+    }
+
+    /// The delay before the headers from recorded timing, after `speed`.
+    pub fn headers_delay(&self) -> Duration {
+        let d = self.timing.as_ref().map_or(Duration::ZERO, |t| t.headers);
+        crate::timing::scale(d, self.speed)
+    }
+
+    /// The delay before event `i` of the body (0-based, counted in the body
+    /// as scripted, before faults remove any), after `speed`.
+    pub fn event_delay(&self, i: usize) -> Duration {
+        let d = self
+            .timing
+            .as_ref()
+            .and_then(|t| t.events.get(i).copied())
+            .unwrap_or(self.pace);
+        crate::timing::scale(d, self.speed)
     }
 
     /// Adds a fault.
@@ -134,10 +198,12 @@ impl Reply {
         self
     }
 
-    fn from_body(body: Body) -> Reply {
+    pub(crate) fn from_body(body: Body) -> Reply {
         Reply {
             body,
             pace: Duration::ZERO,
+            timing: None,
+            speed: 1.0,
             faults: Vec::new(),
         }
     }
@@ -195,4 +261,9 @@ pub enum Fault {
     /// Write each event in pieces of at most N bytes, each its own HTTP
     /// chunk, so splits fall mid-line and mid-UTF-8. 0 is treated as 1.
     Fragment(usize),
+    /// After `N` events, send the provider's in-stream error event and end
+    /// the body there (no `message_stop` or `[DONE]`): on `…/messages`
+    /// `event: error` with an `overloaded_error`, on `…/chat/completions`
+    /// `data: {"error": {...}}`.
+    ErrorEventAfter(usize),
 }

@@ -15,6 +15,9 @@ pub(crate) const MOCK_MODEL: &str = "mock-model";
 /// The bytes that replace an event for `Fault::MalformedAt`.
 pub(crate) const GARBAGE: &[u8] = b"data: {not json\n\n";
 
+/// The in-stream error chunk of `Fault::ErrorEventAfter` on the OpenAI wire.
+pub(crate) const ERROR_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"The server had an error while processing your request. Sorry about that!\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n";
+
 /// Splits an SSE body into events, each keeping its terminating blank line.
 /// Lines end in `\n` or `\r\n`. Leading blank lines stay with the first
 /// event, trailing ones with the last; a last event without a terminating

@@ -67,12 +67,26 @@ pub struct RawTurn {
     pub text: Option<Spanned<Vec<String>>>,
     /// An endless stream of this token that ignores `max_tokens`.
     pub flood: Option<Spanned<String>>,
+    /// A synthesized stream in which the model calls one tool.
+    pub tool_call: Option<Spanned<RawToolCall>>,
     /// A uniform delay before each event (replaces recorded timing).
     pub pace: Option<Spanned<String>>,
     /// Plays every recorded or paced delay this many times faster.
     pub speed: Option<Spanned<f64>>,
     #[serde(default)]
     pub faults: Vec<Spanned<RawFault>>,
+}
+
+/// `tool_call: {name: lookup_order, arguments: {order_id: 7}, id: call_1}`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToolCall {
+    pub name: Spanned<String>,
+    /// The arguments, as a mapping (sent as JSON text).
+    #[serde(default)]
+    pub arguments: Option<Spanned<Value>>,
+    /// The call id (default `call_1` / `toolu_1`).
+    pub id: Option<Spanned<String>>,
 }
 
 /// A fault, written as `- name: value` (or `- name` when it takes none).
@@ -164,6 +178,10 @@ pub struct RawExpect {
     pub upstream_calls: Option<Spanned<u64>>,
     /// The mock wrote at most this many events before the connection closed.
     pub upstream_events_at_most: Option<Spanned<u64>>,
+    /// How many tool results the last model call carried back to the model.
+    pub tool_results_sent: Option<Spanned<u64>>,
+    /// Text that one of those tool results contains.
+    pub tool_result_contains: Option<Spanned<String>>,
 }
 
 /// The expected ledger row; only the given fields are checked.

@@ -1,0 +1,319 @@
+//! `sluice test`: scenario files, the runner on the paused clock, reports.
+//!
+//! - the fault matrix in `fixtures/scenarios/` passes;
+//! - a 60 s stall runs in no real time and gives the same outcome 100 times;
+//! - scenario files with mistakes give `file:line:col` errors;
+//! - a failing scenario prints the expected and the actual outcome, ends
+//!   with `N passed, M failed` and exits 1; `--junit` writes JUnit XML.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use sluice::scenario::{self, Defaults, RunOptions, build, check, runner};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn defaults() -> Defaults {
+    Defaults {
+        pipelines: root().join("pipelines"),
+        recordings: root().join("fixtures/recorded"),
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-scen-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn the_fault_matrix_passes() {
+    let files = scenario::discover(&root().join("fixtures/scenarios")).unwrap();
+    assert!(files.len() >= 40, "{} scenarios", files.len());
+    let results = scenario::run_all(&files, &defaults(), RunOptions::default(), 2, |_, _| {});
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| format!("{}: {}", r.name, r.failures.join("; ")))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    // Both wire formats, every fault.
+    for wire in ["openai", "anthropic"] {
+        for fault in [
+            "status_529",
+            "status_429_retry_after",
+            "delay_headers_past_first_token",
+            "stall_forever",
+            "stall_60s",
+            "disconnect_clean",
+            "disconnect_reset",
+            "malformed",
+            "truncate",
+            "error_event",
+            "omit_usage",
+            "flood",
+            "fragment",
+            "fragment_utf8",
+            "pace",
+            "speed",
+            "pace_then_stall",
+        ] {
+            let name = format!("{fault}_{wire}");
+            assert!(results.iter().any(|r| r.name == name), "no scenario {name}");
+            let in_support = !matches!(fault, "speed" | "pace" | "fragment_utf8" | "stall_60s");
+            if in_support {
+                let name = format!("support_{fault}_{wire}");
+                assert!(results.iter().any(|r| r.name == name), "no scenario {name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_sixty_second_stall_is_instant_and_the_same_every_time() {
+    let file = root().join("fixtures/scenarios/stall_60s_openai.yaml");
+    let s = build::load(&file, &defaults()).unwrap_or_else(|d| panic!("{d:?}"));
+    let first = runner::run(&s, RunOptions::default());
+    assert!(check::check(&s.expect, &first).is_empty());
+    // The idle deadline fired 5 s (virtual) after the stall began.
+    let closing = first.closing.clone().unwrap();
+    assert_eq!(closing.closed_at, Some(closing.reference_at));
+    assert!(first.response.ended_at >= Duration::from_secs(5));
+    for i in 0..100 {
+        let started = std::time::Instant::now();
+        let again = runner::run(&s, RunOptions::default());
+        let wall = started.elapsed();
+        assert!(
+            wall < Duration::from_secs(5),
+            "run {i} took {wall:?} of real time: the clock is not virtual"
+        );
+        // Everything but wall-clock stamps: the ledger row's, `Date`.
+        let mut a = again.clone();
+        let mut b = first.clone();
+        for o in [&mut a, &mut b] {
+            o.response.headers.retain(|(k, _)| k != "date");
+            if let Some(row) = &mut o.ledger {
+                row.started_at_ms = 0;
+                row.ended_at_ms = None;
+                row.day.clear();
+            }
+        }
+        assert_eq!(a, b, "run {i} differs from the first");
+    }
+}
+
+fn parse(text: &str) -> Vec<String> {
+    match build::parse(Path::new("s.yaml"), text, &defaults()) {
+        Ok(_) => Vec::new(),
+        Err(diags) => diags.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn scenario_mistakes_are_reported_with_positions() {
+    let errors = parse(
+        "pipeline: demo\n\
+         wire: openai\n\
+         turns:\n  \
+           - fixture: openai/text_stop.sse\n    \
+             pase: 10ms\n    \
+             faults:\n      \
+               - stall_after: {events: 5, fro: 60s}\n      \
+               - delay_headers: soon\n\
+         request: {input: hi}\n\
+         expect:\n  \
+           staus: 200\n  \
+           upstream_closed_within: 100\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            "s.yaml:5:5: error: unknown field \"pase\", expected one of \"fixture\", \"text\", \"flood\", \"tool_call\", \"pace\", \"speed\", \"faults\" (did you mean \"pace\"?)",
+            "s.yaml:7:34: error: unknown field \"fro\", expected one of \"events\", \"for\"",
+            "s.yaml:8:24: error: invalid duration \"soon\" for delay_headers, expected a number and a unit such as 250ms, 10s or 2m",
+            "s.yaml:11:3: error: unknown field \"staus\", expected one of \"status\", \"error\", \"finish_reason\", \"events\", \"events_contain\", \"event_counts\", \"text\", \"usage\", \"headers\", \"body\", \"ledger\", \"upstream_closed_within\", \"upstream_request\", \"upstream_calls\", \"upstream_events_at_most\", \"tool_results_sent\", \"tool_result_contains\" (did you mean \"status\"?)",
+            "s.yaml:12:27: error: invalid duration \"100\" for upstream_closed_within, expected a number and a unit such as 250ms, 10s or 2m",
+        ]
+    );
+}
+
+#[test]
+fn shape_errors_and_bad_fixtures_name_their_place() {
+    let errors = parse(
+        "pipeline: demo\nturns:\n  - text: [a]\n    faults:\n      - explode: 3\nrequest: {input: hi}\nexpect: {}\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with(
+            "s.yaml:5:9: error: unknown value \"explode\", expected one of \"status\""
+        ),
+        "{errors:?}"
+    );
+    let errors = parse(
+        "pipeline: demo\nwire: anthropic\nturns:\n  - fixture: openai/missing.sse\n  - fixture: openai/text_stop.sse\n    text: [a]\n  - fixture: openai/length.sse\nrequest: [1]\nexpect: {status: 700}\n",
+    );
+    assert_eq!(errors.len(), 5, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("s.yaml:4:14: error: fixture \"openai/missing.sse\" is not usable: ")
+    );
+    assert!(
+        errors[0].ends_with("cannot read recorded stream: No such file or directory (os error 2)")
+    );
+    assert_eq!(
+        errors[1],
+        "s.yaml:5:5: error: a turn needs exactly one of fixture, text, flood or tool_call"
+    );
+    assert_eq!(
+        errors[2],
+        "s.yaml:7:14: error: fixture \"openai/length.sse\" is an openai stream, but the scenario's wire is anthropic"
+    );
+    assert!(errors[3].starts_with("s.yaml:8:10: error: request must be a mapping"));
+    assert_eq!(
+        errors[4],
+        "s.yaml:9:18: error: status must be between 100 and 599, found 700"
+    );
+    assert_eq!(parse(""), ["s.yaml:1:1: error: scenario file is empty"]);
+}
+
+const FAILING: &str = "\
+description: expects a 502 from a healthy stream
+pipeline: demo
+turns:
+  - text: [Hello, ' world']
+request: {input: hi}
+expect:
+  status: 502
+  error: upstream
+  text: Hello world
+  ledger: {status: upstream_error}
+";
+
+const PASSING: &str = "\
+pipeline: demo
+turns:
+  - text: [Hello, ' world']
+request: {input: hi, max_tokens: 5}
+expect:
+  status: 200
+  events: [start, delta, delta, usage, done]
+  upstream_request: {max_tokens: 5}
+";
+
+fn sluice_test(dir: &Path, extra: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("test")
+        .arg(dir)
+        .args(["--pipelines", root().join("pipelines").to_str().unwrap()])
+        .args([
+            "--recordings",
+            root().join("fixtures/recorded").to_str().unwrap(),
+        ])
+        .args(extra)
+        .output()
+        .expect("the sluice binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+#[test]
+fn a_failing_scenario_shows_expected_and_actual_and_exits_nonzero() {
+    let dir = temp_dir("failing");
+    std::fs::write(dir.join("healthy.yaml"), PASSING).unwrap();
+    std::fs::write(dir.join("wrong.yaml"), FAILING).unwrap();
+    std::fs::write(dir.join("typo.yaml"), "pipelin: demo\n").unwrap();
+    let (code, out) = sluice_test(&dir, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("] ok   healthy  (openai: 200 stream, 5 events, stop"),
+        "{out}"
+    );
+    assert!(
+        out.contains("] FAIL wrong  (openai: 200 stream, 5 events, stop"),
+        "{out}"
+    );
+    let wrong = format!("FAIL wrong ({})\n", dir.join("wrong.yaml").display());
+    let detail = "  expects a 502 from a healthy stream\n  \
+         - status: expected 502, actual 200\n  \
+         - error: expected \"upstream\", actual none\n  \
+         - ledger.status: expected \"upstream_error\", actual \"ok\"\n";
+    assert!(out.contains(&format!("{wrong}{detail}")), "{out}");
+    assert!(
+        out.contains("typo.yaml:1:1: error: unknown field \"pipelin\""),
+        "{out}"
+    );
+    assert!(out.ends_with("\n1 passed, 2 failed\n"), "{out}");
+
+    std::fs::remove_file(dir.join("wrong.yaml")).unwrap();
+    std::fs::remove_file(dir.join("typo.yaml")).unwrap();
+    let (code, out) = sluice_test(&dir, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("\n1 passed, 0 failed\n"), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn junit_xml_is_well_formed_with_one_testcase_per_scenario() {
+    let dir = temp_dir("junit");
+    std::fs::write(dir.join("a_ok.yaml"), PASSING).unwrap();
+    std::fs::write(dir.join("b_bad.yaml"), FAILING).unwrap();
+    let xml_path = dir.join("out/report.xml");
+    let (code, out) = sluice_test(
+        &dir,
+        &["--junit", xml_path.to_str().unwrap(), "--jobs", "1"],
+    );
+    assert_eq!(code, 1, "{out}");
+    let xml = std::fs::read_to_string(&xml_path).unwrap();
+    let doc = roxmltree::Document::parse(&xml).expect("well-formed XML");
+    let suites = doc.root_element();
+    assert_eq!(suites.tag_name().name(), "testsuites");
+    assert_eq!(suites.attribute("tests"), Some("2"));
+    assert_eq!(suites.attribute("failures"), Some("1"));
+    let suite = suites
+        .children()
+        .find(|n| n.has_tag_name("testsuite"))
+        .expect("a testsuite");
+    assert_eq!(suite.attribute("failures"), Some("1"));
+    let cases: Vec<_> = suite
+        .children()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert_eq!(cases.len(), 2);
+    assert_eq!(cases[0].attribute("name"), Some("a_ok"));
+    assert!(cases[0].children().all(|n| !n.has_tag_name("failure")));
+    assert_eq!(cases[1].attribute("name"), Some("b_bad"));
+    assert!(cases[1].attribute("time").unwrap().parse::<f64>().is_ok());
+    let failure = cases[1]
+        .children()
+        .find(|n| n.has_tag_name("failure"))
+        .expect("a failure element");
+    assert_eq!(
+        failure.attribute("message"),
+        Some("status: expected 502, actual 200")
+    );
+    assert!(
+        failure
+            .text()
+            .unwrap()
+            .contains("ledger.status: expected \"upstream_error\", actual \"ok\"")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn real_time_is_still_available() {
+    let dir = temp_dir("real");
+    std::fs::write(
+        dir.join("paced.yaml"),
+        "pipeline: demo\nclock: real\nturns:\n  - text: [a, b, c]\n    pace: 30ms\nrequest: {input: hi}\nexpect: {status: 200, finish_reason: stop}\n",
+    )
+    .unwrap();
+    let r = scenario::run_file(&dir.join("paced.yaml"), &defaults(), RunOptions::default());
+    assert!(r.passed(), "{:?}", r.failures);
+    // 6 events at 30 ms: real time passed.
+    assert!(r.wall >= Duration::from_millis(150), "{:?}", r.wall);
+    let _ = std::fs::remove_dir_all(dir);
+}
