@@ -116,7 +116,7 @@ impl Ledger {
     }
 
     /// Marks this instance alive; pending rows of instances not seen for
-    /// [`store::INSTANCE_TIMEOUT_MS`] are orphans.
+    /// `INSTANCE_TIMEOUT_MS` (30 s) are orphans.
     pub async fn heartbeat(&self) -> Result<(), LedgerError> {
         self.store.heartbeat(&self.instance, money::now_ms()).await
     }
