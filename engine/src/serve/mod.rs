@@ -41,7 +41,7 @@ pub enum ResponseBody {
     Full(Full<Bytes>),
     Sse(sse::SseBody),
     /// `/v1/chat/completions` streaming: OpenAI chunks.
-    Chat(openai_compat::ChunkBody),
+    Chat(sse::EventBody<openai_compat::ChatEncoder>),
 }
 
 impl http_body::Body for ResponseBody {
@@ -433,20 +433,27 @@ async fn call_pipeline(
     };
     match admission {
         Admission::Rejected(r) => rejection_response(&r, request_id),
-        Admission::Streaming(rx) if stream => {
-            let mut resp = Response::new(ResponseBody::Sse(sse::SseBody::new(rx)));
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-            h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-            resp
-        }
+        Admission::Streaming(rx) if stream => event_stream(ResponseBody::Sse(sse::SseBody::new(
+            rx,
+            sse::Native::default(),
+        ))),
         Admission::Streaming(rx) => collect_response(rx, request_id).await,
     }
+}
+
+/// A streaming response with the headers SSE needs through proxies.
+/// `Connection` is dropped again for HTTP/2 in `handle`.
+pub(crate) fn event_stream(body: ResponseBody) -> Response<ResponseBody> {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    resp
 }
 
 /// Why a request body could not be read.

@@ -5,16 +5,13 @@
 //! error shape; a failure after the stream started is a `data:` event with
 //! an `error` object, which the SDKs raise.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body::Frame;
+use bytes::{BufMut, BytesMut};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::sse::EventBody;
 use super::{ResponseBody, Shared, json_response, read_json_body};
 use crate::provider::{Message, Role};
 use crate::run::{self, Admission, ErrorCode, Event, Rejection, RunRequest, UsageReport};
@@ -291,25 +288,15 @@ pub(super) async fn chat_completions(
     };
     let id = format!("chatcmpl-{request_id}");
     if chat.stream {
-        let mut resp = Response::new(ResponseBody::Chat(ChunkBody {
-            rx,
+        let encoder = ChatEncoder {
             id,
             model: chat.model,
             created: now_secs(),
             include_usage: chat.include_usage,
             usage: None,
             failed: false,
-            buf: BytesMut::with_capacity(4096),
-        }));
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-        return resp;
+        };
+        return super::event_stream(ResponseBody::Chat(EventBody::new(rx, encoder)));
     }
     collect(rx, id, chat.model).await
 }
@@ -354,45 +341,48 @@ async fn collect(
     )
 }
 
-/// The streaming body: run events re-encoded as `chat.completion.chunk`s.
-pub struct ChunkBody {
-    rx: mpsc::Receiver<Event>,
+/// Run events re-encoded as `chat.completion.chunk`s.
+pub struct ChatEncoder {
     id: String,
     model: String,
     created: u64,
     include_usage: bool,
     usage: Option<UsageReport>,
     failed: bool,
-    buf: BytesMut,
 }
 
-impl ChunkBody {
-    fn data(&mut self, v: &Value) {
-        self.buf.put_slice(b"data: ");
-        if serde_json::to_writer((&mut self.buf).writer(), v).is_err() {
-            self.buf.put_slice(b"{}");
+impl ChatEncoder {
+    fn data(buf: &mut BytesMut, v: &Value) {
+        buf.put_slice(b"data: ");
+        if serde_json::to_writer(buf.writer(), v).is_err() {
+            buf.put_slice(b"{}");
         }
-        self.buf.put_slice(b"\n\n");
+        buf.put_slice(b"\n\n");
     }
 
-    fn chunk(&mut self, delta: Value, finish: Option<&str>) {
+    fn chunk(&self, buf: &mut BytesMut, delta: Value, finish: Option<&str>) {
         let v = json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
         });
-        self.data(&v);
+        Self::data(buf, &v);
     }
 
-    fn encode(&mut self, ev: Event) {
+    fn encode_event(&mut self, ev: Event, buf: &mut BytesMut) {
         match ev {
-            Event::Start { .. } => self.chunk(json!({"role": "assistant", "content": ""}), None),
-            Event::Delta(text) => self.chunk(json!({"content": text}), None),
+            Event::Start { .. } => {
+                self.chunk(buf, json!({"role": "assistant", "content": ""}), None)
+            }
+            Event::Delta(text) => self.chunk(buf, json!({"content": text}), None),
             Event::Usage(u) => self.usage = Some(u),
             Event::Error { code, message } if code != ErrorCode::TokenCeiling => {
                 // The SDKs raise an APIError for a chunk carrying `error`.
                 self.failed = true;
                 let (_, kind) = status_of(code);
-                self.data(&json!({"error": {"message": message, "type": kind, "param": null, "code": code.as_str()}}));
+                Self::data(
+                    buf,
+                    &json!({"error": {"message": message, "type": kind, "param": null, "code": code.as_str()}}),
+                );
             }
             Event::Done {
                 finish_reason: reason,
@@ -401,7 +391,7 @@ impl ChunkBody {
                     return;
                 }
                 let reason = finish_reason(&reason).to_string();
-                self.chunk(json!({}), Some(&reason));
+                self.chunk(buf, json!({}), Some(&reason));
                 if self.include_usage
                     && let Some(u) = self.usage.take()
                 {
@@ -409,43 +399,19 @@ impl ChunkBody {
                         "id": self.id, "object": "chat.completion.chunk", "created": self.created,
                         "model": self.model, "choices": [], "usage": usage_json(&u),
                     });
-                    self.data(&v);
+                    Self::data(buf, &v);
                 }
-                self.buf.put_slice(b"data: [DONE]\n\n");
+                buf.put_slice(b"data: [DONE]\n\n");
             }
-            Event::KeepAlive => self.buf.put_slice(b": keep-alive\n\n"),
+            Event::KeepAlive => buf.put_slice(b": keep-alive\n\n"),
             // Tools run server-side; the client sees their effect in the answer.
             _ => {}
         }
     }
 }
 
-impl http_body::Body for ChunkBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        while let Poll::Ready(item) = this.rx.poll_recv(cx) {
-            match item {
-                Some(ev) => {
-                    this.encode(ev);
-                    if this.buf.len() >= 16 * 1024 {
-                        break;
-                    }
-                }
-                None => break,
-            }
-        }
-        if !this.buf.is_empty() {
-            return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
-        }
-        if this.rx.is_closed() && this.rx.is_empty() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
+impl super::sse::Encoder for ChatEncoder {
+    fn encode(&mut self, ev: Event, buf: &mut BytesMut) {
+        self.encode_event(ev, buf);
     }
 }

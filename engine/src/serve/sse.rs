@@ -111,25 +111,48 @@ pub fn encode(ev: &Event, id: u64, buf: &mut BytesMut) {
     }
 }
 
-/// The body of a streaming response: each event becomes one frame as soon
-/// as it arrives, so hyper writes (and flushes) it without waiting.
-pub struct SseBody {
-    rx: mpsc::Receiver<Event>,
-    next_id: u64,
-    buf: BytesMut,
+/// Turns run events into the bytes of one streaming wire format.
+pub trait Encoder: Send + Unpin + 'static {
+    fn encode(&mut self, ev: Event, buf: &mut BytesMut);
 }
 
-impl SseBody {
-    pub fn new(rx: mpsc::Receiver<Event>) -> Self {
+/// Sluice's own SSE events, numbered with `id:` (keep-alives are not).
+#[derive(Default)]
+pub struct Native {
+    next_id: u64,
+}
+
+impl Encoder for Native {
+    fn encode(&mut self, ev: Event, buf: &mut BytesMut) {
+        if !matches!(ev, Event::KeepAlive) {
+            self.next_id += 1;
+        }
+        encode(&ev, self.next_id, buf);
+    }
+}
+
+/// The body of a streaming response: each event becomes one frame as soon
+/// as it arrives, so hyper writes (and flushes) it without waiting.
+pub struct EventBody<E> {
+    rx: mpsc::Receiver<Event>,
+    buf: BytesMut,
+    encoder: E,
+}
+
+/// The native stream of `/v1/pipelines/{name}`.
+pub type SseBody = EventBody<Native>;
+
+impl<E: Encoder> EventBody<E> {
+    pub fn new(rx: mpsc::Receiver<Event>, encoder: E) -> Self {
         Self {
             rx,
-            next_id: 0,
             buf: BytesMut::with_capacity(4096),
+            encoder,
         }
     }
 }
 
-impl http_body::Body for SseBody {
+impl<E: Encoder> http_body::Body for EventBody<E> {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
@@ -142,10 +165,7 @@ impl http_body::Body for SseBody {
         while let Poll::Ready(item) = this.rx.poll_recv(cx) {
             match item {
                 Some(ev) => {
-                    if !matches!(ev, Event::KeepAlive) {
-                        this.next_id += 1;
-                    }
-                    encode(&ev, this.next_id, &mut this.buf);
+                    this.encoder.encode(ev, &mut this.buf);
                     if this.buf.len() >= 16 * 1024 {
                         break;
                     }
