@@ -166,10 +166,15 @@ impl Store {
                 let _ = std::fs::create_dir_all(dir);
             }
         }
-        // An in-memory database exists per connection: keep exactly one.
+        // One connection: SQLite has one writer anyway, and with several
+        // connections the losers of BEGIN IMMEDIATE sleep in SQLite's busy
+        // handler (1, 2, 5 ... ms) instead of queueing; one connection makes
+        // them wait in the pool's queue, in order, without sleeping. (An
+        // in-memory database exists per connection: it needs exactly one.)
         let pool = SqlitePoolOptions::new()
-            .max_connections(if memory { 1 } else { 8 })
-            .min_connections(if memory { 1 } else { 0 })
+            .max_connections(1)
+            .min_connections(1)
+            .test_before_acquire(false)
             .idle_timeout(if memory {
                 None
             } else {

@@ -177,7 +177,11 @@ pub(crate) fn create_from_seed(path: &Path, seed: &str) -> Result<(), String> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     // Unique per attempt: two seeders (threads or processes) never share a
     // half-built file; the last rename wins with an identical database.
-    tmp_name.push(format!(".seeding-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+    tmp_name.push(format!(
+        ".seeding-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
     let tmp = path.with_file_name(tmp_name);
     let _ = std::fs::remove_file(&tmp);
     let built = Connection::open(&tmp).and_then(|conn| {

@@ -1,0 +1,1082 @@
+//! The load benchmark: the same streaming clients against the mock provider
+//! directly, then through `sluice serve`, and what Sluice costs on top.
+//!
+//! ```text
+//! cargo build --release -p sluice -p sluice-testkit --bins \
+//!   && cargo run --release -p sluice-benches --bin load -- --workload all
+//! ```
+//!
+//! It builds nothing itself: it runs `sluice` and `sluice-mock` from the
+//! directory of its own executable (`target/release/`, or `--bin-dir`). For
+//! each workload it starts fresh processes: one mock per phase and one
+//! `sluice serve` (a temporary pipelines directory: an OpenAI-compatible
+//! provider pointing at the mock, a SQLite ledger, a price and a daily
+//! budget, so the ledger, the budgets and the metrics are on). It warms both
+//! paths up, then runs C concurrent HTTP/1.1 clients for R requests, first at
+//! the mock's `/v1/chat/completions`, then at Sluice's `/v1/pipelines/bench`
+//! (over h2c when RLIMIT_NOFILE cannot hold two descriptors per stream in
+//! Sluice, i.e. c10k under a 20,000 hard limit). Each phase is bounded by a
+//! deadline; every process it started is stopped when it ends (also on
+//! Ctrl-C and on panic). Traffic stays on 127.0.0.1.
+//!
+//! Workloads: `c1` (overhead), `c50` (throughput), `c500` and `c10k` (many
+//! slow streams, 5 ms between events), and `cancel` (how fast Sluice closes
+//! its upstream after an idle deadline or a client disconnect, from the
+//! mock's journal). It prints a table per workload, a summary against the
+//! targets, and one JSON line (the last line of stdout).
+
+#[path = "../load/client.rs"]
+mod client;
+#[path = "../load/procs.rs"]
+mod procs;
+#[path = "../load/report.rs"]
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use client::{Kind, Plan, Target};
+use procs::{Mock, MockSpec, PipelineSpec, Proc, TempDir};
+use report::{Close, Cpu, Phase, Workload, f3, mb};
+
+/// One workload's settings.
+#[derive(Clone, Debug)]
+struct Spec {
+    name: &'static str,
+    concurrency: usize,
+    requests: usize,
+    gap_ms: f64,
+    connect_ramp: Duration,
+    request_ramp: Duration,
+    warmup: usize,
+}
+
+const WORKLOADS: &[&str] = &["c1", "c50", "c500", "c10k", "cancel"];
+
+fn spec(name: &str) -> Option<Spec> {
+    let s = |name, concurrency, requests, gap_ms, warmup| Spec {
+        name,
+        concurrency,
+        requests,
+        gap_ms,
+        connect_ramp: Duration::ZERO,
+        request_ramp: Duration::ZERO,
+        warmup,
+    };
+    Some(match name {
+        "c1" => s("c1", 1, 2000, 0.0, 200),
+        "c50" => s("c50", 50, 20_000, 0.0, 1000),
+        "c500" => s("c500", 500, 5000, 5.0, 500),
+        "c10k" => Spec {
+            // Connections are opened over 2 s (listen backlogs), then the
+            // requests start over 2 s (Sluice's upstream connects
+            // hit the mock's listen backlog).
+            connect_ramp: Duration::from_secs(2),
+            request_ramp: Duration::from_secs(2),
+            ..s("c10k", 10_000, 10_000, 5.0, 500)
+        },
+        _ => return None,
+    })
+}
+
+struct Opts {
+    workloads: Vec<String>,
+    requests: Option<usize>,
+    concurrency: Option<usize>,
+    tokens: usize,
+    deadline: Duration,
+    bin_dir: PathBuf,
+    keep_temp: bool,
+    sluice_log: String,
+    json_out: Option<PathBuf>,
+    /// Experiments (not the benchmark's configuration): the in-process
+    /// ledger, no budget, a new connection per direct request.
+    memory_ledger: bool,
+    budget: bool,
+    direct_reconnect: bool,
+    /// HTTP/2 for the clients of Sluice: `None` = only when HTTP/1.1 would
+    /// need more descriptors than RLIMIT_NOFILE allows (c10k).
+    http2: Option<bool>,
+    /// RLIMIT_NOFILE in force (after raising it).
+    nofile: u64,
+    /// Experiments: the gap between the mock's events for every workload,
+    /// extra environment for `sluice serve` (e.g. MALLOC_ARENA_MAX=2).
+    gap_ms: Option<f64>,
+    sluice_env: Vec<(String, String)>,
+    /// Experiments: warm-up size override, and no direct phase.
+    warmup: Option<usize>,
+    skip_direct: bool,
+    /// Experiments: a command that runs Sluice (e.g. `heaptrack -o FILE`).
+    sluice_wrap: Vec<String>,
+}
+
+const USAGE: &str = "\
+usage: load [--workload NAME[,NAME...]|all] [--requests R] [--concurrency C] [--tokens N]
+            [--deadline-secs S] [--bin-dir DIR] [--sluice-log LEVEL] [--json-out FILE] [--keep-temp]
+experiments (not the benchmark's set-up): [--storage sqlite|memory] [--budget on|off]
+            [--direct-reconnect] (a new connection per direct request, connect timed)
+            [--gap-ms MS] [--sluice-env NAME=VALUE]... [--warmup N] [--skip-direct]
+            [--sluice-wrap 'CMD ARGS'] (e.g. 'heaptrack -o FILE'; CPU/RSS are then the wrapper's)
+            [--http2 auto|on|off] clients of Sluice on h2c, 100 streams per connection
+            (auto: only when HTTP/1.1 needs more descriptors than RLIMIT_NOFILE allows)
+
+workloads: c1 (C=1, 2000 requests, 0 ms gaps), c50 (C=50, 20000, 0 ms), c500 (C=500, 5000, 5 ms),
+           c10k (C=10000, 10000, 5 ms), cancel (upstream close after a deadline / a disconnect);
+           all = every one of them. --requests / --concurrency override the chosen workloads.
+Needs target/release/sluice and target/release/sluice-mock:
+  cargo build --release -p sluice -p sluice-testkit --bins";
+
+fn parse_args() -> Result<Opts, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    let mut o = Opts {
+        workloads: vec!["c1".into(), "c50".into()],
+        requests: None,
+        concurrency: None,
+        tokens: 64,
+        deadline: Duration::from_secs(120),
+        bin_dir: exe.parent().map(Path::to_path_buf).unwrap_or_default(),
+        keep_temp: false,
+        sluice_log: "info".into(),
+        json_out: None,
+        memory_ledger: false,
+        budget: true,
+        direct_reconnect: false,
+        http2: None,
+        nofile: 0,
+        gap_ms: None,
+        sluice_env: Vec::new(),
+        warmup: None,
+        skip_direct: false,
+        sluice_wrap: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        let num = |name: &str, v: String| -> Result<usize, String> {
+            v.parse().map_err(|e| format!("{name} {v:?}: {e}"))
+        };
+        match a.as_str() {
+            "--workload" | "--workloads" => {
+                let v = value("--workload")?;
+                o.workloads = if v == "all" {
+                    WORKLOADS.iter().map(|s| s.to_string()).collect()
+                } else {
+                    v.split(',').map(|s| s.trim().to_string()).collect()
+                };
+                for w in &o.workloads {
+                    if !WORKLOADS.contains(&w.as_str()) {
+                        return Err(format!(
+                            "unknown workload {w:?}; known: {}, all",
+                            WORKLOADS.join(", ")
+                        ));
+                    }
+                }
+            }
+            "--requests" => o.requests = Some(num("--requests", value("--requests")?)?),
+            "--concurrency" => {
+                o.concurrency = Some(num("--concurrency", value("--concurrency")?)?.max(1))
+            }
+            "--tokens" => o.tokens = num("--tokens", value("--tokens")?)?.max(1),
+            "--gap-ms" => {
+                let v = value("--gap-ms")?;
+                let ms: f64 = v.parse().map_err(|e| format!("--gap-ms {v:?}: {e}"))?;
+                if !ms.is_finite() || ms < 0.0 {
+                    return Err(format!("--gap-ms must be a number >= 0, found {v}"));
+                }
+                o.gap_ms = Some(ms);
+            }
+            "--warmup" => o.warmup = Some(num("--warmup", value("--warmup")?)?),
+            "--skip-direct" => o.skip_direct = true,
+            "--sluice-wrap" => {
+                o.sluice_wrap = value("--sluice-wrap")?
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect()
+            }
+            "--sluice-env" => {
+                let v = value("--sluice-env")?;
+                let (k, val) = v
+                    .split_once('=')
+                    .ok_or_else(|| format!("--sluice-env {v:?}: expected NAME=VALUE"))?;
+                o.sluice_env.push((k.to_string(), val.to_string()));
+            }
+            "--deadline-secs" => {
+                o.deadline =
+                    Duration::from_secs(num("--deadline-secs", value("--deadline-secs")?)? as u64)
+            }
+            "--bin-dir" => o.bin_dir = PathBuf::from(value("--bin-dir")?),
+            "--sluice-log" => o.sluice_log = value("--sluice-log")?,
+            "--json-out" => o.json_out = Some(PathBuf::from(value("--json-out")?)),
+            "--keep-temp" => o.keep_temp = true,
+            "--storage" => match value("--storage")?.as_str() {
+                "sqlite" => o.memory_ledger = false,
+                "memory" => o.memory_ledger = true,
+                v => return Err(format!("--storage {v:?}: expected sqlite or memory")),
+            },
+            "--budget" => match value("--budget")?.as_str() {
+                "on" => o.budget = true,
+                "off" => o.budget = false,
+                v => return Err(format!("--budget {v:?}: expected on or off")),
+            },
+            "--direct-reconnect" => o.direct_reconnect = true,
+            "--http2" => match value("--http2")?.as_str() {
+                "auto" => o.http2 = None,
+                "on" => o.http2 = Some(true),
+                "off" => o.http2 = Some(false),
+                v => return Err(format!("--http2 {v:?}: expected auto, on or off")),
+            },
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(o)
+}
+
+/// The two binaries, checked to exist (and warned about when older than
+/// the sources they are built from).
+struct Bins {
+    sluice: PathBuf,
+    mock: PathBuf,
+}
+
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
+                newest = newest.max(Some(m));
+            }
+        }
+    }
+    newest
+}
+
+fn find_bins(dir: &Path) -> Result<Bins, String> {
+    let bins = Bins {
+        sluice: dir.join("sluice"),
+        mock: dir.join("sluice-mock"),
+    };
+    for b in [&bins.sluice, &bins.mock] {
+        if !b.is_file() {
+            return Err(format!(
+                "{} is missing: build it first with\n  cargo build --release -p sluice -p sluice-testkit --bins",
+                b.display()
+            ));
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (bin, src) in [(&bins.sluice, "engine/src"), (&bins.mock, "testkit/src")] {
+        let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok();
+        if let (Some(built), Some(src_time)) = (built, newest_mtime(&root.join(src)))
+            && src_time > built
+        {
+            eprintln!(
+                "warning: {} is older than {src}: rebuild with cargo build --release -p sluice -p sluice-testkit --bins",
+                bin.display()
+            );
+        }
+    }
+    Ok(bins)
+}
+
+/// Waits until Sluice answers `GET /healthz`.
+async fn wait_ready(sluice: &mut Proc, port: u16) -> Result<(), String> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = sluice.exited() {
+            return Err(format!(
+                "sluice exited ({status}) before serving; its log:\n{}",
+                sluice.log_tail(30)
+            ));
+        }
+        if let Ok(resp) = http_get(port, "/healthz").await
+            && resp.starts_with("HTTP/1.1 200")
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > until {
+            return Err(format!(
+                "sluice did not answer /healthz within 60 s; its log:\n{}",
+                sluice.log_tail(30)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A one-shot `GET` on 127.0.0.1:port; the whole response as text.
+async fn http_get(port: u16, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// `sluice_requests_total` from `/metrics`, summed by status.
+async fn requests_by_status(port: u16) -> Vec<(String, u64)> {
+    let Ok(text) = http_get(port, "/metrics").await else {
+        return Vec::new();
+    };
+    let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("sluice_requests_total{") else {
+            continue;
+        };
+        let status = rest
+            .split("status=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or("?")
+            .to_string();
+        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *by.entry(status).or_insert(0) += v as u64;
+        }
+    }
+    by.into_iter().collect()
+}
+
+fn cpu_of(p: &Proc) -> f64 {
+    procs::cpu_seconds(p.pid()).unwrap_or(f64::NAN)
+}
+
+fn self_cpu() -> f64 {
+    procs::cpu_seconds(std::process::id()).unwrap_or(f64::NAN)
+}
+
+const DIRECT_BODY: &str = r#"{"model":"bench-model","stream":true,"stream_options":{"include_usage":true},"max_tokens":1024,"messages":[{"role":"user","content":"Say something."}]}"#;
+const SLUICE_BODY: &str = r#"{"input":"Say something."}"#;
+
+fn direct_target(mock: &Mock, tokens: usize) -> Target {
+    Target {
+        kind: Kind::Direct,
+        addr: mock.addr,
+        path: "/v1/chat/completions".into(),
+        body: Bytes::from_static(DIRECT_BODY.as_bytes()),
+        // role, tokens, finish, usage, [DONE]
+        min_events: tokens as u32 + 4,
+    }
+}
+
+fn sluice_target(port: u16, pipeline: &str, tokens: usize) -> Target {
+    Target {
+        kind: Kind::Sluice,
+        addr: ([127, 0, 0, 1], port).into(),
+        path: format!("/v1/pipelines/{pipeline}"),
+        body: Bytes::from_static(SLUICE_BODY.as_bytes()),
+        // start, deltas, usage, done
+        min_events: tokens as u32 + 3,
+    }
+}
+
+fn warmup_plan(spec: &Spec) -> Plan {
+    Plan {
+        requests: spec.warmup,
+        concurrency: spec.concurrency.min(50),
+        connect_ramp: Duration::ZERO,
+        request_ramp: Duration::ZERO,
+        deadline: Duration::from_secs(60),
+        reconnect: false,
+        http2: false,
+    }
+}
+
+/// Sluice concludes a request (settles its ledger row, then counts it in
+/// `sluice_requests_total`) after the client saw its last event. Waits until
+/// it has counted `expected` requests, or until the count stops moving for
+/// 5 s; returns how long that took.
+async fn wait_concluded(port: u16, expected: u64) -> Duration {
+    let started = tokio::time::Instant::now();
+    let mut last = (0, started);
+    loop {
+        let n: u64 = requests_by_status(port).await.iter().map(|(_, v)| v).sum();
+        if n >= expected {
+            return started.elapsed();
+        }
+        if n != last.0 {
+            last = (n, tokio::time::Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(5)
+            || started.elapsed() > Duration::from_secs(300)
+        {
+            eprintln!("  sluice: concluded {n} of {expected} requests; not waiting longer");
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A process taking part in a phase, and whether it is Sluice (on `port`).
+struct Under<'a> {
+    sluice: Option<(&'a Proc, u16)>,
+    mock: &'a Proc,
+    /// Requests Sluice had counted before this phase.
+    counted_before: u64,
+}
+
+/// Runs a warm-up (not measured) then the measured phase, with CPU deltas.
+async fn phase(label: &str, target: &Target, spec: &Spec, plan: &Plan, under: Under<'_>) -> Phase {
+    let sluice = under.sluice.map(|(p, _)| p);
+    let mock = under.mock;
+    eprintln!("  {label}: warm-up ({} requests)", spec.warmup);
+    let w = client::run(target.clone(), warmup_plan(spec)).await;
+    if w.failed > 0 {
+        eprintln!("  {label}: warm-up failures: {:?}", w.errors);
+    }
+    let mut expected = under.counted_before + (w.samples.len() + w.failed) as u64;
+    if let Some((_, port)) = under.sluice {
+        wait_concluded(port, expected).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    eprintln!(
+        "  {label}: {} requests, {} clients{}",
+        plan.requests,
+        plan.concurrency,
+        if plan.http2 { " (h2c)" } else { "" }
+    );
+    let before = Cpu {
+        sluice: sluice.map(cpu_of),
+        mock: cpu_of(mock),
+        client: self_cpu(),
+    };
+    let outcome = client::run(target.clone(), plan.clone()).await;
+    // Settlement, logs and connection teardown of the last requests.
+    let mut settle_lag = None;
+    if let Some((_, port)) = under.sluice {
+        expected += (outcome.samples.len() + outcome.failed) as u64;
+        let lag = wait_concluded(port, expected).await;
+        settle_lag = Some(lag);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = Cpu {
+        sluice: sluice.map(cpu_of),
+        mock: cpu_of(mock),
+        client: self_cpu(),
+    };
+    let cpu = Cpu {
+        sluice: after.sluice.zip(before.sluice).map(|(a, b)| a - b),
+        mock: after.mock - before.mock,
+        client: after.client - before.client,
+    };
+    let mut p = Phase::new(&outcome, cpu);
+    p.sluice_peak_rss = sluice.and_then(|s| procs::status_bytes(s.pid(), "VmHWM"));
+    p.mock_peak_rss = procs::status_bytes(mock.pid(), "VmHWM");
+    p.conclude_lag_s = settle_lag.map(|d| d.as_secs_f64());
+    eprintln!(
+        "  {label}: {} ok, {} failed in {:.1} s{}",
+        p.ok,
+        p.failed,
+        p.wall_s,
+        settle_lag.map_or(String::new(), |d| format!(
+            "; Sluice concluded the last of them {:.2} s after the last stream ended",
+            d.as_secs_f64()
+        ))
+    );
+    p
+}
+
+/// Starts a fresh mock and Sluice for `pipelines`; returns them with Sluice's port.
+async fn start_stack(
+    bins: &Bins,
+    tmp: &TempDir,
+    mock_spec: &MockSpec,
+    pipelines: &[PipelineSpec],
+    opts: &Opts,
+) -> Result<(Mock, Proc, u16), String> {
+    let mock = Mock::start(&bins.mock, mock_spec, tmp.path.join("mock.log"))?;
+    let dir = tmp.path.join("pipelines");
+    procs::write_pipelines(&dir, mock.addr, pipelines, opts.memory_ledger, opts.budget)
+        .map_err(|e| format!("pipelines: {e}"))?;
+    let port = procs::free_port().map_err(|e| format!("free port: {e}"))?;
+    let mut sluice = procs::start_sluice(
+        &bins.sluice,
+        &dir,
+        port,
+        tmp.path.join("sluice.log"),
+        &opts.sluice_log,
+        &opts.sluice_env,
+        &opts.sluice_wrap,
+    )?;
+    wait_ready(&mut sluice, port).await?;
+    Ok((mock, sluice, port))
+}
+
+async fn run_workload(spec: &Spec, bins: &Bins, opts: &Opts) -> Result<Workload, String> {
+    let tmp = TempDir::new(spec.name, opts.keep_temp).map_err(|e| format!("temp dir: {e}"))?;
+    let mock_spec = MockSpec {
+        tokens: opts.tokens,
+        gap_ms: spec.gap_ms,
+        usage: true,
+        stall_after: None,
+    };
+    let pipelines = [PipelineSpec {
+        name: "bench",
+        first_token: "60s",
+        idle: "60s",
+        total: "300s",
+    }];
+    // One mock per phase, both fresh: the journal of the direct phase does
+    // not weigh on the mock Sluice calls.
+    let direct_mock = Mock::start(&bins.mock, &mock_spec, tmp.path.join("mock-direct.log"))?;
+    let (mock, sluice, port) = start_stack(bins, &tmp, &mock_spec, &pipelines, opts).await?;
+    eprintln!(
+        "{}: mock pids {} (direct, {}) and {} (Sluice's, {}), sluice pid {} on 127.0.0.1:{port}, files in {}",
+        spec.name,
+        direct_mock.proc.pid(),
+        direct_mock.addr,
+        mock.proc.pid(),
+        mock.addr,
+        sluice.pid(),
+        tmp.path.display()
+    );
+    let plan = Plan {
+        requests: spec.requests,
+        concurrency: spec.concurrency,
+        connect_ramp: spec.connect_ramp,
+        request_ramp: spec.request_ramp,
+        deadline: opts.deadline,
+        reconnect: false,
+        http2: false,
+    };
+    let direct_plan = Plan {
+        reconnect: opts.direct_reconnect,
+        ..plan.clone()
+    };
+    // Over HTTP/1.1 Sluice holds two descriptors per stream (client and
+    // upstream); the mock and this process one each.
+    let http2 = opts
+        .http2
+        .unwrap_or(2 * spec.concurrency as u64 + 1000 > opts.nofile);
+    if http2 && opts.http2.is_none() {
+        eprintln!(
+            "  {}: RLIMIT_NOFILE is {} (hard limit), Sluice would need {} descriptors over HTTP/1.1: \
+             its clients use HTTP/2 (h2c), {} streams per connection",
+            spec.name,
+            opts.nofile,
+            2 * spec.concurrency + 1000,
+            100
+        );
+    }
+    let sluice_plan = Plan {
+        http2,
+        ..plan.clone()
+    };
+    let direct = if opts.skip_direct {
+        Phase::default()
+    } else {
+        phase(
+            "direct",
+            &direct_target(&direct_mock, opts.tokens),
+            spec,
+            &direct_plan,
+            Under {
+                sluice: None,
+                mock: &direct_mock.proc,
+                counted_before: 0,
+            },
+        )
+        .await
+    };
+    let through = phase(
+        "sluice",
+        &sluice_target(port, "bench", opts.tokens),
+        spec,
+        &sluice_plan,
+        Under {
+            sluice: Some((&sluice, port)),
+            mock: &mock.proc,
+            counted_before: 0,
+        },
+    )
+    .await;
+    let sluice_metrics = requests_by_status(port).await;
+    drop(sluice);
+    drop(mock);
+    drop(direct_mock);
+    Ok(Workload {
+        name: spec.name.to_string(),
+        concurrency: spec.concurrency,
+        requests: spec.requests,
+        tokens: opts.tokens,
+        gap_ms: spec.gap_ms,
+        direct,
+        sluice: through,
+        sluice_metrics,
+        sluice_protocol: if http2 { "h2c" } else { "HTTP/1.1" },
+    })
+}
+
+/// The `cancel` workload's result.
+struct Cancel {
+    deadline: Close,
+    disconnect: Close,
+    idle_ms: f64,
+}
+
+/// How fast Sluice closes its upstream connection (as the mock sees it):
+/// after an idle deadline (the mock goes silent after 10 events; the
+/// pipeline's `idle` is 100 ms), and after its client disconnects while the
+/// upstream is silent.
+async fn run_cancel(bins: &Bins, opts: &Opts) -> Result<Cancel, String> {
+    const STALL_AFTER: usize = 10;
+    const IDLE_MS: f64 = 100.0;
+    let n_deadline = opts.requests.unwrap_or(200);
+    let n_disconnect = opts.requests.unwrap_or(200);
+    let tmp = TempDir::new("cancel", opts.keep_temp).map_err(|e| format!("temp dir: {e}"))?;
+    let mock_spec = MockSpec {
+        tokens: opts.tokens.max(STALL_AFTER),
+        gap_ms: 0.0,
+        usage: true,
+        stall_after: Some(STALL_AFTER),
+    };
+    let pipelines = [
+        PipelineSpec {
+            name: "deadline",
+            first_token: "5s",
+            idle: "100ms",
+            total: "60s",
+        },
+        PipelineSpec {
+            name: "disconnect",
+            first_token: "60s",
+            idle: "60s",
+            total: "300s",
+        },
+    ];
+    let (mut mock, sluice, port) = start_stack(bins, &tmp, &mock_spec, &pipelines, opts).await?;
+    eprintln!(
+        "cancel: mock pid {} on {}, sluice pid {} on 127.0.0.1:{port}",
+        mock.proc.pid(),
+        mock.addr,
+        sluice.pid()
+    );
+
+    // 1. Idle deadline: every stream ends with `error: timeout.idle`.
+    eprintln!("  deadline: {n_deadline} requests, 10 clients, idle 100 ms");
+    let plan = Plan {
+        requests: n_deadline,
+        concurrency: 10,
+        connect_ramp: Duration::ZERO,
+        request_ramp: Duration::ZERO,
+        deadline: opts.deadline,
+        reconnect: false,
+        http2: false,
+    };
+    let outcome = client::run(sluice_target(port, "deadline", 0), plan).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let journal = mock.journal()?;
+    let mut deadline = Close::default();
+    // The streams are expected to end with an error event.
+    for (kind, n) in &outcome.errors {
+        if kind != "error event" {
+            deadline.failed.push(format!("{kind}: {n}"));
+        }
+    }
+    for e in &journal {
+        let last = e["last_event_at_ns"].as_u64();
+        let closed = e["client_closed_at_ns"].as_u64();
+        match (last, closed) {
+            (Some(l), Some(c)) => {
+                deadline
+                    .samples_ms
+                    .push((c as f64 - l as f64) / 1e6 - IDLE_MS);
+            }
+            _ => deadline.not_closed += 1,
+        }
+    }
+    let base = journal.len();
+
+    // 2. Client disconnect while the upstream is silent, one at a time so
+    //    the mock's journal order is the clients' order.
+    eprintln!("  disconnect: {n_disconnect} requests, one at a time");
+    let addr = ([127, 0, 0, 1], port).into();
+    let mut closes = Vec::new();
+    let mut disconnect = Close::default();
+    let until = tokio::time::Instant::now() + opts.deadline;
+    for _ in 0..n_disconnect {
+        if tokio::time::Instant::now() > until {
+            disconnect.failed.push("deadline".into());
+            break;
+        }
+        // Sluice sends `start` and one delta per upstream content chunk:
+        // 10 upstream events (role + 9 contents) make 10 client events.
+        match client::read_then_close(
+            addr,
+            "/v1/pipelines/disconnect",
+            SLUICE_BODY.as_bytes(),
+            STALL_AFTER as u32,
+            Duration::from_millis(20),
+        )
+        .await
+        {
+            Ok(at) => closes.push(Some(at)),
+            Err(e) => {
+                disconnect.failed.push(e);
+                closes.push(None);
+            }
+        }
+        // Let the close reach the mock before the next request arrives.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let journal = mock.journal()?;
+    for (j, at) in closes.iter().enumerate() {
+        let Some(at) = at else { continue };
+        match journal
+            .get(base + j)
+            .and_then(|e| e["client_closed_at_ns"].as_u64())
+        {
+            Some(c) => disconnect.samples_ms.push((c as f64 - *at as f64) / 1e6),
+            None => disconnect.not_closed += 1,
+        }
+    }
+    if journal.len() != base + closes.len() {
+        disconnect.failed.push(format!(
+            "the mock saw {} requests, expected {}",
+            journal.len() - base,
+            closes.len()
+        ));
+    }
+    drop(sluice);
+    drop(mock);
+    Ok(Cancel {
+        deadline,
+        disconnect,
+        idle_ms: IDLE_MS,
+    })
+}
+
+fn machine() -> Value {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mem_total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        t.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    json!({
+        "cpus": cpus,
+        "cpu_model": model,
+        "kernel": kernel,
+        "mem_total_mb": mem_total.map(|kb| kb / 1024),
+        "clk_tck": procs::clock_ticks(),
+    })
+}
+
+/// One line per target: the figure, the bound, and whether it holds.
+fn targets(workloads: &[Workload], cancel: Option<&Cancel>) -> (String, Value) {
+    let mut text = String::from("== targets ==\n");
+    let mut list = Vec::new();
+    let mut add = |name: &str, figure: String, bound: &str, pass: Option<bool>| {
+        let verdict = match pass {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        };
+        text += &format!("{name:<52}{figure:>22}  {bound:<16}{verdict}\n");
+        list.push(json!({"target": name, "figure": figure, "bound": bound, "met": pass}));
+    };
+    let find = |n: &str| workloads.iter().find(|w| w.name == n);
+    if let Some(w) = find("c1") {
+        let d50 = w.sluice.ttft_p50_ms - w.direct.ttft_p50_ms;
+        let d99 = w.sluice.ttft_p99_ms - w.direct.ttft_p99_ms;
+        add(
+            "c1: added time to first token, p50",
+            format!("{:+.3} ms", d50),
+            "<= 0.1 ms",
+            Some(d50 <= 0.1),
+        );
+        add(
+            "c1: added time to first token, p99",
+            format!("{:+.3} ms", d99),
+            "<= 0.5 ms",
+            Some(d99 <= 0.5),
+        );
+        let e50 = w.sluice.ttfe_p50_ms - w.direct.ttfe_p50_ms;
+        let e99 = w.sluice.ttfe_p99_ms - w.direct.ttfe_p99_ms;
+        add(
+            "c1: added time to first event (any), p50",
+            format!("{:+.3} ms", e50),
+            "<= 0.1 ms",
+            Some(e50 <= 0.1),
+        );
+        add(
+            "c1: added time to first event (any), p99",
+            format!("{:+.3} ms", e99),
+            "<= 0.5 ms",
+            Some(e99 <= 0.5),
+        );
+    }
+    for w in workloads {
+        if let Some(s) = w.sluice.sluice_cpu_per_1k {
+            let r = s / w.sluice.mock_cpu_per_1k;
+            add(
+                &format!("{}: Sluice CPU per request / mock CPU", w.name),
+                format!("{:.2}x ({} s/1k)", r, f3(s)),
+                "<= 2x",
+                Some(r <= 2.0),
+            );
+        }
+    }
+    if let Some(w) = find("c50") {
+        let r = w.sluice.requests_per_s / w.direct.requests_per_s;
+        add(
+            "c50: Sluice requests/s / direct",
+            format!("{:.2}", r),
+            ">= 0.33",
+            Some(r >= 1.0 / 3.0),
+        );
+    }
+    if let Some(w) = find("c10k") {
+        let rss = w.sluice.sluice_peak_rss.unwrap_or(u64::MAX);
+        let ok = w.sluice.failed == 0 && w.sluice.peak_open >= w.concurrency;
+        add(
+            "c10k: streams served (peak open at once)",
+            format!("{} ok ({} open)", w.sluice.ok, w.sluice.peak_open),
+            "all, 10000 open",
+            Some(ok),
+        );
+        add(
+            "c10k: Sluice peak RSS",
+            format!("{} MB", mb(Some(rss))),
+            "<= 150 MB",
+            Some(rss <= 150 * 1024 * 1024),
+        );
+    }
+    if let Some(c) = cancel {
+        for (name, close) in [
+            (
+                "cancel: upstream closed after idle deadline, p99",
+                &c.deadline,
+            ),
+            (
+                "cancel: upstream closed after client left, p99",
+                &c.disconnect,
+            ),
+        ] {
+            let p99 = close.pct(99.0);
+            add(
+                name,
+                format!("{} ms", f3(p99)),
+                "<= 10 ms",
+                (!close.samples_ms.is_empty()).then_some(p99 <= 10.0 && close.not_closed == 0),
+            );
+        }
+    }
+    (text, Value::Array(list))
+}
+
+fn summary_table(workloads: &[Workload]) -> String {
+    let mut out = String::from(
+        "| workload | path | ok / failed | first event p50 / p99 ms | first token p50 / p99 ms | stream p50 / p99 ms | events/s | req/s | Sluice CPU s/1k req | mock CPU s/1k req | peak RSS Sluice MB |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for w in workloads {
+        for (path, p) in [("direct", &w.direct), ("Sluice", &w.sluice)] {
+            out += &format!(
+                "| {} (C={}, {} ms gaps) | {path} | {} / {} | {} / {} | {} / {} | {} / {} | {:.0} | {:.0} | {} | {} | {} |\n",
+                w.name,
+                w.concurrency,
+                w.gap_ms,
+                p.ok,
+                p.failed,
+                f3(p.ttfe_p50_ms),
+                f3(p.ttfe_p99_ms),
+                f3(p.ttft_p50_ms),
+                f3(p.ttft_p99_ms),
+                f3(p.stream_p50_ms),
+                f3(p.stream_p99_ms),
+                p.events_per_s,
+                p.requests_per_s,
+                p.sluice_cpu_per_1k.map_or("-".into(), f3),
+                f3(p.mock_cpu_per_1k),
+                mb(p.sluice_peak_rss),
+            );
+        }
+    }
+    out
+}
+
+async fn run_all(opts: &Opts, bins: &Bins) -> Result<(Vec<Workload>, Option<Cancel>), String> {
+    let mut results = Vec::new();
+    let mut cancel = None;
+    for name in &opts.workloads {
+        if name == "cancel" {
+            let c = run_cancel(bins, opts).await?;
+            println!(
+                "== cancel: upstream close latency, as the mock saw it ==\n\
+                 after an idle deadline ({} ms): p50 {} ms, p99 {} ms, max {} ms ({} samples, {} never closed{})\n\
+                 after the client left:        p50 {} ms, p99 {} ms, max {} ms ({} samples, {} never closed{})\n",
+                c.idle_ms,
+                f3(c.deadline.pct(50.0)),
+                f3(c.deadline.pct(99.0)),
+                f3(c.deadline.max()),
+                c.deadline.samples_ms.len(),
+                c.deadline.not_closed,
+                if c.deadline.failed.is_empty() {
+                    String::new()
+                } else {
+                    format!(", failures: {}", c.deadline.failed.join("; "))
+                },
+                f3(c.disconnect.pct(50.0)),
+                f3(c.disconnect.pct(99.0)),
+                f3(c.disconnect.max()),
+                c.disconnect.samples_ms.len(),
+                c.disconnect.not_closed,
+                if c.disconnect.failed.is_empty() {
+                    String::new()
+                } else {
+                    format!(", failures: {}", c.disconnect.failed.join("; "))
+                },
+            );
+            cancel = Some(c);
+            continue;
+        }
+        let Some(mut s) = spec(name) else { continue };
+        if let Some(r) = opts.requests {
+            s.requests = r;
+        }
+        if let Some(c) = opts.concurrency {
+            s.concurrency = c;
+        }
+        if let Some(g) = opts.gap_ms {
+            s.gap_ms = g;
+        }
+        if let Some(w) = opts.warmup {
+            s.warmup = w;
+        }
+        s.warmup = s.warmup.min(s.requests);
+        let w = run_workload(&s, bins, opts).await?;
+        println!("{}", w.table());
+        results.push(w);
+    }
+    Ok((results, cancel))
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("load: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let bins = match find_bins(&opts.bin_dir) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("load: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // 10,000 client sockets here, 20,000 (client + upstream) in Sluice.
+    let mut opts = opts;
+    opts.nofile = procs::raise_nofile(65_536);
+    let opts = opts;
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("load: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Children are spawned from this (main) thread: `block_on` polls the
+    // future here, so PR_SET_PDEATHSIG follows the whole process's life.
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = run_all(&opts, &bins) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    let (workloads, cancel) = match result {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            eprintln!("load: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => {
+            eprintln!("load: interrupted; stopped every process it started");
+            return ExitCode::from(130);
+        }
+    };
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let machine = machine();
+    let setup = json!({
+        "ledger": if opts.memory_ledger { "memory" } else { "sqlite" },
+        "budget": opts.budget,
+        "metrics": true,
+        "sluice_log": opts.sluice_log,
+        "direct_connection": if opts.direct_reconnect { "new per request" } else { "keep-alive" },
+        "tokens": opts.tokens,
+    });
+    println!(
+        "setup: ledger {}, budget {}, Sluice log level {}, direct clients {}",
+        setup["ledger"].as_str().unwrap_or(""),
+        if opts.budget { "on" } else { "off" },
+        opts.sluice_log,
+        setup["direct_connection"].as_str().unwrap_or("")
+    );
+    if !workloads.is_empty() {
+        println!(
+            "== summary ({} CPUs, {}) ==\n{}",
+            machine["cpus"],
+            machine["cpu_model"].as_str().unwrap_or(""),
+            summary_table(&workloads)
+        );
+    }
+    let (text, target_list) = targets(&workloads, cancel.as_ref());
+    println!("{text}");
+    let line = json!({
+        "bench": "sluice-load",
+        "version": 1,
+        "machine": machine,
+        "setup": setup,
+        "workloads": workloads.iter().map(Workload::json).collect::<Vec<_>>(),
+        "cancel": cancel.as_ref().map(|c| json!({
+            "idle_ms": c.idle_ms,
+            "after_deadline": c.deadline.json(),
+            "after_disconnect": c.disconnect.json(),
+        })),
+        "targets": target_list,
+    });
+    if let Some(path) = &opts.json_out
+        && let Err(e) = std::fs::write(path, format!("{line}\n"))
+    {
+        eprintln!("load: {}: {e}", path.display());
+    }
+    println!("{line}");
+    ExitCode::SUCCESS
+}
