@@ -1,0 +1,170 @@
+//! The load benchmark's summary: the machine, and each figure against its
+//! target in issue 7.
+
+use serde_json::{Value, json};
+
+use super::report::{Workload, f3, mb};
+use super::{Cancel, procs};
+
+pub(crate) fn machine() -> Value {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mem_total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        t.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    json!({
+        "cpus": cpus,
+        "cpu_model": model,
+        "kernel": kernel,
+        "mem_total_mb": mem_total.map(|kb| kb / 1024),
+        "clk_tck": procs::clock_ticks(),
+    })
+}
+
+/// One line per target: the figure, the bound, and whether it holds.
+pub(crate) fn targets(workloads: &[Workload], cancel: Option<&Cancel>) -> (String, Value) {
+    let mut text = String::from("== targets ==\n");
+    let mut list = Vec::new();
+    let mut add = |name: &str, figure: String, bound: &str, pass: Option<bool>| {
+        let verdict = match pass {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        };
+        text += &format!("{name:<52}{figure:>22}  {bound:<16}{verdict}\n");
+        list.push(json!({"target": name, "figure": figure, "bound": bound, "met": pass}));
+    };
+    let find = |n: &str| workloads.iter().find(|w| w.name == n);
+    if let Some(w) = find("c1") {
+        let d50 = w.sluice.ttft_p50_ms - w.direct.ttft_p50_ms;
+        let d99 = w.sluice.ttft_p99_ms - w.direct.ttft_p99_ms;
+        add(
+            "c1: added time to first token, p50",
+            format!("{:+.3} ms", d50),
+            "<= 0.1 ms",
+            Some(d50 <= 0.1),
+        );
+        add(
+            "c1: added time to first token, p99",
+            format!("{:+.3} ms", d99),
+            "<= 0.5 ms",
+            Some(d99 <= 0.5),
+        );
+        let e50 = w.sluice.ttfe_p50_ms - w.direct.ttfe_p50_ms;
+        let e99 = w.sluice.ttfe_p99_ms - w.direct.ttfe_p99_ms;
+        add(
+            "c1: added time to first event (any), p50",
+            format!("{:+.3} ms", e50),
+            "<= 0.1 ms",
+            Some(e50 <= 0.1),
+        );
+        add(
+            "c1: added time to first event (any), p99",
+            format!("{:+.3} ms", e99),
+            "<= 0.5 ms",
+            Some(e99 <= 0.5),
+        );
+    }
+    for w in workloads {
+        if let Some(s) = w.sluice.sluice_cpu_per_1k {
+            let r = s / w.sluice.mock_cpu_per_1k;
+            add(
+                &format!("{}: Sluice CPU per request / mock CPU", w.name),
+                format!("{:.2}x ({} s/1k)", r, f3(s)),
+                "<= 2x",
+                Some(r <= 2.0),
+            );
+        }
+    }
+    if let Some(w) = find("c50") {
+        let r = w.sluice.requests_per_s / w.direct.requests_per_s;
+        add(
+            "c50: Sluice requests/s / direct",
+            format!("{:.2}", r),
+            ">= 0.33",
+            Some(r >= 1.0 / 3.0),
+        );
+    }
+    if let Some(w) = find("c10k") {
+        let rss = w.sluice.sluice_peak_rss.unwrap_or(u64::MAX);
+        let ok = w.sluice.failed == 0 && w.sluice.peak_open >= w.concurrency;
+        add(
+            "c10k: streams served (peak open at once)",
+            format!("{} ok ({} open)", w.sluice.ok, w.sluice.peak_open),
+            "all, 10000 open",
+            Some(ok),
+        );
+        add(
+            "c10k: Sluice peak RSS",
+            format!("{} MB", mb(Some(rss))),
+            "<= 150 MB",
+            Some(rss <= 150 * 1024 * 1024),
+        );
+    }
+    if let Some(c) = cancel {
+        for (name, close) in [
+            (
+                "cancel: upstream closed after idle deadline, p99",
+                &c.deadline,
+            ),
+            (
+                "cancel: upstream closed after client left, p99",
+                &c.disconnect,
+            ),
+        ] {
+            let p99 = close.pct(99.0);
+            add(
+                name,
+                format!("{} ms", f3(p99)),
+                "<= 10 ms",
+                (!close.samples_ms.is_empty()).then_some(p99 <= 10.0 && close.not_closed == 0),
+            );
+        }
+    }
+    (text, Value::Array(list))
+}
+
+pub(crate) fn summary_table(workloads: &[Workload]) -> String {
+    let mut out = String::from(
+        "| workload | path | ok / failed | first event p50 / p99 ms | first token p50 / p99 ms | stream p50 / p99 ms | events/s | req/s | Sluice CPU s/1k req | mock CPU s/1k req | peak RSS Sluice MB |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for w in workloads {
+        for (path, p) in [("direct", &w.direct), ("Sluice", &w.sluice)] {
+            out += &format!(
+                "| {} (C={}, {} ms gaps) | {path} | {} / {} | {} / {} | {} / {} | {} / {} | {:.0} | {:.0} | {} | {} | {} |\n",
+                w.name,
+                w.concurrency,
+                w.gap_ms,
+                p.ok,
+                p.failed,
+                f3(p.ttfe_p50_ms),
+                f3(p.ttfe_p99_ms),
+                f3(p.ttft_p50_ms),
+                f3(p.ttft_p99_ms),
+                f3(p.stream_p50_ms),
+                f3(p.stream_p99_ms),
+                p.events_per_s,
+                p.requests_per_s,
+                p.sluice_cpu_per_1k.map_or("-".into(), f3),
+                f3(p.mock_cpu_per_1k),
+                mb(p.sluice_peak_rss),
+            );
+        }
+    }
+    out
+}
