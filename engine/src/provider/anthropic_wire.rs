@@ -376,34 +376,9 @@ pub fn summarize_error_body(status: u16, body: &[u8]) -> String {
     super::openai_wire::summarize_error_body(status, body)
 }
 
-/// Collapses whitespace and control characters to single spaces and keeps at
-/// most `max` characters, ending with "..." when anything was cut.
+/// One line of at most `max` characters: the same summarizer as OpenAI's.
 fn one_line(s: &str, max: usize) -> String {
-    let mut out = String::new();
-    let mut chars = 0;
-    let mut space = false;
-    for c in s.chars() {
-        if c.is_whitespace() || c.is_control() {
-            space = !out.is_empty();
-            continue;
-        }
-        if space {
-            out.push(' ');
-            chars += 1;
-            space = false;
-        }
-        out.push(c);
-        chars += 1;
-        if chars > max {
-            let keep = max.saturating_sub(3);
-            let end = out.char_indices().nth(keep).map_or(out.len(), |(i, _)| i);
-            out.truncate(end);
-            out.truncate(out.trim_end().len());
-            out.push_str("...");
-            break;
-        }
-    }
-    out
+    super::openai_wire::one_line(s, max, false)
 }
 
 #[cfg(test)]

@@ -270,7 +270,7 @@ fn malformed(what: &str, data: &str) -> ProviderError {
 
 /// Collapses whitespace and control characters to single spaces and keeps at
 /// most `max` characters, ending with "..." when anything was cut.
-fn one_line(s: &str, max: usize, truncated: bool) -> String {
+pub(super) fn one_line(s: &str, max: usize, truncated: bool) -> String {
     let mut out = String::with_capacity(s.len().min(max * 4));
     let mut count = 0;
     let mut cut = truncated;
