@@ -59,7 +59,7 @@ pub struct Downgrade {
 /// the real usage never needs more than was reserved.
 pub fn reservation(price: &Price, prompt: &[Message], max_tokens: u32) -> Micros {
     let counted = tokens::count_prompt(prompt);
-    let prompt_bound = counted + counted / 10 + 16;
+    let prompt_bound = tokens::prompt_bound(counted);
     price.cost(prompt_bound, u64::from(max_tokens))
 }
 

@@ -69,6 +69,13 @@ pub fn count_prompt(messages: &[Message]) -> u64 {
     messages.iter().map(|m| count(&m.content) + 4).sum::<u64>() + 3
 }
 
+/// An upper bound of what a provider will count for a prompt we counted as
+/// `counted`: our tokenizer may differ from the model's, so 10% and a few
+/// tokens more. Reservations and the request token budget rely on it.
+pub fn prompt_bound(counted: u64) -> u64 {
+    counted + counted / 10 + 16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -326,7 +326,7 @@ async fn run(
     if let Some(total) = pipeline.max_total_tokens {
         // The request's token budget bounds the first call too.
         let counted = tokens::count_prompt(&prompt);
-        let prompt_bound = counted + counted / 10 + 16;
+        let prompt_bound = tokens::prompt_bound(counted);
         if prompt_bound >= total {
             let mut r = Rejection::new(
                 ErrorCode::TokenCeiling,

@@ -130,7 +130,7 @@ pub(super) async fn stream_body(
         max_tokens = pipeline.max_tokens;
         if let Some(total) = pipeline.max_total_tokens {
             let counted = tokens::count_prompt(&tally.prompt);
-            let prompt_bound = counted + counted / 10 + 16;
+            let prompt_bound = tokens::prompt_bound(counted);
             let used = tally.total_tokens();
             if used + prompt_bound >= total {
                 return Ending::Failed {
