@@ -5,9 +5,10 @@
 //!
 //! - `ledger/reserve_settle/memory`: the in-process store (`storage: memory`).
 //! - `ledger/reserve_settle/sqlite`: a SQLite file as `sluice serve` opens it
-//!   (WAL, `synchronous = NORMAL`, a pool of 8 connections), one request at a time.
+//!   (WAL, `synchronous = NORMAL`, one connection on the ledger's writer
+//!   thread), one request at a time.
 //! - `ledger/reserve_settle_x50/sqlite`: 50 requests at once (as at C=50),
-//!   time per request; SQLite serialises writers (`BEGIN IMMEDIATE`).
+//!   time per request; the writer groups waiting operations into one commit.
 //!
 //! One budget scope (a pipeline's daily budget), as in the load benchmark.
 //! Run with `cargo bench -p sluice-benches --bench ledger`.

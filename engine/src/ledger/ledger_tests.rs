@@ -115,12 +115,13 @@ async fn rows_left_pending_by_a_dead_instance_are_interrupted_and_count_as_spent
     // The dead instance was seen just now: its rows are not orphans yet.
     assert_eq!(l.recover_interrupted().await.unwrap(), 0);
     // Make it look long gone.
-    if let store::Store::Sqlite(pool) = &l.store {
-        sqlx::query("UPDATE instances SET last_seen_ms = 0 WHERE id <> ?")
-            .bind(&l.instance)
-            .execute(pool)
-            .await
-            .unwrap();
+    if let store::Store::Sqlite(s) = &l.store {
+        s.execute(
+            "UPDATE instances SET last_seen_ms = 0 WHERE id <> ?",
+            l.instance.clone(),
+        )
+        .await
+        .unwrap();
     }
     assert_eq!(l.recover_interrupted().await.unwrap(), 2);
     let x = l.row("x").await.unwrap().unwrap();
@@ -262,5 +263,149 @@ mod interleavings {
         fn sqlite_never_spends_past_the_budget(ops in ops()) {
             run("sqlite::memory:", ops)?;
         }
+    }
+}
+
+/// The SQLite writer groups waiting operations into one transaction; the
+/// grouping must not change any answer.
+mod group_commit {
+    use super::*;
+
+    fn temp_url() -> (std::path::PathBuf, String) {
+        let dir =
+            std::env::temp_dir().join(format!("sluice-ledger-{}", uuid::Uuid::new_v4().simple()));
+        let url = format!("sqlite:{}/ledger.db", dir.display());
+        (dir, url)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_opens_share_commits_and_a_refused_one_leaves_nothing_behind() {
+        let (dir, url) = temp_url();
+        let l = Ledger::open(&url).await.unwrap();
+        let day = money::utc_day(money::now_ms());
+        // "tight" affords 10 reservations of 10; "wide" affords them all.
+        // Openings on both scopes that "tight" refuses must leave nothing
+        // reserved on "wide" either, although their batch commits.
+        let both = [("wide", 1_000_000), ("tight", 100)];
+        let wide = [("wide", 1_000_000)];
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let l = l.clone();
+                tokio::spawn(async move {
+                    let o = if i % 2 == 0 {
+                        opening(&format!("r{i}"), 10, &both)
+                    } else {
+                        opening(&format!("r{i}"), 10, &wide)
+                    };
+                    l.open_request(&o).await.unwrap()
+                })
+            })
+            .collect();
+        let mut admitted_both = 0;
+        let mut admitted_wide = 0;
+        for (i, t) in tasks.into_iter().enumerate() {
+            if t.await.unwrap() == Admit::Admitted {
+                if i % 2 == 0 {
+                    admitted_both += 1;
+                } else {
+                    admitted_wide += 1;
+                }
+            }
+        }
+        assert_eq!((admitted_both, admitted_wide), (10, 100));
+        assert_eq!(
+            l.spend("wide", &day).await.unwrap().reserved_micros,
+            10 * (admitted_both + admitted_wide)
+        );
+        assert_eq!(l.spend("tight", &day).await.unwrap().reserved_micros, 100);
+        let store::Store::Sqlite(s) = &l.store else {
+            panic!("not sqlite")
+        };
+        let batches = s.batches();
+        eprintln!("200 openings (+ heartbeat, 2 reads) in {batches} transactions");
+        assert!(batches < 150, "{batches} transactions: nothing was grouped");
+        l.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_answer_means_committed_for_another_connection() {
+        let (dir, url) = temp_url();
+        let l = Ledger::open(&url).await.unwrap();
+        l.open_request(&opening("seen", 5, &[("global", 100)]))
+            .await
+            .unwrap();
+        // Another connection (another process, say) sees the row at once.
+        let other = rusqlite::Connection::open(dir.join("ledger.db")).unwrap();
+        let (status, reserved): (String, i64) = other
+            .query_row(
+                "SELECT status, reserved_micros FROM requests WHERE id = 'seen'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((status.as_str(), reserved), ("pending", 5));
+        l.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_operation_rolls_back_alone() {
+        let (dir, url) = temp_url();
+        let l = Ledger::open(&url).await.unwrap();
+        let day = money::utc_day(money::now_ms());
+        let scopes = [("global", 1_000)];
+        l.open_request(&opening("dup", 7, &scopes)).await.unwrap();
+        // The same id again, among others in flight: its reservation is
+        // made, then its insert fails; only its own writes roll back.
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let l = l.clone();
+                let id = if i == 10 {
+                    "dup".to_string()
+                } else {
+                    format!("ok{i}")
+                };
+                tokio::spawn(
+                    async move { l.open_request(&opening(&id, 7, &[("global", 1_000)])).await },
+                )
+            })
+            .collect();
+        let mut failed = 0;
+        for t in tasks {
+            if let Err(e) = t.await.unwrap() {
+                assert!(e.to_string().contains("UNIQUE"), "{e}");
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 1);
+        assert_eq!(
+            l.spend("global", &day).await.unwrap().reserved_micros,
+            7 * 20
+        );
+        assert_eq!(l.rows_since(0).await.unwrap().len(), 20);
+        l.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_ledger_made_by_sqlx_migrations_opens_without_migrating_again() {
+        let (dir, url) = temp_url();
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let c = rusqlite::Connection::open(dir.join("ledger.db")).unwrap();
+            c.execute_batch(include_str!("../../migrations/sqlite/0001_ledger.sql"))
+                .unwrap();
+            c.execute_batch(
+                "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, success BOOLEAN NOT NULL);
+                 INSERT INTO _sqlx_migrations VALUES (1, 1);",
+            )
+            .unwrap();
+        }
+        let l = Ledger::open(&url).await.unwrap();
+        l.open_request(&opening("old", 1, &[])).await.unwrap();
+        assert_eq!(l.rows_since(0).await.unwrap().len(), 1);
+        l.close().await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -11,6 +11,7 @@
 mod memory;
 pub mod money;
 pub mod report;
+mod sqlite;
 mod store;
 
 use std::sync::Arc;
@@ -28,6 +29,10 @@ pub enum LedgerError {
     BadUrl(String),
     #[error("ledger database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("ledger database error: {0}")]
+    Sqlite(String),
+    #[error("the ledger is closed")]
+    Closed,
     #[error("ledger migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }

@@ -1,25 +1,83 @@
-//! The SQL behind the ledger, for SQLite and Postgres. Statements are
-//! written once with `?` placeholders; `on_store!` runs the same code on
-//! either pool (numbering the placeholders for Postgres).
+//! The ledger's backends, and the SQL they share. Statements are written
+//! once with `?` placeholders: SQLite (`sqlite.rs`) runs them as they are,
+//! Postgres (here, through sqlx) with the placeholders numbered.
 
-use std::str::FromStr;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::memory::MemStore;
 use super::report::Row as ReportRow;
+use super::sqlite::SqliteStore;
 use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend};
 
 /// An instance not seen for this long is dead; its pending rows are orphans.
 pub const INSTANCE_TIMEOUT_MS: i64 = 30_000;
 
+pub(super) const UPSERT_INSTANCE: &str = "INSERT INTO instances (id, last_seen_ms, host, pid) \
+     VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms";
+pub(super) const SELECT_INSTANCES: &str = "SELECT id, last_seen_ms, host, pid FROM instances";
+pub(super) const DELETE_INSTANCE: &str = "DELETE FROM instances WHERE id = ?";
+pub(super) const SELECT_PENDING: &str = "SELECT id, instance, day, reserved_micros, budget_scopes \
+     FROM requests WHERE status = 'pending'";
+pub(super) const INTERRUPT_REQUEST: &str = "UPDATE requests SET status = 'interrupted', \
+     cost_micros = reserved_micros, ended_at_ms = ?, error_code = 'interrupted' \
+     WHERE id = ? AND status = 'pending'";
+/// A reservation becomes spend (of its reserved amount, or its real cost).
+pub(super) const SPEND_RESERVATION: &str = "UPDATE budget_days SET reserved_micros = \
+     reserved_micros - ?, spent_micros = spent_micros + ? WHERE scope = ? AND day = ?";
+pub(super) const INSERT_BUDGET_DAY: &str =
+    "INSERT INTO budget_days (scope, day) VALUES (?, ?) ON CONFLICT DO NOTHING";
+/// The check and the reservation are one statement: a row is only updated
+/// if it can afford it.
+pub(super) const RESERVE: &str = "UPDATE budget_days SET reserved_micros = reserved_micros + ? \
+     WHERE scope = ? AND day = ? AND spent_micros + reserved_micros + ? <= ?";
+pub(super) const SELECT_SPENT: &str =
+    "SELECT spent_micros FROM budget_days WHERE scope = ? AND day = ?";
+pub(super) const INSERT_REQUEST: &str = "INSERT INTO requests (id, instance, started_at_ms, day, \
+     pipeline, provider, model, status, reserved_micros, budget_scopes) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)";
+pub(super) const INSERT_REJECTED: &str = "INSERT INTO requests (id, instance, started_at_ms, \
+     ended_at_ms, day, pipeline, provider, model, status, error_code, duration_ms) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING";
+pub(super) const SELECT_TO_SETTLE: &str =
+    "SELECT day, reserved_micros, budget_scopes, status FROM requests WHERE id = ?";
+pub(super) const SETTLE_REQUEST: &str = "UPDATE requests SET status = ?, ended_at_ms = ?, \
+     provider = ?, model = ?, prompt_tokens = ?, completion_tokens = ?, estimated = ?, \
+     cost_micros = ?, ttft_ms = ?, duration_ms = ?, tool_calls = ?, error_code = ? WHERE id = ?";
+pub(super) const SETTLE_BUDGET: &str = "UPDATE budget_days SET reserved_micros = \
+     reserved_micros - ?, spent_micros = spent_micros + ? WHERE scope = ? AND day = ? \
+     RETURNING spent_micros, reserved_micros";
+pub(super) const CLAIM_ALERT: &str = "INSERT INTO alerts_fired (scope, day, threshold_ppm, \
+     fired_at_ms) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING";
+pub(super) const ALERT_DELIVERED: &str =
+    "UPDATE alerts_fired SET delivered = 1 WHERE scope = ? AND day = ? AND threshold_ppm = ?";
+pub(super) const SELECT_BUDGET: &str =
+    "SELECT spent_micros, reserved_micros FROM budget_days WHERE scope = ? AND day = ?";
+
+/// The `requests` columns of a report row, in [`ReportRow`]'s order.
+const ROW_COLUMNS: &str = "id, started_at_ms, ended_at_ms, day, pipeline, provider, model, status, \
+     prompt_tokens, completion_tokens, estimated, reserved_micros, cost_micros, ttft_ms, duration_ms, \
+     tool_calls, error_code";
+
+/// `SELECT` of report rows `WHERE {filter}`.
+pub(super) fn select_rows(filter: &str) -> String {
+    format!("SELECT {ROW_COLUMNS} FROM requests WHERE {filter}")
+}
+
+/// The budget scopes of an opening, as the `budget_scopes` column keeps them.
+pub(super) fn scope_list(o: &Opening) -> String {
+    o.scopes
+        .iter()
+        .map(|s| s.key.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// This machine's name, to tell our own dead processes from live peers.
-fn this_host() -> String {
+pub(super) fn this_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
@@ -34,33 +92,32 @@ fn process_alive(pid: i64) -> bool {
     pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// A row of `instances`.
+pub(super) struct Instance {
+    pub id: String,
+    pub last_seen_ms: i64,
+    pub host: String,
+    pub pid: i64,
+}
+
+/// The instances whose pending rows are not orphans: this one, and those
+/// seen lately unless they are processes of this host that have died.
+pub(super) fn alive_instances(me: &str, now: i64, instances: &[Instance]) -> HashSet<String> {
+    let my_host = this_host();
+    instances
+        .iter()
+        .filter(|i| {
+            let dead_here = !i.host.is_empty() && i.host == my_host && !process_alive(i.pid);
+            i.id == me || (i.last_seen_ms > now - INSTANCE_TIMEOUT_MS && !dead_here)
+        })
+        .map(|i| i.id.clone())
+        .collect()
+}
+
 pub enum Store {
-    Sqlite(SqlitePool),
+    Sqlite(SqliteStore),
     Postgres(PgPool),
     Memory(MemStore),
-}
-
-/// Starts a transaction that will write. SQLite must take the write lock at
-/// BEGIN: a deferred transaction that reads first and writes later fails
-/// with SQLITE_BUSY when another connection wrote in between, instead of
-/// waiting its turn.
-trait BeginWrite {
-    type Db: sqlx::Database;
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>;
-}
-
-impl BeginWrite for SqlitePool {
-    type Db = sqlx::Sqlite;
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.begin_with("BEGIN IMMEDIATE").await
-    }
-}
-
-impl BeginWrite for PgPool {
-    type Db = sqlx::Postgres;
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        self.begin().await
-    }
 }
 
 /// `?` -> `$1, $2, ...` for Postgres. Every statement is a constant of
@@ -79,32 +136,6 @@ fn pg(sql: &str) -> AssertSqlSafe<String> {
     }
     AssertSqlSafe(out)
 }
-
-fn same(sql: &str) -> AssertSqlSafe<String> {
-    AssertSqlSafe(sql.to_string())
-}
-
-/// Runs `$body` with `$pool` bound to the backend's pool and `$q` to the
-/// placeholder rewriter.
-macro_rules! on_store {
-    ($store:expr, |$pool:ident, $q:ident| $body:expr, |$m:ident| $mem:expr) => {
-        match $store {
-            Store::Sqlite($pool) => {
-                let $q = same;
-                $body
-            }
-            Store::Postgres($pool) => {
-                let $q = pg;
-                $body
-            }
-            Store::Memory($m) => $mem,
-        }
-    };
-}
-
-const ROW_COLUMNS: &str = "id, started_at_ms, ended_at_ms, day, pipeline, provider, model, status, \
-     prompt_tokens, completion_tokens, estimated, reserved_micros, cost_micros, ttft_ms, duration_ms, \
-     tool_calls, error_code";
 
 macro_rules! report_row {
     ($r:expr) => {{
@@ -148,47 +179,7 @@ impl Store {
         if !url.starts_with("sqlite:") {
             return Err(LedgerError::BadUrl(url.to_string()));
         }
-        let memory = url.contains(":memory:") || url.contains("mode=memory");
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(if memory {
-                SqliteJournalMode::Memory
-            } else {
-                SqliteJournalMode::Wal
-            })
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
-        if !memory {
-            let path = options.get_filename();
-            if let Some(dir) = path.parent()
-                && !dir.as_os_str().is_empty()
-            {
-                let _ = std::fs::create_dir_all(dir);
-            }
-        }
-        // One connection: SQLite has one writer anyway, and with several
-        // connections the losers of BEGIN IMMEDIATE sleep in SQLite's busy
-        // handler (1, 2, 5 ... ms) instead of queueing; one connection makes
-        // them wait in the pool's queue, in order, without sleeping. (An
-        // in-memory database exists per connection: it needs exactly one.)
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .test_before_acquire(false)
-            .idle_timeout(if memory {
-                None
-            } else {
-                Some(Duration::from_secs(600))
-            })
-            .max_lifetime(if memory {
-                None
-            } else {
-                Some(Duration::from_secs(3600))
-            })
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Store::Sqlite(pool))
+        Ok(Store::Sqlite(SqliteStore::connect(url).await?))
     }
 
     pub fn backend(&self) -> &'static str {
@@ -200,100 +191,85 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        on_store!(self, |pool, _q| pool.close().await, |_m| ())
+        match self {
+            Store::Sqlite(s) => s.close().await,
+            Store::Postgres(pool) => pool.close().await,
+            Store::Memory(_) => {}
+        }
     }
 
     pub async fn heartbeat(&self, instance: &str, now: i64) -> Result<(), LedgerError> {
-        let (host, pid) = (this_host(), i64::from(std::process::id()));
-        on_store!(
-            self,
-            |pool, q| {
-                sqlx::query(q(
-                    "INSERT INTO instances (id, last_seen_ms, host, pid) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms",
-                ))
-                .bind(instance)
-                .bind(now)
-                .bind(&host)
-                .bind(pid)
-                .execute(pool)
-                .await?;
+        match self {
+            Store::Sqlite(s) => s.heartbeat(instance, now).await,
+            Store::Memory(_) => Ok(()),
+            Store::Postgres(pool) => {
+                sqlx::query(pg(UPSERT_INSTANCE))
+                    .bind(instance)
+                    .bind(now)
+                    .bind(this_host())
+                    .bind(i64::from(std::process::id()))
+                    .execute(pool)
+                    .await?;
                 Ok(())
-            },
-            |_m| Ok(())
-        )
+            }
+        }
     }
 
     pub async fn recover(&self, me: &str, now: i64) -> Result<u64, LedgerError> {
-        on_store!(
-            self,
-            |pool, q| {
-                let mut tx = pool.begin_write().await?;
-                let live = sqlx::query(q("SELECT id, last_seen_ms, host, pid FROM instances"))
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let mut alive = std::collections::HashSet::new();
-                let my_host = this_host();
-                for r in &live {
-                    let id: String = r.try_get("id")?;
-                    let seen: i64 = r.try_get("last_seen_ms")?;
-                    let host: String = r.try_get("host")?;
-                    let pid: i64 = r.try_get("pid")?;
-                    let dead_here = !host.is_empty() && host == my_host && !process_alive(pid);
-                    if id == me || (seen > now - INSTANCE_TIMEOUT_MS && !dead_here) {
-                        alive.insert(id);
-                    }
-                }
-                let pending = sqlx::query(q(
-                    "SELECT id, instance, day, reserved_micros, budget_scopes FROM requests \
-                 WHERE status = 'pending'",
-                ))
-                .fetch_all(&mut *tx)
-                .await?;
-                let mut count = 0;
-                for r in pending {
-                    let instance: String = r.try_get("instance")?;
-                    if alive.contains(&instance) {
-                        continue;
-                    }
-                    count += 1;
-                    let id: String = r.try_get("id")?;
-                    let day: String = r.try_get("day")?;
-                    let reserved: i64 = r.try_get("reserved_micros")?;
-                    let scopes: String = r.try_get("budget_scopes")?;
-                    sqlx::query(q("UPDATE requests SET status = 'interrupted', cost_micros = reserved_micros, \
-                     ended_at_ms = ?, error_code = 'interrupted' WHERE id = ? AND status = 'pending'"))
+        let pool = match self {
+            Store::Sqlite(s) => return s.recover(me, now).await,
+            Store::Memory(_) => return Ok(0),
+            Store::Postgres(pool) => pool,
+        };
+        let mut tx = pool.begin().await?;
+        let mut instances = Vec::new();
+        for r in sqlx::query(pg(SELECT_INSTANCES))
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            instances.push(Instance {
+                id: r.try_get("id")?,
+                last_seen_ms: r.try_get("last_seen_ms")?,
+                host: r.try_get("host")?,
+                pid: r.try_get("pid")?,
+            });
+        }
+        let alive = alive_instances(me, now, &instances);
+        let pending = sqlx::query(pg(SELECT_PENDING)).fetch_all(&mut *tx).await?;
+        let mut count = 0;
+        for r in pending {
+            let instance: String = r.try_get("instance")?;
+            if alive.contains(&instance) {
+                continue;
+            }
+            count += 1;
+            let id: String = r.try_get("id")?;
+            let day: String = r.try_get("day")?;
+            let reserved: i64 = r.try_get("reserved_micros")?;
+            let scopes: String = r.try_get("budget_scopes")?;
+            sqlx::query(pg(INTERRUPT_REQUEST))
                 .bind(now)
                 .bind(&id)
                 .execute(&mut *tx)
                 .await?;
-                    for scope in scopes.split(',').filter(|s| !s.is_empty()) {
-                        sqlx::query(q(
-                            "UPDATE budget_days SET reserved_micros = reserved_micros - ?, \
-                         spent_micros = spent_micros + ? WHERE scope = ? AND day = ?",
-                        ))
-                        .bind(reserved)
-                        .bind(reserved)
-                        .bind(scope)
-                        .bind(&day)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                for r in &live {
-                    let id: String = r.try_get("id")?;
-                    if !alive.contains(&id) {
-                        sqlx::query(q("DELETE FROM instances WHERE id = ?"))
-                            .bind(&id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                }
-                tx.commit().await?;
-                Ok(count)
-            },
-            |_m| Ok(0)
-        )
+            for scope in scopes.split(',').filter(|s| !s.is_empty()) {
+                sqlx::query(pg(SPEND_RESERVATION))
+                    .bind(reserved)
+                    .bind(reserved)
+                    .bind(scope)
+                    .bind(&day)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        for i in instances.iter().filter(|i| !alive.contains(&i.id)) {
+            sqlx::query(pg(DELETE_INSTANCE))
+                .bind(&i.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(count)
     }
 
     pub async fn open(
@@ -303,62 +279,43 @@ impl Store {
         now: i64,
         day: &str,
     ) -> Result<Admit, LedgerError> {
-        let scopes = o
-            .scopes
-            .iter()
-            .map(|s| s.key.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
-        on_store!(
-            self,
-            |pool, q| {
-                let mut tx = pool.begin_write().await?;
-                let mut exhausted = None;
-                for scope in &o.scopes {
-                    sqlx::query(q(
-                        "INSERT INTO budget_days (scope, day) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                    ))
+        let pool = match self {
+            Store::Sqlite(s) => return s.open(instance, o, now, day).await,
+            Store::Memory(m) => return m.open(instance, o, now, day),
+            Store::Postgres(pool) => pool,
+        };
+        let mut tx = pool.begin().await?;
+        for scope in &o.scopes {
+            sqlx::query(pg(INSERT_BUDGET_DAY))
+                .bind(&scope.key)
+                .bind(day)
+                .execute(&mut *tx)
+                .await?;
+            let done = sqlx::query(pg(RESERVE))
+                .bind(o.reserve_micros)
+                .bind(&scope.key)
+                .bind(day)
+                .bind(o.reserve_micros)
+                .bind(scope.daily_micros)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if done == 0 {
+                let spent: i64 = sqlx::query(pg(SELECT_SPENT))
                     .bind(&scope.key)
                     .bind(day)
-                    .execute(&mut *tx)
-                    .await?;
-                    // The check and the reservation are one statement: a row is
-                    // only updated if it can afford it.
-                    let done = sqlx::query(q(
-                        "UPDATE budget_days SET reserved_micros = reserved_micros + ? \
-                     WHERE scope = ? AND day = ? AND spent_micros + reserved_micros + ? <= ?",
-                    ))
-                    .bind(o.reserve_micros)
-                    .bind(&scope.key)
-                    .bind(day)
-                    .bind(o.reserve_micros)
-                    .bind(scope.daily_micros)
-                    .execute(&mut *tx)
+                    .fetch_one(&mut *tx)
                     .await?
-                    .rows_affected();
-                    if done == 0 {
-                        let spent: i64 = sqlx::query(q(
-                            "SELECT spent_micros FROM budget_days WHERE scope = ? AND day = ?",
-                        ))
-                        .bind(&scope.key)
-                        .bind(day)
-                        .fetch_one(&mut *tx)
-                        .await?
-                        .try_get(0)?;
-                        exhausted = Some(Admit::Exhausted {
-                            scope: scope.key.clone(),
-                            daily_micros: scope.daily_micros,
-                            spent_micros: spent,
-                        });
-                        break;
-                    }
-                }
-                if let Some(rejection) = exhausted {
-                    tx.rollback().await?;
-                    return Ok(rejection);
-                }
-                sqlx::query(q("INSERT INTO requests (id, instance, started_at_ms, day, pipeline, provider, model, \
-                 status, reserved_micros, budget_scopes) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)"))
+                    .try_get(0)?;
+                tx.rollback().await?;
+                return Ok(Admit::Exhausted {
+                    scope: scope.key.clone(),
+                    daily_micros: scope.daily_micros,
+                    spent_micros: spent,
+                });
+            }
+        }
+        sqlx::query(pg(INSERT_REQUEST))
             .bind(&o.id)
             .bind(instance)
             .bind(now)
@@ -366,15 +323,16 @@ impl Store {
             .bind(&o.pipeline)
             .bind(&o.provider)
             .bind(&o.model)
-            .bind(if o.scopes.is_empty() { 0 } else { o.reserve_micros })
-            .bind(&scopes)
+            .bind(if o.scopes.is_empty() {
+                0
+            } else {
+                o.reserve_micros
+            })
+            .bind(scope_list(o))
             .execute(&mut *tx)
             .await?;
-                tx.commit().await?;
-                Ok(Admit::Admitted)
-            },
-            |m| m.open(instance, o, now, day)
-        )
+        tx.commit().await?;
+        Ok(Admit::Admitted)
     }
 
     pub async fn record_rejected(
@@ -386,12 +344,19 @@ impl Store {
         status: &str,
         error_code: &str,
     ) -> Result<(), LedgerError> {
-        on_store!(
-            self,
-            |pool, q| {
-                sqlx::query(q("INSERT INTO requests (id, instance, started_at_ms, ended_at_ms, day, pipeline, \
-                 provider, model, status, error_code, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) \
-                 ON CONFLICT (id) DO NOTHING"))
+        let pool = match self {
+            Store::Sqlite(s) => {
+                return s
+                    .record_rejected(instance, o, now, day, status, error_code)
+                    .await;
+            }
+            Store::Memory(m) => {
+                m.record_rejected(instance, o, now, day, status, error_code);
+                return Ok(());
+            }
+            Store::Postgres(pool) => pool,
+        };
+        sqlx::query(pg(INSERT_REJECTED))
             .bind(&o.id)
             .bind(instance)
             .bind(now)
@@ -404,43 +369,35 @@ impl Store {
             .bind(error_code)
             .execute(pool)
             .await?;
-                Ok(())
-            },
-            |m| {
-                m.record_rejected(instance, o, now, day, status, error_code);
-                Ok(())
-            }
-        )
+        Ok(())
     }
 
     pub async fn settle(&self, id: &str, s: &Settlement, now: i64) -> Result<Settled, LedgerError> {
-        on_store!(
-            self,
-            |pool, q| {
-                let mut tx = pool.begin_write().await?;
-                let row = sqlx::query(q(
-                    "SELECT day, reserved_micros, budget_scopes, status FROM requests WHERE id = ?",
-                ))
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else {
-                    tx.rollback().await?;
-                    return Ok(Settled::default());
-                };
-                let status: String = row.try_get("status")?;
-                if status != "pending" {
-                    // Already settled (or recovered as interrupted): settling
-                    // twice would count the money twice.
-                    tx.rollback().await?;
-                    return Ok(Settled::default());
-                }
-                let day: String = row.try_get("day")?;
-                let reserved: i64 = row.try_get("reserved_micros")?;
-                let scopes: String = row.try_get("budget_scopes")?;
-                sqlx::query(q("UPDATE requests SET status = ?, ended_at_ms = ?, provider = ?, model = ?, prompt_tokens = ?, \
-                 completion_tokens = ?, estimated = ?, cost_micros = ?, ttft_ms = ?, duration_ms = ?, \
-                 tool_calls = ?, error_code = ? WHERE id = ?"))
+        let pool = match self {
+            Store::Sqlite(store) => return store.settle(id, s, now).await,
+            Store::Memory(m) => return Ok(m.settle(id, s, now)),
+            Store::Postgres(pool) => pool,
+        };
+        let mut tx = pool.begin().await?;
+        let row = sqlx::query(pg(SELECT_TO_SETTLE))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(Settled::default());
+        };
+        let status: String = row.try_get("status")?;
+        if status != "pending" {
+            // Already settled (or recovered as interrupted): settling
+            // twice would count the money twice.
+            tx.rollback().await?;
+            return Ok(Settled::default());
+        }
+        let day: String = row.try_get("day")?;
+        let reserved: i64 = row.try_get("reserved_micros")?;
+        let scopes: String = row.try_get("budget_scopes")?;
+        sqlx::query(pg(SETTLE_REQUEST))
             .bind(s.status)
             .bind(now)
             .bind(&s.provider)
@@ -456,32 +413,25 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-                let mut spends = Vec::new();
-                for scope in scopes.split(',').filter(|s| !s.is_empty()) {
-                    let r = sqlx::query(q(
-                        "UPDATE budget_days SET reserved_micros = reserved_micros - ?, \
-                     spent_micros = spent_micros + ? WHERE scope = ? AND day = ? \
-                     RETURNING spent_micros, reserved_micros",
-                    ))
-                    .bind(reserved)
-                    .bind(s.cost_micros)
-                    .bind(scope)
-                    .bind(&day)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    spends.push((
-                        scope.to_string(),
-                        Spend {
-                            spent_micros: r.try_get(0)?,
-                            reserved_micros: r.try_get(1)?,
-                        },
-                    ));
-                }
-                tx.commit().await?;
-                Ok(Settled { day, spends })
-            },
-            |m| Ok(m.settle(id, s, now))
-        )
+        let mut spends = Vec::new();
+        for scope in scopes.split(',').filter(|s| !s.is_empty()) {
+            let r = sqlx::query(pg(SETTLE_BUDGET))
+                .bind(reserved)
+                .bind(s.cost_micros)
+                .bind(scope)
+                .bind(&day)
+                .fetch_one(&mut *tx)
+                .await?;
+            spends.push((
+                scope.to_string(),
+                Spend {
+                    spent_micros: r.try_get(0)?,
+                    reserved_micros: r.try_get(1)?,
+                },
+            ));
+        }
+        tx.commit().await?;
+        Ok(Settled { day, spends })
     }
 
     pub async fn claim_alert(
@@ -491,24 +441,20 @@ impl Store {
         ppm: i64,
         now: i64,
     ) -> Result<bool, LedgerError> {
-        on_store!(
-            self,
-            |pool, q| {
-                let n = sqlx::query(q(
-                    "INSERT INTO alerts_fired (scope, day, threshold_ppm, fired_at_ms) \
-                 VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                ))
-                .bind(scope)
-                .bind(day)
-                .bind(ppm)
-                .bind(now)
-                .execute(pool)
-                .await?
-                .rows_affected();
-                Ok(n == 1)
-            },
-            |m| Ok(m.claim_alert(scope, day, ppm))
-        )
+        let pool = match self {
+            Store::Sqlite(s) => return s.claim_alert(scope, day, ppm, now).await,
+            Store::Memory(m) => return Ok(m.claim_alert(scope, day, ppm)),
+            Store::Postgres(pool) => pool,
+        };
+        let n = sqlx::query(pg(CLAIM_ALERT))
+            .bind(scope)
+            .bind(day)
+            .bind(ppm)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
     }
 
     pub async fn mark_alert_delivered(
@@ -517,81 +463,75 @@ impl Store {
         day: &str,
         ppm: i64,
     ) -> Result<(), LedgerError> {
-        on_store!(
-            self,
-            |pool, q| {
-                sqlx::query(q("UPDATE alerts_fired SET delivered = 1 WHERE scope = ? AND day = ? AND threshold_ppm = ?"))
-                .bind(scope)
-                .bind(day)
-                .bind(ppm)
-                .execute(pool)
-                .await?;
-                Ok(())
-            },
-            |_m| Ok(())
-        )
+        let pool = match self {
+            Store::Sqlite(s) => return s.mark_alert_delivered(scope, day, ppm).await,
+            Store::Memory(_) => return Ok(()),
+            Store::Postgres(pool) => pool,
+        };
+        sqlx::query(pg(ALERT_DELIVERED))
+            .bind(scope)
+            .bind(day)
+            .bind(ppm)
+            .execute(pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn spend(&self, scope: &str, day: &str) -> Result<Spend, LedgerError> {
-        on_store!(
-            self,
-            |pool, q| {
-                let r = sqlx::query(q("SELECT spent_micros, reserved_micros FROM budget_days WHERE scope = ? AND day = ?"))
-                .bind(scope)
-                .bind(day)
-                .fetch_optional(pool)
-                .await?;
-                Ok(match r {
-                    Some(r) => Spend {
-                        spent_micros: r.try_get(0)?,
-                        reserved_micros: r.try_get(1)?,
-                    },
-                    None => Spend {
-                        spent_micros: 0,
-                        reserved_micros: 0,
-                    },
-                })
+        let pool = match self {
+            Store::Sqlite(s) => return s.spend(scope, day).await,
+            Store::Memory(m) => return Ok(m.spend(scope, day)),
+            Store::Postgres(pool) => pool,
+        };
+        let r = sqlx::query(pg(SELECT_BUDGET))
+            .bind(scope)
+            .bind(day)
+            .fetch_optional(pool)
+            .await?;
+        Ok(match r {
+            Some(r) => Spend {
+                spent_micros: r.try_get(0)?,
+                reserved_micros: r.try_get(1)?,
             },
-            |m| Ok(m.spend(scope, day))
-        )
+            None => Spend {
+                spent_micros: 0,
+                reserved_micros: 0,
+            },
+        })
     }
 
     pub async fn rows_since(&self, since_ms: i64) -> Result<Vec<ReportRow>, LedgerError> {
-        on_store!(
-            self,
-            |pool, q| {
-                let rows = sqlx::query(q(&format!(
-                "SELECT {ROW_COLUMNS} FROM requests WHERE started_at_ms >= ? ORDER BY started_at_ms"
-            )))
-            .bind(since_ms)
-            .fetch_all(pool)
-            .await?;
-                let mut out = Vec::with_capacity(rows.len());
-                for r in &rows {
-                    out.push(report_row!(r));
-                }
-                Ok(out)
-            },
-            |m| Ok(m.rows_since(since_ms))
-        )
+        let pool = match self {
+            Store::Sqlite(s) => return s.rows_since(since_ms).await,
+            Store::Memory(m) => return Ok(m.rows_since(since_ms)),
+            Store::Postgres(pool) => pool,
+        };
+        let rows = sqlx::query(pg(&select_rows(
+            "started_at_ms >= ? ORDER BY started_at_ms",
+        )))
+        .bind(since_ms)
+        .fetch_all(pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(report_row!(r));
+        }
+        Ok(out)
     }
 
     pub async fn row(&self, id: &str) -> Result<Option<ReportRow>, LedgerError> {
-        on_store!(
-            self,
-            |pool, q| {
-                let r = sqlx::query(q(&format!(
-                    "SELECT {ROW_COLUMNS} FROM requests WHERE id = ?"
-                )))
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
-                Ok(match r {
-                    Some(r) => Some(report_row!(&r)),
-                    None => None,
-                })
-            },
-            |m| Ok(m.row(id))
-        )
+        let pool = match self {
+            Store::Sqlite(s) => return s.row(id).await,
+            Store::Memory(m) => return Ok(m.row(id)),
+            Store::Postgres(pool) => pool,
+        };
+        let r = sqlx::query(pg(&select_rows("id = ?")))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+        Ok(match r {
+            Some(r) => Some(report_row!(&r)),
+            None => None,
+        })
     }
 }

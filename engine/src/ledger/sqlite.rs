@@ -1,0 +1,588 @@
+//! The SQLite ledger: one connection, owned by a writer thread that
+//! group-commits.
+//!
+//! SQLite has one writer at a time, so the ledger keeps one connection and
+//! gives it a thread of its own. Callers send it operations over a
+//! channel; the thread takes every operation waiting (up to
+//! [`MAX_BATCH`]), runs them one after the other inside one `BEGIN
+//! IMMEDIATE` transaction, each in its own savepoint, commits once, and
+//! only then answers each caller. Under load, many requests share one
+//! commit; alone, a request pays one short transaction and two thread
+//! hops, not a hop per statement.
+//!
+//! The batch changes nothing that a caller can see: operations run in
+//! arrival order, each sees the ones before it, a budget check and its
+//! reservation are still one step, and no answer leaves before the commit
+//! that makes it durable, so "no ledger row, no provider call" holds. An
+//! operation that fails or is refused (a budget that cannot afford it)
+//! rolls back to its savepoint and does not disturb the others; a failed
+//! commit fails every operation of the batch.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::report::Row as ReportRow;
+use super::store::{
+    self, INSERT_BUDGET_DAY, INSERT_REJECTED, INSERT_REQUEST, RESERVE, SELECT_SPENT, SETTLE_BUDGET,
+    SETTLE_REQUEST, UPSERT_INSTANCE,
+};
+use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend};
+
+/// Most operations in one transaction: bounds how long the first of them
+/// waits for the commit.
+const MAX_BATCH: usize = 256;
+
+/// How long a statement waits for another process's write lock (a second
+/// `sluice serve` or a `sluice usage` on the same file).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The schema, in order; `PRAGMA user_version` says how many are applied.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_ledger.sql")];
+
+/// What an operation did with its savepoint.
+enum Done<T> {
+    /// Keep its writes.
+    Keep(T),
+    /// Roll its writes back (the answer still goes to the caller).
+    Undo(T),
+}
+
+/// Runs one operation on the connection (or, given why it cannot run, does
+/// not); returns whether to keep its writes, and what answers the caller
+/// once the commit is known (`Some` error message when it failed).
+type Work = Box<dyn FnOnce(Result<&Connection, &str>) -> (bool, Finish) + Send>;
+type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+
+enum Msg {
+    Work(Work),
+    /// Finish what was sent before, close the connection, then answer.
+    Close(oneshot::Sender<()>),
+}
+
+pub struct SqliteStore {
+    tx: mpsc::UnboundedSender<Msg>,
+    /// Transactions committed (or tried), for tests of the batching.
+    #[cfg(test)]
+    batches: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Where `sqlite:PATH`, `sqlite://PATH` or `sqlite::memory:` points
+/// (`None`: in memory). A `?query` is ignored except `mode=memory`.
+fn parse_url(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("sqlite:").unwrap_or(url);
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let memory =
+        path.is_empty() || path == ":memory:" || query.split('&').any(|kv| kv == "mode=memory");
+    (!memory).then_some(path)
+}
+
+fn db_error(e: rusqlite::Error) -> LedgerError {
+    LedgerError::Sqlite(e.to_string())
+}
+
+/// Opens the connection and brings the schema up to date.
+fn connect(url: &str) -> rusqlite::Result<Connection> {
+    let conn = match parse_url(url) {
+        None => Connection::open_in_memory()?,
+        Some(path) => {
+            if let Some(dir) = Path::new(path).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let conn = Connection::open(path)?;
+            // WAL: readers (reports) never block the writer. NORMAL: a
+            // commit survives a crash of this process; only a power loss
+            // may lose the last commits.
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn
+        }
+    };
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let stored: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let mut applied = stored;
+    if stored == 0 {
+        // Ledgers made before this store kept their version in sqlx's
+        // table; the schema is the same.
+        let sqlx_table: Option<String> = conn
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if sqlx_table.is_some() {
+            applied = conn.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success",
+                [],
+                |r| r.get(0),
+            )?;
+            conn.pragma_update(None, "user_version", applied)?;
+        }
+    }
+    let applied = usize::try_from(applied).unwrap_or(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
+    }
+    Ok(())
+}
+
+/// The writer thread: batches, commits, answers.
+fn writer(conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>, on_batch: impl Fn()) {
+    let mut closing = None;
+    while closing.is_none() {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        let mut batch = Vec::new();
+        match first {
+            Msg::Work(w) => batch.push(w),
+            Msg::Close(done) => closing = Some(done),
+        }
+        while closing.is_none() && batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Work(w)) => batch.push(w),
+                Ok(Msg::Close(done)) => closing = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            run_batch(&conn, batch);
+            on_batch();
+        }
+    }
+    drop(conn);
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+fn run_batch(conn: &Connection, batch: Vec<Work>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let msg = e.to_string();
+        for work in batch {
+            let (_, finish) = work(Err(&msg));
+            finish(Some(&msg));
+        }
+        return;
+    }
+    let mut finishers = Vec::with_capacity(batch.len());
+    for work in batch {
+        let finish = match conn.execute_batch("SAVEPOINT op") {
+            Ok(()) => {
+                let (keep, finish) = work(Ok(conn));
+                if !keep {
+                    let _ = conn.execute_batch("ROLLBACK TO op");
+                }
+                let _ = conn.execute_batch("RELEASE op");
+                finish
+            }
+            Err(e) => work(Err(&e.to_string())).1,
+        };
+        finishers.push(finish);
+    }
+    let commit = conn.execute_batch("COMMIT").map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        e.to_string()
+    });
+    for finish in finishers {
+        finish(commit.as_ref().err().map(String::as_str));
+    }
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str) -> Result<SqliteStore, LedgerError> {
+        let url = url.to_string();
+        let conn = tokio::task::spawn_blocking(move || connect(&url))
+            .await
+            .map_err(|_| LedgerError::Closed)?
+            .map_err(db_error)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        #[cfg(test)]
+        let batches = std::sync::Arc::<std::sync::atomic::AtomicU64>::default();
+        #[cfg(test)]
+        let counted = batches.clone();
+        let on_batch = move || {
+            #[cfg(test)]
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        std::thread::Builder::new()
+            .name("sluice-ledger".into())
+            .spawn(move || writer(conn, rx, on_batch))
+            .map_err(|e| LedgerError::Sqlite(format!("cannot start the ledger thread: {e}")))?;
+        Ok(SqliteStore {
+            tx,
+            #[cfg(test)]
+            batches,
+        })
+    }
+
+    /// Runs `op` in the next batch and returns its answer once committed.
+    async fn call<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> rusqlite::Result<Done<T>> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let (answer, answered) = oneshot::channel();
+        let work: Work = Box::new(move |conn| {
+            let (keep, result) = match conn.map(op) {
+                Ok(Ok(Done::Keep(v))) => (true, Ok(v)),
+                Ok(Ok(Done::Undo(v))) => (false, Ok(v)),
+                Ok(Err(e)) => (false, Err(db_error(e))),
+                Err(why) => (false, Err(LedgerError::Sqlite(why.to_string()))),
+            };
+            let finish: Finish = Box::new(move |commit| {
+                let result = match commit {
+                    Some(e) => Err(LedgerError::Sqlite(format!("commit failed: {e}"))),
+                    None => result,
+                };
+                let _ = answer.send(result);
+            });
+            (keep, finish)
+        });
+        self.tx
+            .send(Msg::Work(work))
+            .map_err(|_| LedgerError::Closed)?;
+        answered.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Waits for what was sent before, then closes the connection.
+    pub async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.tx.send(Msg::Close(done)).is_ok() {
+            let _ = closed.await;
+        }
+    }
+
+    pub async fn heartbeat(&self, instance: &str, now: i64) -> Result<(), LedgerError> {
+        let (instance, host, pid) = (
+            instance.to_string(),
+            store::this_host(),
+            i64::from(std::process::id()),
+        );
+        self.call(move |c| {
+            c.prepare_cached(UPSERT_INSTANCE)?
+                .execute(params![instance, now, host, pid])?;
+            Ok(Done::Keep(()))
+        })
+        .await
+    }
+
+    pub async fn recover(&self, me: &str, now: i64) -> Result<u64, LedgerError> {
+        let me = me.to_string();
+        self.call(move |c| {
+            let instances = c
+                .prepare(store::SELECT_INSTANCES)?
+                .query_map([], |r| {
+                    Ok(store::Instance {
+                        id: r.get(0)?,
+                        last_seen_ms: r.get(1)?,
+                        host: r.get(2)?,
+                        pid: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let alive = store::alive_instances(&me, now, &instances);
+            let pending = c
+                .prepare(store::SELECT_PENDING)?
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut count = 0;
+            for (id, instance, day, reserved, scopes) in pending {
+                if alive.contains(&instance) {
+                    continue;
+                }
+                count += 1;
+                c.prepare_cached(store::INTERRUPT_REQUEST)?
+                    .execute(params![now, id])?;
+                for scope in scopes.split(',').filter(|s| !s.is_empty()) {
+                    c.prepare_cached(store::SPEND_RESERVATION)?
+                        .execute(params![reserved, reserved, scope, day])?;
+                }
+            }
+            for i in &instances {
+                if !alive.contains(&i.id) {
+                    c.execute(store::DELETE_INSTANCE, [&i.id])?;
+                }
+            }
+            Ok(Done::Keep(count))
+        })
+        .await
+    }
+
+    pub async fn open(
+        &self,
+        instance: &str,
+        o: &Opening,
+        now: i64,
+        day: &str,
+    ) -> Result<Admit, LedgerError> {
+        let (instance, o, day) = (instance.to_string(), o.clone(), day.to_string());
+        self.call(move |c| {
+            for scope in &o.scopes {
+                c.prepare_cached(INSERT_BUDGET_DAY)?
+                    .execute(params![scope.key, day])?;
+                // The check and the reservation are one statement: a row
+                // is only updated if it can afford it.
+                let done = c.prepare_cached(RESERVE)?.execute(params![
+                    o.reserve_micros,
+                    scope.key,
+                    day,
+                    o.reserve_micros,
+                    scope.daily_micros
+                ])?;
+                if done == 0 {
+                    let spent: i64 = c
+                        .prepare_cached(SELECT_SPENT)?
+                        .query_row(params![scope.key, day], |r| r.get(0))?;
+                    return Ok(Done::Undo(Admit::Exhausted {
+                        scope: scope.key.clone(),
+                        daily_micros: scope.daily_micros,
+                        spent_micros: spent,
+                    }));
+                }
+            }
+            let reserved = if o.scopes.is_empty() {
+                0
+            } else {
+                o.reserve_micros
+            };
+            c.prepare_cached(INSERT_REQUEST)?.execute(params![
+                o.id,
+                instance,
+                now,
+                day,
+                o.pipeline,
+                o.provider,
+                o.model,
+                reserved,
+                store::scope_list(&o),
+            ])?;
+            Ok(Done::Keep(Admit::Admitted))
+        })
+        .await
+    }
+
+    pub async fn record_rejected(
+        &self,
+        instance: &str,
+        o: &Opening,
+        now: i64,
+        day: &str,
+        status: &str,
+        error_code: &str,
+    ) -> Result<(), LedgerError> {
+        let (instance, o, day) = (instance.to_string(), o.clone(), day.to_string());
+        let (status, error_code) = (status.to_string(), error_code.to_string());
+        self.call(move |c| {
+            c.prepare_cached(INSERT_REJECTED)?.execute(params![
+                o.id, instance, now, now, day, o.pipeline, o.provider, o.model, status, error_code
+            ])?;
+            Ok(Done::Keep(()))
+        })
+        .await
+    }
+
+    pub async fn settle(&self, id: &str, s: &Settlement, now: i64) -> Result<Settled, LedgerError> {
+        let (id, s) = (id.to_string(), s.clone());
+        self.call(move |c| {
+            let row = c
+                .prepare_cached(store::SELECT_TO_SETTLE)?
+                .query_row([&id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .optional()?;
+            // Unknown, or already settled (or recovered as interrupted):
+            // settling twice would count the money twice.
+            let Some((day, reserved, scopes, status)) = row else {
+                return Ok(Done::Keep(Settled::default()));
+            };
+            if status != "pending" {
+                return Ok(Done::Keep(Settled::default()));
+            }
+            c.prepare_cached(SETTLE_REQUEST)?.execute(params![
+                s.status,
+                now,
+                s.provider,
+                s.model,
+                s.prompt_tokens as i64,
+                s.completion_tokens as i64,
+                i64::from(s.estimated),
+                s.cost_micros,
+                s.ttft_ms,
+                s.duration_ms,
+                i64::from(s.tool_calls),
+                s.error_code,
+                id,
+            ])?;
+            let mut spends = Vec::new();
+            for scope in scopes.split(',').filter(|s| !s.is_empty()) {
+                let spend = c.prepare_cached(SETTLE_BUDGET)?.query_row(
+                    params![reserved, s.cost_micros, scope, day],
+                    |r| {
+                        Ok(Spend {
+                            spent_micros: r.get(0)?,
+                            reserved_micros: r.get(1)?,
+                        })
+                    },
+                )?;
+                spends.push((scope.to_string(), spend));
+            }
+            Ok(Done::Keep(Settled { day, spends }))
+        })
+        .await
+    }
+
+    pub async fn claim_alert(
+        &self,
+        scope: &str,
+        day: &str,
+        ppm: i64,
+        now: i64,
+    ) -> Result<bool, LedgerError> {
+        let (scope, day) = (scope.to_string(), day.to_string());
+        self.call(move |c| {
+            let n = c
+                .prepare_cached(store::CLAIM_ALERT)?
+                .execute(params![scope, day, ppm, now])?;
+            Ok(Done::Keep(n == 1))
+        })
+        .await
+    }
+
+    pub async fn mark_alert_delivered(
+        &self,
+        scope: &str,
+        day: &str,
+        ppm: i64,
+    ) -> Result<(), LedgerError> {
+        let (scope, day) = (scope.to_string(), day.to_string());
+        self.call(move |c| {
+            c.prepare_cached(store::ALERT_DELIVERED)?
+                .execute(params![scope, day, ppm])?;
+            Ok(Done::Keep(()))
+        })
+        .await
+    }
+
+    pub async fn spend(&self, scope: &str, day: &str) -> Result<Spend, LedgerError> {
+        let (scope, day) = (scope.to_string(), day.to_string());
+        self.call(move |c| {
+            let spend = c
+                .prepare_cached(store::SELECT_BUDGET)?
+                .query_row(params![scope, day], |r| {
+                    Ok(Spend {
+                        spent_micros: r.get(0)?,
+                        reserved_micros: r.get(1)?,
+                    })
+                })
+                .optional()?;
+            Ok(Done::Keep(spend.unwrap_or(Spend {
+                spent_micros: 0,
+                reserved_micros: 0,
+            })))
+        })
+        .await
+    }
+
+    pub async fn rows_since(&self, since_ms: i64) -> Result<Vec<ReportRow>, LedgerError> {
+        self.call(move |c| {
+            let rows = c
+                .prepare(&store::select_rows(
+                    "started_at_ms >= ? ORDER BY started_at_ms",
+                ))?
+                .query_map([since_ms], report_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Done::Keep(rows))
+        })
+        .await
+    }
+
+    pub async fn row(&self, id: &str) -> Result<Option<ReportRow>, LedgerError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let row = c
+                .prepare(&store::select_rows("id = ?"))?
+                .query_row([&id], report_row)
+                .optional()?;
+            Ok(Done::Keep(row))
+        })
+        .await
+    }
+
+    /// How many transactions the writer ran (tests only).
+    #[cfg(test)]
+    pub fn batches(&self) -> u64 {
+        self.batches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs raw SQL on the ledger's connection (tests only).
+    #[cfg(test)]
+    pub async fn execute(&self, sql: &'static str, arg: String) -> Result<usize, LedgerError> {
+        self.call(move |c| Ok(Done::Keep(c.execute(sql, [arg])?)))
+            .await
+    }
+}
+
+/// A `requests` row in [`store::ROW_COLUMNS`] order.
+fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
+    Ok(ReportRow {
+        id: r.get(0)?,
+        started_at_ms: r.get(1)?,
+        ended_at_ms: r.get(2)?,
+        day: r.get(3)?,
+        pipeline: r.get(4)?,
+        provider: r.get(5)?,
+        model: r.get(6)?,
+        status: r.get(7)?,
+        prompt_tokens: r.get(8)?,
+        completion_tokens: r.get(9)?,
+        estimated: r.get::<_, i64>(10)? != 0,
+        reserved_micros: r.get(11)?,
+        cost_micros: r.get(12)?,
+        ttft_ms: r.get(13)?,
+        duration_ms: r.get(14)?,
+        tool_calls: r.get(15)?,
+        error_code: r.get(16)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn urls_name_a_file_or_memory() {
+        assert_eq!(parse_url("sqlite:data/sluice.db"), Some("data/sluice.db"));
+        assert_eq!(parse_url("sqlite://data/x.db?mode=rwc"), Some("data/x.db"));
+        assert_eq!(parse_url("sqlite:///tmp/x.db"), Some("/tmp/x.db"));
+        assert_eq!(parse_url("sqlite::memory:"), None);
+        assert_eq!(parse_url("sqlite://x.db?mode=memory"), None);
+    }
+}
