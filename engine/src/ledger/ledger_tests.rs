@@ -389,6 +389,36 @@ mod group_commit {
     }
 
     #[tokio::test]
+    async fn the_checkpointer_moves_the_wal_into_the_database_file() {
+        let (dir, url) = temp_url();
+        let l = Ledger::open(&url).await.unwrap();
+        let db = dir.join("ledger.db");
+        let before = std::fs::metadata(&db).unwrap().len();
+        // One transaction each: enough for several checkpoints.
+        for i in 0..300 {
+            l.open_request(&opening(&format!("c{i}"), 0, &[]))
+                .await
+                .unwrap();
+        }
+        // The writer never checkpoints itself; the checkpointer thread does,
+        // soon after it is asked.
+        let mut after = before;
+        for _ in 0..500 {
+            after = std::fs::metadata(&db).unwrap().len();
+            if after > before + 16 * 4096 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            after > before + 16 * 4096,
+            "database file {before} -> {after} bytes: nothing was checkpointed"
+        );
+        l.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
     async fn a_ledger_made_by_sqlx_migrations_opens_without_migrating_again() {
         let (dir, url) = temp_url();
         std::fs::create_dir_all(&dir).unwrap();
