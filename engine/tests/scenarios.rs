@@ -2,6 +2,8 @@
 //!
 //! - the fault matrix in `fixtures/scenarios/` passes;
 //! - a 60 s stall runs in no real time and gives the same outcome 100 times;
+//! - a call that ended cleanly keeps its upstream connection, and
+//!   `upstream_closed_within` says so;
 //! - scenario files with mistakes give `file:line:col` errors;
 //! - a failing scenario prints the expected and the actual outcome, ends
 //!   with `N passed, M failed` and exits 1; `--junit` writes JUnit XML.
@@ -104,6 +106,25 @@ fn a_sixty_second_stall_is_instant_and_the_same_every_time() {
         }
         assert_eq!(a, b, "run {i} differs from the first");
     }
+}
+
+#[test]
+fn a_call_that_ended_cleanly_keeps_its_connection_and_the_check_says_so() {
+    // Sluice keeps the upstream connection of a clean ending for the next
+    // call, so `upstream_closed_within` cannot hold there; the mismatch
+    // says why rather than "never closed".
+    let text = "pipeline: demo\nturns:\n  - text: [Hello, ' world']\nrequest: {input: hi}\nexpect:\n  upstream_closed_within: 100ms\n";
+    let s =
+        build::parse(Path::new("s.yaml"), text, &defaults()).unwrap_or_else(|d| panic!("{d:?}"));
+    let outcome = runner::run(&s, RunOptions::default());
+    let closing = outcome.closing.clone().unwrap();
+    assert_eq!((closing.closed_at, closing.kept_alive), (None, true));
+    let mismatches = check::check(&s.expect, &outcome);
+    assert_eq!(mismatches.len(), 1, "{mismatches:?}");
+    assert_eq!(
+        mismatches[0].actual,
+        "the reply completed and Sluice kept the connection open for reuse"
+    );
 }
 
 fn parse(text: &str) -> Vec<String> {

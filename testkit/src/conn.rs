@@ -68,7 +68,23 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, conn: usiz
     let journal = shared.journal.clone();
     let mut buf = BytesMut::new();
     let mut mine: Vec<usize> = Vec::new();
+    // `Fault::CloseIdleAfter` of the last reply: how long the connection
+    // may wait for the next request.
+    let mut idle_limit: Option<Duration> = None;
     loop {
+        if let Some(limit) = idle_limit.take()
+            && buf.is_empty()
+        {
+            buf.reserve(4096);
+            // Waits for the first byte of the next request (or an EOF, which
+            // `read_request` then sees again).
+            let first = tokio::time::timeout(limit, stream.read_buf(&mut buf)).await;
+            if first.is_err() {
+                let _ = stream.shutdown().await;
+                journal.connection_done(&mine, None);
+                return;
+            }
+        }
         let req = match http::read_request(&mut stream, &mut buf).await {
             Ok(req) => req,
             Err(ReadError::Closed) => {
@@ -88,7 +104,15 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, conn: usiz
         let received_at = Instant::now();
         let json: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let (plan, slot) = plan(&req, &json, &shared);
-        let keep_alive = req.keep_alive();
+        let faults = match &plan {
+            Plan::Stream(r, _) | Plan::Json(r, _) => r.faults.as_slice(),
+            Plan::Simple(..) => &[],
+        };
+        let keep_alive = req.keep_alive() && !faults.contains(&Fault::ConnectionClose);
+        idle_limit = faults.iter().find_map(|f| match f {
+            Fault::CloseIdleAfter(d) => Some(*d),
+            _ => None,
+        });
         let idx = journal.push(RecordedRequest {
             method: req.method,
             path: req.path,

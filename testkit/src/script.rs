@@ -222,7 +222,8 @@ pub fn fixtures_dir() -> PathBuf {
 /// At one event count, faults act in list order (a stall then a disconnect).
 ///
 /// A non-streaming request (`"stream": false`) only sees `Status`,
-/// `DelayHeaders`, `Truncate` and `OmitUsage`.
+/// `DelayHeaders`, `Truncate`, `OmitUsage`, `ConnectionClose` and
+/// `CloseIdleAfter`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// Answer with this HTTP status, a provider-shaped JSON error body and
@@ -266,4 +267,14 @@ pub enum Fault {
     /// `event: error` with an `overloaded_error`, on `…/chat/completions`
     /// `data: {"error": {...}}`.
     ErrorEventAfter(usize),
+    /// Answer with `Connection: close` and close the connection after the
+    /// reply, as a server that does not keep connections alive does.
+    ConnectionClose,
+    /// After the reply, keep the connection open for the next request (no
+    /// `Connection: close`), but close it (FIN) if that request has not
+    /// started to arrive within this time, as servers with a keep-alive idle
+    /// timeout do. Zero closes it right after the reply. Tests use it to
+    /// close a connection the client keeps idle in its pool; the journal
+    /// then counts the close as the mock's (see [`crate::Journal::wait_closed`]).
+    CloseIdleAfter(Duration),
 }

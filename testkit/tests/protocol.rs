@@ -276,3 +276,63 @@ async fn hyper_client_streams_and_reuses_the_connection() {
     drop(sender);
     driver.await.unwrap().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn connection_close_answers_with_the_header_and_closes_after_the_reply() {
+    let mock = MockProvider::start(Script::single(
+        Reply::text(&["bye"]).fault(Fault::ConnectionClose),
+    ))
+    .await
+    .unwrap();
+    let mut c = Client::connect(mock.addr()).await;
+    c.chat(true).await;
+    let head = c.read_head().await.unwrap();
+    assert_eq!(head.header("connection"), Some("close"));
+    assert_eq!(content_of(&c.read_body().await.unwrap()), "bye");
+    let (rest, end) = c.read_to_close().await;
+    assert!(rest.is_empty() && end.is_ok(), "{rest:?} {end:?}");
+    // The mock closed it: no client close is recorded.
+    assert_eq!(mock.journal().wait_closed(0, T).await, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_idle_after_closes_a_keep_alive_connection_left_idle() {
+    let idle = Duration::from_secs(5);
+    let mock = MockProvider::start(
+        Script::single(Reply::text(&["first"]).fault(Fault::CloseIdleAfter(idle)))
+            .then(Reply::text(&["second"]))
+            .then(Reply::text(&["third"]).fault(Fault::CloseIdleAfter(idle))),
+    )
+    .await
+    .unwrap();
+    // A request within the idle time is served on the same connection.
+    let mut c = Client::connect(mock.addr()).await;
+    c.chat(true).await;
+    let head = c.read_head().await.unwrap();
+    assert_eq!(head.header("connection"), None);
+    c.read_body().await.unwrap();
+    tokio::time::sleep(idle - Duration::from_millis(1)).await;
+    c.chat(true).await;
+    c.read_head().await.unwrap();
+    assert_eq!(content_of(&c.read_body().await.unwrap()), "second");
+    // A second connection left idle past it is closed by the mock, at once
+    // after the idle time.
+    let mut c = Client::connect(mock.addr()).await;
+    c.chat(true).await;
+    c.read_head().await.unwrap();
+    assert_eq!(content_of(&c.read_body().await.unwrap()), "third");
+    let t0 = tokio::time::Instant::now();
+    let (rest, end) = c.read_to_close().await;
+    assert!(rest.is_empty() && end.is_ok(), "{rest:?} {end:?}");
+    assert_eq!(t0.elapsed(), idle);
+    let journal = mock.journal();
+    assert_eq!(journal.wait_closed(2, T).await, None);
+    assert_eq!(
+        journal
+            .requests()
+            .iter()
+            .map(|r| r.connection)
+            .collect::<Vec<_>>(),
+        [0, 0, 1]
+    );
+}

@@ -1,8 +1,8 @@
 //! The Anthropic Messages API client (`POST {base_url}/messages`, streamed).
 //!
-//! Same connection model as the OpenAI client (see [`super::http`]): one
-//! connection per call, owned by the returned stream, so dropping the
-//! stream closes the socket at once.
+//! Same connection model as the OpenAI client (see [`super::http`]): a
+//! pooled or new connection per call, owned by the returned stream, so
+//! dropping the stream closes the socket at once, unless it ended cleanly.
 
 use std::pin::Pin;
 

@@ -1,8 +1,9 @@
 //! The OpenAI-compatible chat-completions client (OpenAI, vLLM, Ollama,
 //! llama.cpp, Groq...).
 //!
-//! Each call opens its own connection and the returned stream owns it (see
-//! [`super::http`]): dropping the stream closes the socket at once.
+//! Each call takes an idle keep-alive connection of this provider or opens
+//! one, and the returned stream owns it (see [`super::http`]): dropping the
+//! stream closes the socket at once, unless the stream ended cleanly.
 
 use std::pin::Pin;
 

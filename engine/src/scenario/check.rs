@@ -234,6 +234,11 @@ fn closed_within(c: &mut Checker, bound: Duration, o: &Outcome) {
     );
     match cl.closed_at {
         None if cl.by_mock => c.differ(WHAT, expected, "the mock closed the connection itself"),
+        None if cl.kept_alive => c.differ(
+            WHAT,
+            expected,
+            "the reply completed and Sluice kept the connection open for reuse",
+        ),
         None => c.differ(WHAT, expected, "the upstream connection was never closed"),
         Some(at) if cl.deadline && at < cl.reference_at => c.differ(
             WHAT,

@@ -121,13 +121,15 @@ pub fn summary(o: &Outcome) -> String {
             s.push_str(&format!(", {f}"));
         }
     }
-    if let Some(c) = &o.closing
-        && let Some(at) = c.closed_at
-    {
-        s.push_str(&format!(
-            ", upstream closed +{}ms",
-            at.saturating_sub(c.reference_at).as_millis()
-        ));
+    if let Some(c) = &o.closing {
+        if let Some(at) = c.closed_at {
+            s.push_str(&format!(
+                ", upstream closed +{}ms",
+                at.saturating_sub(c.reference_at).as_millis()
+            ));
+        } else if c.kept_alive {
+            s.push_str(", upstream kept for reuse");
+        }
     }
     s
 }

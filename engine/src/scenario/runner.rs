@@ -24,6 +24,12 @@ pub const REQUEST_ID: &str = "sluice-scenario";
 /// How long the runner waits for the last model call's connection to close.
 const CLOSE_WAIT: Duration = Duration::from_secs(60);
 
+/// How long it waits when the mock completed the last reply. Sluice then
+/// either closed the connection before it reported the ending, or keeps it
+/// open for the provider's next call; a short wait tells the two apart, and
+/// a scenario on the real clock does not sit out [`CLOSE_WAIT`].
+const KEPT_WAIT: Duration = Duration::from_millis(250);
+
 /// Where providers point while the runner only looks for the pipeline.
 const PLACEHOLDER_URL: &str = "http://127.0.0.1:9/v1";
 
@@ -72,6 +78,10 @@ pub struct Closing {
     pub closed_at: Option<Duration>,
     /// The mock closed the connection itself (a disconnect fault).
     pub by_mock: bool,
+    /// The last call's reply completed and its connection was still open
+    /// when the runner stopped waiting: Sluice keeps a connection whose
+    /// stream ended cleanly for the provider's next call.
+    pub kept_alive: bool,
     /// The reference is a deadline (closing before it is a failure); else
     /// it is when the client saw the ending, which Sluice reports only
     /// after it closed the upstream.
@@ -245,16 +255,30 @@ async fn run_async(scenario: &Scenario, opts: RunOptions, real: bool) -> Outcome
     // Let the last model call end: Sluice closes it, or the mock does.
     let calls = journal.request_count();
     if calls > 0 {
+        let last = calls - 1;
+        let completed = || {
+            journal
+                .request(last)
+                .is_some_and(|r| r.completed_at.is_some())
+        };
         let waited_from = Instant::now();
         // Sluice closes within milliseconds; waiting longer only tells a
         // connection left open from one closed late.
         let bound = CLOSE_WAIT.min(scenario.limit / 2);
-        let closed = journal.wait_closed(calls - 1, bound).await;
-        let by_mock = closed.is_none() && waited_from.elapsed() < bound;
-        let last = journal.request(calls - 1);
-        outcome.closing = last.map(|rec| Closing {
+        let first = KEPT_WAIT.min(bound);
+        let mut closed = journal.wait_closed(last, first).await;
+        let mut timed_out = closed.is_none() && waited_from.elapsed() >= first;
+        if timed_out && !completed() {
+            closed = journal.wait_closed(last, bound - first).await;
+            timed_out = closed.is_none() && waited_from.elapsed() >= bound;
+        }
+        // `wait_closed` answers `None` at once when the mock closed it.
+        let by_mock = closed.is_none() && !timed_out;
+        let kept_alive = timed_out && completed();
+        outcome.closing = journal.request(last).map(|rec| Closing {
             closed_at: closed.map(|t| t.duration_since(t0)),
             by_mock,
+            kept_alive,
             ..reference(&outcome, &rec, timeouts, t0)
         });
     }
@@ -337,6 +361,7 @@ fn reference(outcome: &Outcome, rec: &RecordedRequest, t: Timeouts, t0: Instant)
         reference_at: at,
         closed_at: None,
         by_mock: false,
+        kept_alive: false,
         deadline,
     }
 }
