@@ -405,13 +405,13 @@ mod group_commit {
         let mut after = before;
         for _ in 0..500 {
             after = std::fs::metadata(&db).unwrap().len();
-            if after > before + 16 * 4096 {
+            if after > before + 8 * 4096 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert!(
-            after > before + 16 * 4096,
+            after > before + 8 * 4096,
             "database file {before} -> {after} bytes: nothing was checkpointed"
         );
         l.close().await;
