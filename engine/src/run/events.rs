@@ -69,36 +69,16 @@ pub struct UsageReport {
 }
 
 /// One thing to tell the client.
+///
+/// Kept to 32 bytes: every open stream's event channel holds a block of
+/// 32 slots, so the rare, larger events are boxed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Start {
-        request_id: String,
-        pipeline: String,
-        provider: String,
-        model: String,
-        /// Set when the budget could not afford the pipeline's own model
-        /// and a cheaper one answers instead.
-        downgraded_from: Option<String>,
-    },
+    Start(Box<StartEvent>),
     Delta(String),
-    /// The model asked for a tool; `arguments` is its JSON (or, when it
-    /// wrote invalid JSON, its text as a string).
-    ToolCall {
-        id: String,
-        name: String,
-        arguments: serde_json::Value,
-        round: u32,
-    },
-    /// What the tool answered (rows count, or the error sent to the model).
-    ToolResult {
-        id: String,
-        name: String,
-        ok: bool,
-        rows: usize,
-        truncated: bool,
-        error: Option<String>,
-    },
-    Usage(UsageReport),
+    ToolCall(Box<ToolCallEvent>),
+    ToolResult(Box<ToolResultEvent>),
+    Usage(Box<UsageReport>),
     Error {
         code: ErrorCode,
         message: String,
@@ -108,6 +88,40 @@ pub enum Event {
     },
     /// Nothing happened for a while; keeps proxies from closing the stream.
     KeepAlive,
+}
+
+/// The stream has started: who answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StartEvent {
+    pub request_id: String,
+    pub pipeline: String,
+    pub provider: String,
+    pub model: String,
+    /// Set when the budget could not afford the pipeline's own model
+    /// and a cheaper one answers instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downgraded_from: Option<String>,
+}
+
+/// The model asked for a tool; `arguments` is its JSON (or, when it
+/// wrote invalid JSON, its text as a string).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallEvent {
+    pub id: String,
+    pub name: String,
+    pub arguments: serde_json::Value,
+    pub round: u32,
+}
+
+/// What the tool answered (rows count, or the error sent to the model).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolResultEvent {
+    pub id: String,
+    pub name: String,
+    pub ok: bool,
+    pub rows: usize,
+    pub truncated: bool,
+    pub error: Option<String>,
 }
 
 /// A failure before anything was sent to the client.
@@ -178,5 +192,13 @@ impl Status {
             Self::BudgetRejected => "budget_rejected",
             Self::Internal => "internal",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_event_fits_a_small_channel_slot() {
+        assert!(std::mem::size_of::<super::Event>() <= 32);
     }
 }

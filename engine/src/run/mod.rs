@@ -31,7 +31,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 
-pub use events::{Admission, ErrorCode, Event, Rejection, Status, UsageReport};
+pub use events::{
+    Admission, ErrorCode, Event, Rejection, StartEvent, Status, ToolCallEvent, ToolResultEvent,
+    UsageReport,
+};
 use stream::{Ending, Out};
 
 use crate::alerts::Alerts;
@@ -351,14 +354,17 @@ async fn run(
         .chain(cx.global_budget.iter())
         .collect();
 
-    let target = match open_in_ledger(
+    // The futures of admission, phase 1 and settlement are boxed: this
+    // task's allocation lasts as long as the stream, and only the streaming
+    // state needs to live that long.
+    let target = match Box::pin(open_in_ledger(
         &cx,
         &pipeline,
         &req.request_id,
         &prompt,
         max_tokens,
         &budgets,
-    )
+    ))
     .await
     {
         Ok(t) => t,
@@ -409,7 +415,7 @@ async fn run(
     )
     .await;
     active.dec();
-    conclude(
+    Box::pin(conclude(
         &cx,
         &pipeline,
         &candidates[answered],
@@ -419,7 +425,7 @@ async fn run(
         &finish,
         error,
         &budgets,
-    )
+    ))
     .await;
 }
 
@@ -439,7 +445,7 @@ async fn drive(
 
     // Phase 1: nothing sent yet. Wait for the first chunk, retrying and
     // falling back as the pipeline allows.
-    let phase1 = attempts::first_chunk(
+    let phase1 = Box::pin(attempts::first_chunk(
         cx,
         pipeline,
         candidates,
@@ -447,7 +453,7 @@ async fn drive(
         max_tokens,
         tally.started,
         &mut admit,
-    )
+    ))
     .await;
     let (index, stream, first_chunk) = match phase1 {
         Ok(v) => v,
@@ -475,13 +481,13 @@ async fn drive(
         total_deadline,
         keepalive: cx.keepalive,
     };
-    let start = Event::Start {
+    let start = Event::Start(Box::new(StartEvent {
         request_id: request_id.to_string(),
         pipeline: pipeline.name.clone(),
         provider: target.provider_name.clone(),
         model: target.model.clone(),
         downgraded_from: target.downgraded_from.clone(),
-    };
+    }));
     let ending = match out.send(start).await {
         Err(()) => Ending::ClientClosed,
         Ok(()) => {
@@ -503,7 +509,7 @@ async fn drive(
     let (status, finish, error) = match ending {
         Ending::ClientClosed => (Status::ClientClosed, "cancelled".into(), None),
         Ending::Finished(reason) => {
-            let _ = out.send(Event::Usage(tally.usage())).await;
+            let _ = out.send(Event::Usage(Box::new(tally.usage()))).await;
             let _ = out
                 .send(Event::Done {
                     finish_reason: reason.clone(),
@@ -517,7 +523,7 @@ async fn drive(
             finish,
         } => {
             let status = Status::for_error(code);
-            let _ = out.send(Event::Usage(tally.usage())).await;
+            let _ = out.send(Event::Usage(Box::new(tally.usage()))).await;
             let _ = out.send(Event::Error { code, message }).await;
             let _ = out
                 .send(Event::Done {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::events::{ErrorCode, Event};
+use super::events::{ErrorCode, Event, ToolCallEvent, ToolResultEvent};
 use super::stream::{Ending, Out, RoundEnd, stream_round};
 use super::{RunContext, Tally, Target};
 use crate::compile::Pipeline;
@@ -70,12 +70,12 @@ pub(super) async fn stream_body(
         for c in &calls {
             let arguments = serde_json::from_str::<Value>(&c.arguments)
                 .unwrap_or_else(|_| Value::String(c.arguments.clone()));
-            let ev = Event::ToolCall {
+            let ev = Event::ToolCall(Box::new(ToolCallEvent {
                 id: c.id.clone(),
                 name: c.name.clone(),
                 arguments,
                 round,
-            };
+            }));
             if out.send(ev).await.is_err() {
                 return Ending::ClientClosed;
             }
@@ -105,14 +105,14 @@ pub(super) async fn stream_body(
             if !o.ok {
                 warn!(tool = %c.name, error = o.error.as_deref().unwrap_or_default(), "tool call refused or failed; the model is told");
             }
-            let ev = Event::ToolResult {
+            let ev = Event::ToolResult(Box::new(ToolResultEvent {
                 id: c.id.clone(),
                 name: c.name.clone(),
                 ok: o.ok,
                 rows: o.rows,
                 truncated: o.truncated,
                 error: o.error.clone(),
-            };
+            }));
             if out.send(ev).await.is_err() {
                 return Ending::ClientClosed;
             }

@@ -32,7 +32,10 @@ use crate::alerts::Alerts;
 use crate::compile::{Catalog, Pipeline, ServerSettings};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::run::{self, Admission, ErrorCode, Event, Rejection, RunContext, RunRequest};
+use crate::run::{
+    self, Admission, ErrorCode, Event, Rejection, RunContext, RunRequest, ToolCallEvent,
+    ToolResultEvent,
+};
 
 pub use request::{Invalid, PipelineCall};
 
@@ -180,7 +183,12 @@ impl Server {
             let shared = shared.clone();
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(shared, req).await) }
+                // Boxed: hyper keeps a connection's (or an h2 stream's)
+                // service future inline for as long as it lives, and this
+                // one is large; the box is freed once the response starts.
+                let handled: Pin<Box<dyn Future<Output = _> + Send>> =
+                    Box::pin(async move { Ok::<_, Infallible>(handle(shared, req).await) });
+                handled
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder
@@ -534,35 +542,32 @@ async fn collect_response(
     let mut tool_calls: Vec<serde_json::Value> = Vec::new();
     while let Some(ev) = rx.recv().await {
         match ev {
-            Event::ToolCall {
-                id,
-                name,
-                arguments,
-                round,
-            } => {
+            Event::ToolCall(call) => {
+                let ToolCallEvent {
+                    id,
+                    name,
+                    arguments,
+                    round,
+                } = *call;
                 tool_calls
                     .push(json!({"id": id, "name": name, "arguments": arguments, "round": round}));
             }
-            Event::ToolResult {
-                id,
-                ok,
-                rows,
-                truncated,
-                error,
-                ..
-            } => {
+            Event::ToolResult(result) => {
+                let ToolResultEvent {
+                    id,
+                    ok,
+                    rows,
+                    truncated,
+                    error,
+                    ..
+                } = *result;
                 if let Some(call) = tool_calls.iter_mut().rev().find(|c| c["id"] == json!(id)) {
                     call["result"] =
                         json!({"ok": ok, "rows": rows, "truncated": truncated, "error": error});
                 }
             }
-            Event::Start {
-                pipeline,
-                provider,
-                model,
-                ..
-            } => {
-                start = json!({"pipeline": pipeline, "provider": provider, "model": model});
+            Event::Start(s) => {
+                start = json!({"pipeline": s.pipeline, "provider": s.provider, "model": s.model});
             }
             Event::Delta(t) => text.push_str(&t),
             Event::Usage(u) => usage = serde_json::to_value(u).unwrap_or_default(),

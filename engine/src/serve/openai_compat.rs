@@ -312,7 +312,7 @@ async fn collect(
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::Delta(t) => text.push_str(&t),
-            Event::Usage(u) => usage = Some(u),
+            Event::Usage(u) => usage = Some(*u),
             Event::Error { code, message } => error = Some((code, message)),
             Event::Done { finish_reason } => finish = finish_reason,
             _ => {}
@@ -370,11 +370,11 @@ impl ChatEncoder {
 
     fn encode_event(&mut self, ev: Event, buf: &mut BytesMut) {
         match ev {
-            Event::Start { .. } => {
+            Event::Start(_) => {
                 self.chunk(buf, json!({"role": "assistant", "content": ""}), None)
             }
             Event::Delta(text) => self.chunk(buf, json!({"content": text}), None),
-            Event::Usage(u) => self.usage = Some(u),
+            Event::Usage(u) => self.usage = Some(*u),
             Event::Error { code, message } if code != ErrorCode::TokenCeiling => {
                 // The SDKs raise an APIError for a chunk carrying `error`.
                 self.failed = true;

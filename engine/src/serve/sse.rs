@@ -12,16 +12,6 @@ use tokio::sync::mpsc;
 use crate::run::{ErrorCode, Event, UsageReport};
 
 #[derive(Serialize)]
-struct StartData<'a> {
-    request_id: &'a str,
-    pipeline: &'a str,
-    provider: &'a str,
-    model: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    downgraded_from: Option<&'a str>,
-}
-
-#[derive(Serialize)]
 struct DeltaData<'a> {
     text: &'a str,
 }
@@ -53,49 +43,10 @@ fn write_event<T: Serialize>(buf: &mut BytesMut, name: &str, id: u64, data: &T) 
 /// Appends the SSE encoding of `ev` (with `id` for named events) to `buf`.
 pub fn encode(ev: &Event, id: u64, buf: &mut BytesMut) {
     match ev {
-        Event::Start {
-            request_id,
-            pipeline,
-            provider,
-            model,
-            downgraded_from,
-        } => write_event(
-            buf,
-            "start",
-            id,
-            &StartData {
-                request_id,
-                pipeline,
-                provider,
-                model,
-                downgraded_from: downgraded_from.as_deref(),
-            },
-        ),
+        Event::Start(start) => write_event(buf, "start", id, start),
         Event::Delta(text) => write_event(buf, "delta", id, &DeltaData { text }),
-        Event::ToolCall {
-            id: call_id,
-            name,
-            arguments,
-            round,
-        } => write_event(
-            buf,
-            "tool_call",
-            id,
-            &serde_json::json!({"id": call_id, "name": name, "arguments": arguments, "round": round}),
-        ),
-        Event::ToolResult {
-            id: call_id,
-            name,
-            ok,
-            rows,
-            truncated,
-            error,
-        } => write_event(
-            buf,
-            "tool_result",
-            id,
-            &serde_json::json!({"id": call_id, "name": name, "ok": ok, "rows": rows, "truncated": truncated, "error": error}),
-        ),
+        Event::ToolCall(call) => write_event(buf, "tool_call", id, call),
+        Event::ToolResult(result) => write_event(buf, "tool_result", id, result),
         Event::Usage(u) => write_event::<UsageReport>(buf, "usage", id, u),
         Event::Error { code, message } => write_event(
             buf,
@@ -139,6 +90,10 @@ pub struct EventBody<E> {
     encoder: E,
 }
 
+/// Bytes reserved before encoding an event: a delta event is usually
+/// under 100 bytes, so most frames take one small allocation.
+const FRAME_RESERVE: usize = 256;
+
 /// The native stream of `/v1/pipelines/{name}`.
 pub type SseBody = EventBody<Native>;
 
@@ -146,7 +101,8 @@ impl<E: Encoder> EventBody<E> {
     pub fn new(rx: mpsc::Receiver<Event>, encoder: E) -> Self {
         Self {
             rx,
-            buf: BytesMut::with_capacity(4096),
+            // Nothing held while the stream is idle; see `poll_frame`.
+            buf: BytesMut::new(),
             encoder,
         }
     }
@@ -165,6 +121,9 @@ impl<E: Encoder> http_body::Body for EventBody<E> {
         while let Poll::Ready(item) = this.rx.poll_recv(cx) {
             match item {
                 Some(ev) => {
+                    // Room for a typical event, allocated only once one has
+                    // arrived: thousands of idle streams hold no buffers.
+                    this.buf.reserve(FRAME_RESERVE);
                     this.encoder.encode(ev, &mut this.buf);
                     if this.buf.len() >= 16 * 1024 {
                         break;
