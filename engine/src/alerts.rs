@@ -25,7 +25,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Alerts {
     ledger: Arc<Ledger>,
-    webhook: Option<(Endpoint, Uri)>,
+    webhook: Option<Endpoint>,
     tracker: TaskTracker,
 }
 
@@ -33,7 +33,7 @@ impl Alerts {
     pub fn new(ledger: Arc<Ledger>, webhook: Option<&str>, tracker: TaskTracker) -> Self {
         let webhook = webhook
             .and_then(|u| u.parse::<Uri>().ok())
-            .map(|u| (Endpoint::new(&u, ""), u));
+            .map(|u| Endpoint::url(&u));
         Alerts {
             ledger,
             webhook,
@@ -71,7 +71,7 @@ impl Alerts {
             format_usd(budget.daily_micros),
         );
         info!(scope = %budget.scope, day, threshold = percent / 100.0, "{text}");
-        let Some((endpoint, uri)) = self.webhook.clone() else {
+        let Some(endpoint) = self.webhook.clone() else {
             return;
         };
         let body = json!({
@@ -91,19 +91,10 @@ impl Alerts {
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
             let mut backoff = FIRST_BACKOFF;
             for attempt in 1..=ATTEMPTS {
-                let mut req = match endpoint.post(
+                let req = endpoint.post(
                     std::iter::empty::<(HeaderName, HeaderValue)>(),
                     bytes.clone(),
-                ) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        warn!(error = %e, "cannot build the alert request");
-                        return;
-                    }
-                };
-                if let Some(pq) = uri.path_and_query() {
-                    *req.uri_mut() = pq.as_str().parse().unwrap_or_else(|_| req.uri().clone());
-                }
+                );
                 match endpoint.send(req, CALL_TIMEOUT).await {
                     Ok(status) if (200..300).contains(&status) => {
                         if let Err(e) = ledger.mark_alert_delivered(&scope, &day, ppm).await {

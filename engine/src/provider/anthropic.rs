@@ -59,7 +59,7 @@ impl Provider for AnthropicProvider {
             let key = key.map(|v| (HeaderName::from_static("x-api-key"), v));
             let req = self
                 .endpoint
-                .post(std::iter::once(version).chain(key), body)?;
+                .post(std::iter::once(version).chain(key), body);
             self.endpoint
                 .stream(
                     req,

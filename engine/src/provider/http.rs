@@ -3,11 +3,10 @@
 //! timeout), HTTP error statuses with `Retry-After`, and the response body
 //! decoded into chunks by a wire [`Decoder`].
 //!
-//! The returned stream owns its connection: the hyper connection future is
-//! polled *inside* the stream, not in a spawned task. Dropping the stream
-//! therefore closes the socket at once, which is how timeouts, ceilings and
-//! client disconnects stop the upstream from generating (and billing) for
-//! nobody.
+//! The returned stream owns its connection ([`super::h1`]) and reads it
+//! itself, in the caller's task. Dropping the stream therefore closes the
+//! socket at once, which is how timeouts, ceilings and client disconnects
+//! stop the upstream from generating (and billing) for nobody.
 //!
 //! The one exception is a stream that ended cleanly: the consumer received
 //! the provider's end marker, nothing failed, and the response allows
@@ -16,23 +15,20 @@
 //! takes the most recently returned live connection, or opens a new one.
 
 use std::collections::VecDeque;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{FutureExt, Stream};
-use http::{HeaderName, HeaderValue, Request, Response, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body, Incoming};
-use hyper::client::conn::TrySendError;
-use hyper_util::rt::TokioIo;
+use futures_util::Stream;
+use http::{HeaderName, HeaderValue, Uri, header};
 use tokio::net::TcpStream;
+use tracing::debug;
 
 use super::anthropic_wire::AnthropicDecoder;
+use super::h1::{Connection, Head, Io, READ_CHUNK};
 use super::openai_wire::OpenAiDecoder;
-use super::pool::{ConnFuture, Pool, Sender};
+use super::pool::Pool;
 use super::sse::{SseEvent, SseParser};
 use super::{Chunk, ChunkStream, ProviderError};
 
@@ -67,7 +63,7 @@ pub struct Endpoint {
     /// Without IPv6 brackets, for connecting and TLS.
     host: String,
     port: u16,
-    /// The endpoint's path, e.g. `/v1/chat/completions`.
+    /// The request target, e.g. `/v1/chat/completions`.
     path: String,
     /// The `Host` header.
     authority: String,
@@ -75,13 +71,32 @@ pub struct Endpoint {
     pool: Arc<Pool>,
 }
 
+/// A request, serialized: its head and body, ready to be written.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    bytes: Vec<u8>,
+}
+
 impl Endpoint {
     /// `route` (e.g. `/messages`) under the base URL's path.
     pub fn new(base_url: &Uri, route: &str) -> Self {
-        let https = base_url.scheme_str() == Some("https");
-        let host = base_url.host().unwrap_or("localhost");
-        let port = base_url.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let authority = base_url
+        let path = format!("{}{route}", base_url.path().trim_end_matches('/'));
+        Self::at(base_url, path)
+    }
+
+    /// Exactly `url`, its query included (webhooks).
+    pub fn url(url: &Uri) -> Self {
+        let path = url
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
+        Self::at(url, path)
+    }
+
+    fn at(url: &Uri, path: String) -> Self {
+        let https = url.scheme_str() == Some("https");
+        let host = url.host().unwrap_or("localhost");
+        let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let authority = url
             .authority()
             .map_or_else(|| host.to_string(), |a| a.as_str().to_string());
         Self {
@@ -91,50 +106,60 @@ impl Endpoint {
                 .trim_end_matches(']')
                 .to_string(),
             port,
-            path: format!("{}{route}", base_url.path().trim_end_matches('/')),
+            path: if path.is_empty() { "/".into() } else { path },
             authority,
             pool: Arc::new(Pool::new()),
         }
     }
 
-    /// A JSON POST to this endpoint that asks for an event stream.
+    /// A JSON POST to this endpoint that asks for an event stream. Names
+    /// and values are checked header types, so nothing in them can break
+    /// the request's framing.
     pub fn post(
         &self,
         headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
         body: Vec<u8>,
-    ) -> Result<Request<Full<Bytes>>, ProviderError> {
-        let mut builder = Request::post(&self.path)
-            .header(header::HOST, &self.authority)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "text/event-stream");
-        for (name, value) in headers {
-            builder = builder.header(name, value);
+    ) -> Outgoing {
+        let mut bytes = Vec::with_capacity(256 + body.len());
+        for part in [
+            "POST ",
+            &self.path,
+            " HTTP/1.1\r\nhost: ",
+            &self.authority,
+            "\r\ncontent-type: application/json\r\naccept: text/event-stream\r\n",
+        ] {
+            bytes.extend_from_slice(part.as_bytes());
         }
-        builder
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ProviderError::Config(format!("cannot build request: {e}")))
+        for (name, value) in headers {
+            bytes.extend_from_slice(name.as_str().as_bytes());
+            bytes.extend_from_slice(b": ");
+            bytes.extend_from_slice(value.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"content-length: ");
+        bytes.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        bytes.extend_from_slice(b"\r\n\r\n");
+        bytes.extend_from_slice(&body);
+        Outgoing { bytes }
     }
 
     /// Opens a connection (TCP, then TLS for https), bounded by `timeout`.
-    async fn connect(&self, timeout: Duration) -> Result<(Sender, ConnFuture), ProviderError> {
+    async fn connect(&self, timeout: Duration) -> Result<Connection, ProviderError> {
         let connect = async {
             let tcp = TcpStream::connect((self.host.as_str(), self.port))
                 .await
                 .map_err(|e| ProviderError::Connect(format!("{}:{}: {e}", self.host, self.port)))?;
             let _ = tcp.set_nodelay(true);
-            if self.https {
-                let server_name = rustls::pki_types::ServerName::try_from(self.host.clone())
-                    .map_err(|e| ProviderError::Config(format!("invalid host name: {e}")))?;
-                let tls = tokio_rustls::TlsConnector::from(tls_config()?)
-                    .connect(server_name, tcp)
-                    .await
-                    .map_err(|e| {
-                        ProviderError::Connect(format!("tls handshake with {}: {e}", self.host))
-                    })?;
-                handshake(tls).await
-            } else {
-                handshake(tcp).await
+            if !self.https {
+                return Ok(Connection::new(Io::Plain(tcp)));
             }
+            let server_name = rustls::pki_types::ServerName::try_from(self.host.clone())
+                .map_err(|e| ProviderError::Config(format!("invalid host name: {e}")))?;
+            let tls = tokio_rustls::TlsConnector::from(tls_config()?)
+                .connect(server_name, tcp)
+                .await
+                .map_err(|e| ProviderError::Connect(format!("tls handshake with {}: {e}", self.host)))?;
+            Ok(Connection::new(Io::Tls(Box::new(tls))))
         };
         match tokio::time::timeout(timeout, connect).await {
             Ok(r) => r,
@@ -148,33 +173,23 @@ impl Endpoint {
     /// `summarize`; its connection is closed, not reused.
     pub async fn stream<D: Decoder>(
         &self,
-        req: Request<Full<Bytes>>,
+        req: Outgoing,
         connect_timeout: Duration,
         decoder: D,
         summarize: fn(u16, &[u8]) -> String,
     ) -> Result<ChunkStream, ProviderError> {
-        let (sender, mut conn, response) = self.exchange(req, connect_timeout).await?;
-        let (parts, body) = response.into_parts();
-        if !parts.status.is_success() {
-            let retry_after = retry_after(&parts.headers);
-            let status = parts.status.as_u16();
-            let read = async { Limited::new(body, MAX_ERROR_BODY).collect().await };
-            let bytes = tokio::select! {
-                r = read => r.map(|c| c.to_bytes()).unwrap_or_default(),
-                _ = &mut conn => Bytes::new(),
-            };
+        let (mut conn, head) = self.exchange(req, connect_timeout).await?;
+        if !(200..300).contains(&head.status) {
+            let body = read_body(&mut conn, MAX_ERROR_BODY).await;
             return Err(ProviderError::Status {
-                status,
-                retry_after,
-                message: summarize(status, &bytes),
+                status: head.status,
+                retry_after: retry_after(&head.headers),
+                message: summarize(head.status, &body),
             });
         }
         Ok(Box::pin(UpstreamStream {
             pool: self.pool.clone(),
-            keep_alive: allows_reuse(&parts),
             conn: Some(conn),
-            sender: Some(sender),
-            body: Some(body),
             parser: SseParser::new(),
             decoder,
             events: Vec::new(),
@@ -189,99 +204,71 @@ impl Endpoint {
 
     /// Sends `req` on the most recently returned live idle connection, or
     /// on a new one (bounded by `connect_timeout`), and waits for the
-    /// response headers.
+    /// response head.
     ///
     /// A pooled connection can be closed by the server just as we send on
-    /// it. When hyper gives the request back (it never started writing it),
-    /// the request is sent once more on a new connection; a request that
-    /// may have reached the provider is never sent again here (retries are
-    /// `run`'s decision).
+    /// it. When writing the request fails there, the server cannot have
+    /// read it, and it is sent once more on a new connection; a request
+    /// that may have reached the provider is never sent again here
+    /// (retries are `run`'s decision).
     async fn exchange(
         &self,
-        req: Request<Full<Bytes>>,
+        req: Outgoing,
         connect_timeout: Duration,
-    ) -> Result<(Sender, ConnFuture, Response<Incoming>), ProviderError> {
-        let req = match self.pool.checkout() {
-            Some((sender, conn)) => match send_on(sender, conn, req).await {
-                Ok(done) => return Ok(done),
-                Err(SendError::Unsent(req, _)) => *req,
-                Err(SendError::Failed(e)) => return Err(e),
-            },
-            None => req,
+    ) -> Result<(Connection, Head), ProviderError> {
+        if let Some(mut conn) = self.pool.checkout() {
+            match conn.write(&req.bytes).await {
+                Ok(()) => return conn.read_head().await.map(|head| (conn, head)),
+                Err(e) => {
+                    debug!(error = %e, "a pooled connection failed before the request was written; opening a new one");
+                }
+            }
+        }
+        let mut conn = self.connect(connect_timeout).await?;
+        conn.write(&req.bytes)
+            .await
+            .map_err(|e| ProviderError::Io(e.to_string()))?;
+        drop(req);
+        let head = conn.read_head().await?;
+        Ok((conn, head))
+    }
+
+    /// Sends `req` on a new connection and returns the response status,
+    /// reading (and dropping) at most 64 KiB of body. For webhooks and other
+    /// one-shot calls, bounded as a whole by `timeout`.
+    pub async fn send(&self, req: Outgoing, timeout: Duration) -> Result<u16, ProviderError> {
+        let call = async {
+            let mut conn = self.connect(timeout).await?;
+            conn.write(&req.bytes)
+                .await
+                .map_err(|e| ProviderError::Io(e.to_string()))?;
+            let head = conn.read_head().await?;
+            read_body(&mut conn, MAX_ERROR_BODY).await;
+            Ok(head.status)
         };
-        let (sender, conn) = self.connect(connect_timeout).await?;
-        send_on(sender, conn, req).await.map_err(|e| match e {
-            SendError::Unsent(_, e) | SendError::Failed(e) => e,
-        })
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProviderError::Io(format!(
+                    "no answer within {}",
+                    humantime::format_duration(timeout)
+                )))
+            })
     }
 }
 
-/// Why [`send_on`] has no response.
-enum SendError {
-    /// The connection ended before hyper started writing the request: it
-    /// is given back, and can be sent elsewhere.
-    Unsent(Box<Request<Full<Bytes>>>, ProviderError),
-    /// The request may have been sent.
-    Failed(ProviderError),
-}
-
-impl SendError {
-    fn from_hyper(mut e: TrySendError<Request<Full<Bytes>>>) -> Self {
-        match e.take_message() {
-            Some(req) => {
-                SendError::Unsent(Box::new(req), ProviderError::Io(e.into_error().to_string()))
-            }
-            None => SendError::Failed(ProviderError::Io(e.into_error().to_string())),
+/// Up to `limit` bytes of the current response's body; what cannot be read
+/// is left out.
+async fn read_body(conn: &mut Connection, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    while body.len() < limit {
+        match std::future::poll_fn(|cx| conn.poll_body(cx, &mut buf)).await {
+            Ok(Some(n)) => body.extend_from_slice(&buf[..n.min(limit - body.len())]),
+            Ok(None) | Err(_) => break,
         }
     }
-}
-
-/// Sends `req` on a connection, driving the connection while it waits for
-/// the response headers.
-async fn send_on(
-    mut sender: Sender,
-    mut conn: ConnFuture,
-    req: Request<Full<Bytes>>,
-) -> Result<(Sender, ConnFuture, Response<Incoming>), SendError> {
-    let mut sent = pin!(sender.try_send_request(req));
-    let first = tokio::select! {
-        r = &mut sent => Ok(r),
-        r = &mut conn => Err(r),
-    };
-    let ended = match first {
-        Ok(Ok(response)) => return Ok((sender, conn, response)),
-        Ok(Err(e)) => return Err(SendError::from_hyper(e)),
-        Err(ended) => ended,
-    };
-    let closed = ProviderError::Io(match ended {
-        Ok(()) => "connection closed before the response".into(),
-        Err(e) => e.to_string(),
-    });
-    // Dropping the connection drops the requests hyper queued but did not
-    // start to write; each comes back through its `sent` future, which is
-    // then ready.
-    drop(conn);
-    match sent.now_or_never() {
-        Some(Err(mut e)) => match e.take_message() {
-            Some(req) => Err(SendError::Unsent(Box::new(req), closed)),
-            None => Err(SendError::Failed(closed)),
-        },
-        _ => Err(SendError::Failed(closed)),
-    }
-}
-
-/// Whether a response lets the connection carry another request: HTTP/1.1
-/// without `Connection: close` (an HTTP/1.0 server is not kept, even if it
-/// offers keep-alive).
-fn allows_reuse(parts: &http::response::Parts) -> bool {
-    parts.version == http::Version::HTTP_11
-        && !parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("close"))
+    body
 }
 
 /// The API key of a provider, as read from the environment at compile time.
@@ -325,16 +312,6 @@ impl ApiKey {
             (None, None) => Ok(None),
         }
     }
-}
-
-async fn handshake<T>(io: T) -> Result<(Sender, ConnFuture), ProviderError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| ProviderError::Connect(format!("http handshake: {e}")))?;
-    Ok((sender, Box::pin(conn)))
 }
 
 /// The TLS client configuration (webpki roots, ring), built once. An error
@@ -407,14 +384,8 @@ fn httpdate_parse(v: &str) -> Option<std::time::SystemTime> {
 struct UpstreamStream<D> {
     /// Where a cleanly ended stream returns its connection.
     pool: Arc<Pool>,
-    /// The response allows another request on its connection.
-    keep_alive: bool,
-    /// `None` once it resolved (the connection is closed).
-    conn: Option<ConnFuture>,
-    /// Kept for the pool; `None` only after it went there.
-    sender: Option<Sender>,
-    /// `None` only when the stream is being dropped.
-    body: Option<Incoming>,
+    /// `None` once the connection failed or closed.
+    conn: Option<Connection>,
     parser: SseParser,
     decoder: D,
     events: Vec<SseEvent>,
@@ -431,20 +402,16 @@ struct UpstreamStream<D> {
 
 impl<D> UpstreamStream<D> {
     /// Whether the connection may carry another call: the consumer received
-    /// the provider's end marker, nothing failed, the server did not ask to
-    /// close, and the connection is still open.
+    /// the provider's end marker and nothing failed. The connection itself
+    /// decides the rest when the pool checks it out (the response allowed
+    /// keep-alive, the body ended with nothing after it, the server has not
+    /// closed it).
     ///
     /// The body need not have been read to its end: `run` drops the stream
-    /// as soon as it sees [`Chunk::End`], usually before the chunked body's
-    /// last bytes arrive. hyper reads them when the pool next polls the
-    /// connection; if more than the body's end is left, or it has not
-    /// arrived, hyper closes the connection and the pool discards it.
+    /// as soon as it sees [`Chunk::End`], sometimes before the chunked
+    /// body's last bytes arrive.
     fn reusable(&self) -> bool {
-        self.end_delivered
-            && !self.failed
-            && self.error.is_none()
-            && self.keep_alive
-            && self.conn.is_some()
+        self.end_delivered && !self.failed && self.error.is_none() && self.conn.is_some()
     }
 
     fn fail(&mut self, e: ProviderError) {
@@ -457,14 +424,11 @@ impl<D> UpstreamStream<D> {
 impl<D> Drop for UpstreamStream<D> {
     fn drop(&mut self) {
         if !self.reusable() {
-            // The fields drop after this: the socket closes at once.
+            // The connection drops after this: the socket closes at once.
             return;
         }
-        // Drop the body first, so that hyper drains or closes the rest of
-        // it when the connection is next polled.
-        self.body = None;
-        if let (Some(sender), Some(conn)) = (self.sender.take(), self.conn.take()) {
-            self.pool.checkin(sender, conn);
+        if let Some(conn) = self.conn.take() {
+            self.pool.checkin(conn);
         }
     }
 }
@@ -488,7 +452,6 @@ impl<D: Decoder> UpstreamStream<D> {
     }
 }
 
-// Nothing in it is structurally pinned: the connection future is boxed.
 impl<D> Unpin for UpstreamStream<D> {}
 
 impl<D: Decoder> Stream for UpstreamStream<D> {
@@ -496,6 +459,8 @@ impl<D: Decoder> Stream for UpstreamStream<D> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        // Read into the stack, not into a buffer every open stream keeps.
+        let mut buf = [0u8; READ_CHUNK];
         loop {
             if let Some(c) = this.pending.pop_front() {
                 this.end_delivered |= c == Chunk::End;
@@ -507,35 +472,23 @@ impl<D: Decoder> Stream for UpstreamStream<D> {
             if this.finished {
                 return Poll::Ready(None);
             }
-            if let Some(conn) = this.conn.as_mut()
-                && let Poll::Ready(r) = conn.as_mut().poll(cx)
-            {
-                this.conn = None;
-                if let Err(e) = r {
-                    this.fail(ProviderError::Io(e.to_string()));
-                    continue;
-                }
-            }
-            let Some(body) = this.body.as_mut() else {
+            let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match Pin::new(body).poll_frame(cx) {
+            match conn.poll_body(cx, &mut buf) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        match this.parser.push(&data, &mut this.events) {
-                            Ok(()) => this.decode_events(),
-                            Err(e) => {
-                                this.decode_events();
-                                this.fail(ProviderError::Malformed(e.to_string()));
-                            }
-                        }
+                Poll::Ready(Ok(Some(n))) => match this.parser.push(&buf[..n], &mut this.events) {
+                    Ok(()) => this.decode_events(),
+                    Err(e) => {
+                        this.decode_events();
+                        this.fail(ProviderError::Malformed(e.to_string()));
                     }
+                },
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    this.fail(e);
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    this.fail(ProviderError::Io(e.to_string()));
-                }
-                Poll::Ready(None) => {
+                Poll::Ready(Ok(None)) => {
                     this.parser.finish(&mut this.events);
                     this.decode_events();
                     this.finished = true;
@@ -545,49 +498,6 @@ impl<D: Decoder> Stream for UpstreamStream<D> {
                 }
             }
         }
-    }
-}
-
-impl Endpoint {
-    /// Sends `req` on a new connection and returns the response status,
-    /// reading (and dropping) at most 64 KiB of body. For webhooks and other
-    /// one-shot calls, bounded as a whole by `timeout`.
-    pub async fn send(
-        &self,
-        req: Request<Full<Bytes>>,
-        timeout: Duration,
-    ) -> Result<u16, ProviderError> {
-        let call = async {
-            let (mut sender, mut conn) = self.connect(timeout).await?;
-            let response = tokio::select! {
-                r = sender.send_request(req) => r.map_err(|e| ProviderError::Io(e.to_string()))?,
-                r = &mut conn => {
-                    return Err(ProviderError::Io(match r {
-                        Ok(()) => "connection closed before the response".into(),
-                        Err(e) => e.to_string(),
-                    }));
-                }
-            };
-            let status = response.status().as_u16();
-            let read = async {
-                Limited::new(response.into_body(), MAX_ERROR_BODY)
-                    .collect()
-                    .await
-            };
-            tokio::select! {
-                _ = read => {},
-                _ = &mut conn => {},
-            }
-            Ok(status)
-        };
-        tokio::time::timeout(timeout, call)
-            .await
-            .unwrap_or_else(|_| {
-                Err(ProviderError::Io(format!(
-                    "no answer within {}",
-                    humantime::format_duration(timeout)
-                )))
-            })
     }
 }
 
@@ -651,62 +561,33 @@ mod tests {
     }
 
     #[test]
-    fn only_http_1_1_without_connection_close_is_reused() {
-        let parts = |version, connection: Option<&str>| {
-            let mut b = http::Response::builder().version(version);
-            if let Some(c) = connection {
-                b = b.header(header::CONNECTION, c);
-            }
-            b.body(()).unwrap().into_parts().0
-        };
-        assert!(allows_reuse(&parts(http::Version::HTTP_11, None)));
-        assert!(allows_reuse(&parts(
-            http::Version::HTTP_11,
-            Some("keep-alive")
-        )));
-        assert!(!allows_reuse(&parts(http::Version::HTTP_11, Some("close"))));
-        assert!(!allows_reuse(&parts(
-            http::Version::HTTP_11,
-            Some("Upgrade, Close")
-        )));
-        assert!(!allows_reuse(&parts(
-            http::Version::HTTP_10,
-            Some("keep-alive")
-        )));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_request_a_closed_connection_never_wrote_comes_back() {
-        // The server accepts and closes at once: a pooled connection that
-        // died after the pool's check, just before the send.
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .unwrap();
-        let tcp = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        drop(listener.accept().await.unwrap());
-        let (sender, conn) = handshake(tcp).await.unwrap();
-        // Let the FIN arrive (the paused clock turns the I/O driver first).
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let endpoint = Endpoint::new(&"http://127.0.0.1:1/v1".parse().unwrap(), "/x");
-        let req = endpoint.post([], b"{}".to_vec()).unwrap();
-        match send_on(sender, conn, req).await {
-            Err(SendError::Unsent(req, _)) => {
-                assert_eq!(req.uri(), "/v1/x");
-                let body = req.into_body().collect().await.unwrap().to_bytes();
-                assert_eq!(body, Bytes::from_static(b"{}"));
-            }
-            Err(SendError::Failed(e)) => panic!("the request was not given back: {e}"),
-            Ok(_) => panic!("a closed connection answered"),
-        }
+    fn a_webhook_endpoint_keeps_its_query_and_a_post_is_framed_exactly() {
+        let e = Endpoint::url(&"http://127.0.0.1:9/hooks/x?token=abc".parse().unwrap());
+        assert_eq!(e.path, "/hooks/x?token=abc");
+        let req = e.post(
+            [(
+                HeaderName::from_static("authorization"),
+                HeaderValue::from_static("Bearer k"),
+            )],
+            b"{\"a\":1}".to_vec(),
+        );
+        assert_eq!(
+            String::from_utf8(req.bytes).unwrap(),
+            "POST /hooks/x?token=abc HTTP/1.1\r\nhost: 127.0.0.1:9\r\n\
+             content-type: application/json\r\naccept: text/event-stream\r\n\
+             authorization: Bearer k\r\ncontent-length: 7\r\n\r\n{\"a\":1}"
+        );
+        let root = Endpoint::url(&"http://example.com".parse().unwrap());
+        assert_eq!((root.path.as_str(), root.port), ("/", 80));
     }
 
     /// A raw HTTP/1.1 server that answers every request with a chunked SSE
-    /// stream up to `[DONE]`, then, 1 s later, `tail`. Returns its address
-    /// and how many connections it accepted.
+    /// stream up to `[DONE]`, then, 1 s later, `tail` (and closes the
+    /// connection after it when `close` is set). Returns its address and
+    /// how many connections it accepted.
     async fn late_tail_server(
         tail: &'static [u8],
+        close: bool,
     ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -747,6 +628,9 @@ mod tests {
                         let _ = sock.write_all(format!("{head}{chunk}").as_bytes()).await;
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         let _ = sock.write_all(tail).await;
+                        if close {
+                            return;
+                        }
                     }
                 });
             }
@@ -757,7 +641,7 @@ mod tests {
     /// One call read up to `Chunk::End` and dropped there, as `run` does.
     async fn call_until_end(endpoint: &Endpoint) {
         use futures_util::StreamExt;
-        let req = endpoint.post([], b"{}".to_vec()).unwrap();
+        let req = endpoint.post([], b"{}".to_vec());
         let mut s = endpoint
             .stream(req, Duration::from_secs(1), OpenAiDecoder::new(), |_, _| {
                 String::new()
@@ -776,7 +660,7 @@ mod tests {
     async fn a_stream_dropped_at_its_end_marker_is_reused_once_the_body_ends() {
         // The body's last chunk comes after the stream was dropped: hyper
         // reads it when the pool checks the connection out.
-        let (addr, accepted) = late_tail_server(b"0\r\n\r\n").await;
+        let (addr, accepted) = late_tail_server(b"0\r\n\r\n", false).await;
         let uri = format!("http://{addr}/v1").parse().unwrap();
         let endpoint = Endpoint::new(&uri, "/chat/completions");
         call_until_end(&endpoint).await;
@@ -789,11 +673,23 @@ mod tests {
     async fn a_connection_with_more_than_the_body_end_left_is_not_reused() {
         // After `[DONE]` the server sends more data instead of ending the
         // body: the connection is closed at checkout, not used.
-        let (addr, accepted) = late_tail_server(b"6\r\n: more\r\n").await;
+        let (addr, accepted) = late_tail_server(b"6\r\n: more\r\n", false).await;
         let uri = format!("http://{addr}/v1").parse().unwrap();
         let endpoint = Endpoint::new(&uri, "/chat/completions");
         call_until_end(&endpoint).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
+        call_until_end(&endpoint).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pooled_connection_the_server_closed_is_replaced() {
+        let (addr, accepted) = late_tail_server(b"0\r\n\r\n", true).await;
+        let uri = format!("http://{addr}/v1").parse().unwrap();
+        let endpoint = Endpoint::new(&uri, "/chat/completions");
+        call_until_end(&endpoint).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The pool finds the close at checkout; the call never sees it.
         call_until_end(&endpoint).await;
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
@@ -823,3 +719,4 @@ mod tests {
         assert!(none.header("p", "").unwrap().is_none());
     }
 }
+

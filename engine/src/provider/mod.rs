@@ -13,6 +13,7 @@ pub mod anthropic_wire;
 pub mod http;
 pub mod openai;
 pub mod openai_wire;
+mod h1;
 mod pool;
 pub mod replay;
 pub mod sse;

@@ -49,7 +49,7 @@ impl Provider for OpenAiProvider {
                 .map_err(|e| ProviderError::Config(format!("cannot encode request: {e}")))?;
             let req = self
                 .endpoint
-                .post(auth.map(|v| (header::AUTHORIZATION, v)), body)?;
+                .post(auth.map(|v| (header::AUTHORIZATION, v)), body);
             self.endpoint
                 .stream(
                     req,

@@ -6,8 +6,8 @@
 //! the background (that would need a spawned task per connection, which
 //! nothing would track), so a connection the server closed while idle is
 //! noticed when it is checked out: checkout polls each candidate once
-//! without blocking and discards the ones that ended, the ones whose sender
-//! is not ready for a request, and the ones idle longer than the idle limit.
+//! without blocking and discards the ones that ended, the ones whose last
+//! body did not end cleanly, and the ones idle longer than the idle limit.
 //! Checking in also drops the expired ones and those past the cap.
 //!
 //! The cost of that: a provider that stops being called keeps up to
@@ -15,19 +15,13 @@
 //! call, or until the catalog holding its endpoint is dropped.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use tokio::time::Instant;
 
-/// A hyper HTTP/1.1 connection: polling it does the connection's I/O.
-pub(super) type ConnFuture = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
-/// Sends requests on the connection of a [`ConnFuture`].
-pub(super) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+use super::h1::Connection;
 
 /// How long a connection may stay idle before it is closed instead of
 /// reused. Shorter than the idle timeouts that providers and their load
@@ -47,8 +41,7 @@ pub(super) struct Pool {
 }
 
 struct Idle {
-    sender: Sender,
-    conn: ConnFuture,
+    conn: Connection,
     since: Instant,
 }
 
@@ -66,19 +59,15 @@ impl Pool {
     }
 
     /// Keeps a connection whose last response was read to its end (or
-    /// whose stream was dropped right after the provider's end marker: hyper
-    /// then reads the rest of the body at the next poll and closes the
-    /// connection if more than the body's end was left).
-    pub(super) fn checkin(&self, sender: Sender, conn: ConnFuture) {
+    /// whose stream was dropped right after the provider's end marker: the
+    /// rest of the body is read at checkout, and the connection is closed
+    /// if more than the body's end was left).
+    pub(super) fn checkin(&self, conn: Connection) {
         let now = Instant::now();
         let mut closed = Vec::new();
         {
             let mut idle = self.lock();
-            idle.push_back(Idle {
-                sender,
-                conn,
-                since: now,
-            });
+            idle.push_back(Idle { conn, since: now });
             while idle.len() > self.max_idle || idle.front().is_some_and(|c| self.expired(c, now)) {
                 closed.extend(idle.pop_front());
             }
@@ -89,7 +78,7 @@ impl Pool {
 
     /// The most recently checked-in connection that is still usable, if
     /// any. The ones found dead or expired on the way are closed.
-    pub(super) fn checkout(&self) -> Option<(Sender, ConnFuture)> {
+    pub(super) fn checkout(&self) -> Option<Connection> {
         let now = Instant::now();
         loop {
             let candidate = {
@@ -136,37 +125,30 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Idle {
-    /// Polls the connection once, with a waker that does nothing, so hyper
-    /// does the I/O that is already possible: it reads an EOF or reset the
-    /// server sent while the connection was idle (the future then
-    /// resolves), or the rest of the last body, and asks for the next
-    /// request. `None` unless the connection is open and ready for one.
-    fn ready(mut self) -> Option<(Sender, ConnFuture)> {
+    /// Polls the connection once, with a waker that does nothing, so the
+    /// I/O that is already possible happens: the rest of the last body, or
+    /// an EOF or reset the server sent while the connection was idle.
+    /// `None` unless the connection is open and ready for a request.
+    fn ready(mut self) -> Option<Connection> {
         let mut cx = Context::from_waker(Waker::noop());
-        if self.conn.as_mut().poll(&mut cx).is_ready() {
-            return None;
-        }
-        (self.sender.is_ready() && !self.sender.is_closed()).then_some((self.sender, self.conn))
+        self.conn.poll_reusable(&mut cx).then_some(self.conn)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper_util::rt::TokioIo;
+    use crate::provider::h1::Io;
     use tokio::net::{TcpListener, TcpStream};
 
     /// A connection to `listener`'s server side, which is returned too (drop
     /// it to close the connection from the server's side).
-    async fn connection(listener: &TcpListener) -> (Sender, ConnFuture, TcpStream) {
+    async fn connection(listener: &TcpListener) -> (Connection, TcpStream) {
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
-            .await
-            .unwrap();
-        (sender, Box::pin(conn), server)
+        (Connection::new(Io::Plain(client)), server)
     }
 
     async fn listener() -> TcpListener {
@@ -179,8 +161,8 @@ mod tests {
         let pool = Pool::with_limits(2, IDLE_LIMIT);
         let mut servers = Vec::new();
         for _ in 0..3 {
-            let (s, c, server) = connection(&l).await;
-            pool.checkin(s, c);
+            let (c, server) = connection(&l).await;
+            pool.checkin(c);
             servers.push(server);
         }
         assert_eq!(pool.idle_count(), 2);
@@ -197,15 +179,28 @@ mod tests {
         assert!(pool.checkout().is_none());
     }
 
+    #[tokio::test]
+    async fn a_connection_with_unread_bytes_is_not_handed_out() {
+        use tokio::io::AsyncWriteExt;
+        let l = listener().await;
+        let pool = Pool::with_limits(8, IDLE_LIMIT);
+        let (c, mut server) = connection(&l).await;
+        pool.checkin(c);
+        // Bytes nobody asked for: the connection's framing is lost.
+        server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(pool.checkout().is_none());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn connections_idle_past_the_limit_are_closed_not_reused() {
         let l = listener().await;
         let pool = Pool::with_limits(8, Duration::from_secs(30));
-        let (s, c, _server) = connection(&l).await;
-        pool.checkin(s, c);
+        let (c, _server) = connection(&l).await;
+        pool.checkin(c);
         tokio::time::advance(Duration::from_secs(29)).await;
-        let (s, c) = pool.checkout().expect("29 s idle is within the limit");
-        pool.checkin(s, c);
+        let c = pool.checkout().expect("29 s idle is within the limit");
+        pool.checkin(c);
         tokio::time::advance(Duration::from_secs(30)).await;
         assert!(pool.checkout().is_none());
         assert_eq!(pool.idle_count(), 0);
