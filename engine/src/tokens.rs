@@ -2,14 +2,23 @@
 //! gpt-4o family), used where the provider reports no usage and to enforce
 //! the completion ceiling while the stream runs. Counts from here are
 //! estimates for models with other tokenizers, and are reported as such.
+//!
+//! The vocabulary comes from `tiktoken-rs`, but it is kept here in a form
+//! of its own: tiktoken's `CoreBPE` holds two hash maps of 200,000 small
+//! heap vectors, a sorted copy of them and a regex per thread, about 40 MB
+//! resident for the whole life of the process. [`Vocabulary`] holds every
+//! token's bytes back to back and an open-addressing table of ranks, about
+//! 4 MB. The split pattern is tiktoken's (`O200K_BASE_PAT_STR`); merging is
+//! byte-pair encoding: the adjacent pair whose joined bytes have the lowest
+//! rank is merged first, the leftmost on ties, until no pair is a token.
+//! Tests check that counts equal tiktoken's own.
 
+use std::collections::BinaryHeap;
 use std::sync::OnceLock;
-
-use tiktoken_rs::CoreBPE;
 
 use crate::provider::Message;
 
-static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
+static BPE: OnceLock<Option<Bpe>> = OnceLock::new();
 
 /// Loads the tokenizer; call at start-up so the first request does not pay
 /// for it. Later calls are free.
@@ -17,8 +26,8 @@ pub fn init() {
     bpe();
 }
 
-fn bpe() -> Option<&'static CoreBPE> {
-    BPE.get_or_init(|| match tiktoken_rs::o200k_base() {
+fn bpe() -> Option<&'static Bpe> {
+    BPE.get_or_init(|| match Bpe::o200k() {
         Ok(b) => Some(b),
         Err(e) => {
             tracing::error!(error = %e, "cannot load the o200k tokenizer; falling back to a byte estimate");
@@ -31,7 +40,7 @@ fn bpe() -> Option<&'static CoreBPE> {
 /// Tokens in `text`.
 pub fn count(text: &str) -> u64 {
     match bpe() {
-        Some(b) => b.encode_ordinary(text).len() as u64,
+        Some(b) => b.count(text),
         // About four bytes per token in English text.
         None => text.len().div_ceil(4) as u64,
     }
@@ -39,28 +48,15 @@ pub fn count(text: &str) -> u64 {
 
 /// The longest prefix of `text` that holds at most `max` tokens.
 pub fn truncate(text: &str, max: u64) -> String {
-    let Some(b) = bpe() else {
-        let mut end = (max as usize * 4).min(text.len());
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        return text[..end].to_string();
+    let mut end = match bpe() {
+        Some(b) => b.prefix_len(text, max),
+        None => (max as usize).saturating_mul(4).min(text.len()),
     };
-    let tokens = b.encode_ordinary(text);
-    if tokens.len() as u64 <= max {
-        return text.to_string();
+    // A token may end inside a multi-byte character: keep whole ones.
+    while !text.is_char_boundary(end) {
+        end -= 1;
     }
-    let keep = &tokens[..max as usize];
-    match b.decode_bytes(keep) {
-        Ok(bytes) => {
-            // A cut may fall inside a multi-byte character: keep whole ones.
-            match std::str::from_utf8(&bytes) {
-                Ok(s) => s.to_string(),
-                Err(e) => String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned(),
-            }
-        }
-        Err(_) => String::new(),
-    }
+    text[..end].to_string()
 }
 
 /// Prompt tokens of a chat, as OpenAI counts them for chat models: the
@@ -76,27 +72,229 @@ pub fn prompt_bound(counted: u64) -> u64 {
     counted + counted / 10 + 16
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A rank: a token's number, and its merge priority (lower merges first).
+type Rank = u32;
+const EMPTY: u32 = u32::MAX;
 
-    #[test]
-    fn counts_and_truncates_on_token_boundaries() {
-        let text = "The quick brown fox jumps over the lazy dog.";
-        let n = count(text);
-        assert!((9..=11).contains(&n), "{n}");
-        let cut = truncate(text, 3);
-        assert!(text.starts_with(&cut));
-        assert_eq!(count(&cut), 3);
-        assert_eq!(truncate(text, 100), text);
+/// Every token's bytes, looked up by bytes.
+struct Vocabulary {
+    /// The bytes of rank 0, then rank 1, and so on.
+    bytes: Vec<u8>,
+    /// Where each rank's bytes start in `bytes`, and one more: the end.
+    starts: Vec<u32>,
+    /// Ranks by the hash of their bytes (linear probing); `EMPTY` is free.
+    table: Vec<u32>,
+}
+
+impl Vocabulary {
+    /// From the tokens of ranks 0, 1, 2... in order.
+    fn new<'a>(tokens: impl Iterator<Item = &'a [u8]>) -> Self {
+        let mut bytes = Vec::new();
+        let mut starts = vec![0u32];
+        for t in tokens {
+            bytes.extend_from_slice(t);
+            starts.push(bytes.len() as u32);
+        }
+        bytes.shrink_to_fit();
+        starts.shrink_to_fit();
+        let n = starts.len() - 1;
+        // At most half full, so probes stay short.
+        let mut table = vec![EMPTY; (2 * n).next_power_of_two().max(2)];
+        let mask = table.len() - 1;
+        for rank in 0..n as Rank {
+            let token = &bytes[starts[rank as usize] as usize..starts[rank as usize + 1] as usize];
+            let mut slot = hash(token) as usize & mask;
+            while table[slot] != EMPTY {
+                slot = (slot + 1) & mask;
+            }
+            table[slot] = rank;
+        }
+        Vocabulary {
+            bytes,
+            starts,
+            table,
+        }
     }
 
-    #[test]
-    fn truncation_never_splits_a_character() {
-        let text = "日本語のテキストです";
-        for max in 0..count(text) {
-            let cut = truncate(text, max);
-            assert!(text.starts_with(&cut));
+    fn token(&self, rank: Rank) -> &[u8] {
+        let r = rank as usize;
+        &self.bytes[self.starts[r] as usize..self.starts[r + 1] as usize]
+    }
+
+    fn rank(&self, piece: &[u8]) -> Option<Rank> {
+        let mask = self.table.len() - 1;
+        let mut slot = hash(piece) as usize & mask;
+        loop {
+            match self.table[slot] {
+                EMPTY => return None,
+                r if self.token(r) == piece => return Some(r),
+                _ => slot = (slot + 1) & mask,
+            }
         }
     }
 }
+
+/// FNV-1a: short keys, no need to resist chosen collisions (the keys are
+/// the fixed vocabulary; lookups of other bytes just miss).
+fn hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+struct Bpe {
+    vocab: Vocabulary,
+    split: fancy_regex::Regex,
+}
+
+impl Bpe {
+    /// o200k_base, read out of tiktoken's `CoreBPE`, which is then dropped.
+    fn o200k() -> Result<Self, String> {
+        let core = tiktoken_rs::o200k_base().map_err(|e| e.to_string())?;
+        // Ordinary ranks are 0.. without gaps; the first rank that does not
+        // decode ends them (special tokens are not split out of text here).
+        let mut tokens = Vec::new();
+        for rank in 0.. {
+            match core.decode_bytes(&[rank]) {
+                Ok(t) => tokens.push(t),
+                Err(_) => break,
+            }
+        }
+        if tokens.len() < 256 {
+            return Err(format!("the vocabulary has only {} tokens", tokens.len()));
+        }
+        drop(core);
+        let vocab = Vocabulary::new(tokens.iter().map(Vec::as_slice));
+        drop(tokens);
+        release_freed_memory();
+        let split = fancy_regex::Regex::new(tiktoken_rs::O200K_BASE_PAT_STR)
+            .map_err(|e| e.to_string())?;
+        Ok(Bpe { vocab, split })
+    }
+
+    fn count(&self, text: &str) -> u64 {
+        let mut n = 0u64;
+        self.pieces(text, |piece| {
+            n += match self.vocab.rank(piece) {
+                Some(_) => 1,
+                None => self.merge(piece).len() as u64 - 1,
+            };
+            true
+        });
+        n
+    }
+
+    /// Bytes of `text` that its first `max` tokens cover.
+    fn prefix_len(&self, text: &str, max: u64) -> usize {
+        let mut left = max;
+        let mut end = 0;
+        self.pieces(text, |piece| {
+            if self.vocab.rank(piece).is_some() {
+                if left == 0 {
+                    return false;
+                }
+                left -= 1;
+                end += piece.len();
+                return true;
+            }
+            let bounds = self.merge(piece);
+            let tokens = bounds.len() as u64 - 1;
+            if tokens <= left {
+                left -= tokens;
+                end += piece.len();
+                return true;
+            }
+            end += bounds[left as usize];
+            left = 0;
+            false
+        });
+        end
+    }
+
+    /// Calls `each` with every piece of `text` in order, until it returns
+    /// false. A piece the pattern cannot match (its backtracking limit) is
+    /// taken whole from there on.
+    fn pieces(&self, text: &str, mut each: impl FnMut(&[u8]) -> bool) {
+        let mut at = 0;
+        for m in self.split.find_iter(text) {
+            let Ok(m) = m else { break };
+            at = m.end();
+            if !each(m.as_str().as_bytes()) {
+                return;
+            }
+        }
+        if at < text.len() {
+            each(&text.as_bytes()[at..]);
+        }
+    }
+
+    /// Byte-pair merging of a piece that is not a token itself: the
+    /// boundaries of its tokens, from 0 to `piece.len()`.
+    ///
+    /// Parts form a linked list over the piece's byte offsets; a heap holds
+    /// every adjacent pair that is a token, lowest rank (then leftmost)
+    /// first. A popped pair is merged unless either part changed since it
+    /// was pushed. O(n log n), so a long piece cannot stall a request.
+    fn merge(&self, piece: &[u8]) -> Vec<usize> {
+        let len = piece.len();
+        // next[i]: start of the part after the part starting at i (len at
+        // the end); prev likewise. Parts are alive while start[i] holds.
+        let mut next: Vec<usize> = (1..=len).collect();
+        let mut prev: Vec<usize> = (0..len).map(|i| i.wrapping_sub(1)).collect();
+        let mut alive = vec![true; len];
+        let mut heap = BinaryHeap::new();
+        // The rank of the part at `start` joined with the one after it.
+        let pair = |start: usize, next: &[usize]| -> Option<Rank> {
+            let mid = next[start];
+            (mid < len).then(|| self.vocab.rank(&piece[start..next[mid]]))?
+        };
+        for i in 0..len.saturating_sub(1) {
+            if let Some(r) = pair(i, &next) {
+                heap.push(std::cmp::Reverse((r, i, next[i + 1])));
+            }
+        }
+        while let Some(std::cmp::Reverse((_, start, end))) = heap.pop() {
+            let mid = next[start];
+            // Stale: a part of this pair was merged into another since.
+            if !alive[start] || mid >= len || next[mid] != end {
+                continue;
+            }
+            alive[mid] = false;
+            next[start] = end;
+            if end < len {
+                prev[end] = start;
+            }
+            if let Some(r) = pair(start, &next) {
+                heap.push(std::cmp::Reverse((r, start, next[next[start]])));
+            }
+            let before = prev[start];
+            if before < len
+                && let Some(r) = pair(before, &next)
+            {
+                heap.push(std::cmp::Reverse((r, before, end)));
+            }
+        }
+        let mut bounds = Vec::new();
+        let mut i = 0;
+        while i < len {
+            bounds.push(i);
+            i = next[i];
+        }
+        bounds.push(len);
+        bounds
+    }
+}
+
+/// Gives the heap pages that loading freed back to the system: without it
+/// glibc keeps the tokenizer's 40 MB of small allocations resident.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+#[path = "tokens_tests.rs"]
+mod tests;
