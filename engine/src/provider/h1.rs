@@ -127,19 +127,22 @@ impl Connection {
 
     /// Reads the response head (skipping informational 1xx responses) and
     /// prepares the body for [`Connection::poll_body`].
+    ///
+    /// Bytes are read into the stack and only what is not yet a whole head
+    /// is kept, so thousands of calls waiting for their first byte hold no
+    /// read buffers.
     pub(super) async fn read_head(&mut self) -> Result<Head, ProviderError> {
         let mut buf = std::mem::take(&mut self.leftover);
         loop {
             if let Some((head, framing, keep_alive, len)) = parse_head(&buf)? {
-                buf.drain(..len);
                 if (100..200).contains(&head.status) {
+                    buf.drain(..len);
                     continue;
                 }
                 self.reusable = keep_alive;
                 self.body = Some(framing);
-                if !buf.is_empty() {
-                    self.leftover = buf;
-                }
+                // The body's first bytes, in a buffer of their own size.
+                self.leftover = buf[len..].to_vec();
                 return Ok(head);
             }
             if buf.len() >= MAX_HEAD {
@@ -147,10 +150,17 @@ impl Connection {
                     "response head longer than {MAX_HEAD} bytes"
                 )));
             }
-            buf.reserve(READ_CHUNK.min(MAX_HEAD - buf.len()));
-            let n = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut buf)
-                .await
-                .map_err(|e| ProviderError::Io(e.to_string()))?;
+            let io = &mut self.io;
+            let n = std::future::poll_fn(|cx| {
+                let mut tmp = [0u8; READ_CHUNK];
+                let mut read = ReadBuf::new(&mut tmp);
+                Pin::new(&mut *io).poll_read(cx, &mut read).map_ok(|()| {
+                    buf.extend_from_slice(read.filled());
+                    read.filled().len()
+                })
+            })
+            .await
+            .map_err(|e| ProviderError::Io(e.to_string()))?;
             if n == 0 {
                 return Err(ProviderError::Io(
                     "connection closed before the response".into(),

@@ -60,8 +60,7 @@ pub struct RunRequest {
     pub max_tokens: Option<u32>,
 }
 
-/// Shared by all requests of a server.
-#[derive(Clone)]
+/// Shared by all requests of a server (each request task holds an `Arc`).
 pub struct RunContext {
     pub keepalive: Duration,
     /// Cancelled when open streams must end now (shutdown grace is over).
@@ -77,7 +76,7 @@ pub struct RunContext {
 /// is admitted (first upstream chunk) or rejected. Dropping the receiver
 /// before that cancels the request.
 pub fn spawn(
-    cx: &RunContext,
+    cx: &Arc<RunContext>,
     pipeline: Arc<Pipeline>,
     req: RunRequest,
 ) -> oneshot::Receiver<Admission> {
@@ -312,7 +311,7 @@ async fn open_in_ledger(
 }
 
 async fn run(
-    cx: RunContext,
+    cx: Arc<RunContext>,
     pipeline: Arc<Pipeline>,
     req: RunRequest,
     admit: oneshot::Sender<Admission>,

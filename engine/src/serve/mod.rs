@@ -82,7 +82,7 @@ impl http_body::Body for ResponseBody {
 struct Shared {
     pipelines: std::collections::BTreeMap<String, Arc<Pipeline>>,
     settings: ServerSettings,
-    run: RunContext,
+    run: Arc<RunContext>,
 }
 
 /// A bound, not yet running server.
@@ -110,7 +110,7 @@ impl Server {
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         crate::tokens::init();
         let tracker = TaskTracker::new();
-        let run = RunContext {
+        let run = Arc::new(RunContext {
             keepalive: catalog.server.keepalive,
             force_stop: CancellationToken::new(),
             tracker: tracker.clone(),
@@ -118,7 +118,7 @@ impl Server {
             ledger,
             global_budget: catalog.global_budget,
             metrics: Arc::new(Metrics::new()),
-        };
+        });
         Ok(Server {
             listener,
             shared: Arc::new(Shared {
