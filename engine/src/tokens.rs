@@ -167,8 +167,8 @@ impl Bpe {
         let vocab = Vocabulary::new(tokens.iter().map(Vec::as_slice));
         drop(tokens);
         release_freed_memory();
-        let split = fancy_regex::Regex::new(tiktoken_rs::O200K_BASE_PAT_STR)
-            .map_err(|e| e.to_string())?;
+        let split =
+            fancy_regex::Regex::new(tiktoken_rs::O200K_BASE_PAT_STR).map_err(|e| e.to_string())?;
         Ok(Bpe { vocab, split })
     }
 

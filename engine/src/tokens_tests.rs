@@ -27,7 +27,11 @@ fn check(text: &str) {
     let (n, _) = expected(text, 0);
     assert_eq!(count(text), n, "count of {text:?}");
     for max in [0, 1, 2, 3, n / 2, n.saturating_sub(1), n, n + 1] {
-        assert_eq!(truncate(text, max), expected(text, max).1, "{max} tokens of {text:?}");
+        assert_eq!(
+            truncate(text, max),
+            expected(text, max).1,
+            "{max} tokens of {text:?}"
+        );
     }
 }
 

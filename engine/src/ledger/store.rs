@@ -279,60 +279,13 @@ impl Store {
         now: i64,
         day: &str,
     ) -> Result<Admit, LedgerError> {
-        let pool = match self {
-            Store::Sqlite(s) => return s.open(instance, o, now, day).await,
-            Store::Memory(m) => return m.open(instance, o, now, day),
-            Store::Postgres(pool) => pool,
-        };
-        let mut tx = pool.begin().await?;
-        for scope in &o.scopes {
-            sqlx::query(pg(INSERT_BUDGET_DAY))
-                .bind(&scope.key)
-                .bind(day)
-                .execute(&mut *tx)
-                .await?;
-            let done = sqlx::query(pg(RESERVE))
-                .bind(o.reserve_micros)
-                .bind(&scope.key)
-                .bind(day)
-                .bind(o.reserve_micros)
-                .bind(scope.daily_micros)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if done == 0 {
-                let spent: i64 = sqlx::query(pg(SELECT_SPENT))
-                    .bind(&scope.key)
-                    .bind(day)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get(0)?;
-                tx.rollback().await?;
-                return Ok(Admit::Exhausted {
-                    scope: scope.key.clone(),
-                    daily_micros: scope.daily_micros,
-                    spent_micros: spent,
-                });
-            }
+        match self {
+            Store::Sqlite(s) => s.open(instance, o, now, day).await,
+            Store::Memory(m) => m.open(instance, o, now, day),
+            // Boxed: sqlx futures are large, and every request task would
+            // otherwise carry their size whatever the storage.
+            Store::Postgres(pool) => Box::pin(pg_open(pool, instance, o, now, day)).await,
         }
-        sqlx::query(pg(INSERT_REQUEST))
-            .bind(&o.id)
-            .bind(instance)
-            .bind(now)
-            .bind(day)
-            .bind(&o.pipeline)
-            .bind(&o.provider)
-            .bind(&o.model)
-            .bind(if o.scopes.is_empty() {
-                0
-            } else {
-                o.reserve_micros
-            })
-            .bind(scope_list(o))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Admit::Admitted)
     }
 
     pub async fn record_rejected(
@@ -344,94 +297,30 @@ impl Store {
         status: &str,
         error_code: &str,
     ) -> Result<(), LedgerError> {
-        let pool = match self {
+        match self {
             Store::Sqlite(s) => {
-                return s
-                    .record_rejected(instance, o, now, day, status, error_code)
-                    .await;
+                s.record_rejected(instance, o, now, day, status, error_code)
+                    .await
             }
             Store::Memory(m) => {
                 m.record_rejected(instance, o, now, day, status, error_code);
-                return Ok(());
+                Ok(())
             }
-            Store::Postgres(pool) => pool,
-        };
-        sqlx::query(pg(INSERT_REJECTED))
-            .bind(&o.id)
-            .bind(instance)
-            .bind(now)
-            .bind(now)
-            .bind(day)
-            .bind(&o.pipeline)
-            .bind(&o.provider)
-            .bind(&o.model)
-            .bind(status)
-            .bind(error_code)
-            .execute(pool)
-            .await?;
-        Ok(())
+            Store::Postgres(pool) => {
+                Box::pin(pg_record_rejected(
+                    pool, instance, o, now, day, status, error_code,
+                ))
+                .await
+            }
+        }
     }
 
     pub async fn settle(&self, id: &str, s: &Settlement, now: i64) -> Result<Settled, LedgerError> {
-        let pool = match self {
-            Store::Sqlite(store) => return store.settle(id, s, now).await,
-            Store::Memory(m) => return Ok(m.settle(id, s, now)),
-            Store::Postgres(pool) => pool,
-        };
-        let mut tx = pool.begin().await?;
-        let row = sqlx::query(pg(SELECT_TO_SETTLE))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            tx.rollback().await?;
-            return Ok(Settled::default());
-        };
-        let status: String = row.try_get("status")?;
-        if status != "pending" {
-            // Already settled (or recovered as interrupted): settling
-            // twice would count the money twice.
-            tx.rollback().await?;
-            return Ok(Settled::default());
+        match self {
+            Store::Sqlite(store) => store.settle(id, s, now).await,
+            Store::Memory(m) => Ok(m.settle(id, s, now)),
+            Store::Postgres(pool) => Box::pin(pg_settle(pool, id, s, now)).await,
         }
-        let day: String = row.try_get("day")?;
-        let reserved: i64 = row.try_get("reserved_micros")?;
-        let scopes: String = row.try_get("budget_scopes")?;
-        sqlx::query(pg(SETTLE_REQUEST))
-            .bind(s.status)
-            .bind(now)
-            .bind(&s.provider)
-            .bind(&s.model)
-            .bind(s.prompt_tokens as i64)
-            .bind(s.completion_tokens as i64)
-            .bind(i64::from(s.estimated))
-            .bind(s.cost_micros)
-            .bind(s.ttft_ms)
-            .bind(s.duration_ms)
-            .bind(i64::from(s.tool_calls))
-            .bind(s.error_code)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let mut spends = Vec::new();
-        for scope in scopes.split(',').filter(|s| !s.is_empty()) {
-            let r = sqlx::query(pg(SETTLE_BUDGET))
-                .bind(reserved)
-                .bind(s.cost_micros)
-                .bind(scope)
-                .bind(&day)
-                .fetch_one(&mut *tx)
-                .await?;
-            spends.push((
-                scope.to_string(),
-                Spend {
-                    spent_micros: r.try_get(0)?,
-                    reserved_micros: r.try_get(1)?,
-                },
-            ));
-        }
-        tx.commit().await?;
-        Ok(Settled { day, spends })
     }
 
     pub async fn claim_alert(
@@ -441,20 +330,11 @@ impl Store {
         ppm: i64,
         now: i64,
     ) -> Result<bool, LedgerError> {
-        let pool = match self {
-            Store::Sqlite(s) => return s.claim_alert(scope, day, ppm, now).await,
-            Store::Memory(m) => return Ok(m.claim_alert(scope, day, ppm)),
-            Store::Postgres(pool) => pool,
-        };
-        let n = sqlx::query(pg(CLAIM_ALERT))
-            .bind(scope)
-            .bind(day)
-            .bind(ppm)
-            .bind(now)
-            .execute(pool)
-            .await?
-            .rows_affected();
-        Ok(n == 1)
+        match self {
+            Store::Sqlite(s) => s.claim_alert(scope, day, ppm, now).await,
+            Store::Memory(m) => Ok(m.claim_alert(scope, day, ppm)),
+            Store::Postgres(pool) => Box::pin(pg_claim_alert(pool, scope, day, ppm, now)).await,
+        }
     }
 
     pub async fn mark_alert_delivered(
@@ -463,41 +343,19 @@ impl Store {
         day: &str,
         ppm: i64,
     ) -> Result<(), LedgerError> {
-        let pool = match self {
-            Store::Sqlite(s) => return s.mark_alert_delivered(scope, day, ppm).await,
-            Store::Memory(_) => return Ok(()),
-            Store::Postgres(pool) => pool,
-        };
-        sqlx::query(pg(ALERT_DELIVERED))
-            .bind(scope)
-            .bind(day)
-            .bind(ppm)
-            .execute(pool)
-            .await?;
-        Ok(())
+        match self {
+            Store::Sqlite(s) => s.mark_alert_delivered(scope, day, ppm).await,
+            Store::Memory(_) => Ok(()),
+            Store::Postgres(pool) => Box::pin(pg_mark_alert_delivered(pool, scope, day, ppm)).await,
+        }
     }
 
     pub async fn spend(&self, scope: &str, day: &str) -> Result<Spend, LedgerError> {
-        let pool = match self {
-            Store::Sqlite(s) => return s.spend(scope, day).await,
-            Store::Memory(m) => return Ok(m.spend(scope, day)),
-            Store::Postgres(pool) => pool,
-        };
-        let r = sqlx::query(pg(SELECT_BUDGET))
-            .bind(scope)
-            .bind(day)
-            .fetch_optional(pool)
-            .await?;
-        Ok(match r {
-            Some(r) => Spend {
-                spent_micros: r.try_get(0)?,
-                reserved_micros: r.try_get(1)?,
-            },
-            None => Spend {
-                spent_micros: 0,
-                reserved_micros: 0,
-            },
-        })
+        match self {
+            Store::Sqlite(s) => s.spend(scope, day).await,
+            Store::Memory(m) => Ok(m.spend(scope, day)),
+            Store::Postgres(pool) => Box::pin(pg_spend(pool, scope, day)).await,
+        }
     }
 
     pub async fn rows_since(&self, since_ms: i64) -> Result<Vec<ReportRow>, LedgerError> {
@@ -534,4 +392,200 @@ impl Store {
             None => None,
         })
     }
+}
+
+async fn pg_open(
+    pool: &PgPool,
+    instance: &str,
+    o: &Opening,
+    now: i64,
+    day: &str,
+) -> Result<Admit, LedgerError> {
+    let mut tx = pool.begin().await?;
+    for scope in &o.scopes {
+        sqlx::query(pg(INSERT_BUDGET_DAY))
+            .bind(&scope.key)
+            .bind(day)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query(pg(RESERVE))
+            .bind(o.reserve_micros)
+            .bind(&scope.key)
+            .bind(day)
+            .bind(o.reserve_micros)
+            .bind(scope.daily_micros)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if done == 0 {
+            let spent: i64 = sqlx::query(pg(SELECT_SPENT))
+                .bind(&scope.key)
+                .bind(day)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            tx.rollback().await?;
+            return Ok(Admit::Exhausted {
+                scope: scope.key.clone(),
+                daily_micros: scope.daily_micros,
+                spent_micros: spent,
+            });
+        }
+    }
+    sqlx::query(pg(INSERT_REQUEST))
+        .bind(&o.id)
+        .bind(instance)
+        .bind(now)
+        .bind(day)
+        .bind(&o.pipeline)
+        .bind(&o.provider)
+        .bind(&o.model)
+        .bind(if o.scopes.is_empty() {
+            0
+        } else {
+            o.reserve_micros
+        })
+        .bind(scope_list(o))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Admit::Admitted)
+}
+
+async fn pg_record_rejected(
+    pool: &PgPool,
+    instance: &str,
+    o: &Opening,
+    now: i64,
+    day: &str,
+    status: &str,
+    error_code: &str,
+) -> Result<(), LedgerError> {
+    sqlx::query(pg(INSERT_REJECTED))
+        .bind(&o.id)
+        .bind(instance)
+        .bind(now)
+        .bind(now)
+        .bind(day)
+        .bind(&o.pipeline)
+        .bind(&o.provider)
+        .bind(&o.model)
+        .bind(status)
+        .bind(error_code)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+async fn pg_settle(
+    pool: &PgPool,
+    id: &str,
+    s: &Settlement,
+    now: i64,
+) -> Result<Settled, LedgerError> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(pg(SELECT_TO_SETTLE))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(Settled::default());
+    };
+    let status: String = row.try_get("status")?;
+    if status != "pending" {
+        // Already settled (or recovered as interrupted): settling
+        // twice would count the money twice.
+        tx.rollback().await?;
+        return Ok(Settled::default());
+    }
+    let day: String = row.try_get("day")?;
+    let reserved: i64 = row.try_get("reserved_micros")?;
+    let scopes: String = row.try_get("budget_scopes")?;
+    sqlx::query(pg(SETTLE_REQUEST))
+        .bind(s.status)
+        .bind(now)
+        .bind(&s.provider)
+        .bind(&s.model)
+        .bind(s.prompt_tokens as i64)
+        .bind(s.completion_tokens as i64)
+        .bind(i64::from(s.estimated))
+        .bind(s.cost_micros)
+        .bind(s.ttft_ms)
+        .bind(s.duration_ms)
+        .bind(i64::from(s.tool_calls))
+        .bind(s.error_code)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let mut spends = Vec::new();
+    for scope in scopes.split(',').filter(|s| !s.is_empty()) {
+        let r = sqlx::query(pg(SETTLE_BUDGET))
+            .bind(reserved)
+            .bind(s.cost_micros)
+            .bind(scope)
+            .bind(&day)
+            .fetch_one(&mut *tx)
+            .await?;
+        spends.push((
+            scope.to_string(),
+            Spend {
+                spent_micros: r.try_get(0)?,
+                reserved_micros: r.try_get(1)?,
+            },
+        ));
+    }
+    tx.commit().await?;
+    Ok(Settled { day, spends })
+}
+
+async fn pg_claim_alert(
+    pool: &PgPool,
+    scope: &str,
+    day: &str,
+    ppm: i64,
+    now: i64,
+) -> Result<bool, LedgerError> {
+    let n = sqlx::query(pg(CLAIM_ALERT))
+        .bind(scope)
+        .bind(day)
+        .bind(ppm)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
+}
+
+async fn pg_mark_alert_delivered(
+    pool: &PgPool,
+    scope: &str,
+    day: &str,
+    ppm: i64,
+) -> Result<(), LedgerError> {
+    sqlx::query(pg(ALERT_DELIVERED))
+        .bind(scope)
+        .bind(day)
+        .bind(ppm)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+async fn pg_spend(pool: &PgPool, scope: &str, day: &str) -> Result<Spend, LedgerError> {
+    let r = sqlx::query(pg(SELECT_BUDGET))
+        .bind(scope)
+        .bind(day)
+        .fetch_optional(pool)
+        .await?;
+    Ok(match r {
+        Some(r) => Spend {
+            spent_micros: r.try_get(0)?,
+            reserved_micros: r.try_get(1)?,
+        },
+        None => Spend {
+            spent_micros: 0,
+            reserved_micros: 0,
+        },
+    })
 }

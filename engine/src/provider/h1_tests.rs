@@ -151,7 +151,11 @@ fn heads_give_status_headers_framing_and_keep_alive() {
 
 #[test]
 fn incomplete_and_invalid_heads() {
-    assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le").unwrap().is_none());
+    assert!(
+        parse_head(b"HTTP/1.1 200 OK\r\ncontent-le")
+            .unwrap()
+            .is_none()
+    );
     assert!(parse_head(b"").unwrap().is_none());
     for bad in [
         &b"SSH-2.0-OpenSSH\r\n\r\n"[..],

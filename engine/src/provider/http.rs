@@ -158,7 +158,9 @@ impl Endpoint {
             let tls = tokio_rustls::TlsConnector::from(tls_config()?)
                 .connect(server_name, tcp)
                 .await
-                .map_err(|e| ProviderError::Connect(format!("tls handshake with {}: {e}", self.host)))?;
+                .map_err(|e| {
+                    ProviderError::Connect(format!("tls handshake with {}: {e}", self.host))
+                })?;
             Ok(Connection::new(Io::Tls(Box::new(tls))))
         };
         match tokio::time::timeout(timeout, connect).await {
@@ -719,4 +721,3 @@ mod tests {
         assert!(none.header("p", "").unwrap().is_none());
     }
 }
-

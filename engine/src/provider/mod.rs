@@ -10,10 +10,10 @@ use serde::Serialize;
 
 pub mod anthropic;
 pub mod anthropic_wire;
+mod h1;
 pub mod http;
 pub mod openai;
 pub mod openai_wire;
-mod h1;
 mod pool;
 pub mod replay;
 pub mod sse;

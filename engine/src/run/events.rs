@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use super::channel::EventReceiver;
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ErrorCode {
@@ -151,7 +151,7 @@ impl Rejection {
 /// The outcome of the first phase of a request.
 #[derive(Debug)]
 pub enum Admission {
-    Streaming(mpsc::Receiver<Event>),
+    Streaming(EventReceiver),
     Rejected(Rejection),
 }
 

@@ -15,6 +15,7 @@
 //! ledger row opened before the call is settled at the end.
 
 mod attempts;
+mod channel;
 mod events;
 mod stream;
 mod tally;
@@ -26,11 +27,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
 
+pub use channel::EventReceiver;
 pub use events::{
     Admission, ErrorCode, Event, Rejection, StartEvent, Status, ToolCallEvent, ToolResultEvent,
     UsageReport,
@@ -341,7 +343,13 @@ async fn run(
                 counted,
                 total, "request rejected: prompt larger than max_total_tokens"
             );
-            record_invalid(&cx, &pipeline, &req.request_id, "token_ceiling").await;
+            Box::pin(record_invalid(
+                &cx,
+                &pipeline,
+                &req.request_id,
+                "token_ceiling",
+            ))
+            .await;
             let _ = admit.send(Admission::Rejected(r));
             return;
         }
@@ -471,7 +479,7 @@ async fn drive(
     tally.first_token_at = Some(Instant::now());
 
     // Phase 2: committed.
-    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    let (tx, rx) = channel::channel(EVENT_BUFFER);
     if admit.send(Admission::Streaming(rx)).is_err() {
         return (index, Status::ClientClosed, "cancelled".into(), None);
     }

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::channel::EventSender;
 use super::events::{ErrorCode, Event};
 use super::{RunContext, Tally};
 use crate::compile::Pipeline;
@@ -30,7 +30,7 @@ pub(super) enum Ending {
 /// The client side of the stream: sends events, bounded by the total
 /// deadline, and emits keep-alives while nothing else is sent.
 pub(super) struct Out {
-    pub tx: mpsc::Sender<Event>,
+    pub tx: EventSender,
     pub total_deadline: Instant,
     pub keepalive: Duration,
 }
@@ -114,13 +114,28 @@ pub(super) async fn stream_round(
     };
     let mut next = Some(first);
     let mut last_chunk_at = Instant::now();
-    let mut keepalive_at = Instant::now() + out.keepalive;
+    let mut keepalive_at = last_chunk_at + out.keepalive;
+    // One timer for the deadlines and the keep-alive, moved as they move:
+    // moving a timer later does not touch the timer wheel, while a new
+    // pair of timers for every chunk would register and cancel both.
+    let timer = tokio::time::sleep_until(keepalive_at);
+    tokio::pin!(timer);
     loop {
         let chunk = match next.take() {
             Some(c) => c,
             None => {
                 let idle_deadline = last_chunk_at + idle;
                 let deadline = idle_deadline.min(out.total_deadline);
+                // On a tie the deadline wins: the request is over.
+                let deadline_first = deadline <= keepalive_at;
+                let wake = if deadline_first {
+                    deadline
+                } else {
+                    keepalive_at
+                };
+                if timer.deadline() != wake {
+                    timer.as_mut().reset(wake);
+                }
                 tokio::select! {
                     biased;
                     _ = out.tx.closed() => return RoundEnd::Ended(Ending::ClientClosed),
@@ -132,7 +147,14 @@ pub(super) async fn stream_round(
                             finish: "error",
                         });
                     }
-                    _ = tokio::time::sleep_until(deadline) => {
+                    _ = &mut timer => {
+                        if !deadline_first {
+                            if out.send(Event::KeepAlive).await.is_err() {
+                                return RoundEnd::Ended(Ending::ClientClosed);
+                            }
+                            keepalive_at = Instant::now() + out.keepalive;
+                            continue;
+                        }
                         drop(stream);
                         if let Some(reason) = finish {
                             // The answer is complete; only the usage chunk
@@ -151,13 +173,6 @@ pub(super) async fn stream_round(
                             format!("{what} {}", humantime::format_duration(d))
                         };
                         return RoundEnd::Ended(Ending::Failed { code, message, finish: "error" });
-                    }
-                    _ = tokio::time::sleep_until(keepalive_at) => {
-                        if out.send(Event::KeepAlive).await.is_err() {
-                            return RoundEnd::Ended(Ending::ClientClosed);
-                        }
-                        keepalive_at = Instant::now() + out.keepalive;
-                        continue;
                     }
                     item = stream.next() => match item {
                         Some(Ok(c)) => c,
@@ -213,7 +228,11 @@ pub(super) async fn stream_round(
                         finish: "length",
                     });
                 }
-                text.push_str(&delta);
+                // Only a round that may end in tool calls needs its text
+                // again (the conversation goes on with it).
+                if wants_tools {
+                    text.push_str(&delta);
+                }
                 if out.send(Event::Delta(delta)).await.is_err() {
                     return RoundEnd::Ended(Ending::ClientClosed);
                 }

@@ -33,11 +33,17 @@ use crate::compile::{Catalog, Pipeline, ServerSettings};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::run::{
-    self, Admission, ErrorCode, Event, Rejection, RunContext, RunRequest, ToolCallEvent,
-    ToolResultEvent,
+    self, Admission, ErrorCode, Event, EventReceiver, Rejection, RunContext, RunRequest,
+    ToolCallEvent, ToolResultEvent,
 };
 
 pub use request::{Invalid, PipelineCall};
+
+/// Most bytes hyper buffers for one HTTP/1.1 connection (its write queue,
+/// and a request head).
+const H1_MAX_BUF: usize = 64 * 1024;
+/// Most bytes hyper buffers for one HTTP/2 stream waiting to be sent.
+const H2_MAX_SEND_BUF: usize = 16 * 1024;
 
 /// A response body: a whole document or an event stream.
 pub enum ResponseBody {
@@ -190,7 +196,13 @@ impl Server {
                     Box::pin(async move { Ok::<_, Infallible>(handle(shared, req).await) });
                 handled
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // Small write buffers: a slow client then holds back its own
+            // stream (through the event channel, and so the upstream read)
+            // instead of making hyper buffer its events, 400 KB per stream
+            // by default. HTTP/1.1's also bounds a request head.
+            builder.http1().max_buf_size(H1_MAX_BUF);
+            builder.http2().max_send_buf_size(H2_MAX_SEND_BUF);
             let conn = builder
                 .serve_connection(TokioIo::new(tcp), service)
                 .into_owned();
@@ -530,10 +542,7 @@ pub(crate) async fn read_json_body(
 }
 
 /// `stream: false`: gathers the events into one JSON document.
-async fn collect_response(
-    mut rx: tokio::sync::mpsc::Receiver<Event>,
-    request_id: &str,
-) -> Response<ResponseBody> {
+async fn collect_response(mut rx: EventReceiver, request_id: &str) -> Response<ResponseBody> {
     let mut text = String::new();
     let mut start = serde_json::Value::Null;
     let mut usage = serde_json::Value::Null;

@@ -9,12 +9,13 @@ use bytes::{BufMut, BytesMut};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use super::sse::EventBody;
 use super::{ResponseBody, Shared, json_response, read_json_body};
 use crate::provider::{Message, Role};
-use crate::run::{self, Admission, ErrorCode, Event, Rejection, RunRequest, UsageReport};
+use crate::run::{
+    self, Admission, ErrorCode, Event, EventReceiver, Rejection, RunRequest, UsageReport,
+};
 
 /// An OpenAI-shaped error response.
 fn openai_error(
@@ -302,11 +303,7 @@ pub(super) async fn chat_completions(
 }
 
 /// `stream: false`: one `chat.completion` object.
-async fn collect(
-    mut rx: mpsc::Receiver<Event>,
-    id: String,
-    model: String,
-) -> Response<ResponseBody> {
+async fn collect(mut rx: EventReceiver, id: String, model: String) -> Response<ResponseBody> {
     let (mut text, mut usage, mut finish, mut error) =
         (String::new(), None, String::from("stop"), None);
     while let Some(ev) = rx.recv().await {
@@ -370,9 +367,7 @@ impl ChatEncoder {
 
     fn encode_event(&mut self, ev: Event, buf: &mut BytesMut) {
         match ev {
-            Event::Start(_) => {
-                self.chunk(buf, json!({"role": "assistant", "content": ""}), None)
-            }
+            Event::Start(_) => self.chunk(buf, json!({"role": "assistant", "content": ""}), None),
             Event::Delta(text) => self.chunk(buf, json!({"content": text}), None),
             Event::Usage(u) => self.usage = Some(*u),
             Event::Error { code, message } if code != ErrorCode::TokenCeiling => {

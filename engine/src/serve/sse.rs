@@ -7,9 +7,8 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use serde::Serialize;
-use tokio::sync::mpsc;
 
-use crate::run::{ErrorCode, Event, UsageReport};
+use crate::run::{ErrorCode, Event, EventReceiver, UsageReport};
 
 #[derive(Serialize)]
 struct DeltaData<'a> {
@@ -85,7 +84,7 @@ impl Encoder for Native {
 /// The body of a streaming response: each event becomes one frame as soon
 /// as it arrives, so hyper writes (and flushes) it without waiting.
 pub struct EventBody<E> {
-    rx: mpsc::Receiver<Event>,
+    rx: EventReceiver,
     buf: BytesMut,
     encoder: E,
 }
@@ -98,7 +97,7 @@ const FRAME_RESERVE: usize = 256;
 pub type SseBody = EventBody<Native>;
 
 impl<E: Encoder> EventBody<E> {
-    pub fn new(rx: mpsc::Receiver<Event>, encoder: E) -> Self {
+    pub fn new(rx: EventReceiver, encoder: E) -> Self {
         Self {
             rx,
             // Nothing held while the stream is idle; see `poll_frame`.
@@ -118,9 +117,10 @@ impl<E: Encoder> http_body::Body for EventBody<E> {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         // Take every event already waiting, so a burst is one write.
-        while let Poll::Ready(item) = this.rx.poll_recv(cx) {
-            match item {
-                Some(ev) => {
+        let mut ended = false;
+        loop {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(ev)) => {
                     // Room for a typical event, allocated only once one has
                     // arrived: thousands of idle streams hold no buffers.
                     this.buf.reserve(FRAME_RESERVE);
@@ -129,13 +129,17 @@ impl<E: Encoder> http_body::Body for EventBody<E> {
                         break;
                     }
                 }
-                None => break,
+                Poll::Ready(None) => {
+                    ended = true;
+                    break;
+                }
+                Poll::Pending => break,
             }
         }
         if !this.buf.is_empty() {
             return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
         }
-        if this.rx.is_closed() && this.rx.is_empty() {
+        if ended {
             return Poll::Ready(None);
         }
         Poll::Pending
