@@ -74,6 +74,9 @@ pub use journal::{Journal, RecordedRequest};
 pub use script::{Body, Fault, Reply, Script, fixtures_dir};
 pub use timing::{Timing, TimingError};
 
+/// Connections waiting to be accepted (the kernel caps it at somaxconn).
+const ACCEPT_BACKLOG: u32 = 4096;
+
 /// A mock OpenAI-compatible and Anthropic provider on `127.0.0.1`. It serves until
 /// dropped; dropping it aborts the accept loop and every connection task
 /// (their sockets close at the runtime's next turn).
@@ -87,7 +90,12 @@ pub struct MockProvider {
 impl MockProvider {
     /// Binds `127.0.0.1:0` and starts serving `script`.
     pub async fn start(script: Script) -> std::io::Result<MockProvider> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        // A deep accept queue: thousands of calls arriving at once are
+        // accepted late instead of dropped (a dropped SYN costs the caller a
+        // one-second retransmit, which no real provider's front end makes).
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((Ipv4Addr::LOCALHOST, 0).into())?;
+        let listener = socket.listen(ACCEPT_BACKLOG)?;
         let addr = listener.local_addr()?;
         let journal = Journal::default();
         let shared = Arc::new(conn::Shared {

@@ -31,8 +31,12 @@ mod args;
 mod cancel;
 #[path = "../load/client.rs"]
 mod client;
+#[path = "../load/phase.rs"]
+mod phase;
 #[path = "../load/procs.rs"]
 mod procs;
+#[path = "../load/relay.rs"]
+mod relay;
 #[path = "../load/report.rs"]
 mod report;
 #[path = "../load/summary.rs"]
@@ -49,7 +53,7 @@ use args::{Opts, Spec, USAGE, parse_args, spec};
 use cancel::{Cancel, run_cancel};
 use client::{Kind, Plan, Target};
 use procs::{Mock, MockSpec, PipelineSpec, Proc, TempDir};
-use report::{Close, Cpu, Phase, Workload, f3};
+use report::{Close, Phase, Workload, f3};
 use summary::{machine, summary_table, targets};
 
 /// The two binaries, checked to exist (and warned about when older than
@@ -169,14 +173,6 @@ async fn requests_by_status(port: u16) -> Vec<(String, u64)> {
     by.into_iter().collect()
 }
 
-fn cpu_of(p: &Proc) -> f64 {
-    procs::cpu_seconds(p.pid()).unwrap_or(f64::NAN)
-}
-
-fn self_cpu() -> f64 {
-    procs::cpu_seconds(std::process::id()).unwrap_or(f64::NAN)
-}
-
 const DIRECT_BODY: &str = r#"{"model":"bench-model","stream":true,"stream_options":{"include_usage":true},"max_tokens":1024,"messages":[{"role":"user","content":"Say something."}]}"#;
 const SLUICE_BODY: &str = r#"{"input":"Say something."}"#;
 
@@ -200,111 +196,6 @@ fn sluice_target(port: u16, pipeline: &str, tokens: usize) -> Target {
         // start, deltas, usage, done
         min_events: tokens as u32 + 3,
     }
-}
-
-fn warmup_plan(spec: &Spec) -> Plan {
-    Plan {
-        requests: spec.warmup,
-        concurrency: spec.concurrency.min(50),
-        connect_ramp: Duration::ZERO,
-        request_ramp: Duration::ZERO,
-        deadline: Duration::from_secs(60),
-        reconnect: false,
-        http2: false,
-    }
-}
-
-/// Sluice concludes a request (settles its ledger row, then counts it in
-/// `sluice_requests_total`) after the client saw its last event. Waits until
-/// it has counted `expected` requests, or until the count stops moving for
-/// 5 s; returns how long that took.
-async fn wait_concluded(port: u16, expected: u64) -> Duration {
-    let started = tokio::time::Instant::now();
-    let mut last = (0, started);
-    loop {
-        let n: u64 = requests_by_status(port).await.iter().map(|(_, v)| v).sum();
-        if n >= expected {
-            return started.elapsed();
-        }
-        if n != last.0 {
-            last = (n, tokio::time::Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(5)
-            || started.elapsed() > Duration::from_secs(300)
-        {
-            eprintln!("  sluice: concluded {n} of {expected} requests; not waiting longer");
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A process taking part in a phase, and whether it is Sluice (on `port`).
-struct Under<'a> {
-    sluice: Option<(&'a Proc, u16)>,
-    mock: &'a Proc,
-    /// Requests Sluice had counted before this phase.
-    counted_before: u64,
-}
-
-/// Runs a warm-up (not measured) then the measured phase, with CPU deltas.
-async fn phase(label: &str, target: &Target, spec: &Spec, plan: &Plan, under: Under<'_>) -> Phase {
-    let sluice = under.sluice.map(|(p, _)| p);
-    let mock = under.mock;
-    eprintln!("  {label}: warm-up ({} requests)", spec.warmup);
-    let w = client::run(target.clone(), warmup_plan(spec)).await;
-    if w.failed > 0 {
-        eprintln!("  {label}: warm-up failures: {:?}", w.errors);
-    }
-    let mut expected = under.counted_before + (w.samples.len() + w.failed) as u64;
-    if let Some((_, port)) = under.sluice {
-        wait_concluded(port, expected).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    eprintln!(
-        "  {label}: {} requests, {} clients{}",
-        plan.requests,
-        plan.concurrency,
-        if plan.http2 { " (h2c)" } else { "" }
-    );
-    let before = Cpu {
-        sluice: sluice.map(cpu_of),
-        mock: cpu_of(mock),
-        client: self_cpu(),
-    };
-    let outcome = client::run(target.clone(), plan.clone()).await;
-    // Settlement, logs and connection teardown of the last requests.
-    let mut settle_lag = None;
-    if let Some((_, port)) = under.sluice {
-        expected += (outcome.samples.len() + outcome.failed) as u64;
-        let lag = wait_concluded(port, expected).await;
-        settle_lag = Some(lag);
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = Cpu {
-        sluice: sluice.map(cpu_of),
-        mock: cpu_of(mock),
-        client: self_cpu(),
-    };
-    let cpu = Cpu {
-        sluice: after.sluice.zip(before.sluice).map(|(a, b)| a - b),
-        mock: after.mock - before.mock,
-        client: after.client - before.client,
-    };
-    let mut p = Phase::new(&outcome, cpu);
-    p.sluice_peak_rss = sluice.and_then(|s| procs::status_bytes(s.pid(), "VmHWM"));
-    p.mock_peak_rss = procs::status_bytes(mock.pid(), "VmHWM");
-    p.conclude_lag_s = settle_lag.map(|d| d.as_secs_f64());
-    eprintln!(
-        "  {label}: {} ok, {} failed in {:.1} s{}",
-        p.ok,
-        p.failed,
-        p.wall_s,
-        settle_lag.map_or(String::new(), |d| format!(
-            "; Sluice concluded the last of them {:.2} s after the last stream ended",
-            d.as_secs_f64()
-        ))
-    );
-    p
 }
 
 /// Starts a fresh mock and Sluice for `pipelines`; returns them with Sluice's port.
@@ -393,34 +284,53 @@ async fn run_workload(spec: &Spec, bins: &Bins, opts: &Opts) -> Result<Workload,
         http2,
         ..plan.clone()
     };
-    let direct = if opts.skip_direct {
-        Phase::default()
-    } else {
-        phase(
-            "direct",
-            &direct_target(&direct_mock, opts.tokens),
-            spec,
-            &direct_plan,
-            Under {
-                sluice: None,
-                mock: &direct_mock.proc,
-                counted_before: 0,
-            },
-        )
-        .await
+    let direct_path = phase::Path {
+        label: "direct",
+        target: direct_target(&direct_mock, opts.tokens),
+        plan: direct_plan,
+        sluice: None,
+        mock: &direct_mock.proc,
     };
-    let through = phase(
-        "sluice",
-        &sluice_target(port, "bench", opts.tokens),
-        spec,
-        &sluice_plan,
-        Under {
-            sluice: Some((&sluice, port)),
-            mock: &mock.proc,
-            counted_before: 0,
-        },
-    )
-    .await;
+    let sluice_path = phase::Path {
+        label: "sluice",
+        target: sluice_target(port, "bench", opts.tokens),
+        plan: sluice_plan,
+        sluice: Some((&sluice, port)),
+        mock: &mock.proc,
+    };
+    // The relay, with a mock of its own, where the workload measures it.
+    let relay = if spec.relay && !opts.skip_direct {
+        let m = Mock::start(&bins.mock, &mock_spec, tmp.path.join("mock-relay.log"))?;
+        let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+        let r = relay::Relay::start(&exe, m.addr, tmp.path.join("relay.log"))?;
+        Some((m, r))
+    } else {
+        None
+    };
+    let (direct, relayed, through) = if opts.skip_direct {
+        let mut p = phase::run(&[sluice_path], spec, 1).await;
+        (Phase::default(), None, p.remove(0))
+    } else {
+        let mut paths = vec![direct_path];
+        if let Some((m, r)) = &relay {
+            paths.push(phase::Path {
+                label: "relay",
+                target: Target {
+                    addr: r.addr,
+                    ..direct_target(m, opts.tokens)
+                },
+                plan: plan.clone(),
+                sluice: None,
+                mock: &m.proc,
+            });
+        }
+        paths.push(sluice_path);
+        let mut p = phase::run(&paths, spec, spec.rounds).await;
+        let through = p.pop().unwrap_or_default();
+        let relayed = (p.len() > 1).then(|| p.remove(1));
+        (p.remove(0), relayed, through)
+    };
+    drop(relay);
     let sluice_metrics = requests_by_status(port).await;
     drop(sluice);
     drop(mock);
@@ -432,6 +342,7 @@ async fn run_workload(spec: &Spec, bins: &Bins, opts: &Opts) -> Result<Workload,
         tokens: opts.tokens,
         gap_ms: spec.gap_ms,
         direct,
+        relay: relayed,
         sluice: through,
         sluice_metrics,
         sluice_protocol: if http2 { "h2c" } else { "HTTP/1.1" },
@@ -495,6 +406,17 @@ async fn run_all(opts: &Opts, bins: &Bins) -> Result<(Vec<Workload>, Option<Canc
 }
 
 fn main() -> ExitCode {
+    // The relay's own process (see relay.rs).
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("--relay-to") {
+        return match args.next().and_then(|a| a.parse().ok()) {
+            Some(upstream) => relay::serve(upstream),
+            None => {
+                eprintln!("load: --relay-to needs HOST:PORT");
+                ExitCode::from(2)
+            }
+        };
+    }
     let opts = match parse_args() {
         Ok(o) => o,
         Err(e) => {

@@ -88,6 +88,23 @@ pub struct Outcome {
     pub events: u64,
 }
 
+impl Outcome {
+    /// Adds another round's figures: samples and counts add up, walls too
+    /// (the rounds ran one after the other), peaks are the larger.
+    pub fn absorb(&mut self, o: Outcome) {
+        self.samples.extend(o.samples);
+        self.failed += o.failed;
+        for (k, v) in o.errors {
+            *self.errors.entry(k).or_insert(0) += v;
+        }
+        self.wall += o.wall;
+        self.peak_open = self.peak_open.max(o.peak_open);
+        self.peak_in_flight = self.peak_in_flight.max(o.peak_in_flight);
+        self.timed_out |= o.timed_out;
+        self.events += o.events;
+    }
+}
+
 #[derive(Default)]
 struct Results {
     samples: Vec<Sample>,

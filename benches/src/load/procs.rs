@@ -101,7 +101,7 @@ pub fn free_port() -> std::io::Result<u16> {
 /// A started child process; stopped on drop.
 pub struct Proc {
     pub name: &'static str,
-    child: Child,
+    pub(crate) child: Child,
     pub log: Option<PathBuf>,
 }
 
@@ -170,7 +170,11 @@ impl Drop for Proc {
 
 /// Spawns `cmd` as a guarded child. Call from the main thread:
 /// `PR_SET_PDEATHSIG` fires when the *thread* that forked exits.
-fn spawn(name: &'static str, mut cmd: Command, log: Option<PathBuf>) -> std::io::Result<Proc> {
+pub(crate) fn spawn(
+    name: &'static str,
+    mut cmd: Command,
+    log: Option<PathBuf>,
+) -> std::io::Result<Proc> {
     // SAFETY: setpgid and prctl are async-signal-safe; nothing else runs
     // in the hook.
     unsafe {

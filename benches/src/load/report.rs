@@ -133,6 +133,8 @@ pub struct Workload {
     pub tokens: usize,
     pub gap_ms: f64,
     pub direct: Phase,
+    /// A plain TCP relay in front of a mock of its own (c1 only).
+    pub relay: Option<Phase>,
     pub sluice: Phase,
     /// Requests Sluice counted in `sluice_requests_total`, by status.
     pub sluice_metrics: Vec<(String, u64)>,
@@ -179,6 +181,7 @@ impl Workload {
             "tokens": self.tokens,
             "gap_ms": self.gap_ms,
             "direct": self.direct.json(),
+            "relay": self.relay.as_ref().map(Phase::json),
             "sluice": self.sluice.json(),
             "ratios": self.ratios(),
             "sluice_protocol": self.sluice_protocol,
@@ -294,6 +297,16 @@ impl Workload {
             format!("{} / {}", s.peak_in_flight, s.peak_open),
             String::new(),
         );
+        if let Some(r) = &self.relay {
+            out += &format!(
+                "plain TCP relay (one more hop, nothing parsed): first token p50 / p99 {} / {} ms, \
+                 {:+.3} / {:+.3} ms over direct\n",
+                f3(r.ttft_p50_ms),
+                f3(r.ttft_p99_ms),
+                r.ttft_p50_ms - d.ttft_p50_ms,
+                r.ttft_p99_ms - d.ttft_p99_ms
+            );
+        }
         for (name, p) in [("direct", d), ("Sluice", s)] {
             if !p.errors.is_empty() {
                 let list: Vec<String> = p.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();

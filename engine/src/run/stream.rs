@@ -113,6 +113,7 @@ pub(super) async fn stream_round(
         }
     };
     let mut next = Some(first);
+    let mut first_delta = true;
     let mut last_chunk_at = Instant::now();
     let mut keepalive_at = last_chunk_at + out.keepalive;
     // One timer for the deadlines and the keep-alive, moved as they move:
@@ -235,6 +236,9 @@ pub(super) async fn stream_round(
                 }
                 if out.send(Event::Delta(delta)).await.is_err() {
                     return RoundEnd::Ended(Ending::ClientClosed);
+                }
+                if std::mem::take(&mut first_delta) {
+                    tokio::task::yield_now().await;
                 }
                 keepalive_at = Instant::now() + out.keepalive;
             }

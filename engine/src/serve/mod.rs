@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
@@ -111,9 +111,7 @@ impl Server {
                 "requests left unfinished by a stopped instance were recorded as interrupted"
             );
         }
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let listener = listen(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         crate::tokens::init();
         let tracker = TaskTracker::new();
         let run = Arc::new(RunContext {
@@ -233,6 +231,20 @@ impl Server {
         shared.run.ledger.close().await;
         info!("stopped");
     }
+}
+
+/// Listens on `addr` with a deep accept queue (the kernel caps it at
+/// somaxconn): a burst of clients waits to be accepted instead of having
+/// its SYNs dropped and retried a second later.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// A server running in the background (tests and embedding).
