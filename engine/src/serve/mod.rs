@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body::Frame;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -37,6 +37,7 @@ use crate::run::{
     ToolCallEvent, ToolResultEvent,
 };
 
+pub(crate) use request::read_json_body;
 pub use request::{Invalid, PipelineCall};
 
 /// Most bytes hyper buffers for one HTTP/1.1 connection (its write queue,
@@ -486,71 +487,6 @@ pub(crate) fn event_stream(body: ResponseBody) -> Response<ResponseBody> {
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
     resp
-}
-
-/// Why a request body could not be read.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum BodyError {
-    #[error("request body must be JSON: send Content-Type: application/json")]
-    NotJson,
-    #[error("request body is larger than {0} bytes")]
-    TooLarge(usize),
-    #[error("cannot read request body: {0}")]
-    Read(String),
-}
-
-impl BodyError {
-    pub(crate) fn status(&self) -> StatusCode {
-        match self {
-            BodyError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            BodyError::Read(_) => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    fn code(&self) -> &'static str {
-        match self {
-            BodyError::NotJson => "unsupported_media_type",
-            BodyError::TooLarge(_) => "body_too_large",
-            BodyError::Read(_) => "invalid_request",
-        }
-    }
-}
-
-/// Reads a JSON request body of at most `limit` bytes: the content type is
-/// checked first, a declared length over the limit is refused unread, and a
-/// chunked body is cut off as soon as it passes the limit.
-pub(crate) async fn read_json_body(
-    req: Request<Incoming>,
-    limit: usize,
-) -> Result<Bytes, BodyError> {
-    let is_json = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("application/json")
-        });
-    if !is_json {
-        return Err(BodyError::NotJson);
-    }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(BodyError::TooLarge(limit));
-    }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
-        Err(e) => Err(BodyError::Read(e.to_string())),
-    }
 }
 
 /// `stream: false`: gathers the events into one JSON document.

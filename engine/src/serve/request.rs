@@ -1,6 +1,10 @@
 //! Validating a client's request body. Every rejection names the field at
 //! fault, so a client can fix its request without reading our source.
 
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::provider::{Message, Role};
@@ -218,6 +222,71 @@ fn parse_messages(items: &[Value]) -> Result<Vec<Message>, Invalid> {
         out.push(Message::new(role, content));
     }
     Ok(out)
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("request body must be JSON: send Content-Type: application/json")]
+    NotJson,
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("cannot read request body: {0}")]
+    Read(String),
+}
+
+impl BodyError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            BodyError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Read(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            BodyError::NotJson => "unsupported_media_type",
+            BodyError::TooLarge(_) => "body_too_large",
+            BodyError::Read(_) => "invalid_request",
+        }
+    }
+}
+
+/// Reads a JSON request body of at most `limit` bytes: the content type is
+/// checked first, a declared length over the limit is refused unread, and a
+/// chunked body is cut off as soon as it passes the limit.
+pub(crate) async fn read_json_body(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        });
+    if !is_json {
+        return Err(BodyError::NotJson);
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
+        Err(e) => Err(BodyError::Read(e.to_string())),
+    }
 }
 
 #[cfg(test)]
