@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use super::channel::EventReceiver;
 use serde::Serialize;
+
+use super::channel::EventReceiver;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ErrorCode {
@@ -70,8 +71,8 @@ pub struct UsageReport {
 
 /// One thing to tell the client.
 ///
-/// Kept to 32 bytes: every open stream's event channel holds a block of
-/// 32 slots, so the rare, larger events are boxed.
+/// Kept to 32 bytes (the rare, larger events are boxed): every open
+/// stream's channel may hold 16 of them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Start(Box<StartEvent>),
