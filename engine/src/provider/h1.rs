@@ -314,13 +314,7 @@ fn framing(status: u16, headers: &HeaderMap) -> Result<(Framing, bool), Provider
         return Ok((Framing::Length(0), true));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|t| !t.is_empty());
+        let last = list_items(headers, header::TRANSFER_ENCODING).rfind(|t| !t.is_empty());
         let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
         // A length beside a transfer coding is ignored, but such a
         // response may be an attack on intermediaries: do not reuse.
@@ -354,14 +348,19 @@ fn framing(status: u16, headers: &HeaderMap) -> Result<(Framing, bool), Provider
     })
 }
 
-/// Whether a comma-separated header holds `token` (any case).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+/// The items of a comma-separated header, over all its lines, trimmed.
+fn list_items(headers: &HeaderMap, name: HeaderName) -> impl DoubleEndedIterator<Item = &str> {
     headers
         .get_all(name)
-        .iter()
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
+}
+
+/// Whether a comma-separated header holds `token` (any case).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    list_items(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// A malformed chunked body.
