@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::config::{Diagnostic, RawBudget, RawModel, RawPrice, Spanned};
 use crate::ledger::money::usd_to_micros;
 use crate::ledger::{Micros, Price, Scope};
-use crate::provider::{Message, Provider};
+use crate::provider::Provider;
 use crate::tokens;
 
 /// A daily budget of one scope (`global` or `pipeline:NAME`).
@@ -54,13 +54,17 @@ pub struct Downgrade {
     pub price: Price,
 }
 
-/// Worst-case cost of a call: the prompt (with a margin for the provider's
-/// own counting) plus every completion token allowed, so that settling with
-/// the real usage never needs more than was reserved.
-pub fn reservation(price: &Price, prompt: &[Message], max_tokens: u32) -> Micros {
-    let counted = tokens::count_prompt(prompt);
-    let prompt_bound = tokens::prompt_bound(counted);
-    price.cost(prompt_bound, u64::from(max_tokens))
+/// Worst-case cost of a call whose prompt Sluice counted as
+/// `prompt_counted` tokens: the prompt (with a margin for the provider's
+/// own counting) plus every completion token Sluice lets through before it
+/// cuts the stream ([`tokens::completion_guard`]), so that settling never
+/// needs more than was reserved.
+pub fn reservation(price: &Price, prompt_counted: u64, max_tokens: u32) -> Micros {
+    let prompt_bound = tokens::prompt_bound(prompt_counted);
+    price.cost(
+        prompt_bound,
+        tokens::completion_guard(u64::from(max_tokens)),
+    )
 }
 
 pub fn compile_prices(

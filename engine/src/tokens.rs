@@ -61,15 +61,132 @@ pub fn truncate(text: &str, max: u64) -> String {
 
 /// Prompt tokens of a chat, as OpenAI counts them for chat models: the
 /// content plus a few tokens of framing per message and for the reply.
+/// Blocks for as long as the text takes: on a request path, use
+/// [`count_prompt_off_worker`].
 pub fn count_prompt(messages: &[Message]) -> u64 {
-    messages.iter().map(|m| count(&m.content) + 4).sum::<u64>() + 3
+    messages
+        .iter()
+        .map(|m| count(&m.content).saturating_add(4))
+        .fold(3, u64::saturating_add)
+}
+
+/// Prompts up to this many bytes are counted where they are (a few
+/// microseconds); longer ones on the blocking pool.
+const INLINE_PROMPT_BYTES: usize = 16 << 10;
+
+/// At most this many long prompts are counted at once, so that a burst of
+/// huge prompts queues here instead of taking every blocking thread.
+static COUNTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// [`count_prompt`] without stalling an async worker: a long prompt (a
+/// megabyte of text takes the tokenizer most of a second) is counted on
+/// the blocking pool, at most two at a time, while health checks and
+/// other streams go on. Under a paused test clock a running blocking task
+/// keeps the clock from jumping, so deadlines stay exact.
+pub async fn count_prompt_off_worker(messages: &[Message]) -> u64 {
+    let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+    if bytes <= INLINE_PROMPT_BYTES {
+        return count_prompt(messages);
+    }
+    let _pending = PendingCount::new();
+    let Ok(_permit) = COUNTING.acquire().await else {
+        return count_prompt(messages);
+    };
+    let owned = messages.to_vec();
+    match tokio::task::spawn_blocking(move || count_prompt(&owned)).await {
+        Ok(n) => n,
+        // The counting thread panicked or the runtime is shutting down:
+        // a byte count is an upper bound (a token is at least one byte).
+        Err(_) => u64::try_from(bytes).unwrap_or(u64::MAX),
+    }
+}
+
+/// Long prompts waiting to be counted or being counted off the workers.
+static PENDING_COUNTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many long prompts are waiting to be counted or being counted on
+/// the blocking pool now.
+pub fn prompts_being_counted() -> usize {
+    PENDING_COUNTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+struct PendingCount;
+
+impl PendingCount {
+    fn new() -> Self {
+        PENDING_COUNTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PendingCount
+    }
+}
+
+impl Drop for PendingCount {
+    fn drop(&mut self) {
+        PENDING_COUNTS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Counts `text` unless it holds more than `limit` tokens, in work bounded
+/// by `limit` rather than by the length of `text`: counting stops at the
+/// first piece past the limit, and a piece too long to fit (a token is at
+/// most [`max_token_bytes`] long) is not merged at all.
+pub fn count_within(text: &str, limit: u64) -> Option<u64> {
+    match bpe() {
+        Some(b) => b.count_within(text, limit),
+        None => Some(text.len().div_ceil(4) as u64).filter(|&n| n <= limit),
+    }
+}
+
+/// Tokens of a text split before its last piece (see [`count_split`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitCount {
+    /// Tokens of everything before the last piece.
+    pub head: u64,
+    /// Where the last piece starts.
+    pub tail_start: usize,
+    /// Tokens of the last piece.
+    pub tail_tokens: u64,
+}
+
+/// Counts `text` (like [`count_within`], None past `limit`), keeping the
+/// count of its last piece apart: text appended later may still join that
+/// piece, while the pieces before it are final. One pass over the text.
+pub fn count_split(text: &str, limit: u64) -> Option<SplitCount> {
+    match bpe() {
+        Some(b) => b.count_split(text, limit),
+        None => {
+            let n = text.len().div_ceil(4) as u64;
+            (n <= limit).then_some(SplitCount {
+                head: n,
+                tail_start: text.len(),
+                tail_tokens: 0,
+            })
+        }
+    }
+}
+
+/// The most completion tokens Sluice lets a model call generate, by its
+/// own count, before it cuts the stream, for a call sent `max_tokens`.
+///
+/// The provider enforces `max_tokens` itself, by its own tokenizer; this
+/// is the safety net for a provider that does not. Sluice counts with
+/// o200k, which is not every model's tokenizer, so the net sits above
+/// `max_tokens`: half as much again and 64 tokens, so that an answer the
+/// provider delivered within `max_tokens` is not cut for counting
+/// differently. o200k is among the most compact tokenizers on natural
+/// text (other models' tokenizers need as many or more tokens for the same
+/// text, which keeps Sluice's count below theirs); where a model's
+/// tokenizer is more compact, on some scripts, the difference is well
+/// within the margin. Reservations use the same bound, so a cut stream
+/// settled at Sluice's count never costs more than was reserved.
+pub fn completion_guard(max_tokens: u64) -> u64 {
+    max_tokens.saturating_add(max_tokens / 2).saturating_add(64)
 }
 
 /// An upper bound of what a provider will count for a prompt we counted as
 /// `counted`: our tokenizer may differ from the model's, so 10% and a few
 /// tokens more. Reservations and the request token budget rely on it.
 pub fn prompt_bound(counted: u64) -> u64 {
-    counted + counted / 10 + 16
+    counted.saturating_add(counted / 10).saturating_add(16)
 }
 
 /// A rank: a token's number, and its merge priority (lower merges first).
@@ -80,6 +197,8 @@ const EMPTY: u32 = u32::MAX;
 struct Vocabulary {
     /// The bytes of rank 0, then rank 1, and so on.
     bytes: Vec<u8>,
+    /// The length of the longest token, in bytes.
+    max_len: usize,
     /// Where each rank's bytes start in `bytes`, and one more: the end.
     starts: Vec<u32>,
     /// Ranks by the hash of their bytes (linear probing); `EMPTY` is free.
@@ -91,7 +210,9 @@ impl Vocabulary {
     fn new<'a>(tokens: impl Iterator<Item = &'a [u8]>) -> Self {
         let mut bytes = Vec::new();
         let mut starts = vec![0u32];
+        let mut max_len = 0;
         for t in tokens {
+            max_len = max_len.max(t.len());
             bytes.extend_from_slice(t);
             starts.push(bytes.len() as u32);
         }
@@ -111,6 +232,7 @@ impl Vocabulary {
         }
         Vocabulary {
             bytes,
+            max_len,
             starts,
             table,
         }
@@ -175,13 +297,66 @@ impl Bpe {
     fn count(&self, text: &str) -> u64 {
         let mut n = 0u64;
         self.pieces(text, |piece| {
-            n += match self.vocab.rank(piece) {
-                Some(_) => 1,
-                None => self.merge(piece).len() as u64 - 1,
-            };
+            n += self.piece_tokens(piece);
             true
         });
         n
+    }
+
+    fn piece_tokens(&self, piece: &[u8]) -> u64 {
+        match self.vocab.rank(piece) {
+            Some(_) => 1,
+            None => self.merge(piece).len() as u64 - 1,
+        }
+    }
+
+    fn count_within(&self, text: &str, limit: u64) -> Option<u64> {
+        let mut n = 0u64;
+        let mut over = false;
+        self.pieces(text, |piece| {
+            // A piece of L bytes holds at least L / max_len tokens: one
+            // that cannot fit is not worth merging.
+            let least = piece.len().div_ceil(self.vocab.max_len.max(1)) as u64;
+            if n.saturating_add(least) > limit {
+                over = true;
+                return false;
+            }
+            n += self.piece_tokens(piece);
+            over = n > limit;
+            !over
+        });
+        (!over).then_some(n)
+    }
+
+    fn count_split(&self, text: &str, limit: u64) -> Option<SplitCount> {
+        let mut head = 0u64;
+        let mut last: Option<(usize, u64)> = None;
+        let mut over = false;
+        self.pieces(text, |piece| {
+            let least = piece.len().div_ceil(self.vocab.max_len.max(1)) as u64;
+            let before = head + last.map_or(0, |(_, n)| n);
+            if before.saturating_add(least) > limit {
+                over = true;
+                return false;
+            }
+            if let Some((_, n)) = last {
+                head += n;
+            }
+            let n = self.piece_tokens(piece);
+            // Pieces are slices of `text`.
+            last = Some((piece.as_ptr() as usize - text.as_ptr() as usize, n));
+            over = before + n > limit;
+            !over
+        });
+        if over {
+            return None;
+        }
+        let (tail_start, tail_tokens) = last.unwrap_or((text.len(), 0));
+        Some(SplitCount {
+            head,
+            tail_start,
+            tail_tokens,
+        })
     }
 
     /// Bytes of `text` that its first `max` tokens cover.

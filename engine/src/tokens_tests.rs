@@ -115,3 +115,44 @@ proptest! {
         prop_assert_eq!(truncate(&text, max), expected(&text, max).1);
     }
 }
+
+#[test]
+fn counting_within_a_limit_stops_early_and_agrees_below_it() {
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(50);
+    let n = count(&text);
+    assert_eq!(count_within(&text, n), Some(n));
+    assert_eq!(count_within(&text, u64::MAX), Some(n));
+    assert_eq!(count_within(&text, n - 1), None);
+    // A piece far too long for the limit is refused without merging it.
+    let huge = "a".repeat(4 << 20);
+    assert_eq!(count_within(&huge, 10), None);
+}
+
+#[test]
+fn a_split_count_keeps_the_last_piece_apart_and_adds_up() {
+    for text in [
+        "Hello there, friend",
+        "tok tok tok ",
+        "x",
+        "",
+        "  spaced   out  ",
+    ] {
+        let s = count_split(text, u64::MAX).unwrap();
+        assert_eq!(s.head + s.tail_tokens, count(text), "{text:?}");
+        assert_eq!(
+            count(&text[s.tail_start..]),
+            s.tail_tokens,
+            "{text:?}: the tail is the last piece"
+        );
+        assert_eq!(count(&text[..s.tail_start]), s.head, "{text:?}");
+    }
+    assert_eq!(count_split("tok tok tok", 2), None);
+}
+
+#[test]
+fn the_guard_is_above_max_tokens_and_saturates() {
+    assert_eq!(completion_guard(256), 448);
+    assert_eq!(completion_guard(0), 64);
+    assert_eq!(completion_guard(u64::MAX), u64::MAX);
+    assert_eq!(prompt_bound(u64::MAX), u64::MAX);
+}

@@ -134,11 +134,13 @@ async fn two_instances_on_one_postgres_never_spend_past_a_shared_budget() {
     let dir = std::env::temp_dir().join(format!("sluice-pg-{}", uuid_like()));
     std::fs::create_dir_all(&dir).unwrap();
     // 210 µ$ per request (prompt 10 at $1/M, 100 completion at $2/M); the
-    // reservation is ~232 µ$. The shared global budget affords ~50.
+    // reservation is ~460 µ$ (it covers the ceiling's guard, 214
+    // completion tokens for max_tokens 100). The shared global budget
+    // affords 50 reservations at once.
     std::fs::write(
         dir.join("settings.yaml"),
         format!(
-            "storage: \"{url}\"\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\nbudgets:\n  global: {{daily_usd: 0.0116}}\n",
+            "storage: \"{url}\"\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\nbudgets:\n  global: {{daily_usd: 0.0232}}\n",
             mock.base_url()
         ),
     )
@@ -168,7 +170,7 @@ async fn two_instances_on_one_postgres_never_spend_past_a_shared_budget() {
         .spend("global", &money::utc_day(money::now_ms()))
         .await
         .unwrap();
-    let budget = 11_600;
+    let budget = 23_200;
     println!(
         "postgres, two instances: budget {budget} µ$, spent {} µ$ ({:.1}%), reserved {}, admitted {admitted}, rejected {rejected}",
         spend.spent_micros,

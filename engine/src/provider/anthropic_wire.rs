@@ -178,6 +178,8 @@ struct DeltaBody<'a> {
     text: Option<Cow<'a, str>>,
     #[serde(borrow)]
     partial_json: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    thinking: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -277,7 +279,12 @@ impl AnthropicDecoder {
                             .map(Cow::into_owned)
                             .unwrap_or_default(),
                     }),
-                    // thinking_delta, signature_delta, citations_delta...
+                    "thinking_delta" => {
+                        if let Some(t) = d.delta.thinking.filter(|t| !t.is_empty()) {
+                            out.push(Chunk::Reasoning(t.into_owned()));
+                        }
+                    }
+                    // signature_delta (not generated text), citations_delta...
                     _ => {}
                 }
             }

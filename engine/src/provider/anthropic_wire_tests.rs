@@ -252,7 +252,11 @@ fn unknown_and_uninteresting_events_are_ignored() {
         ),
         (
             Some("content_block_delta"),
-            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCg"}}"#,
+        ),
+        (
+            Some("content_block_delta"),
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":""}}"#,
         ),
         (
             Some("content_block_delta"),
@@ -265,6 +269,15 @@ fn unknown_and_uninteresting_events_are_ignored() {
     ] {
         assert_eq!(decode_one(name, data).unwrap(), [], "{name:?} {data}");
     }
+}
+
+#[test]
+fn thinking_is_decoded_as_reasoning() {
+    let data = r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me check."}}"#;
+    assert_eq!(
+        decode_one(Some("content_block_delta"), data).unwrap(),
+        [Chunk::Reasoning("Let me check.".into())]
+    );
 }
 
 #[test]

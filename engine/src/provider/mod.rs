@@ -128,6 +128,13 @@ impl FinishReason {
 pub enum Chunk {
     /// Generated text. Never empty.
     Delta(String),
+    /// The model's visible reasoning (OpenAI-compatible `reasoning_content`
+    /// or `reasoning`, Anthropic `thinking` blocks). Never empty. Counted
+    /// as generated tokens; not part of the answer.
+    Reasoning(String),
+    /// The model declined to answer, in its own words (OpenAI's
+    /// `delta.refusal`). Never empty.
+    Refusal(String),
     /// A fragment of a tool call, assembled by `index` (OpenAI) or block (Anthropic).
     ToolCallDelta {
         index: u32,

@@ -94,6 +94,11 @@ struct WireChoice {
 struct WireDelta {
     content: Option<String>,
     tool_calls: Option<Vec<WireToolCall>>,
+    refusal: Option<String>,
+    /// Visible reasoning, as DeepSeek, vLLM and llama.cpp stream it.
+    reasoning_content: Option<String>,
+    /// The same under the name some other compatible servers use.
+    reasoning: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +168,18 @@ impl OpenAiDecoder {
             .filter(|c| c.index.unwrap_or(0) == 0)
         {
             if let Some(delta) = choice.delta {
+                for thought in [delta.reasoning_content, delta.reasoning]
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| !t.is_empty())
+                {
+                    out.push(Chunk::Reasoning(thought));
+                }
+                if let Some(text) = delta.refusal
+                    && !text.is_empty()
+                {
+                    out.push(Chunk::Refusal(text));
+                }
                 if let Some(text) = delta.content
                     && !text.is_empty()
                 {

@@ -231,6 +231,27 @@ fn other_choice_indices_are_ignored() {
 }
 
 #[test]
+fn refusals_and_reasoning_are_decoded_apart_from_text() {
+    let data = r#"{"choices":[{"index":0,"delta":{"refusal":"I can't help with that."}}]}"#;
+    assert_eq!(
+        decode_one(data).unwrap(),
+        [Chunk::Refusal("I can't help with that.".into())]
+    );
+    for field in ["reasoning_content", "reasoning"] {
+        let data = format!(
+            r#"{{"choices":[{{"index":0,"delta":{{"{field}":"Think.","content":"Hi"}}}}]}}"#
+        );
+        assert_eq!(
+            decode_one(&data).unwrap(),
+            [Chunk::Reasoning("Think.".into()), Chunk::Delta("Hi".into())],
+            "{field}"
+        );
+    }
+    let data = r#"{"choices":[{"index":0,"delta":{"refusal":null,"reasoning_content":""}}]}"#;
+    assert_eq!(decode_one(data).unwrap(), []);
+}
+
+#[test]
 fn escaped_and_multibyte_text_is_decoded() {
     let data = r#"{"choices":[{"index":0,"delta":{"content":"caf\u00e9 \"q\"\n\ud83d\ude00 ü"}}]}"#;
     assert_eq!(

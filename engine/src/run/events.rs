@@ -63,10 +63,26 @@ pub struct UsageReport {
     pub total_tokens: u64,
     /// True when counted by Sluice's tokenizer because the provider gave none.
     pub estimated: bool,
+    /// Whose count the tokens are: the provider's usage, Sluice's own
+    /// (o200k, for a stream cut or left without usage), or both (rounds of
+    /// a tool loop that differ).
+    pub counted_by: CountedBy,
     /// What the call cost, in integer micro-dollars (0 without a price).
     pub cost_micros: i64,
     /// The same as a decimal string of dollars, e.g. "0.000021".
     pub cost_usd: String,
+}
+
+/// Whose count a usage report holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CountedBy {
+    #[serde(rename = "provider")]
+    Provider,
+    /// Sluice's own tokenizer (o200k).
+    #[serde(rename = "sluice:o200k")]
+    Sluice,
+    #[serde(rename = "provider+sluice:o200k")]
+    Both,
 }
 
 /// One thing to tell the client.

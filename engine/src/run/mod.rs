@@ -34,8 +34,8 @@ use tracing::{Instrument, error, info, warn};
 
 pub use channel::EventReceiver;
 pub use events::{
-    Admission, ErrorCode, Event, Rejection, StartEvent, Status, ToolCallEvent, ToolResultEvent,
-    UsageReport,
+    Admission, CountedBy, ErrorCode, Event, Rejection, StartEvent, Status, ToolCallEvent,
+    ToolResultEvent, UsageReport,
 };
 use stream::{Ending, Out};
 
@@ -203,7 +203,7 @@ async fn open_in_ledger(
     cx: &RunContext,
     pipeline: &Pipeline,
     request_id: &str,
-    prompt: &[Message],
+    prompt_counted: u64,
     max_tokens: u32,
     budgets: &[&Budget],
 ) -> Result<Target, Rejection> {
@@ -231,11 +231,13 @@ async fn open_in_ledger(
                 .flatten()
                 .map(|p| match pipeline.max_total_tokens {
                     // Rounds of tool calls: all of them together are
-                    // bounded by max_total_tokens, billed at worst as output.
+                    // bounded by max_total_tokens (and the last round's
+                    // ceiling margin), billed at worst as output.
                     Some(total) if !pipeline.tools.is_empty() => {
-                        p.cost(total, 0).max(p.cost(0, total))
+                        let bound = tokens::completion_guard(total);
+                        p.cost(bound, 0).max(p.cost(0, bound))
                     }
-                    _ => budget::reservation(&p, prompt, max_tokens),
+                    _ => budget::reservation(&p, prompt_counted, max_tokens),
                 })
                 .max()
                 .unwrap_or(0)
@@ -327,9 +329,11 @@ async fn run(
     let mut max_tokens = req
         .max_tokens
         .map_or(pipeline.max_tokens, |m| m.min(pipeline.max_tokens));
+    // Counted once for the request's token budget, its reservation and its
+    // usage estimate; a long prompt off the async workers.
+    let counted = tokens::count_prompt_off_worker(&prompt).await;
     if let Some(total) = pipeline.max_total_tokens {
         // The request's token budget bounds the first call too.
-        let counted = tokens::count_prompt(&prompt);
         let prompt_bound = tokens::prompt_bound(counted);
         if prompt_bound >= total {
             let mut r = Rejection::new(
@@ -368,7 +372,7 @@ async fn run(
         &cx,
         &pipeline,
         &req.request_id,
-        &prompt,
+        counted,
         max_tokens,
         &budgets,
     ))
@@ -402,7 +406,7 @@ async fn run(
             .chain(pipeline.fallbacks.iter().map(Target::from_ref))
             .collect()
     };
-    let mut tally = Tally::new(started, prompt, candidates[0].price);
+    let mut tally = Tally::new(started, prompt, counted, candidates[0].price);
     let active = cx
         .metrics
         .active_streams

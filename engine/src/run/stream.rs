@@ -54,12 +54,23 @@ impl Out {
 /// How one model call (round) ended.
 pub(super) enum RoundEnd {
     Ended(Ending),
-    /// The model asked for tools; `text` is what it said before asking.
+    /// The model asked for tools; `text` is what it said before asking,
+    /// `finish` the provider's finish reason.
     ToolCalls {
         calls: Vec<ToolCall>,
         text: String,
+        finish: FinishReason,
     },
 }
+
+/// Most tool calls one model call may ask for. Models ask for a handful;
+/// a stream opening more is not a model at work, and each call holds
+/// memory until the round ends.
+const MAX_TOOL_CALLS: usize = 128;
+
+/// Tokens a tool call costs beyond its name and arguments (its framing),
+/// so that a stream of empty calls still counts.
+const TOOL_CALL_FRAMING_TOKENS: u64 = 4;
 
 /// A tool call being assembled from stream fragments.
 #[derive(Default)]
@@ -83,8 +94,30 @@ fn assemble(partials: BTreeMap<u32, Partial>) -> Vec<ToolCall> {
         .collect()
 }
 
+/// The ending of a round cut for generating too much.
+fn ceiling_cut(max_tokens: u64, guard: u64, what: &str) -> RoundEnd {
+    warn!(
+        max_tokens,
+        guard, what, "provider generated past the token ceiling; stream cut"
+    );
+    RoundEnd::Ended(Ending::Failed {
+        code: ErrorCode::TokenCeiling,
+        message: format!(
+            "the provider generated more than {guard} tokens ({what}, counted by sluice) for a limit of {max_tokens}; the stream was cut"
+        ),
+        finish: "length",
+    })
+}
+
 /// One model call's stream: relays text, assembles tool calls, and enforces
 /// the idle and total deadlines and the completion ceiling.
+///
+/// Everything the model generates counts against the ceiling: text, tool
+/// call names and arguments (whether or not the pipeline declares tools),
+/// reasoning and refusals. The provider was sent `max_tokens` and enforces
+/// it by its own count; Sluice cuts only past
+/// [`tokens::completion_guard`], a margin above it for tokenizers that
+/// count differently, so an honest answer is never cut.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn stream_round(
     cx: &RunContext,
@@ -97,19 +130,22 @@ pub(super) async fn stream_round(
     idle: Duration,
 ) -> RoundEnd {
     let max_tokens = u64::from(max_tokens);
+    let guard = tokens::completion_guard(max_tokens);
     let mut finish: Option<FinishReason> = None;
     let mut text = String::new();
     let mut partials: BTreeMap<u32, Partial> = BTreeMap::new();
     let wants_tools = !pipeline.tools.is_empty();
-    // A finished round: either the answer, or tools to run.
+    // A finished round: the answer, or the tool calls the model asked for
+    // (run by the tool loop, or reported when the pipeline has no tools).
     let finished = |finish: FinishReason, text: String, partials: BTreeMap<u32, Partial>| {
-        if wants_tools && !partials.is_empty() {
+        if partials.is_empty() {
+            RoundEnd::Ended(Ending::Finished(finish.as_str().to_string()))
+        } else {
             RoundEnd::ToolCalls {
                 calls: assemble(partials),
                 text,
+                finish,
             }
-        } else {
-            RoundEnd::Ended(Ending::Finished(finish.as_str().to_string()))
         }
     };
     let mut next = Some(first);
@@ -201,14 +237,24 @@ pub(super) async fn stream_round(
                 }
             }
         };
+        // Once the provider said it has finished, only its usage and its
+        // end marker may follow. Anything generated after that is not
+        // relayed and does not hold the stream: the round ends here, and
+        // dropping the stream closes the connection (it never returns to
+        // the pool with the provider still writing into it).
+        if let Some(reason) = &finish
+            && !matches!(chunk, Chunk::Usage(_) | Chunk::End | Chunk::Finish(_))
+        {
+            drop(stream);
+            debug!("provider kept generating after its finish reason; stream ended there");
+            return finished(reason.clone(), text, partials);
+        }
         last_chunk_at = Instant::now();
         match chunk {
             Chunk::Delta(delta) => {
-                if finish.is_some() {
-                    continue;
-                }
-                if let Err(allowed) = tally.generated.push(&delta, max_tokens) {
-                    // The provider went past max_tokens: stop it here.
+                if let Err(allowed) = tally.generated.push(&delta, guard) {
+                    // The provider went past max_tokens and the margin:
+                    // stop it here.
                     drop(stream);
                     if allowed > 0 {
                         let cut = tokens::truncate(&delta, allowed);
@@ -217,17 +263,7 @@ pub(super) async fn stream_round(
                             return RoundEnd::Ended(Ending::ClientClosed);
                         }
                     }
-                    warn!(
-                        max_tokens,
-                        "provider streamed past the token ceiling; stream cut"
-                    );
-                    return RoundEnd::Ended(Ending::Failed {
-                        code: ErrorCode::TokenCeiling,
-                        message: format!(
-                            "the provider went past the ceiling of {max_tokens} completion tokens; the stream was cut"
-                        ),
-                        finish: "length",
-                    });
+                    return ceiling_cut(max_tokens, guard, "text");
                 }
                 // Only a round that may end in tool calls needs its text
                 // again (the conversation goes on with it).
@@ -242,18 +278,44 @@ pub(super) async fn stream_round(
                 }
                 keepalive_at = Instant::now() + out.keepalive;
             }
+            Chunk::Reasoning(t) | Chunk::Refusal(t) => {
+                if tally.generated.push(&t, guard).is_err() {
+                    drop(stream);
+                    return ceiling_cut(max_tokens, guard, "reasoning or refusal");
+                }
+            }
             Chunk::ToolCallDelta {
                 index,
                 id,
                 name,
                 arguments,
             } => {
-                if !wants_tools {
-                    debug!("ignoring a tool call: this pipeline declares no tools");
-                    continue;
+                if !partials.contains_key(&index) {
+                    if partials.len() >= MAX_TOOL_CALLS {
+                        drop(stream);
+                        warn!(
+                            max = MAX_TOOL_CALLS,
+                            "provider opened too many tool calls; stream cut"
+                        );
+                        return RoundEnd::Ended(Ending::Failed {
+                            code: ErrorCode::Upstream,
+                            message: format!(
+                                "the provider asked for more than {MAX_TOOL_CALLS} tool calls in one answer; the stream was cut"
+                            ),
+                            finish: "error",
+                        });
+                    }
+                    tally.generated.push_framing(TOOL_CALL_FRAMING_TOKENS);
                 }
-                // Arguments are generated tokens too.
-                tally.generated.push_unchecked(&arguments);
+                // Names and arguments are generated tokens too, and what
+                // the round holds of them is bounded by the ceiling.
+                let over = [name.as_deref().unwrap_or_default(), &arguments]
+                    .into_iter()
+                    .any(|s| !s.is_empty() && tally.generated.push(s, guard).is_err());
+                if over {
+                    drop(stream);
+                    return ceiling_cut(max_tokens, guard, "tool calls");
+                }
                 let p = partials.entry(index).or_default();
                 if id.is_some() {
                     p.id = id;

@@ -40,6 +40,22 @@ async fn run_tool(pipeline: &Pipeline, call: &ToolCall) -> ToolOutcome {
     }
 }
 
+/// Tells the client of the calls the model asked for. Err: the client left.
+async fn report_calls(out: &mut Out, calls: &[ToolCall], round: u32) -> Result<(), ()> {
+    for c in calls {
+        let arguments = serde_json::from_str::<Value>(&c.arguments)
+            .unwrap_or_else(|_| Value::String(c.arguments.clone()));
+        let ev = Event::ToolCall(Box::new(ToolCallEvent {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            arguments,
+            round,
+        }));
+        out.send(ev).await?;
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn stream_body(
     cx: &RunContext,
@@ -53,11 +69,28 @@ pub(super) async fn stream_body(
 ) -> Ending {
     let t = pipeline.timeouts;
     loop {
-        let (calls, text) =
+        let (calls, text, finish) =
             match stream_round(cx, pipeline, stream, first, max_tokens, out, tally, t.idle).await {
                 RoundEnd::Ended(ending) => return ending,
-                RoundEnd::ToolCalls { calls, text } => (calls, text),
+                RoundEnd::ToolCalls {
+                    calls,
+                    text,
+                    finish,
+                } => (calls, text, finish),
             };
+        if pipeline.tools.is_empty() {
+            // Nothing to run here (the model asked for tools this pipeline
+            // does not offer): the client still hears what it asked for.
+            info!(
+                calls = calls.len(),
+                "the model asked for tools; this pipeline declares none, so they are reported, not run"
+            );
+            tally.tool_calls = tally.tool_calls.saturating_add(calls.len() as u32);
+            if report_calls(out, &calls, tally.rounds + 1).await.is_err() {
+                return Ending::ClientClosed;
+            }
+            return Ending::Finished(finish.as_str().to_string());
+        }
         if tally.rounds >= pipeline.max_tool_rounds {
             info!(
                 rounds = tally.rounds,
@@ -66,19 +99,9 @@ pub(super) async fn stream_body(
             return Ending::Finished("tool_limit".into());
         }
         let round = tally.rounds + 1;
-        tally.tool_calls += calls.len() as u32;
-        for c in &calls {
-            let arguments = serde_json::from_str::<Value>(&c.arguments)
-                .unwrap_or_else(|_| Value::String(c.arguments.clone()));
-            let ev = Event::ToolCall(Box::new(ToolCallEvent {
-                id: c.id.clone(),
-                name: c.name.clone(),
-                arguments,
-                round,
-            }));
-            if out.send(ev).await.is_err() {
-                return Ending::ClientClosed;
-            }
+        tally.tool_calls = tally.tool_calls.saturating_add(calls.len() as u32);
+        if report_calls(out, &calls, round).await.is_err() {
+            return Ending::ClientClosed;
         }
         // The calls of one round are independent: run them together, but
         // never past the request's deadline or after the client left.
@@ -123,16 +146,16 @@ pub(super) async fn stream_body(
                 tool_call_id: Some(c.id.clone()),
             });
         }
-        tally.close_round(next_prompt);
+        let counted = tokens::count_prompt_off_worker(&next_prompt).await;
+        tally.close_round(next_prompt, counted);
 
         // Another round must fit in the request's token budget: its prompt
         // (counted, with a margin) plus at least one completion token.
         max_tokens = pipeline.max_tokens;
         if let Some(total) = pipeline.max_total_tokens {
-            let counted = tokens::count_prompt(&tally.prompt);
             let prompt_bound = tokens::prompt_bound(counted);
             let used = tally.total_tokens();
-            if used + prompt_bound >= total {
+            if used.saturating_add(prompt_bound) >= total {
                 return Ending::Failed {
                     code: ErrorCode::TokenCeiling,
                     message: format!(

@@ -1,0 +1,66 @@
+//! Counting a long prompt is CPU work (a megabyte of text keeps the
+//! tokenizer busy for most of a second): it runs on the blocking pool, at
+//! most two at a time, so the async workers go on serving health checks
+//! and streams meanwhile. This runs on a current-thread runtime, the
+//! server's only worker: were a prompt counted on it, `/healthz` could not
+//! answer until the count was done.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use sluice_testkit::{Reply, Script};
+
+#[tokio::test]
+async fn health_checks_answer_while_long_prompts_are_counted() {
+    let h = Harness::start_with(
+        Script::single(Reply::text(&["ok"])),
+        64,
+        "{connect: 1s, first_token: 60s, idle: 60s, total: 120s}",
+        ", max_body_bytes: 8388608",
+    )
+    .await;
+    // Six prompts of 1 MB of varied words.
+    let words = ["alpha ", "beta ", "gamma ", "delta ", "epsilon ", "zeta "];
+    let prompt: String = (0..180_000).map(|i| words[i % words.len()]).collect();
+    let body = serde_json::json!({ "input": prompt }).to_string();
+    let addr = h.addr();
+    let big: Vec<_> = (0..6)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move { post(addr, &body).await.status() })
+        })
+        .collect();
+    // Wait until counting has started (the bodies are read first).
+    for _ in 0..100_000 {
+        if sluice::tokens::prompts_being_counted() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        sluice::tokens::prompts_being_counted() > 0,
+        "no count started"
+    );
+    let health = send(
+        addr,
+        Request::get("/healthz")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(health.status(), StatusCode::OK);
+    let still = sluice::tokens::prompts_being_counted();
+    assert!(
+        still > 0,
+        "the health check was answered only after every prompt was counted"
+    );
+    for t in big {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(sluice::tokens::prompts_being_counted(), 0);
+}
