@@ -10,6 +10,12 @@
 //! requests in and out ([`InFlight`]). Those are a few relaxed atomics per
 //! read and one wake-up per change, never a timer per read.
 //!
+//! On HTTP/2 the bytes between streams are frames (pings, settings, window
+//! updates) that say nothing about a request, so once a connection is known
+//! to be h2 they do not start a head: a connection with no stream open is
+//! idle, and a HEADERS block trickled in between streams is bounded by the
+//! idle deadline (a new connection's first stream by the header deadline).
+//!
 //! [`Gate`] admits connections: up to `max_connections` are served; beyond
 //! that, a reserve of `reserved_connections` answers only the health paths
 //! and refuses the rest with 503, one request each, oldest evicted first.
