@@ -168,6 +168,7 @@ async fn a_body_over_the_limit_without_content_length_is_refused_too() {
         .body(body)
         .unwrap();
     let tcp = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .unwrap();
@@ -252,6 +253,9 @@ async fn stream_headers_and_request_ids() {
 async fn h2c_streams_without_connection_header() {
     let h = harness().await;
     let tcp = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+    // Headers and body go out as two segments: without nodelay the second
+    // waits for a delayed ACK while the paused clock runs to the body timeout.
+    tcp.set_nodelay(true).unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await

@@ -49,6 +49,7 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub keepalive: Duration,
     pub shutdown_grace: Duration,
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServerSettings {
@@ -58,6 +59,37 @@ impl Default for ServerSettings {
             max_body_bytes: 1 << 20,
             keepalive: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(10),
+            connections: ConnectionLimits::default(),
+        }
+    }
+}
+
+/// What one client connection may hold, and how many there may be. Every
+/// duration is longer than zero and every count at least one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A request head must arrive whole within this of its first byte
+    /// (a new connection's first head: of the accept).
+    pub header_timeout: Duration,
+    /// A request body must arrive whole within this of its head.
+    pub body_timeout: Duration,
+    /// A connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// `None`: derived from the descriptor limit when the server starts.
+    pub max_connections: Option<usize>,
+    /// Connections beyond the cap that still answer `/healthz` and
+    /// `/readyz` (and refuse everything else with 503).
+    pub reserved_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: None,
+            reserved_connections: 64,
         }
     }
 }

@@ -46,7 +46,37 @@ impl Cx {
         {
             out.shutdown_grace = d;
         }
+        let limits = &mut out.connections;
+        for (raw, what, slot) in [
+            (
+                &s.header_timeout,
+                "header_timeout",
+                &mut limits.header_timeout,
+            ),
+            (&s.body_timeout, "body_timeout", &mut limits.body_timeout),
+            (&s.idle_timeout, "idle_timeout", &mut limits.idle_timeout),
+        ] {
+            if let Some(d) = raw.as_ref().and_then(|r| self.duration(file, r, what)) {
+                *slot = d;
+            }
+        }
+        if let Some(n) = self.count(file, &s.max_connections, "max_connections") {
+            limits.max_connections = Some(n);
+        }
+        if let Some(n) = self.count(file, &s.reserved_connections, "reserved_connections") {
+            limits.reserved_connections = n;
+        }
         out
+    }
+
+    /// A count of at least one.
+    fn count(&mut self, file: &Path, raw: &Option<Spanned<u64>>, what: &str) -> Option<usize> {
+        let raw = raw.as_ref()?;
+        if raw.value == 0 {
+            self.error(file, raw.pos, format!("{what} must be at least 1"));
+            return None;
+        }
+        Some(usize::try_from(raw.value).unwrap_or(usize::MAX))
     }
 
     pub(super) fn providers(

@@ -92,6 +92,19 @@ pub struct RawServer {
     pub keepalive: Option<Spanned<String>>,
     /// How long open streams may run on after a shutdown signal.
     pub shutdown_grace: Option<Spanned<String>>,
+    /// Longest wait for a request head, from its first byte (or from the
+    /// connection's accept) to its last.
+    pub header_timeout: Option<Spanned<String>>,
+    /// Longest wait for a whole request body, from the head.
+    pub body_timeout: Option<Spanned<String>>,
+    /// How long a keep-alive connection may stay open with no request.
+    pub idle_timeout: Option<Spanned<String>>,
+    /// Most client connections served at once (default: from the
+    /// descriptor limit, at most 10,000).
+    pub max_connections: Option<Spanned<u64>>,
+    /// Connections accepted beyond `max_connections` to answer health
+    /// checks and refuse the rest with 503.
+    pub reserved_connections: Option<Spanned<u64>>,
 }
 
 /// A provider. `kind` selects the wire format; which other keys apply

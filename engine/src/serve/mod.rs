@@ -4,12 +4,13 @@
 //! SSE, and graceful shutdown. A request's work runs in `run`; this module
 //! only waits for its admission and forwards its events.
 
+mod conn;
 mod openai_compat;
 mod request;
+mod server;
 pub mod sse;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,25 +21,19 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body::Frame;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug};
 
-use crate::alerts::Alerts;
-use crate::compile::{Catalog, Pipeline, ServerSettings};
-use crate::ledger::Ledger;
-use crate::metrics::Metrics;
+use crate::compile::{Pipeline, ServerSettings};
 use crate::run::{
     self, Admission, ErrorCode, Event, EventReceiver, Rejection, RunContext, RunRequest,
     ToolCallEvent, ToolResultEvent,
 };
+use conn::{ConnBody, InFlight};
 
 pub(crate) use request::read_json_body;
 pub use request::{Invalid, PipelineCall};
+pub use server::{RunningServer, Server};
 
 /// Most bytes hyper buffers for one HTTP/1.1 connection (its write queue,
 /// and a request head).
@@ -90,206 +85,9 @@ struct Shared {
     pipelines: std::collections::BTreeMap<String, Arc<Pipeline>>,
     settings: ServerSettings,
     run: Arc<RunContext>,
-}
-
-/// A bound, not yet running server.
-pub struct Server {
-    listener: TcpListener,
-    shared: Arc<Shared>,
-}
-
-impl Server {
-    /// Opens the ledger (recovering requests a dead instance left pending)
-    /// and binds `addr` (use port 0 for any free port).
-    pub async fn bind(catalog: Catalog, addr: SocketAddr) -> anyhow::Result<Server> {
-        let ledger = Ledger::open(&catalog.storage)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot open the ledger: {e}"))?;
-        let recovered = ledger.recover_interrupted().await?;
-        if recovered > 0 {
-            warn!(
-                requests = recovered,
-                "requests left unfinished by a stopped instance were recorded as interrupted"
-            );
-        }
-        let listener = listen(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        crate::tokens::init();
-        let tracker = TaskTracker::new();
-        let run = Arc::new(RunContext {
-            keepalive: catalog.server.keepalive,
-            force_stop: CancellationToken::new(),
-            tracker: tracker.clone(),
-            alerts: Alerts::new(ledger.clone(), catalog.alert_webhook.as_deref(), tracker),
-            ledger,
-            global_budget: catalog.global_budget,
-            metrics: Arc::new(Metrics::new()),
-        });
-        Ok(Server {
-            listener,
-            shared: Arc::new(Shared {
-                pipelines: catalog.pipelines,
-                settings: catalog.server,
-                run,
-            }),
-        })
-    }
-
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Serves until `shutdown` resolves, then stops accepting, lets open
-    /// streams finish for up to the grace period, ends the rest with an
-    /// `error` event, and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { listener, shared } = self;
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let connections = TaskTracker::new();
-        // Tells other instances sharing the ledger that our pending rows
-        // are live, not orphans.
-        let stop_heartbeat = CancellationToken::new();
-        let heartbeat = {
-            let ledger = shared.run.ledger.clone();
-            let stop = stop_heartbeat.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => {
-                            if let Err(e) = ledger.heartbeat().await {
-                                warn!(error = %e, "ledger heartbeat failed");
-                            }
-                            // A peer sharing the ledger may have died.
-                            match ledger.recover_interrupted().await {
-                                Ok(0) => {}
-                                Ok(n) => warn!(requests = n, "requests of a stopped instance were recorded as interrupted"),
-                                Err(e) => warn!(error = %e, "ledger recovery failed"),
-                            }
-                        }
-                    }
-                }
-            })
-        };
-        tokio::pin!(shutdown);
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = &mut shutdown => break,
-                r = listener.accept() => match r {
-                    Ok(v) => v,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait, do not spin.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let shared = shared.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                // Boxed: hyper keeps a connection's (or an h2 stream's)
-                // service future inline for as long as it lives, and this
-                // one is large; the box is freed once the response starts.
-                let handled: Pin<Box<dyn Future<Output = _> + Send>> =
-                    Box::pin(async move { Ok::<_, Infallible>(handle(shared, req).await) });
-                handled
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            // Small write buffers: a slow client then holds back its own
-            // stream (through the event channel, and so the upstream read)
-            // instead of making hyper buffer its events, 400 KB per stream
-            // by default. HTTP/1.1's also bounds a request head.
-            builder.http1().max_buf_size(H1_MAX_BUF);
-            builder.http2().max_send_buf_size(H2_MAX_SEND_BUF);
-            let conn = builder
-                .serve_connection(TokioIo::new(tcp), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            connections.spawn(async move {
-                if let Err(e) = conn.await {
-                    debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
-        }
-        drop(listener);
-        let grace = shared.settings.shutdown_grace;
-        info!(grace = %humantime::format_duration(grace), "shutting down: no new connections, draining open streams");
-        shared.run.tracker.close();
-        connections.close();
-        let drained = tokio::time::timeout(grace, shared.run.tracker.wait())
-            .await
-            .is_ok();
-        if !drained {
-            warn!("grace period over: ending the open streams");
-            shared.run.force_stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(2), shared.run.tracker.wait()).await;
-        }
-        // Streams are over; let connections flush their last bytes.
-        let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
-        stop_heartbeat.cancel();
-        let _ = heartbeat.await;
-        shared.run.ledger.close().await;
-        info!("stopped");
-    }
-}
-
-/// Listens on `addr` with a deep accept queue (the kernel caps it at
-/// somaxconn): a burst of clients waits to be accepted instead of having
-/// its SYNs dropped and retried a second later.
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
-}
-
-/// A server running in the background (tests and embedding).
-pub struct RunningServer {
-    pub addr: SocketAddr,
-    ledger: Arc<Ledger>,
-    shutdown: CancellationToken,
-    join: tokio::task::JoinHandle<()>,
-}
-
-impl RunningServer {
-    pub async fn start(catalog: Catalog, addr: SocketAddr) -> anyhow::Result<RunningServer> {
-        let server = Server::bind(catalog, addr).await?;
-        let addr = server.local_addr()?;
-        let ledger = server.shared.run.ledger.clone();
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let join = tokio::spawn(async move { server.run(token.cancelled_owned()).await });
-        Ok(RunningServer {
-            addr,
-            ledger,
-            shutdown,
-            join,
-        })
-    }
-
-    /// The server's ledger, e.g. to read a request's row in tests.
-    pub fn ledger(&self) -> Arc<Ledger> {
-        self.ledger.clone()
-    }
-
-    /// Signals shutdown and waits until the server has stopped.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        let _ = self.join.await;
-    }
-
-    pub fn signal_shutdown(&self) {
-        self.shutdown.cancel();
-    }
-
-    pub async fn wait(self) {
-        let _ = self.join.await;
-    }
+    /// Connections served at once (`max_connections`, or derived from the
+    /// descriptor limit).
+    max_connections: usize,
 }
 
 fn new_request_id(req: &Request<Incoming>) -> String {
@@ -309,11 +107,19 @@ fn new_request_id(req: &Request<Incoming>) -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ResponseBody> {
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    in_flight: InFlight,
+) -> Response<ConnBody> {
     let request_id = new_request_id(&req);
     let span = tracing::info_span!("request", id = %request_id);
     let version = req.version();
-    let mut resp = route(&shared, req, &request_id).instrument(span).await;
+    let mut resp = if in_flight.reserve() && !conn::HEALTH_PATHS.contains(&req.uri().path()) {
+        over_capacity(&request_id)
+    } else {
+        route(&shared, req, &request_id).instrument(span).await
+    };
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert("x-request-id", v);
@@ -321,6 +127,24 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Respons
     if version != Version::HTTP_11 {
         headers.remove(header::CONNECTION);
     }
+    resp.map(|body| ConnBody {
+        body,
+        _in_flight: in_flight,
+    })
+}
+
+/// The answer on a reserve connection to anything but a health check.
+fn over_capacity(request_id: &str) -> Response<ResponseBody> {
+    let mut resp = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "over_capacity",
+        "the server is at its connection limit (max_connections); try again shortly",
+        None,
+        request_id,
+    );
+    set_retry_after(&mut resp, Some(Duration::from_secs(1)));
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 
@@ -419,7 +243,13 @@ async fn call_pipeline(
     req: Request<Incoming>,
     request_id: &str,
 ) -> Response<ResponseBody> {
-    let body = match read_json_body(req, shared.settings.max_body_bytes).await {
+    let body = match read_json_body(
+        req,
+        shared.settings.max_body_bytes,
+        shared.settings.connections.body_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e) => {
             run::record_invalid(&shared.run, &pipeline, request_id, e.code()).await;

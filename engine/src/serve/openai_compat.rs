@@ -229,7 +229,13 @@ pub(super) async fn chat_completions(
     req: Request<Incoming>,
     request_id: &str,
 ) -> Response<ResponseBody> {
-    let body = match read_json_body(req, shared.settings.max_body_bytes).await {
+    let body = match read_json_body(
+        req,
+        shared.settings.max_body_bytes,
+        shared.settings.connections.body_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e) => {
             return openai_error(

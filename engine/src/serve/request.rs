@@ -1,6 +1,8 @@
 //! Validating a client's request body. Every rejection names the field at
 //! fault, so a client can fix its request without reading our source.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -233,6 +235,8 @@ pub(crate) enum BodyError {
     TooLarge(usize),
     #[error("cannot read request body: {0}")]
     Read(String),
+    #[error("request body did not arrive whole within {} (body_timeout)", humantime::format_duration(*.0))]
+    Timeout(Duration),
 }
 
 impl BodyError {
@@ -241,6 +245,7 @@ impl BodyError {
             BodyError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             BodyError::Read(_) => StatusCode::BAD_REQUEST,
+            BodyError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -249,16 +254,20 @@ impl BodyError {
             BodyError::NotJson => "unsupported_media_type",
             BodyError::TooLarge(_) => "body_too_large",
             BodyError::Read(_) => "invalid_request",
+            BodyError::Timeout(_) => "request_timeout",
         }
     }
 }
 
-/// Reads a JSON request body of at most `limit` bytes: the content type is
-/// checked first, a declared length over the limit is refused unread, and a
-/// chunked body is cut off as soon as it passes the limit.
+/// Reads a JSON request body of at most `limit` bytes within `timeout`: the
+/// content type is checked first, a declared length over the limit is
+/// refused unread, a chunked body is cut off as soon as it passes the
+/// limit, and a body still incomplete at the deadline (however it trickles
+/// in) is answered 408.
 pub(crate) async fn read_json_body(
     req: Request<Incoming>,
     limit: usize,
+    timeout: Duration,
 ) -> Result<Bytes, BodyError> {
     let is_json = req
         .headers()
@@ -282,7 +291,13 @@ pub(crate) async fn read_json_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge(limit));
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    // One timer for the whole body: a per-read deadline would let a client
+    // hold the request open forever by sending a byte just in time.
+    let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect());
+    let Ok(collected) = read.await else {
+        return Err(BodyError::Timeout(timeout));
+    };
+    match collected {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge(limit)),
         Err(e) => Err(BodyError::Read(e.to_string())),

@@ -124,6 +124,9 @@ pub async fn connect(
     ClientConn,
 ) {
     let tcp = TcpStream::connect(addr).await.expect("connect");
+    // A segment held back by Nagle waits for a delayed ACK: real time that
+    // a paused clock does not see (it would jump to the next deadline).
+    tcp.set_nodelay(true).expect("nodelay");
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .expect("handshake");
