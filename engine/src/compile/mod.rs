@@ -258,7 +258,10 @@ pub fn compile_sources(
     settings: &(PathBuf, String),
     pipelines: &[(PathBuf, String)],
 ) -> Result<Catalog, Vec<Diagnostic>> {
-    let mut cx = Cx { diags: Vec::new() };
+    let mut cx = Cx {
+        diags: Vec::new(),
+        secrets: crate::provider::secrets::Secrets::new(),
+    };
     let (settings_path, settings_text) = settings;
     let raw_settings = cx.parse::<RawSettings>(settings_path, settings_text);
     let base_dir = settings_path.parent().unwrap_or(Path::new("."));
@@ -386,6 +389,9 @@ struct ProviderEntry {
 
 struct Cx {
     diags: Vec<Diagnostic>,
+    /// Every secret read while compiling (API keys, URLs with credentials),
+    /// shared with the providers, which scrub them from what comes back.
+    secrets: crate::provider::secrets::Secrets,
 }
 
 impl Cx {

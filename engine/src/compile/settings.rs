@@ -151,7 +151,10 @@ impl Cx {
                 let mut missing_key = None;
                 if let Some(var) = &p.api_key_env {
                     match std::env::var(&var.value) {
-                        Ok(v) if !v.is_empty() => api_key = Some(v),
+                        Ok(v) if !v.is_empty() => {
+                            self.secrets.add_key(&v);
+                            api_key = Some(v);
+                        }
                         _ => {
                             missing_key = Some(Diagnostic::warning(
                                 file,
@@ -165,10 +168,17 @@ impl Cx {
                     }
                 }
                 let key_env = p.api_key_env.as_ref().map(|v| v.value.clone());
+                let secrets = self.secrets.clone();
                 let provider: Arc<dyn Provider> = if kind == "anthropic" {
-                    Arc::new(AnthropicProvider::new(&name.value, uri, api_key, key_env))
+                    Arc::new(
+                        AnthropicProvider::new(&name.value, uri, api_key, key_env)
+                            .with_secrets(secrets),
+                    )
                 } else {
-                    Arc::new(OpenAiProvider::new(&name.value, uri, api_key, key_env))
+                    Arc::new(
+                        OpenAiProvider::new(&name.value, uri, api_key, key_env)
+                            .with_secrets(secrets),
+                    )
                 };
                 Some(ProviderEntry {
                     provider,
@@ -264,6 +274,12 @@ impl Cx {
             },
             (None, None) => DEFAULT_STORAGE.to_string(),
         };
+        // A Postgres URL may carry a password: scrubbed like an API key's
+        // echo from what providers send back (the set is shared, so
+        // providers compiled before this see it too).
+        if storage.contains("://") {
+            self.secrets.add_url(&storage);
+        }
         let known = storage == "memory"
             || storage.starts_with("sqlite:")
             || storage.starts_with("postgres://")
@@ -307,6 +323,8 @@ impl Cx {
                 (None, None) => None,
             };
             if let Some((url, pos)) = url {
+                // Webhook URLs carry their token in the path.
+                self.secrets.add_url(&url);
                 match url.parse::<http::Uri>() {
                     Ok(u)
                         if matches!(u.scheme_str(), Some("http" | "https"))

@@ -10,6 +10,7 @@ use http::{HeaderName, HeaderValue, Uri};
 
 use super::anthropic_wire::{self, AnthropicDecoder};
 use super::http::{ApiKey, Endpoint};
+use super::secrets::Secrets;
 use super::{ChunkStream, Provider, ProviderError, ProviderRequest};
 
 /// Where `kind: anthropic` points when settings give no `base_url`.
@@ -32,14 +33,26 @@ impl AnthropicProvider {
         api_key: Option<String>,
         api_key_env: Option<String>,
     ) -> Self {
-        Self {
+        let provider = Self {
             name: name.to_string(),
             endpoint: Endpoint::new(&base_url, "/messages"),
             key: ApiKey {
                 key: api_key,
                 env: api_key_env,
             },
+        };
+        // Its own key is always scrubbed, even before `with_secrets`.
+        provider.with_secrets(Secrets::new())
+    }
+
+    /// Scrubs every secret of `secrets` (those of the whole configuration)
+    /// from what this provider sends back; its own key is added to them.
+    pub fn with_secrets(mut self, secrets: Secrets) -> Self {
+        if let Some(key) = &self.key.key {
+            secrets.add_key(key);
         }
+        self.endpoint = self.endpoint.with_secrets(secrets);
+        self
     }
 }
 

@@ -29,6 +29,7 @@ use super::anthropic_wire::AnthropicDecoder;
 use super::h1::{Connection, Head, Io, READ_CHUNK};
 use super::openai_wire::OpenAiDecoder;
 use super::pool::Pool;
+use super::secrets::Secrets;
 use super::sse::{SseEvent, SseParser};
 use super::{Chunk, ChunkStream, ProviderError};
 
@@ -69,6 +70,8 @@ pub struct Endpoint {
     authority: String,
     /// Idle keep-alive connections for [`Endpoint::stream`].
     pool: Arc<Pool>,
+    /// Scrubbed from every error built from what this endpoint answers.
+    secrets: Secrets,
 }
 
 /// A request, serialized: its head and body, ready to be written.
@@ -109,7 +112,19 @@ impl Endpoint {
             path: if path.is_empty() { "/".into() } else { path },
             authority,
             pool: Arc::new(Pool::new()),
+            secrets: Secrets::new(),
         }
+    }
+
+    /// Scrubs `secrets` (a set shared with the rest of the configuration,
+    /// to which more may be added later) from this endpoint's errors.
+    pub fn with_secrets(mut self, secrets: Secrets) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 
     /// A JSON POST to this endpoint that asks for an event stream. Names
@@ -173,6 +188,10 @@ impl Endpoint {
     /// accepted it, returns its body decoded by `decoder`. An HTTP error
     /// status becomes [`ProviderError::Status`] with the body summarized by
     /// `summarize`; its connection is closed, not reused.
+    ///
+    /// Every error this returns, or the stream yields, is scrubbed of the
+    /// endpoint's secrets: this is the one place where what a provider sent
+    /// becomes an error message (see `secrets.rs`).
     pub async fn stream<D: Decoder>(
         &self,
         req: Outgoing,
@@ -180,17 +199,27 @@ impl Endpoint {
         decoder: D,
         summarize: fn(u16, &[u8]) -> String,
     ) -> Result<ChunkStream, ProviderError> {
-        let (mut conn, head) = self.exchange(req, connect_timeout).await?;
+        let secrets = &self.secrets;
+        let (mut conn, head) = self
+            .exchange(req, connect_timeout)
+            .await
+            .map_err(|e| e.scrubbed(secrets))?;
         if !(200..300).contains(&head.status) {
             let body = read_body(&mut conn, MAX_ERROR_BODY).await;
-            return Err(ProviderError::Status {
+            // Scrubbed before it is summarized: a summary cut short could
+            // otherwise end in the middle of a key, where a whole-key match
+            // no longer finds it.
+            let body = secrets.scrub_bytes(&body);
+            let error = ProviderError::Status {
                 status: head.status,
                 retry_after: retry_after(&head.headers),
                 message: summarize(head.status, &body),
-            });
+            };
+            return Err(error.scrubbed(secrets));
         }
         Ok(Box::pin(UpstreamStream {
             pool: self.pool.clone(),
+            secrets: self.secrets.clone(),
             conn: Some(conn),
             parser: SseParser::new(),
             decoder,
@@ -386,6 +415,8 @@ fn httpdate_parse(v: &str) -> Option<std::time::SystemTime> {
 struct UpstreamStream<D> {
     /// Where a cleanly ended stream returns its connection.
     pool: Arc<Pool>,
+    /// Scrubbed from every error before it is yielded.
+    secrets: Secrets,
     /// `None` once the connection failed or closed.
     conn: Option<Connection>,
     parser: SseParser,
@@ -441,7 +472,7 @@ impl<D: Decoder> UpstreamStream<D> {
         for ev in self.events.drain(..) {
             if let Err(e) = self.decoder.decode(&ev, &mut out) {
                 self.failed = true;
-                self.error = Some(e);
+                self.error = Some(rebuilt_scrubbed(&mut self.decoder, &ev, e, &self.secrets));
                 self.finished = true;
                 break;
             }
@@ -452,6 +483,30 @@ impl<D: Decoder> UpstreamStream<D> {
         }
         self.events.clear();
     }
+}
+
+/// The error `decoder` gave for `ev`, built again from `ev` with its secrets
+/// scrubbed when it held any, so that the decoder summarizes clean data
+/// (its summary may cut the text, and a cut key is harder to find). The
+/// decoder is not used again after an error, so decoding twice is safe.
+fn rebuilt_scrubbed<D: Decoder>(
+    decoder: &mut D,
+    ev: &SseEvent,
+    error: ProviderError,
+    secrets: &Secrets,
+) -> ProviderError {
+    let std::borrow::Cow::Owned(data) = secrets.scrub(&ev.data) else {
+        return error;
+    };
+    let clean = SseEvent {
+        event: ev.event.clone(),
+        data,
+        id: ev.id.clone(),
+    };
+    let mut ignored = Vec::new();
+    // Should the clean event decode (the secret was what made it fail), the
+    // first error is kept; `scrubbed` still cleans it before it is yielded.
+    decoder.decode(&clean, &mut ignored).err().unwrap_or(error)
 }
 
 impl<D> Unpin for UpstreamStream<D> {}
@@ -469,7 +524,7 @@ impl<D: Decoder> Stream for UpstreamStream<D> {
                 return Poll::Ready(Some(Ok(c)));
             }
             if let Some(e) = this.error.take() {
-                return Poll::Ready(Some(Err(e)));
+                return Poll::Ready(Some(Err(e.scrubbed(&this.secrets))));
             }
             if this.finished {
                 return Poll::Ready(None);

@@ -211,3 +211,53 @@ fn api_key_header_is_sensitive_and_never_debug_printed() {
     };
     assert!(none.header("p", "").unwrap().is_none());
 }
+
+/// An in-stream error whose summary would be cut in the middle of the key:
+/// the decoder is asked again with the key scrubbed, so the summary is
+/// built from clean text and no piece of the key survives the cut.
+#[test]
+fn an_in_stream_error_is_summarized_from_scrubbed_data() {
+    let key = "sk-proj-Hc7Gf4Js0aPeWn6yB3kVq8Zr1Lx5Tp9Md2";
+    let secrets = Secrets::new();
+    secrets.add_key(key);
+    // 190 characters of message, then the key: a 200-character summary of
+    // the raw message would end in "sk-pro...".
+    let message = format!("{} {key}", "y".repeat(190));
+    let ev = SseEvent {
+        event: None,
+        data: serde_json::json!({"error": {"message": message}}).to_string(),
+        id: None,
+    };
+    let mut decoder = OpenAiDecoder::new();
+    let raw = decoder.decode(&ev, &mut Vec::new()).unwrap_err();
+    assert!(raw.to_string().contains("sk-pro"), "{raw}");
+    let error = rebuilt_scrubbed(&mut decoder, &ev, raw, &secrets);
+    let text = error.to_string();
+    assert!(!text.contains("sk-p"), "{text}");
+    // Events without a secret keep the decoder's first error untouched.
+    let plain = SseEvent {
+        event: None,
+        data: r#"{"error":{"message":"overloaded"}}"#.into(),
+        id: None,
+    };
+    let first = ProviderError::InStream("first".into());
+    let kept = rebuilt_scrubbed(&mut decoder, &plain, first.clone(), &secrets);
+    assert_eq!(kept.to_string(), first.to_string());
+}
+
+/// A status body that quotes the key where its summary is cut.
+#[test]
+fn a_status_body_is_scrubbed_before_it_is_summarized() {
+    let key = "sk-ant-api03-Qm4vT9xKp2Lw7RzN5bY1cH8dJ3fG6sA0eU";
+    let secrets = Secrets::new();
+    secrets.add_key(key);
+    let body = format!("{} key {key}", "z".repeat(170));
+    let scrubbed = secrets.scrub_bytes(body.as_bytes());
+    let summary = super::super::openai_wire::summarize_error_body(500, &scrubbed);
+    assert!(!summary.contains("sk-a"), "{summary}");
+    let unscrubbed = super::super::openai_wire::summarize_error_body(500, body.as_bytes());
+    assert!(
+        unscrubbed.contains("sk-a"),
+        "the case must cut the key: {unscrubbed}"
+    );
+}

@@ -16,6 +16,7 @@ pub mod openai;
 pub mod openai_wire;
 mod pool;
 pub mod replay;
+pub mod secrets;
 pub mod sse;
 
 /// One message of the conversation, in the provider-neutral shape.
@@ -194,6 +195,35 @@ impl ProviderError {
                 ErrorSource::Upstream
             }
             Self::Config(_) => ErrorSource::Internal,
+        }
+    }
+
+    /// The error with every secret of `secrets` (and echo of one) scrubbed
+    /// from its text. `http.rs` applies it to every error built from what a
+    /// provider sent, so no later use (rejections, logs, the ledger) can
+    /// see a secret the provider echoed.
+    pub fn scrubbed(self, secrets: &secrets::Secrets) -> Self {
+        let scrub = |s: String| match secrets.scrub(&s) {
+            std::borrow::Cow::Borrowed(_) => s,
+            std::borrow::Cow::Owned(clean) => clean,
+        };
+        match self {
+            Self::Connect(m) => Self::Connect(scrub(m)),
+            Self::Status {
+                status,
+                retry_after,
+                message,
+            } => Self::Status {
+                status,
+                retry_after,
+                message: scrub(message),
+            },
+            Self::InStream(m) => Self::InStream(scrub(m)),
+            Self::Malformed(m) => Self::Malformed(scrub(m)),
+            Self::Io(m) => Self::Io(scrub(m)),
+            Self::Config(m) => Self::Config(scrub(m)),
+            Self::ConnectTimeout(d) => Self::ConnectTimeout(d),
+            Self::Truncated => Self::Truncated,
         }
     }
 

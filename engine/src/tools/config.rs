@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::authorizer::Refusal;
 use super::database::{self, Database, InspectError};
 use super::{DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, Param, Tool};
 use crate::config::diag::suggest;
@@ -392,6 +393,27 @@ fn check_query(
             error(
                 query.pos,
                 format!("query of tool \"{name}\" must be a single statement"),
+            );
+            return None;
+        }
+        Err(InspectError::Refused(Refusal::WriteReadOnly)) => {
+            error(
+                query.pos,
+                format!("tool \"{name}\" writes to read-only database \"{db_name}\""),
+            );
+            return None;
+        }
+        Err(InspectError::Refused(refusal)) => {
+            let allowed = if db.read_only() {
+                "reads"
+            } else {
+                "reads and writes rows of"
+            };
+            error(
+                query.pos,
+                format!(
+                    "query of tool \"{name}\" uses {refusal}, which is not allowed: a tool query only {allowed} its database \"{db_name}\""
+                ),
             );
             return None;
         }

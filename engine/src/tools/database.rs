@@ -5,14 +5,17 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Batch, Connection, OpenFlags};
 use serde_json::{Map, Value};
+
+use super::authorizer::{self, Gate, Refusal};
 
 /// Connections kept per database. Tool queries are short; four cover the
 /// concurrency of a small server without holding many file handles.
@@ -43,8 +46,66 @@ impl std::fmt::Debug for Database {
 /// file replaced on disk (or deleted) is noticed instead of serving the old
 /// inode forever.
 struct Pooled {
-    conn: Connection,
+    conn: ToolConnection,
     file: Option<FileId>,
+}
+
+/// A connection with the tool authorizer installed (see `authorizer`), and
+/// what that authorizer tells its owner. Every connection of a [`Database`]
+/// is one of these, so no tool SQL ever prepares without the policy.
+pub(crate) struct ToolConnection {
+    conn: Connection,
+    gate: Arc<Gate>,
+}
+
+impl std::ops::Deref for ToolConnection {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl ToolConnection {
+    /// Puts `conn` under the tool policy. `writable`: the database was
+    /// declared `read_only: false`.
+    pub(crate) fn guard(conn: Connection, writable: bool) -> rusqlite::Result<ToolConnection> {
+        // Defensive mode refuses the features that can corrupt a database
+        // file (writable_schema and the like); an untrusted schema keeps a
+        // hostile file's views and triggers from calling functions with
+        // side effects.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
+        let gate = authorizer::install(&conn, writable);
+        Ok(ToolConnection { conn, gate })
+    }
+
+    /// What the authorizer refused since the last call, if anything.
+    pub(crate) fn take_refusal(&self) -> Option<Refusal> {
+        self.gate.take_refusal()
+    }
+
+    /// Whether the connection holds no state a statement could have left:
+    /// no open transaction, no attached database, no `temp` schema object.
+    /// The authorizer refuses every statement that could leave one; this is
+    /// the second lock on the same door, checked before each reuse.
+    fn is_clean(&self) -> bool {
+        if !self.conn.is_autocommit() || self.conn.db_name(2).is_ok() {
+            return false;
+        }
+        self.gate.trusted(|| {
+            self.conn
+                .prepare_cached("SELECT count(*) FROM temp.sqlite_schema")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                .is_ok_and(|n| n == 0)
+        })
+    }
+
+    /// Runs `f` with the authorizer allowing everything: for tests that
+    /// need to dirty a connection on purpose.
+    #[cfg(test)]
+    pub(crate) fn trusted<R>(&self, f: impl FnOnce(&Connection) -> R) -> R {
+        self.gate.trusted(|| f(&self.conn))
+    }
 }
 
 type FileId = (u64, u64);
@@ -120,13 +181,21 @@ impl Database {
     }
 
     fn checkin(&self, pooled: Pooled) {
+        if !pooled.conn.is_clean() {
+            // Closed here rather than reused: the next call gets a fresh one.
+            tracing::warn!(
+                database = %self.name,
+                "a tool connection was left with state; closed instead of reused"
+            );
+            return;
+        }
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < POOL_SIZE {
             pool.push(pooled);
         }
     }
 
-    fn connect(&self) -> rusqlite::Result<Connection> {
+    fn connect(&self) -> rusqlite::Result<ToolConnection> {
         // No SQLITE_OPEN_URI: the path is a file name, never a `file:` URI
         // with options. No SQLITE_OPEN_CREATE: a missing file is an error.
         let access = if self.read_only {
@@ -141,12 +210,15 @@ impl Database {
             // compile-time check cannot write through this connection.
             conn.pragma_update(None, "query_only", true)?;
         }
-        Ok(conn)
+        ToolConnection::guard(conn, !self.read_only)
     }
 
     /// Runs `f` with a pooled connection and returns the connection to the
     /// pool afterwards.
-    pub(crate) fn with_connection<R>(&self, f: impl FnOnce(&Connection) -> R) -> Result<R, String> {
+    pub(crate) fn with_connection<R>(
+        &self,
+        f: impl FnOnce(&ToolConnection) -> R,
+    ) -> Result<R, String> {
         let pooled = self.checkout()?;
         let result = f(&pooled.conn);
         self.checkin(pooled);
@@ -213,6 +285,8 @@ pub(crate) struct QueryShape {
 pub(crate) enum InspectError {
     Empty,
     MultipleStatements,
+    /// The authorizer refused an action of the statement.
+    Refused(Refusal),
     Sqlite(String),
 }
 
@@ -224,14 +298,32 @@ pub(crate) enum InspectError {
 /// further statement. Trailing whitespace, `;` and comments are fine;
 /// `SELECT 1; SELECT 2` is not, even when the second one would fail to
 /// prepare on its own.
-pub(crate) fn inspect(conn: &Connection, sql: &str) -> Result<QueryShape, InspectError> {
+pub(crate) fn inspect(conn: &ToolConnection, sql: &str) -> Result<QueryShape, InspectError> {
+    conn.take_refusal();
     let mut batch = Batch::new(conn, sql);
-    let stmt = match batch.next() {
+    let first = conn.gate.inspecting(|| batch.next());
+    let stmt = match first {
         Ok(Some(stmt)) => stmt,
         Ok(None) => return Err(InspectError::Empty),
-        Err(e) => return Err(InspectError::Sqlite(sqlite_message(&e))),
+        Err(e) => {
+            return Err(match refusal_of(conn) {
+                // A noted write did not fail the statement; SQLite did.
+                Some(refusal) if refusal != Refusal::WriteReadOnly => {
+                    InspectError::Refused(refusal)
+                }
+                _ => InspectError::Sqlite(sqlite_message(&e)),
+            });
+        }
     };
-    if !matches!(batch.next(), Ok(None)) {
+    // A write on a read-only database was noted and allowed (see
+    // `Gate::inspecting`); `readonly` below reports it.
+    let noted = conn.take_refusal();
+    debug_assert!(matches!(noted, None | Some(Refusal::WriteReadOnly)));
+    // A second statement is not allowed whether or not it is authorized:
+    // its refusal (if any) is not the one to report.
+    let more = batch.next();
+    conn.take_refusal();
+    if !matches!(more, Ok(None)) {
         return Err(InspectError::MultipleStatements);
     }
     let mut params = Vec::new();
@@ -274,10 +366,44 @@ pub(crate) struct Rows {
     pub truncated: bool,
 }
 
+/// Why a query did not run to its rows.
+#[derive(Debug)]
+pub(crate) enum RunError {
+    /// The authorizer refused an action of the statement.
+    Refused(Refusal),
+    Sqlite(rusqlite::Error),
+}
+
+/// The authorizer's reason for a failed statement, if it refused something
+/// since the last `take_refusal`. SQLite reports a refusal as `SQLITE_AUTH`
+/// for most actions but as a plain error for functions, so the code does
+/// not tell; a refusal always fails the statement, so its presence does.
+fn refusal_of(conn: &ToolConnection) -> Option<Refusal> {
+    conn.take_refusal()
+}
+
 /// Runs `sql` with `bindings` on `conn` and converts the rows, stopping at
 /// `caps.max_rows` rows or when the next row would take the serialized
-/// array past `caps.max_bytes`.
+/// array past `caps.max_bytes`. The statement is prepared (or re-prepared)
+/// under the authorizer, whatever compile checked before.
 pub(crate) fn run(
+    db: &Database,
+    conn: &ToolConnection,
+    sql: &str,
+    bindings: &[(usize, SqlValue)],
+    caps: Caps,
+) -> Result<Rows, RunError> {
+    conn.take_refusal();
+    // SQLite may re-prepare a cached statement at its first step (after a
+    // schema change), which asks the authorizer again: a refusal can come
+    // from any step, not only from `prepare`.
+    run_rows(db, conn, sql, bindings, caps).map_err(|e| match refusal_of(conn) {
+        Some(refusal) => RunError::Refused(refusal),
+        None => RunError::Sqlite(e),
+    })
+}
+
+fn run_rows(
     db: &Database,
     conn: &Connection,
     sql: &str,

@@ -31,10 +31,10 @@ impl Drop for TempDir {
 const SEED: &str = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, score REAL, data BLOB);
 INSERT INTO t VALUES (1, 'one', 1.5, x'00ff10'), (2, 'two', NULL, NULL), (3, 'three', 3.0, NULL);";
 
-fn memory() -> Connection {
+fn memory() -> ToolConnection {
     let conn = Connection::open_in_memory().unwrap();
     conn.execute_batch(SEED).unwrap();
-    conn
+    ToolConnection::guard(conn, true).unwrap()
 }
 
 #[test]
@@ -120,7 +120,6 @@ fn writes_are_not_readonly() {
         "DELETE FROM t",
         "UPDATE t SET name = 'x'",
         "INSERT INTO t (id) VALUES (9)",
-        "DROP TABLE t",
         "WITH x AS (SELECT 1) DELETE FROM t",
     ] {
         assert!(!inspect(&conn, sql).unwrap().readonly, "{sql}");
@@ -226,6 +225,12 @@ fn read_only_connections_refuse_writes() {
     let db = seeded(&dir);
     let err = db
         .with_connection(|c| c.execute("DELETE FROM t", []))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(sqlite_message(&err), "not authorized");
+    // Behind the authorizer, the connection itself is read-only too.
+    let err = db
+        .with_connection(|c| c.trusted(|c| c.execute("DELETE FROM t", [])))
         .unwrap()
         .unwrap_err();
     assert!(sqlite_message(&err).contains("readonly"), "{err}");

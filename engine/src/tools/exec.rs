@@ -14,7 +14,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, InterruptHandle};
 
 use super::Tool;
-use super::database::{self, Caps, Rows};
+use super::database::{self, Caps, Rows, RunError};
 
 /// While the timed-out statement has not stopped, the interrupt is sent
 /// again at this interval. SQLite ignores an interrupt sent just before a
@@ -106,8 +106,15 @@ pub(crate) async fn run(tool: &Tool, bindings: Vec<(usize, SqlValue)>) -> Result
     };
     match joined {
         Ok(Ok(Some(Ok(rows)))) => Ok(rows),
-        Ok(Ok(Some(Err(e)))) if database::is_interrupt(&e) => Err(timed_out()),
-        Ok(Ok(Some(Err(e)))) => Err(format!("query failed: {}", database::sqlite_message(&e))),
+        Ok(Ok(Some(Err(RunError::Sqlite(e))))) if database::is_interrupt(&e) => Err(timed_out()),
+        Ok(Ok(Some(Err(RunError::Sqlite(e))))) => {
+            Err(format!("query failed: {}", database::sqlite_message(&e)))
+        }
+        // Compile refuses these too; reaching here means the tool was built
+        // some other way or the database changed under it.
+        Ok(Ok(Some(Err(RunError::Refused(refusal))))) => Err(format!(
+            "query refused: {refusal} is not allowed in a tool query"
+        )),
         // The call gave up before the query started.
         Ok(Ok(None)) => Err(timed_out()),
         Ok(Err(msg)) => Err(format!(

@@ -15,10 +15,13 @@
 //!    timeout, with rows capped in count and bytes.
 //!
 //! Files: `config` (raw shapes and compilation), `args` (argument checks and
-//! binding values), `database` (seeding, pool, query inspection, rows to
-//! JSON), `exec` (the blocking run under a timeout).
+//! binding values), `authorizer` (what tool SQL may do, enforced by SQLite
+//! on every connection at compile and at run time), `database` (seeding,
+//! pool, query inspection, rows to JSON), `exec` (the blocking run under a
+//! timeout).
 
 mod args;
+mod authorizer;
 mod config;
 mod database;
 mod exec;

@@ -97,3 +97,56 @@ async fn dropping_a_call_interrupts_its_query() {
     assert_eq!(db.executions(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A tool built by hand, as if `sluice check` had been bypassed.
+fn unchecked_tool(dir: &std::path::Path, query: &str, read_only: bool) -> Tool {
+    let path = dir.join("u.db");
+    if !path.exists() {
+        create_from_seed(&path, "CREATE TABLE t (x); INSERT INTO t VALUES (1);").unwrap();
+    }
+    let schema = json!({"type": "object"});
+    Tool {
+        name: "unchecked".into(),
+        description: "never compiled".into(),
+        validator: jsonschema::draft202012::new(&schema).unwrap(),
+        parameters: schema,
+        database: Arc::new(Database::open("u", &path, read_only).unwrap()),
+        query: Arc::from(query),
+        params: Arc::from(Vec::new()),
+        max_rows: 10,
+        max_bytes: 1000,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+#[tokio::test]
+async fn a_tool_that_skipped_check_is_refused_at_run_time() {
+    let dir = temp_dir("unchecked");
+    for (query, read_only, refused) in [
+        ("ATTACH ':memory:' AS x", true, "ATTACH"),
+        ("DETACH temp", false, "DETACH"),
+        ("PRAGMA query_only = 0", true, "PRAGMA query_only"),
+        (
+            "SELECT load_extension('/tmp/evil.so')",
+            true,
+            "function load_extension()",
+        ),
+        ("DELETE FROM t", true, "a write on a read-only database"),
+        ("CREATE TEMP TABLE s (x)", false, "a schema change"),
+        ("BEGIN", false, "transaction control"),
+    ] {
+        let tool = unchecked_tool(&dir, query, read_only);
+        let outcome = tool.call("{}").await;
+        let error = outcome.error.unwrap_or_else(|| panic!("{query} ran"));
+        assert!(
+            error.starts_with(&format!("query refused: {refused}")),
+            "{query}: {error}"
+        );
+        // The refused statement left nothing behind: the same connection
+        // goes back to the pool and the table is still there.
+        assert_eq!(tool.database.pooled(), 1, "{query}");
+        let check = unchecked_tool(&dir, "SELECT count(*) AS n FROM t", true);
+        assert_eq!(check.call("{}").await.content["rows"], json!([{"n": 1}]));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
