@@ -42,8 +42,21 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The writer asks for a checkpoint after this many transactions.
 const CHECKPOINT_EVERY: u32 = 64;
 
+/// Past this size the writer checkpoints the whole WAL and truncates it
+/// (see [`WalBound`]); also the size a WAL is cut back to when it restarts.
+pub(super) const WAL_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// How long that checkpoint waits for readers of old snapshots (a
+/// `sluice usage`) or for a passive checkpoint in progress; when it cannot,
+/// it is tried again once the WAL has grown by [`TRUNCATE_RETRY`].
+const TRUNCATE_WAIT: Duration = Duration::from_millis(250);
+const TRUNCATE_RETRY: u64 = WAL_LIMIT / 64;
+
 /// The schema, in order; `PRAGMA user_version` says how many are applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_ledger.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_ledger.sql"),
+    include_str!("../../migrations/sqlite/0002_request_id_and_usage_anomaly.sql"),
+];
 
 /// What an operation did with its savepoint.
 enum Done<T> {
@@ -108,6 +121,8 @@ fn connect(url: &str) -> Result<(Connection, Option<Checkpointer>), LedgerError>
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             // The checkpointer thread checkpoints instead.
             conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+            // A WAL that restarts after a checkpoint is cut back to this.
+            conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)?;
             conn
         }
     };
@@ -179,11 +194,64 @@ impl Checkpointer {
     }
 }
 
+/// Keeps the WAL bounded under a flood.
+///
+/// The checkpointer's `PASSIVE` checkpoints copy the WAL into the database
+/// but cannot restart it while the writer keeps appending: the WAL only
+/// starts over when a checkpoint has caught up with every frame, and under
+/// a steady stream of commits (85,000 refused requests, one row each) it
+/// never does, so the file grew without bound (478 MB). So when the WAL
+/// passes [`WAL_LIMIT`] the writer itself, between two batches, runs a
+/// `TRUNCATE` checkpoint: with no commit in between it catches up, and the
+/// file is cut to zero. That costs one stall of the writer per
+/// `WAL_LIMIT` of commits (copying 16 MB and an fsync), only under a load
+/// the passive checkpoints cannot follow: back-pressure where it belongs.
+/// Refused requests stay one row each (not aggregated into counters): each
+/// is then found by its request id and counted by `sluice usage` like any
+/// other, and the rows are small; it is the WAL, not the rows, that grew.
+struct WalBound {
+    path: std::path::PathBuf,
+    /// The size past which to truncate next.
+    next_at: u64,
+}
+
+impl WalBound {
+    fn after_batch(&mut self, conn: &Connection) {
+        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        if size <= self.next_at {
+            return;
+        }
+        let _ = conn.busy_timeout(TRUNCATE_WAIT);
+        // (busy, frames in the WAL, frames checkpointed): busy means a
+        // reader kept an old snapshot, or the checkpointer thread was in
+        // the middle of a passive checkpoint, and the WAL was not restarted.
+        let done = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        });
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        match done {
+            Ok(0) => self.next_at = WAL_LIMIT,
+            Ok(_) => {
+                self.next_at = size + TRUNCATE_RETRY;
+                tracing::debug!(
+                    wal_bytes = size,
+                    "cannot truncate the ledger's WAL yet: a reader or a checkpoint holds it"
+                );
+            }
+            Err(e) => {
+                self.next_at = size + TRUNCATE_RETRY;
+                tracing::warn!(error = %e, wal_bytes = size, "cannot truncate the ledger's WAL");
+            }
+        }
+    }
+}
+
 /// The writer thread: batches, commits, answers.
 fn writer(
     conn: Connection,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     checkpointer: Option<Checkpointer>,
+    mut wal: Option<WalBound>,
     on_batch: impl Fn(),
 ) {
     let mut since_checkpoint = 0;
@@ -207,6 +275,9 @@ fn writer(
         if !batch.is_empty() {
             run_batch(&conn, batch);
             on_batch();
+            if let Some(w) = wal.as_mut() {
+                w.after_batch(&conn);
+            }
             since_checkpoint += 1;
             if since_checkpoint >= CHECKPOINT_EVERY
                 && let Some(c) = &checkpointer
@@ -264,6 +335,10 @@ fn run_batch(conn: &Connection, batch: Vec<Work>) {
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<SqliteStore, LedgerError> {
         let url = url.to_string();
+        let wal = parse_url(&url).map(|path| WalBound {
+            path: std::path::PathBuf::from(format!("{path}-wal")),
+            next_at: WAL_LIMIT,
+        });
         let (conn, checkpointer) = tokio::task::spawn_blocking(move || connect(&url))
             .await
             .map_err(|_| LedgerError::Closed)??;
@@ -278,7 +353,7 @@ impl SqliteStore {
         };
         std::thread::Builder::new()
             .name("sluice-ledger".into())
-            .spawn(move || writer(conn, rx, checkpointer, on_batch))
+            .spawn(move || writer(conn, rx, checkpointer, wal, on_batch))
             .map_err(|e| LedgerError::Sqlite(format!("cannot start the ledger thread: {e}")))?;
         Ok(SqliteStore {
             tx,
@@ -371,10 +446,10 @@ impl SqliteStore {
                 }
                 count += 1;
                 c.prepare_cached(store::INTERRUPT_REQUEST)?
-                    .execute(params![now, id])?;
+                    .execute(params!["interrupted", "interrupted", now, id])?;
                 for scope in scopes.split(',').filter(|s| !s.is_empty()) {
                     c.prepare_cached(store::SPEND_RESERVATION)?
-                        .execute(params![reserved, reserved, scope, day])?;
+                        .execute(params![reserved, reserved, reserved, scope, day])?;
                 }
             }
             for i in &instances {
@@ -426,6 +501,7 @@ impl SqliteStore {
             };
             c.prepare_cached(INSERT_REQUEST)?.execute(params![
                 o.id,
+                o.request_id,
                 instance,
                 now,
                 day,
@@ -453,7 +529,17 @@ impl SqliteStore {
         let (status, error_code) = (status.to_string(), error_code.to_string());
         self.call(move |c| {
             c.prepare_cached(INSERT_REJECTED)?.execute(params![
-                o.id, instance, now, now, day, o.pipeline, o.provider, o.model, status, error_code
+                o.id,
+                o.request_id,
+                instance,
+                now,
+                now,
+                day,
+                o.pipeline,
+                o.provider,
+                o.model,
+                status,
+                error_code
             ])?;
             Ok(Done::Keep(()))
         })
@@ -482,25 +568,27 @@ impl SqliteStore {
             if status != "pending" {
                 return Ok(Done::Keep(Settled::default()));
             }
+            let (charged, anomaly) = store::charge(&s, reserved, !scopes.is_empty());
             c.prepare_cached(SETTLE_REQUEST)?.execute(params![
                 s.status,
                 now,
                 s.provider,
                 s.model,
-                s.prompt_tokens as i64,
-                s.completion_tokens as i64,
+                store::stored_tokens(s.prompt_tokens),
+                store::stored_tokens(s.completion_tokens),
                 i64::from(s.estimated),
-                s.cost_micros,
+                charged,
                 s.ttft_ms,
                 s.duration_ms,
                 i64::from(s.tool_calls),
                 s.error_code,
+                anomaly,
                 id,
             ])?;
             let mut spends = Vec::new();
             for scope in scopes.split(',').filter(|s| !s.is_empty()) {
                 let spend = c.prepare_cached(SETTLE_BUDGET)?.query_row(
-                    params![reserved, s.cost_micros, scope, day],
+                    params![reserved, charged, charged, scope, day],
                     |r| {
                         Ok(Spend {
                             spent_micros: r.get(0)?,
@@ -511,6 +599,33 @@ impl SqliteStore {
                 spends.push((scope.to_string(), spend));
             }
             Ok(Done::Keep(Settled { day, spends }))
+        })
+        .await
+    }
+
+    /// Ends a pending row without its usage (`interrupted`,
+    /// `settle_failed`): its reservation becomes its cost. False when it
+    /// was not pending.
+    pub async fn end_pending(&self, id: &str, status: &str, now: i64) -> Result<bool, LedgerError> {
+        let (id, status) = (id.to_string(), status.to_string());
+        self.call(move |c| Ok(Done::Keep(end_pending(c, &id, &status, now)?)))
+            .await
+    }
+
+    pub async fn interrupt_pending_of(&self, instance: &str, now: i64) -> Result<u64, LedgerError> {
+        let instance = instance.to_string();
+        self.call(move |c| {
+            let ids = c
+                .prepare(store::SELECT_PENDING_OF)?
+                .query_map([&instance], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut count = 0;
+            for id in ids {
+                if end_pending(c, &id, "interrupted", now)? {
+                    count += 1;
+                }
+            }
+            Ok(Done::Keep(count))
         })
         .await
     }
@@ -580,14 +695,14 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn row(&self, id: &str) -> Result<Option<ReportRow>, LedgerError> {
-        let id = id.to_string();
+    pub async fn rows_of(&self, request_id: &str) -> Result<Vec<ReportRow>, LedgerError> {
+        let request_id = request_id.to_string();
         self.call(move |c| {
-            let row = c
-                .prepare(&store::select_rows("id = ?"))?
-                .query_row([&id], report_row)
-                .optional()?;
-            Ok(Done::Keep(row))
+            let rows = c
+                .prepare_cached(&store::select_rows(store::OF_REQUEST_ID))?
+                .query_map([&request_id], report_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Done::Keep(rows))
         })
         .await
     }
@@ -626,7 +741,37 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
         duration_ms: r.get(14)?,
         tool_calls: r.get(15)?,
         error_code: r.get(16)?,
+        request_id: r.get(17)?,
+        usage_anomaly: r.get(18)?,
     })
+}
+
+/// See [`SqliteStore::end_pending`]; runs inside the caller's operation.
+fn end_pending(c: &Connection, id: &str, status: &str, now: i64) -> rusqlite::Result<bool> {
+    let row = c
+        .prepare_cached(store::SELECT_TO_SETTLE)?
+        .query_row([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .optional()?;
+    let Some((day, reserved, scopes)) = row else {
+        return Ok(false);
+    };
+    let done = c
+        .prepare_cached(store::INTERRUPT_REQUEST)?
+        .execute(params![status, status, now, id])?;
+    if done == 0 {
+        return Ok(false);
+    }
+    for scope in scopes.split(',').filter(|s| !s.is_empty()) {
+        c.prepare_cached(store::SPEND_RESERVATION)?
+            .execute(params![reserved, reserved, reserved, scope, day])?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -22,33 +22,46 @@ pub(super) const SELECT_INSTANCES: &str = "SELECT id, last_seen_ms, host, pid FR
 pub(super) const DELETE_INSTANCE: &str = "DELETE FROM instances WHERE id = ?";
 pub(super) const SELECT_PENDING: &str = "SELECT id, instance, day, reserved_micros, budget_scopes \
      FROM requests WHERE status = 'pending'";
-pub(super) const INTERRUPT_REQUEST: &str = "UPDATE requests SET status = 'interrupted', \
-     cost_micros = reserved_micros, ended_at_ms = ?, error_code = 'interrupted' \
-     WHERE id = ? AND status = 'pending'";
-/// A reservation becomes spend (of its reserved amount, or its real cost).
+/// A pending row ends without its real usage (`interrupted` or
+/// `settle_failed`, also its error code): its reservation is its cost.
+pub(super) const INTERRUPT_REQUEST: &str = "UPDATE requests SET status = ?, error_code = ?, \
+     cost_micros = reserved_micros, ended_at_ms = ? WHERE id = ? AND status = 'pending'";
+/// A reservation becomes spend (of its reserved amount, or its real cost):
+/// binds the reservation, then the spend twice (see [`SATURATING_SPEND`]).
 pub(super) const SPEND_RESERVATION: &str = "UPDATE budget_days SET reserved_micros = \
-     reserved_micros - ?, spent_micros = spent_micros + ? WHERE scope = ? AND day = ?";
+     reserved_micros - ?, spent_micros = CASE WHEN spent_micros > 9223372036854775807 - ? \
+     THEN 9223372036854775807 ELSE spent_micros + ? END WHERE scope = ? AND day = ?";
 pub(super) const INSERT_BUDGET_DAY: &str =
     "INSERT INTO budget_days (scope, day) VALUES (?, ?) ON CONFLICT DO NOTHING";
 /// The check and the reservation are one statement: a row is only updated
-/// if it can afford it.
+/// if it can afford it. Written as `reserve <= daily - spent - reserved`:
+/// every term is at most the daily budget, so nothing overflows (SQLite
+/// would turn an overflowing sum into a REAL, Postgres would fail), even
+/// for a reservation of `i64::MAX`.
 pub(super) const RESERVE: &str = "UPDATE budget_days SET reserved_micros = reserved_micros + ? \
-     WHERE scope = ? AND day = ? AND spent_micros + reserved_micros + ? <= ?";
+     WHERE scope = ? AND day = ? AND ? <= ? - spent_micros - reserved_micros";
 pub(super) const SELECT_SPENT: &str =
     "SELECT spent_micros FROM budget_days WHERE scope = ? AND day = ?";
-pub(super) const INSERT_REQUEST: &str = "INSERT INTO requests (id, instance, started_at_ms, day, \
-     pipeline, provider, model, status, reserved_micros, budget_scopes) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)";
-pub(super) const INSERT_REJECTED: &str = "INSERT INTO requests (id, instance, started_at_ms, \
-     ended_at_ms, day, pipeline, provider, model, status, error_code, duration_ms) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING";
+pub(super) const INSERT_REQUEST: &str = "INSERT INTO requests (id, request_id, instance, \
+     started_at_ms, day, pipeline, provider, model, status, reserved_micros, budget_scopes) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)";
+pub(super) const INSERT_REJECTED: &str = "INSERT INTO requests (id, request_id, instance, \
+     started_at_ms, ended_at_ms, day, pipeline, provider, model, status, error_code, duration_ms) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING";
 pub(super) const SELECT_TO_SETTLE: &str =
     "SELECT day, reserved_micros, budget_scopes, status FROM requests WHERE id = ?";
+pub(super) const SELECT_PENDING_OF: &str = "SELECT id FROM requests \
+     WHERE status = 'pending' AND instance = ?";
 pub(super) const SETTLE_REQUEST: &str = "UPDATE requests SET status = ?, ended_at_ms = ?, \
      provider = ?, model = ?, prompt_tokens = ?, completion_tokens = ?, estimated = ?, \
-     cost_micros = ?, ttft_ms = ?, duration_ms = ?, tool_calls = ?, error_code = ? WHERE id = ?";
+     cost_micros = ?, ttft_ms = ?, duration_ms = ?, tool_calls = ?, error_code = ?, \
+     usage_anomaly = ? WHERE id = ?";
+/// Binds the reservation, the charge twice, the scope and the day. The
+/// charge never exceeds the reservation ([`charge`]), so the sum stays
+/// within the budget; the CASE keeps it an integer whatever is stored.
 pub(super) const SETTLE_BUDGET: &str = "UPDATE budget_days SET reserved_micros = \
-     reserved_micros - ?, spent_micros = spent_micros + ? WHERE scope = ? AND day = ? \
+     reserved_micros - ?, spent_micros = CASE WHEN spent_micros > 9223372036854775807 - ? \
+     THEN 9223372036854775807 ELSE spent_micros + ? END WHERE scope = ? AND day = ? \
      RETURNING spent_micros, reserved_micros";
 pub(super) const CLAIM_ALERT: &str = "INSERT INTO alerts_fired (scope, day, threshold_ppm, \
      fired_at_ms) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING";
@@ -60,7 +73,52 @@ pub(super) const SELECT_BUDGET: &str =
 /// The `requests` columns of a report row, in [`ReportRow`]'s order.
 const ROW_COLUMNS: &str = "id, started_at_ms, ended_at_ms, day, pipeline, provider, model, status, \
      prompt_tokens, completion_tokens, estimated, reserved_micros, cost_micros, ttft_ms, duration_ms, \
-     tool_calls, error_code";
+     tool_calls, error_code, request_id, usage_anomaly";
+
+/// The filter of [`select_rows`] for the rows of one request id.
+pub(super) const OF_REQUEST_ID: &str = "request_id = ? ORDER BY started_at_ms, id";
+
+/// The longest `usage_anomaly` kept.
+const ANOMALY_MAX: usize = 1_000;
+
+/// A token count as stored: `BIGINT` holds up to `i64::MAX`.
+pub(super) fn stored_tokens(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// What settling `s` charges to each budget of a row that reserved
+/// `reserved` (`scoped`: the row has budgets), and the anomaly to record.
+/// A budgeted row is never charged more than its reservation, the most it
+/// could honestly cost: a charge past it would push the budget past its
+/// limit. Costs are never negative.
+pub(super) fn charge(s: &Settlement, reserved: i64, scoped: bool) -> (i64, Option<String>) {
+    let cost = s.cost_micros.max(0);
+    let mut anomaly = s.usage_anomaly.clone();
+    let charged = if scoped && cost > reserved {
+        let why = format!(
+            "cost ${} is above the reservation ${}; the reservation was charged",
+            super::money::format_usd(cost),
+            super::money::format_usd(reserved)
+        );
+        anomaly = Some(match anomaly {
+            Some(a) => format!("{a}; {why}"),
+            None => why,
+        });
+        reserved.max(0)
+    } else {
+        cost
+    };
+    if let Some(a) = anomaly.as_mut()
+        && a.len() > ANOMALY_MAX
+    {
+        let mut end = ANOMALY_MAX;
+        while !a.is_char_boundary(end) {
+            end -= 1;
+        }
+        a.truncate(end);
+    }
+    (charged, anomaly)
+}
 
 /// `SELECT` of report rows `WHERE {filter}`.
 pub(super) fn select_rows(filter: &str) -> String {
@@ -158,6 +216,8 @@ macro_rules! report_row {
             duration_ms: r.try_get("duration_ms")?,
             tool_calls: r.try_get("tool_calls")?,
             error_code: r.try_get("error_code")?,
+            request_id: r.try_get("request_id")?,
+            usage_anomaly: r.try_get("usage_anomaly")?,
         }
     }};
 }
@@ -248,12 +308,15 @@ impl Store {
             let reserved: i64 = r.try_get("reserved_micros")?;
             let scopes: String = r.try_get("budget_scopes")?;
             sqlx::query(pg(INTERRUPT_REQUEST))
+                .bind("interrupted")
+                .bind("interrupted")
                 .bind(now)
                 .bind(&id)
                 .execute(&mut *tx)
                 .await?;
             for scope in scopes.split(',').filter(|s| !s.is_empty()) {
                 sqlx::query(pg(SPEND_RESERVATION))
+                    .bind(reserved)
                     .bind(reserved)
                     .bind(reserved)
                     .bind(scope)
@@ -323,6 +386,33 @@ impl Store {
         }
     }
 
+    pub async fn settle_failed(&self, id: &str, now: i64) -> Result<bool, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.end_pending(id, "settle_failed", now).await,
+            Store::Memory(m) => Ok(m.end_pending(id, "settle_failed", now)),
+            Store::Postgres(pool) => Box::pin(pg_end_pending(pool, id, "settle_failed", now)).await,
+        }
+    }
+
+    pub async fn interrupt_pending_of(&self, instance: &str, now: i64) -> Result<u64, LedgerError> {
+        let pool = match self {
+            Store::Sqlite(s) => return s.interrupt_pending_of(instance, now).await,
+            Store::Memory(m) => return Ok(m.interrupt_pending_of(instance, now)),
+            Store::Postgres(pool) => pool,
+        };
+        let ids: Vec<String> = sqlx::query_scalar(pg(SELECT_PENDING_OF))
+            .bind(instance)
+            .fetch_all(pool)
+            .await?;
+        let mut count = 0;
+        for id in ids {
+            if Box::pin(pg_end_pending(pool, &id, "interrupted", now)).await? {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
     pub async fn claim_alert(
         &self,
         scope: &str,
@@ -377,20 +467,21 @@ impl Store {
         Ok(out)
     }
 
-    pub async fn row(&self, id: &str) -> Result<Option<ReportRow>, LedgerError> {
+    pub async fn rows_of(&self, request_id: &str) -> Result<Vec<ReportRow>, LedgerError> {
         let pool = match self {
-            Store::Sqlite(s) => return s.row(id).await,
-            Store::Memory(m) => return Ok(m.row(id)),
+            Store::Sqlite(s) => return s.rows_of(request_id).await,
+            Store::Memory(m) => return Ok(m.rows_of(request_id)),
             Store::Postgres(pool) => pool,
         };
-        let r = sqlx::query(pg(&select_rows("id = ?")))
-            .bind(id)
-            .fetch_optional(pool)
+        let rows = sqlx::query(pg(&select_rows(OF_REQUEST_ID)))
+            .bind(request_id)
+            .fetch_all(pool)
             .await?;
-        Ok(match r {
-            Some(r) => Some(report_row!(&r)),
-            None => None,
-        })
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(report_row!(r));
+        }
+        Ok(out)
     }
 }
 
@@ -434,6 +525,7 @@ async fn pg_open(
     }
     sqlx::query(pg(INSERT_REQUEST))
         .bind(&o.id)
+        .bind(&o.request_id)
         .bind(instance)
         .bind(now)
         .bind(day)
@@ -463,6 +555,7 @@ async fn pg_record_rejected(
 ) -> Result<(), LedgerError> {
     sqlx::query(pg(INSERT_REJECTED))
         .bind(&o.id)
+        .bind(&o.request_id)
         .bind(instance)
         .bind(now)
         .bind(now)
@@ -502,19 +595,21 @@ async fn pg_settle(
     let day: String = row.try_get("day")?;
     let reserved: i64 = row.try_get("reserved_micros")?;
     let scopes: String = row.try_get("budget_scopes")?;
+    let (charged, anomaly) = charge(s, reserved, !scopes.is_empty());
     sqlx::query(pg(SETTLE_REQUEST))
         .bind(s.status)
         .bind(now)
         .bind(&s.provider)
         .bind(&s.model)
-        .bind(s.prompt_tokens as i64)
-        .bind(s.completion_tokens as i64)
+        .bind(stored_tokens(s.prompt_tokens))
+        .bind(stored_tokens(s.completion_tokens))
         .bind(i64::from(s.estimated))
-        .bind(s.cost_micros)
+        .bind(charged)
         .bind(s.ttft_ms)
         .bind(s.duration_ms)
         .bind(i64::from(s.tool_calls))
         .bind(s.error_code)
+        .bind(anomaly)
         .bind(id)
         .execute(&mut *tx)
         .await?;
@@ -522,7 +617,8 @@ async fn pg_settle(
     for scope in scopes.split(',').filter(|s| !s.is_empty()) {
         let r = sqlx::query(pg(SETTLE_BUDGET))
             .bind(reserved)
-            .bind(s.cost_micros)
+            .bind(charged)
+            .bind(charged)
             .bind(scope)
             .bind(&day)
             .fetch_one(&mut *tx)
@@ -537,6 +633,52 @@ async fn pg_settle(
     }
     tx.commit().await?;
     Ok(Settled { day, spends })
+}
+
+/// Ends a pending row without its usage (`interrupted`, `settle_failed`):
+/// its reservation becomes its cost. False when it was not pending.
+async fn pg_end_pending(
+    pool: &PgPool,
+    id: &str,
+    status: &str,
+    now: i64,
+) -> Result<bool, LedgerError> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(pg(SELECT_TO_SETTLE))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(false);
+    };
+    let day: String = row.try_get("day")?;
+    let reserved: i64 = row.try_get("reserved_micros")?;
+    let scopes: String = row.try_get("budget_scopes")?;
+    let done = sqlx::query(pg(INTERRUPT_REQUEST))
+        .bind(status)
+        .bind(status)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if done == 0 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    for scope in scopes.split(',').filter(|s| !s.is_empty()) {
+        sqlx::query(pg(SPEND_RESERVATION))
+            .bind(reserved)
+            .bind(reserved)
+            .bind(reserved)
+            .bind(scope)
+            .bind(&day)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 async fn pg_claim_alert(

@@ -20,6 +20,7 @@ mod events;
 mod stream;
 mod tally;
 mod tools;
+mod usage_check;
 
 pub(crate) use tally::Tally;
 
@@ -43,9 +44,9 @@ use crate::alerts::Alerts;
 use crate::budget::{self, Budget, OnExhausted};
 use crate::compile::Pipeline;
 use crate::ledger::money::{format_usd, until_next_utc_midnight};
-use crate::ledger::{Admit, Ledger, Opening, Price, Settlement};
+use crate::ledger::{Admit, Ledger, Opening, Price, Settled, Settlement, new_row_id};
 use crate::metrics::{
-    Metrics, ModelLabels, PipelineLabels, RequestLabels, ScopeLabels, TokenLabels,
+    AnomalyLabels, Metrics, ModelLabels, PipelineLabels, RequestLabels, ScopeLabels, TokenLabels,
 };
 use crate::provider::{Message, Provider, ProviderError, Role};
 use crate::tokens;
@@ -53,6 +54,11 @@ use crate::tokens;
 /// Capacity of the per-request event channel. Small on purpose: a slow
 /// client slows the upstream read instead of growing a buffer.
 const EVENT_BUFFER: usize = 16;
+
+/// Tries of a settlement before the row is settled as `settle_failed`,
+/// and the wait before the second (multiplied by four for each next one).
+const SETTLE_ATTEMPTS: u32 = 3;
+const SETTLE_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What a client asked for, validated.
 #[derive(Debug, Clone)]
@@ -83,12 +89,15 @@ pub fn spawn(
     req: RunRequest,
 ) -> oneshot::Receiver<Admission> {
     let (tx, rx) = oneshot::channel();
+    // The ledger row's own identity: a client's request id may repeat.
+    let row = new_row_id();
     // Its own root span with the request id, so every line of the run (in
-    // JSON logs too, which show only the innermost span) names the request.
-    let span = tracing::info_span!(parent: None, "request", id = %req.request_id, pipeline = %pipeline.name);
+    // JSON logs too, which show only the innermost span) names the request
+    // (and its ledger row).
+    let span = tracing::info_span!(parent: None, "request", id = %req.request_id, row = %row, pipeline = %pipeline.name);
     let cx2 = cx.clone();
     cx.tracker
-        .spawn(async move { run(cx2, pipeline, req, tx).await }.instrument(span));
+        .spawn(async move { run(cx2, pipeline, req, row, tx).await }.instrument(span));
     rx
 }
 
@@ -112,7 +121,8 @@ pub async fn record_invalid(
     error_code: &str,
 ) {
     let opening = Opening {
-        id: request_id.to_string(),
+        id: new_row_id(),
+        request_id: request_id.to_string(),
         pipeline: pipeline.name.clone(),
         provider: pipeline.provider_name.clone(),
         model: pipeline.model.clone(),
@@ -202,6 +212,7 @@ fn rejection_for(e: &ProviderError) -> Rejection {
 async fn open_in_ledger(
     cx: &RunContext,
     pipeline: &Pipeline,
+    row: &str,
     request_id: &str,
     prompt: &[Message],
     max_tokens: u32,
@@ -241,7 +252,8 @@ async fn open_in_ledger(
                 .unwrap_or(0)
         };
         let opening = Opening {
-            id: request_id.to_string(),
+            id: row.to_string(),
+            request_id: request_id.to_string(),
             pipeline: pipeline.name.clone(),
             provider: target.provider_name.clone(),
             model: target.model.clone(),
@@ -316,6 +328,7 @@ async fn run(
     cx: Arc<RunContext>,
     pipeline: Arc<Pipeline>,
     req: RunRequest,
+    row: String,
     admit: oneshot::Sender<Admission>,
 ) {
     let started = Instant::now();
@@ -367,6 +380,7 @@ async fn run(
     let target = match Box::pin(open_in_ledger(
         &cx,
         &pipeline,
+        &row,
         &req.request_id,
         &prompt,
         max_tokens,
@@ -403,6 +417,8 @@ async fn run(
             .collect()
     };
     let mut tally = Tally::new(started, prompt, candidates[0].price);
+    tally.max_tokens = u64::from(max_tokens);
+    tally.tool_spec_bytes = usage_check::tool_spec_bytes(&pipeline.tool_specs);
     let active = cx
         .metrics
         .active_streams
@@ -426,7 +442,7 @@ async fn run(
         &cx,
         &pipeline,
         &candidates[answered],
-        &req.request_id,
+        &row,
         &tally,
         status,
         &finish,
@@ -543,14 +559,42 @@ async fn drive(
     (index, status, finish, error)
 }
 
-/// Settles the ledger row, updates the metrics, fires budget alerts and
-/// logs the request's one summary line.
+/// Settles `row` with `s`, retrying with backoff; when that keeps failing,
+/// settles it as `settle_failed` (its reservation counted as spent) with
+/// nothing of `s`, which is what may have made it fail. None when the real
+/// settlement could not be recorded. A row that even that leaves pending is
+/// settled as `interrupted` at shutdown, or by the next start.
+async fn settle(cx: &RunContext, row: &str, s: &Settlement) -> Option<Settled> {
+    let mut backoff = SETTLE_BACKOFF;
+    for attempt in 1..=SETTLE_ATTEMPTS {
+        match cx.ledger.settle(row, s).await {
+            Ok(settled) => return Some(settled),
+            Err(e) => warn!(attempt, error = %e, "cannot settle the request in the ledger"),
+        }
+        if attempt < SETTLE_ATTEMPTS {
+            tokio::time::sleep(backoff).await;
+            backoff *= 4;
+        }
+    }
+    match cx.ledger.settle_failed(row).await {
+        Ok(_) => error!(
+            "settling the request kept failing; its row is settled as settle_failed and its reservation counts as spent"
+        ),
+        Err(e) => {
+            error!(error = %e, "cannot settle the request even as settle_failed; it stays pending until shutdown or the next start")
+        }
+    }
+    None
+}
+
+/// Settles the ledger row, updates the metrics, fires budget and usage
+/// alerts and logs the request's one summary line.
 #[allow(clippy::too_many_arguments)]
 async fn conclude(
     cx: &RunContext,
     pipeline: &Pipeline,
     target: &Target,
-    request_id: &str,
+    row: &str,
     tally: &Tally,
     status: Status,
     finish: &str,
@@ -558,6 +602,7 @@ async fn conclude(
     budgets: &[&Budget],
 ) {
     let usage = tally.usage();
+    let (anomalies, usage_anomaly) = tally.usage_anomalies();
     let ttft = tally
         .first_token_at
         .map(|t| t.duration_since(tally.started));
@@ -574,27 +619,44 @@ async fn conclude(
         error_code: error_code.map(ErrorCode::as_str),
         provider: target.provider_name.clone(),
         model: target.model.clone(),
+        usage_anomaly: usage_anomaly.clone(),
     };
-    match cx.ledger.settle(request_id, &settlement).await {
-        Ok(settled) => {
-            for (scope, spend) in &settled.spends {
-                if let Some(b) = budgets.iter().find(|b| &b.scope == scope) {
-                    if b.daily_micros > 0 {
-                        let ratio = spend.spent_micros as f64 / b.daily_micros as f64;
-                        cx.metrics
-                            .budget_used
-                            .get_or_create(&ScopeLabels {
-                                scope: scope.clone(),
-                            })
-                            .set(ratio);
-                    }
-                    cx.alerts.check(b, &settled.day, *spend).await;
+    let settled = Box::pin(settle(cx, row, &settlement)).await;
+    if let Some(why) = &usage_anomaly {
+        warn!(model = %target.model, anomaly = %why, "the provider reported impossible usage; billed within the request's bounds");
+        for kind in &anomalies {
+            cx.metrics
+                .usage_anomalies
+                .get_or_create(&AnomalyLabels {
+                    pipeline: pipeline.name.clone(),
+                    model: target.model.clone(),
+                    kind: kind.as_str(),
+                })
+                .inc();
+        }
+        let day = settled.as_ref().map_or_else(
+            || crate::ledger::money::utc_day(crate::ledger::money::now_ms()),
+            |s| s.day.clone(),
+        );
+        cx.alerts
+            .usage_anomaly(&pipeline.name, &target.model, &day, why)
+            .await;
+    }
+    if let Some(settled) = settled {
+        for (scope, spend) in &settled.spends {
+            if let Some(b) = budgets.iter().find(|b| &b.scope == scope) {
+                if b.daily_micros > 0 {
+                    let ratio = spend.spent_micros as f64 / b.daily_micros as f64;
+                    cx.metrics
+                        .budget_used
+                        .get_or_create(&ScopeLabels {
+                            scope: scope.clone(),
+                        })
+                        .set(ratio);
                 }
+                cx.alerts.check(b, &settled.day, *spend).await;
             }
         }
-        // The row stays pending: the next start counts its reservation as
-        // spent, which never under-counts.
-        Err(e) => error!(error = %e, "cannot settle the request in the ledger"),
     }
 
     let m = &cx.metrics;

@@ -4,6 +4,7 @@
 use tokio::time::Instant;
 
 use super::events::UsageReport;
+use super::usage_check::{self, Anomaly, Checked, RoundFacts};
 use crate::ledger::Price;
 use crate::ledger::money::format_usd;
 use crate::provider::{Message, Usage};
@@ -78,6 +79,13 @@ pub(crate) struct Tally {
     pub(super) rounds: u32,
     pub(super) tool_calls: u32,
     pub(super) price: Option<Price>,
+    /// The `max_tokens` sent for this round (unbounded until set).
+    pub(super) max_tokens: u64,
+    /// Bytes the pipeline's tool definitions add to every prompt.
+    pub(super) tool_spec_bytes: u64,
+    /// Finished rounds whose provider usage was not believed: what was
+    /// wrong and why (see [`usage_check`]), by round number.
+    pub(super) spent_anomalies: Vec<(u32, Vec<Anomaly>, String)>,
 }
 
 impl Tally {
@@ -95,13 +103,38 @@ impl Tally {
             rounds: 0,
             tool_calls: 0,
             price,
+            max_tokens: u64::MAX,
+            tool_spec_bytes: 0,
+            spent_anomalies: Vec::new(),
         }
+    }
+
+    /// The provider's usage of the round in progress, checked against what
+    /// the round sent and received.
+    fn check_round(&self, u: Usage) -> Checked {
+        let facts = RoundFacts {
+            reported_prompt: i128::from(u.prompt_tokens),
+            reported_completion: i128::from(u.completion_tokens),
+            max_tokens: self.max_tokens,
+            prompt_bytes: usage_check::prompt_bytes(&self.prompt)
+                .saturating_add(self.tool_spec_bytes),
+            prompt_messages: self.prompt.len() as u64,
+            generated_bytes: self.generated.text.len() as u64,
+            // The wire decoders do not report reasoning tokens yet.
+            hidden_tokens: None,
+        };
+        usage_check::check(&facts, || {
+            (tokens::count_prompt(&self.prompt), self.generated.count())
+        })
     }
 
     /// The round in progress: (prompt, completion, estimated).
     pub(super) fn round(&self) -> (u64, u64, bool) {
         match self.provider_usage {
-            Some(u) => (u.prompt_tokens, u.completion_tokens, false),
+            Some(u) => {
+                let c = self.check_round(u);
+                (c.prompt_tokens, c.completion_tokens, c.estimated)
+            }
             None if self.first_token_at.is_none() && self.generated.is_empty() => {
                 // Nothing was generated: the provider bills nothing for a
                 // call that failed before its first token.
@@ -118,10 +151,19 @@ impl Tally {
     /// Ends the round in progress; the next one sends `prompt`.
     pub(super) fn close_round(&mut self, prompt: Vec<Message>) {
         let (p, c, estimated) = self.round();
-        self.spent_prompt += p;
-        self.spent_completion += c;
+        if let Some(u) = self.provider_usage {
+            let checked = self.check_round(u);
+            if let Some(reason) = checked.reason {
+                self.spent_anomalies
+                    .push((self.rounds + 1, checked.anomalies, reason));
+            }
+        }
+        self.spent_prompt = self.spent_prompt.saturating_add(p);
+        self.spent_completion = self.spent_completion.saturating_add(c);
         self.spent_estimated |= estimated;
-        self.spent_cost += self.price.map_or(0, |price| price.cost(p, c));
+        self.spent_cost = self
+            .spent_cost
+            .saturating_add(self.price.map_or(0, |price| price.cost(p, c)));
         self.rounds += 1;
         self.generated = Generated::default();
         self.provider_usage = None;
@@ -131,18 +173,47 @@ impl Tally {
     /// Tokens of every round so far, the current one included.
     pub(super) fn total_tokens(&self) -> u64 {
         let (p, c, _) = self.round();
-        self.spent_prompt + self.spent_completion + p + c
+        self.spent_prompt
+            .saturating_add(self.spent_completion)
+            .saturating_add(p)
+            .saturating_add(c)
+    }
+
+    /// What was wrong with the provider's usage, in every round so far: the
+    /// kinds, and the reasons (rounds numbered when there were several).
+    pub(super) fn usage_anomalies(&self) -> (Vec<Anomaly>, Option<String>) {
+        let mut all = self.spent_anomalies.clone();
+        if let Some(u) = self.provider_usage {
+            let checked = self.check_round(u);
+            if let Some(why) = checked.reason {
+                all.push((self.rounds + 1, checked.anomalies, why));
+            }
+        }
+        let kinds = all.iter().flat_map(|(_, k, _)| k.iter().copied()).collect();
+        let text = match all.len() {
+            0 => None,
+            1 if self.rounds == 0 => all.pop().map(|(_, _, why)| why),
+            _ => Some(
+                all.iter()
+                    .map(|(round, _, why)| format!("round {round}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        };
+        (kinds, text)
     }
 
     pub(super) fn usage(&self) -> UsageReport {
         let (p, c, estimated) = self.round();
-        let prompt_tokens = self.spent_prompt + p;
-        let completion_tokens = self.spent_completion + c;
-        let cost_micros = self.spent_cost + self.price.map_or(0, |price| price.cost(p, c));
+        let prompt_tokens = self.spent_prompt.saturating_add(p);
+        let completion_tokens = self.spent_completion.saturating_add(c);
+        let cost_micros = self
+            .spent_cost
+            .saturating_add(self.price.map_or(0, |price| price.cost(p, c)));
         UsageReport {
             prompt_tokens,
             completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
             estimated: estimated || self.spent_estimated,
             cost_micros,
             cost_usd: format_usd(cost_micros),

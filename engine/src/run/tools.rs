@@ -132,7 +132,7 @@ pub(super) async fn stream_body(
             let counted = tokens::count_prompt(&tally.prompt);
             let prompt_bound = tokens::prompt_bound(counted);
             let used = tally.total_tokens();
-            if used + prompt_bound >= total {
+            if used.saturating_add(prompt_bound) >= total {
                 return Ending::Failed {
                     code: ErrorCode::TokenCeiling,
                     message: format!(
@@ -146,6 +146,7 @@ pub(super) async fn stream_body(
                 max_tokens.min(u32::try_from(total - used - prompt_bound).unwrap_or(u32::MAX));
         }
 
+        tally.max_tokens = u64::from(max_tokens);
         let preq = ProviderRequest {
             model: target.model.clone(),
             messages: tally.prompt.clone(),
