@@ -27,11 +27,11 @@ const ABSURD_USAGE: &str = concat!(
 
 const DAILY_USD: f64 = 1.0;
 
-fn catalog(mock: &MockProvider, storage: &str) -> Catalog {
+fn catalog(mock: &MockProvider, storage: &str, extra_settings: &str) -> Catalog {
     let settings = (
         PathBuf::from("settings.yaml"),
         format!(
-            "storage: \"{storage}\"\nserver: {{shutdown_grace: 2s}}\nproviders:\n  mock:\n    kind: openai\n    base_url: {}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\n",
+            "storage: \"{storage}\"\nserver: {{shutdown_grace: 2s}}\nproviders:\n  mock:\n    kind: openai\n    base_url: {}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\n{extra_settings}",
             mock.base_url()
         ),
     );
@@ -56,6 +56,7 @@ fn with_id(id: &str, body: &str) -> http::Request<http_body_util::Full<bytes::By
 /// `ledger` reads the rows; returns them with the server's metrics text.
 async fn absurd_usage_with_a_request_in_flight(
     storage: &str,
+    extra_settings: &str,
     stall: Duration,
 ) -> (Vec<report::Row>, String, RunningServer) {
     let slow = Reply::text(&["one", " two", " three"]).fault(Fault::StallAfter {
@@ -65,9 +66,12 @@ async fn absurd_usage_with_a_request_in_flight(
     let mock = MockProvider::start(Script::single(slow).then(Reply::recorded(ABSURD_USAGE)))
         .await
         .unwrap();
-    let server = RunningServer::start(catalog(&mock, storage), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let server = RunningServer::start(
+        catalog(&mock, storage, extra_settings),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
     let mut slow = SseReader::new(send(server.addr, with_id("slow", r#"{"input":"hi"}"#)).await);
     // The slow request's first chunk arrived: it is in flight.
     assert_eq!(slow.next().await.unwrap().name, "start");
@@ -138,7 +142,7 @@ fn check_rows(rows: &[report::Row], spent: i64) {
 #[tokio::test(start_paused = true)]
 async fn absurd_usage_settles_both_rows_with_a_request_in_flight_in_memory() {
     let (rows, metrics, server) =
-        absurd_usage_with_a_request_in_flight("memory", Duration::from_secs(10)).await;
+        absurd_usage_with_a_request_in_flight("memory", "", Duration::from_secs(10)).await;
     let spend = server
         .ledger()
         .spend("pipeline:chat", &money::utc_day(money::now_ms()))
@@ -156,9 +160,20 @@ async fn absurd_usage_settles_both_rows_with_a_request_in_flight_in_memory() {
 }
 
 /// On SQLite, where the overflowing sum once became a REAL that made every
-/// later settlement fail; read back from the file after a clean stop.
+/// later settlement fail; read back from the file after a clean stop. The
+/// alert webhook hears of it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_usage_settles_both_rows_with_a_request_in_flight_on_sqlite() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&receiver)
+        .await;
+    let alerts = format!("alerts: {{webhook_url: \"{}/hook\"}}\n", receiver.uri());
     let dir = std::env::temp_dir().join(format!(
         "sluice-usage-{}-{}",
         std::process::id(),
@@ -170,8 +185,21 @@ async fn absurd_usage_settles_both_rows_with_a_request_in_flight_on_sqlite() {
     // enough for the other request to be served in the meantime, and the
     // outcome checked does not depend on it.
     let (_, _, server) =
-        absurd_usage_with_a_request_in_flight(&url, Duration::from_millis(500)).await;
+        absurd_usage_with_a_request_in_flight(&url, &alerts, Duration::from_millis(500)).await;
+    // Shutdown waits for the alert's delivery (a tracked task).
     server.stop().await;
+    receiver.verify().await;
+    let received = receiver.received_requests().await.unwrap();
+    let alert: serde_json::Value = serde_json::from_slice(&received[0].body).unwrap();
+    assert_eq!(alert["kind"], "usage_anomaly");
+    assert_eq!(alert["pipeline"], "chat");
+    assert!(
+        alert["reason"]
+            .as_str()
+            .unwrap()
+            .contains("18446744073709551615"),
+        "{alert}"
+    );
     let ledger = Ledger::open(&url).await.unwrap();
     let spend = ledger
         .spend("pipeline:chat", &money::utc_day(money::now_ms()))
