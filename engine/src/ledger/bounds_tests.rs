@@ -23,7 +23,7 @@ fn refused(request_id: &str) -> Opening {
 
 /// 20,000 requests refused before any provider call, recorded by 64 callers
 /// at once (so that the writer is never idle, as under a flood): the WAL
-/// stays under [`sqlite::WAL_LIMIT`] plus one batch (far less than 2 MB),
+/// stays under [`sqlite_file::WAL_LIMIT`] plus one batch (far less than 2 MB),
 /// where it grew past 30 MB before, and every refusal is
 /// still a row that `sluice usage` counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +55,7 @@ async fn a_flood_of_refused_requests_keeps_the_wal_bounded() {
         done.unwrap();
     }
     let largest = largest.load(std::sync::atomic::Ordering::Relaxed);
-    let bound = sqlite::WAL_LIMIT + 2 * 1024 * 1024;
+    let bound = sqlite_file::WAL_LIMIT + 2 * 1024 * 1024;
     println!("largest WAL seen: {largest} bytes (bound {bound})");
     assert!(
         largest <= bound,

@@ -10,8 +10,10 @@
 
 mod memory;
 pub mod money;
+mod postgres;
 pub mod report;
 mod sqlite;
+mod sqlite_file;
 mod store;
 
 use std::sync::Arc;
