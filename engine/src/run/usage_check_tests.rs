@@ -105,3 +105,50 @@ fn bounds_saturate_at_the_extremes() {
     );
     assert!(got.anomalies.is_empty());
 }
+
+/// The wiring in `Tally`: every round is checked, the anomalies of earlier
+/// rounds are kept, and no sum overflows.
+#[test]
+fn a_tally_bills_each_round_within_its_bounds_and_keeps_the_reasons() {
+    use crate::ledger::Price;
+    use crate::provider::{Message, Role, Usage};
+    let prompt = vec![Message::new(Role::User, "hi")];
+    let price = Price {
+        input_per_m: i64::MAX,
+        output_per_m: i64::MAX,
+        cached_input_per_m: i64::MAX,
+    };
+    let mut tally =
+        super::super::Tally::new(tokio::time::Instant::now(), prompt.clone(), Some(price));
+    tally.max_tokens = 100;
+    tally.provider_usage = Some(Usage {
+        prompt_tokens: u64::MAX,
+        completion_tokens: u64::MAX,
+    });
+    let (p, c, _) = tally.round();
+    assert_eq!((p, c), (prompt_bound(2, 1), completion_bound(100)));
+    tally.close_round(prompt);
+    tally.max_tokens = 50;
+    tally.provider_usage = Some(Usage {
+        prompt_tokens: 5,
+        completion_tokens: 60,
+    });
+    let usage = tally.usage();
+    assert_eq!(usage.completion_tokens, completion_bound(100) + 60);
+    let first = price.cost(prompt_bound(2, 1), completion_bound(100));
+    assert_eq!(usage.cost_micros, first.saturating_add(price.cost(5, 60)));
+    assert!(tally.total_tokens() < 10_000);
+    let (kinds, why) = tally.usage_anomalies();
+    assert_eq!(kinds, [Anomaly::AbovePromptSize, Anomaly::AboveMaxTokens]);
+    let why = why.unwrap();
+    assert!(why.starts_with("round 1: "), "{why}");
+    assert!(!why.contains("round 2"), "{why}");
+    // The second round's 60 of 50 is within the margin (71); 80 is not.
+    tally.provider_usage = Some(Usage {
+        prompt_tokens: 5,
+        completion_tokens: 80,
+    });
+    let (kinds, why) = tally.usage_anomalies();
+    assert_eq!(kinds.len(), 3);
+    assert!(why.unwrap().contains("round 2: completion_tokens 80"));
+}
