@@ -93,10 +93,12 @@ pub(super) async fn conclude(
                 })
                 .inc();
         }
-        let day = settled.as_ref().map_or_else(
-            || crate::ledger::money::utc_day(crate::ledger::money::now_ms()),
-            |s| s.day.clone(),
-        );
+        // The row's day; today when the row was not settled here.
+        let day = settled
+            .as_ref()
+            .map(|s| s.day.clone())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| crate::ledger::money::utc_day(crate::ledger::money::now_ms()));
         cx.alerts
             .usage_anomaly(&pipeline.name, &target.model, &day, why)
             .await;
