@@ -25,8 +25,10 @@ use sluice::ledger::{Admit, Ledger, Opening, Scope, Settlement};
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 fn opening() -> Opening {
+    let id = format!("bench-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
     Opening {
-        id: format!("bench-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+        request_id: id.clone(),
+        id,
         pipeline: "bench".into(),
         provider: "mock".into(),
         model: "bench-model".into(),
@@ -52,6 +54,7 @@ fn settlement() -> Settlement {
         error_code: None,
         provider: "mock".into(),
         model: "bench-model".into(),
+        usage_anomaly: None,
     }
 }
 

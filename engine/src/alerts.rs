@@ -3,6 +3,15 @@
 //! scope, threshold and UTC day. The claim is persisted in the ledger
 //! before delivery, so a restart never fires it again; delivery retries
 //! with backoff in a tracked background task and never blocks a request.
+//!
+//! The same webhook hears of a provider reporting impossible usage (see
+//! `run::usage_check`): that is a fault someone must look at (a broken
+//! provider, a proxy rewriting bodies, an attack on the budgets), and
+//! budgets alone would not show it, since the charge is clamped. It fires
+//! once per pipeline and UTC day, claimed in the ledger like a threshold,
+//! so a provider that reports garbage on every request cannot flood the
+//! webhook; every occurrence is still logged, counted in
+//! `sluice_usage_anomalies_total` and flagged on its ledger row.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +30,9 @@ use crate::provider::http::Endpoint;
 const ATTEMPTS: u32 = 6;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The threshold under which usage alerts are claimed: they have none.
+const ANOMALY_PPM: i64 = 0;
 
 #[derive(Clone)]
 pub struct Alerts {
@@ -62,6 +74,33 @@ impl Alerts {
         }
     }
 
+    /// Tells the webhook, once per pipeline and day, that a provider
+    /// reported usage that could not be believed (`why`).
+    pub async fn usage_anomaly(&self, pipeline: &str, model: &str, day: &str, why: &str) {
+        let scope = format!("usage_anomaly:{pipeline}");
+        match self.ledger.claim_alert(&scope, day, ANOMALY_PPM).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                warn!(error = %e, %scope, "cannot record a usage alert");
+                return;
+            }
+        }
+        let text = format!(
+            "Sluice usage alert: the provider of pipeline {pipeline} (model {model}) reported usage that cannot be right on {day}: {why}. It was billed within the request's bounds; further reports today are only logged and counted"
+        );
+        warn!(pipeline, model, day, "{text}");
+        let body = json!({
+            "text": text,
+            "kind": "usage_anomaly",
+            "pipeline": pipeline,
+            "model": model,
+            "day": day,
+            "reason": why,
+        });
+        self.post(body, scope, day.to_string(), ANOMALY_PPM);
+    }
+
     fn deliver(&self, budget: &Budget, day: &str, spend: Spend, ppm: i64) {
         let percent = ppm as f64 / 10_000.0;
         let text = format!(
@@ -71,9 +110,6 @@ impl Alerts {
             format_usd(budget.daily_micros),
         );
         info!(scope = %budget.scope, day, threshold = percent / 100.0, "{text}");
-        let Some(endpoint) = self.webhook.clone() else {
-            return;
-        };
         let body = json!({
             "text": text,
             "scope": budget.scope,
@@ -84,9 +120,16 @@ impl Alerts {
             "budget_micros": budget.daily_micros,
             "threshold": percent / 100.0,
         });
+        self.post(body, budget.scope.clone(), day.to_string(), ppm);
+    }
+
+    /// Posts `body` to the webhook in the background, with retries; marks
+    /// the claim `(scope, day, ppm)` delivered once it is.
+    fn post(&self, body: serde_json::Value, scope: String, day: String, ppm: i64) {
+        let Some(endpoint) = self.webhook.clone() else {
+            return;
+        };
         let ledger = self.ledger.clone();
-        let scope = budget.scope.clone();
-        let day = day.to_string();
         self.tracker.spawn(async move {
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
             let mut backoff = FIRST_BACKOFF;
@@ -114,7 +157,7 @@ impl Alerts {
                     backoff = (backoff * 2).min(Duration::from_secs(60));
                 }
             }
-            warn!(%scope, %day, "giving up on a budget alert after {ATTEMPTS} attempts");
+            warn!(%scope, %day, "giving up on an alert after {ATTEMPTS} attempts");
         });
     }
 }

@@ -1,5 +1,6 @@
 //! Prometheus metrics (`GET /metrics`): requests, tokens, cost, time to
-//! first token, stream duration, active streams and budget use.
+//! first token, stream duration, active streams, budget use and provider
+//! usage that could not be believed.
 
 use std::sync::atomic::AtomicU64;
 
@@ -31,6 +32,15 @@ pub struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnomalyLabels {
+    pub pipeline: String,
+    pub model: String,
+    /// What was wrong: `negative`, `above_max_tokens`, `above_prompt_size`,
+    /// `above_bytes_received`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PipelineLabels {
     pub pipeline: String,
 }
@@ -49,6 +59,7 @@ pub struct Metrics {
     pub duration: Family<ModelLabels, Histogram>,
     pub active_streams: Family<PipelineLabels, Gauge>,
     pub budget_used: Family<ScopeLabels, Gauge<f64, AtomicU64>>,
+    pub usage_anomalies: Family<AnomalyLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -83,6 +94,7 @@ impl Metrics {
         );
         let active_streams = Family::<PipelineLabels, Gauge>::default();
         let budget_used = Family::<ScopeLabels, Gauge<f64, AtomicU64>>::default();
+        let usage_anomalies = Family::<AnomalyLabels, Counter>::default();
         registry.register(
             "requests",
             "Requests by pipeline, model and final status",
@@ -114,6 +126,11 @@ impl Metrics {
             "Spent fraction of today's budget, by scope",
             budget_used.clone(),
         );
+        registry.register(
+            "usage_anomalies",
+            "Provider usage figures that could not be believed, by kind",
+            usage_anomalies.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -123,6 +140,7 @@ impl Metrics {
             duration,
             active_streams,
             budget_used,
+            usage_anomalies,
         }
     }
 

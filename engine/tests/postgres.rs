@@ -204,6 +204,7 @@ async fn ledger_semantics_hold_on_postgres() {
     let l = Ledger::open(&url).await.unwrap();
     let open = |id: &str, reserve| Opening {
         id: id.into(),
+        request_id: id.into(),
         pipeline: "p".into(),
         provider: "x".into(),
         model: "m".into(),
@@ -236,6 +237,7 @@ async fn ledger_semantics_hold_on_postgres() {
                 error_code: None,
                 provider: "x".into(),
                 model: "m".into(),
+                usage_anomaly: None,
             },
         )
         .await
@@ -256,6 +258,55 @@ async fn ledger_semantics_hold_on_postgres() {
         (row.status.as_str(), row.cost_micros, row.ttft_ms),
         ("ok", 40, Some(3))
     );
+
+    // One client request id on two rows; absurd usage on one of them
+    // settles within its reservation, the other is settled at shutdown.
+    let dup = |row: &str, reserve| Opening {
+        request_id: "dup".into(),
+        ..open(row, reserve)
+    };
+    assert_eq!(
+        l.open_request(&dup("d1", 30)).await.unwrap(),
+        Admit::Admitted
+    );
+    assert_eq!(
+        l.open_request(&dup("d2", 20)).await.unwrap(),
+        Admit::Admitted
+    );
+    let absurd = Settlement {
+        status: "ok",
+        prompt_tokens: u64::MAX,
+        completion_tokens: u64::MAX,
+        estimated: false,
+        cost_micros: i64::MAX,
+        ttft_ms: None,
+        duration_ms: 1,
+        tool_calls: 0,
+        error_code: None,
+        provider: "x".into(),
+        model: "m".into(),
+        usage_anomaly: Some("completion_tokens 18446744073709551615".into()),
+    };
+    let settled = l.settle("d1", &absurd).await.unwrap();
+    assert_eq!(settled.spends[0].1.spent_micros, 40 + 30);
+    assert_eq!(l.interrupt_own_pending().await.unwrap(), 1);
+    let rows = l.rows_of("dup").await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].prompt_tokens, rows[0].cost_micros), (i64::MAX, 30));
+    assert!(
+        rows[0]
+            .usage_anomaly
+            .as_deref()
+            .unwrap()
+            .contains("reservation")
+    );
+    assert_eq!(
+        (rows[1].status.as_str(), rows[1].cost_micros),
+        ("interrupted", 20)
+    );
+    assert_eq!(l.row("dup").await.unwrap().unwrap().id, "d2");
+    let spend = l.spend("global", &settled.day).await.unwrap();
+    assert_eq!((spend.spent_micros, spend.reserved_micros), (90, 0));
     l.close().await;
     drop_database(&admin_url, &name).await;
 }

@@ -5,6 +5,7 @@ use super::*;
 fn opening(id: &str, reserve: Micros, scopes: &[(&str, Micros)]) -> Opening {
     Opening {
         id: id.into(),
+        request_id: format!("req-{id}"),
         pipeline: "p".into(),
         provider: "prov".into(),
         model: "m".into(),
@@ -32,6 +33,7 @@ fn settlement(cost: Micros) -> Settlement {
         error_code: None,
         provider: "prov".into(),
         model: "m".into(),
+        usage_anomaly: None,
     }
 }
 
@@ -88,12 +90,12 @@ async fn reserve_settle_and_reject_on_one_day() {
         l.open_request(&opening("c", 48, &scopes)).await.unwrap(),
         Admit::Admitted
     );
-    let a = l.row("a").await.unwrap().unwrap();
+    let a = l.row("req-a").await.unwrap().unwrap();
     assert_eq!(
         (a.status.as_str(), a.cost_micros, a.prompt_tokens),
         ("ok", 12, 10)
     );
-    let b = l.row("b").await.unwrap().unwrap();
+    let b = l.row("req-b").await.unwrap().unwrap();
     assert_eq!(b.status, "budget_rejected");
     assert_eq!(b.error_code.as_deref(), Some("budget_exhausted"));
 }
@@ -124,7 +126,7 @@ async fn rows_left_pending_by_a_dead_instance_are_interrupted_and_count_as_spent
         .unwrap();
     }
     assert_eq!(l.recover_interrupted().await.unwrap(), 2);
-    let x = l.row("x").await.unwrap().unwrap();
+    let x = l.row("req-x").await.unwrap().unwrap();
     assert_eq!((x.status.as_str(), x.cost_micros), ("interrupted", 30));
     assert_eq!(
         l.spend("global", &day).await.unwrap(),
@@ -178,8 +180,12 @@ mod interleavings {
     #[derive(Debug, Clone)]
     enum Op {
         Reserve(Micros),
-        /// Settle the k-th open request at this fraction (per mille) of its reservation.
+        /// Settle the k-th open request at this fraction (per mille) of its
+        /// reservation: past 1000, more than it reserved (a provider's
+        /// absurd usage), which must be charged at the reservation.
         Settle(usize, u16),
+        /// Settle the k-th open request at `i64::MAX`.
+        SettleAbsurd(usize),
         /// Release the k-th open request: it failed, nothing was spent.
         Release(usize),
     }
@@ -188,7 +194,8 @@ mod interleavings {
         prop::collection::vec(
             prop_oneof![
                 (1i64..400).prop_map(Op::Reserve),
-                (0usize..8, 0u16..=1000).prop_map(|(k, f)| Op::Settle(k, f)),
+                (0usize..8, 0u16..=3000).prop_map(|(k, f)| Op::Settle(k, f)),
+                (0usize..8).prop_map(Op::SettleAbsurd),
                 (0usize..8).prop_map(Op::Release),
             ],
             1..60,
@@ -218,15 +225,15 @@ mod interleavings {
                         open.push((id, r));
                     }
                 }
-                Op::Settle(k, _) | Op::Release(k) if k < open.len() => {
+                Op::Settle(k, _) | Op::SettleAbsurd(k) | Op::Release(k) if k < open.len() => {
                     let (id, r) = open.remove(k);
-                    let cost = if let Op::Settle(_, f) = op {
-                        r * Micros::from(f) / 1000
-                    } else {
-                        0
+                    let cost = match op {
+                        Op::Settle(_, f) => r * Micros::from(f) / 1000,
+                        Op::SettleAbsurd(_) => Micros::MAX,
+                        _ => 0,
                     };
                     l.settle(&id, &settlement(cost)).await.unwrap();
-                    spent += cost;
+                    spent += cost.min(r);
                 }
                 _ => {}
             }

@@ -40,7 +40,14 @@ fn new_row(o: &Opening, now: i64, day: &str, status: &str) -> Row {
         duration_ms: None,
         tool_calls: 0,
         error_code: None,
+        request_id: o.request_id.clone(),
+        usage_anomaly: None,
     }
+}
+
+/// Adds `add` to `to`, saturating: the SQL stores do the same.
+fn add(to: &mut i64, add: i64) {
+    *to = to.saturating_add(add);
 }
 
 impl MemStore {
@@ -66,7 +73,7 @@ impl MemStore {
                     spent_micros: 0,
                     reserved_micros: 0,
                 });
-            if s.spent_micros + s.reserved_micros + o.reserve_micros > scope.daily_micros {
+            if o.reserve_micros > scope.daily_micros - s.spent_micros - s.reserved_micros {
                 return Ok(Admit::Exhausted {
                     scope: scope.key.clone(),
                     daily_micros: scope.daily_micros,
@@ -82,7 +89,7 @@ impl MemStore {
                     spent_micros: 0,
                     reserved_micros: 0,
                 });
-            s.reserved_micros += o.reserve_micros;
+            add(&mut s.reserved_micros, o.reserve_micros);
         }
         let mut row = new_row(o, now, day, "pending");
         row.reserved_micros = if o.scopes.is_empty() {
@@ -123,14 +130,16 @@ impl MemStore {
         if row.status != "pending" {
             return Settled::default();
         }
+        let (charged, anomaly) = super::store::charge(s, row.reserved_micros, !scopes.is_empty());
         row.status = s.status.to_string();
         row.ended_at_ms = Some(now);
         row.provider = s.provider.clone();
         row.model = s.model.clone();
-        row.prompt_tokens = s.prompt_tokens as i64;
-        row.completion_tokens = s.completion_tokens as i64;
+        row.prompt_tokens = super::store::stored_tokens(s.prompt_tokens);
+        row.completion_tokens = super::store::stored_tokens(s.completion_tokens);
         row.estimated = s.estimated;
-        row.cost_micros = s.cost_micros;
+        row.cost_micros = charged;
+        row.usage_anomaly = anomaly;
         row.ttft_ms = s.ttft_ms;
         row.duration_ms = Some(s.duration_ms);
         row.tool_calls = i64::from(s.tool_calls);
@@ -146,10 +155,45 @@ impl MemStore {
                     reserved_micros: 0,
                 });
             b.reserved_micros -= reserved;
-            b.spent_micros += s.cost_micros;
+            add(&mut b.spent_micros, charged);
             spends.push((scope, *b));
         }
         Settled { day, spends }
+    }
+
+    pub fn end_pending(&self, id: &str, status: &str, now: i64) -> bool {
+        let mut st = self.state();
+        let Some((row, _, scopes)) = st.requests.get_mut(id) else {
+            return false;
+        };
+        if row.status != "pending" {
+            return false;
+        }
+        row.status = status.to_string();
+        row.error_code = Some(status.to_string());
+        row.cost_micros = row.reserved_micros;
+        row.ended_at_ms = Some(now);
+        let (day, reserved, scopes) = (row.day.clone(), row.reserved_micros, scopes.clone());
+        for scope in scopes {
+            if let Some(b) = st.budgets.get_mut(&(scope, day.clone())) {
+                b.reserved_micros -= reserved;
+                add(&mut b.spent_micros, reserved);
+            }
+        }
+        true
+    }
+
+    pub fn interrupt_pending_of(&self, instance: &str, now: i64) -> u64 {
+        let ids: Vec<String> = self
+            .state()
+            .requests
+            .iter()
+            .filter(|(_, (r, i, _))| i == instance && r.status == "pending")
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.iter()
+            .filter(|id| self.end_pending(id, "interrupted", now))
+            .count() as u64
     }
 
     pub fn claim_alert(&self, scope: &str, day: &str, ppm: i64) -> bool {
@@ -181,7 +225,15 @@ impl MemStore {
         rows
     }
 
-    pub fn row(&self, id: &str) -> Option<Row> {
-        self.state().requests.get(id).map(|(r, _, _)| r.clone())
+    pub fn rows_of(&self, request_id: &str) -> Vec<Row> {
+        let mut rows: Vec<Row> = self
+            .state()
+            .requests
+            .values()
+            .filter(|(r, _, _)| r.request_id == request_id)
+            .map(|(r, _, _)| r.clone())
+            .collect();
+        rows.sort_by(|a, b| (a.started_at_ms, &a.id).cmp(&(b.started_at_ms, &b.id)));
+        rows
     }
 }

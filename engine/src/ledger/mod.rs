@@ -10,8 +10,10 @@
 
 mod memory;
 pub mod money;
+mod postgres;
 pub mod report;
 mod sqlite;
+mod sqlite_file;
 mod store;
 
 use std::sync::Arc;
@@ -47,7 +49,12 @@ pub struct Scope {
 /// What is known of a request before its provider is called.
 #[derive(Debug, Clone)]
 pub struct Opening {
+    /// The row's own identity, unique ([`new_row_id`]).
     pub id: String,
+    /// The id clients see (their `X-Request-Id`, or one Sluice made up):
+    /// kept, indexed and logged, but not unique, since a client that retries
+    /// sends the same one again.
+    pub request_id: String,
     pub pipeline: String,
     pub provider: String,
     pub model: String,
@@ -84,6 +91,10 @@ pub struct Settlement {
     /// a fallback).
     pub provider: String,
     pub model: String,
+    /// Why the provider's usage could not be believed, with the figures it
+    /// reported (see `run::usage_check`); the tokens and cost above are
+    /// then the bounds the request allowed.
+    pub usage_anomaly: Option<String>,
 }
 
 /// What a settlement left behind: the row's day and each scope's spend.
@@ -103,6 +114,13 @@ pub struct Spend {
 pub struct Ledger {
     store: Store,
     instance: String,
+}
+
+/// A fresh row identity for [`Opening::id`]: a UUIDv7, so that the rows
+/// of one process sort by id in the order they were made (the latest row of
+/// a repeated request id is the last one even within one millisecond).
+pub fn new_row_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
 }
 
 impl Ledger {
@@ -163,11 +181,36 @@ impl Ledger {
             .await
     }
 
-    /// Settles a pending row: releases its reservation and adds its real
-    /// cost to every scope. Returns each scope's spend afterwards (nothing
-    /// when the row was already settled).
+    /// Settles a pending row: releases its reservation and adds its cost to
+    /// every scope. Returns each scope's spend afterwards (nothing when the
+    /// row was already settled).
+    ///
+    /// A budgeted row is never charged more than it reserved: the
+    /// reservation is the most the request could honestly cost, and was
+    /// admitted within the budget, so settling can never push a budget past
+    /// its limit. A cost above it is charged at the reservation and the row
+    /// is flagged (`usage_anomaly`).
     pub async fn settle(&self, id: &str, s: &Settlement) -> Result<Settled, LedgerError> {
         self.store.settle(id, s, money::now_ms()).await
+    }
+
+    /// The settlement of last resort, for a row whose [`Ledger::settle`]
+    /// kept failing: status and error code `settle_failed`, its reservation
+    /// counted as its cost (which never under-counts). It uses nothing of
+    /// the settlement that failed, only what the row holds. Returns whether
+    /// the row was still pending.
+    pub async fn settle_failed(&self, id: &str) -> Result<bool, LedgerError> {
+        self.store.settle_failed(id, money::now_ms()).await
+    }
+
+    /// Settles every row this instance still has pending as `interrupted`
+    /// (reservation counted as spent). Called at shutdown once every request
+    /// task has ended, so that no row waits for the next start. Returns how
+    /// many.
+    pub async fn interrupt_own_pending(&self) -> Result<u64, LedgerError> {
+        self.store
+            .interrupt_pending_of(&self.instance, money::now_ms())
+            .await
     }
 
     /// Records that an alert threshold fired; false if it had already fired
@@ -203,8 +246,15 @@ impl Ledger {
         self.store.rows_since(since_ms).await
     }
 
-    pub async fn row(&self, id: &str) -> Result<Option<report::Row>, LedgerError> {
-        self.store.row(id).await
+    /// The latest row of a client's request id (`X-Request-Id`); a client
+    /// that sent the same id twice has several.
+    pub async fn row(&self, request_id: &str) -> Result<Option<report::Row>, LedgerError> {
+        Ok(self.rows_of(request_id).await?.pop())
+    }
+
+    /// Every row of a client's request id, oldest first.
+    pub async fn rows_of(&self, request_id: &str) -> Result<Vec<report::Row>, LedgerError> {
+        self.store.rows_of(request_id).await
     }
 
     pub async fn close(&self) {
@@ -215,3 +265,7 @@ impl Ledger {
 #[cfg(test)]
 #[path = "ledger_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "bounds_tests.rs"]
+mod bounds_tests;

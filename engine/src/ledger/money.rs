@@ -32,11 +32,13 @@ pub struct Price {
 
 impl Price {
     /// Cost of a call, rounded up to the next micro-dollar so that many small
-    /// calls never add up to less than they cost.
+    /// calls never add up to less than they cost. Saturates at
+    /// `Micros::MAX` (each product fits an i128, their sum may not); a
+    /// negative price (never compiled) counts as free.
     pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Micros {
-        let total = i128::from(prompt_tokens) * i128::from(self.input_per_m)
-            + i128::from(completion_tokens) * i128::from(self.output_per_m);
-        let micros = (total + 999_999) / 1_000_000;
+        let total = (i128::from(prompt_tokens) * i128::from(self.input_per_m.max(0)))
+            .saturating_add(i128::from(completion_tokens) * i128::from(self.output_per_m.max(0)));
+        let micros = total.saturating_add(999_999) / 1_000_000;
         Micros::try_from(micros).unwrap_or(Micros::MAX)
     }
 }
@@ -106,6 +108,28 @@ mod tests {
         assert_eq!(p.cost(0, 0), 0);
         assert_eq!(p.cost(1_000_000, 1_000_000), 750_000);
         assert_eq!(format_usd(1_250), "0.001250");
+        assert_eq!(format_usd(Micros::MIN), "-9223372036854.775808");
         assert_eq!(format_usd(5_000_000), "5.000000");
+    }
+
+    #[test]
+    fn costs_saturate_at_the_extremes() {
+        let dearest = Price {
+            input_per_m: Micros::MAX,
+            output_per_m: Micros::MAX,
+            cached_input_per_m: Micros::MAX,
+        };
+        assert_eq!(dearest.cost(u64::MAX, u64::MAX), Micros::MAX);
+        assert_eq!(dearest.cost(u64::MAX, 0), Micros::MAX);
+        assert_eq!(dearest.cost(0, 0), 0);
+        assert_eq!(dearest.cost(0, 1), Micros::MAX / 1_000_000 + 1);
+        let free = Price::default();
+        assert_eq!(free.cost(u64::MAX, u64::MAX), 0);
+        let negative = Price {
+            input_per_m: Micros::MIN,
+            output_per_m: -1,
+            cached_input_per_m: 0,
+        };
+        assert_eq!(negative.cost(u64::MAX, u64::MAX), 0);
     }
 }

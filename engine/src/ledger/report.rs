@@ -9,7 +9,10 @@ use super::money::{Micros, format_usd};
 /// One ledger row, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Row {
+    /// The row's own identity.
     pub id: String,
+    /// The client's `X-Request-Id` (or the one Sluice made up); not unique.
+    pub request_id: String,
     pub started_at_ms: i64,
     pub ended_at_ms: Option<i64>,
     pub day: String,
@@ -26,6 +29,8 @@ pub struct Row {
     pub duration_ms: Option<i64>,
     pub tool_calls: i64,
     pub error_code: Option<String>,
+    /// Why the provider's usage was not believed (see `run::usage_check`).
+    pub usage_anomaly: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +53,14 @@ pub struct Group {
     pub cost_usd: String,
     pub ttft_p50_ms: Option<i64>,
     pub ttft_p95_ms: Option<i64>,
+    /// Rows whose provider usage was flagged as impossible.
+    pub usage_anomalies: u64,
+}
+
+/// A sum of stored amounts that cannot overflow, and never goes negative:
+/// ledgers written before usage was checked may hold negative counts.
+fn total(values: impl Iterator<Item = i64>) -> i64 {
+    values.fold(0, |sum: i64, v| sum.saturating_add(v.max(0)))
 }
 
 /// Statuses that mean the request did what was asked.
@@ -81,7 +94,7 @@ pub fn summarize(rows: &[Row], by: GroupBy) -> Vec<Group> {
             let errors = rows.iter().filter(|r| !is_success(&r.status)).count() as u64;
             let mut ttft: Vec<i64> = rows.iter().filter_map(|r| r.ttft_ms).collect();
             ttft.sort_unstable();
-            let cost: Micros = rows.iter().map(|r| r.cost_micros).sum();
+            let cost: Micros = total(rows.iter().map(|r| r.cost_micros));
             Group {
                 key,
                 requests,
@@ -91,12 +104,13 @@ pub fn summarize(rows: &[Row], by: GroupBy) -> Vec<Group> {
                 } else {
                     errors as f64 / requests as f64
                 },
-                prompt_tokens: rows.iter().map(|r| r.prompt_tokens).sum(),
-                completion_tokens: rows.iter().map(|r| r.completion_tokens).sum(),
+                prompt_tokens: total(rows.iter().map(|r| r.prompt_tokens)),
+                completion_tokens: total(rows.iter().map(|r| r.completion_tokens)),
                 cost_micros: cost,
                 cost_usd: format_usd(cost),
                 ttft_p50_ms: percentile(&ttft, 0.50),
                 ttft_p95_ms: percentile(&ttft, 0.95),
+                usage_anomalies: rows.iter().filter(|r| r.usage_anomaly.is_some()).count() as u64,
             }
         })
         .collect()
@@ -119,6 +133,7 @@ pub fn render_table(groups: &[Group], by: GroupBy) -> String {
         "cost_usd".into(),
         "ttft_p50_ms".into(),
         "ttft_p95_ms".into(),
+        "usage_flagged".into(),
     ]];
     for g in groups {
         lines.push([
@@ -130,9 +145,10 @@ pub fn render_table(groups: &[Group], by: GroupBy) -> String {
             g.cost_usd.clone(),
             ms(g.ttft_p50_ms),
             ms(g.ttft_p95_ms),
+            g.usage_anomalies.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -161,6 +177,7 @@ mod tests {
     fn row(pipeline: &str, status: &str, cost: i64, ttft: Option<i64>) -> Row {
         Row {
             id: "x".into(),
+            request_id: "x".into(),
             started_at_ms: 0,
             ended_at_ms: Some(1),
             day: "2026-11-27".into(),
@@ -177,6 +194,7 @@ mod tests {
             duration_ms: Some(10),
             tool_calls: 0,
             error_code: None,
+            usage_anomaly: None,
         }
     }
 
@@ -196,5 +214,54 @@ mod tests {
         let table = render_table(&g, GroupBy::Pipeline);
         assert!(table.starts_with("pipeline"));
         assert!(table.contains("0.000203"));
+    }
+}
+
+#[cfg(test)]
+mod extremes {
+    use super::*;
+
+    #[test]
+    fn totals_saturate_and_never_show_negative_counts() {
+        let base = Row {
+            id: "a".into(),
+            request_id: "r".into(),
+            started_at_ms: 0,
+            ended_at_ms: Some(1),
+            day: "2026-11-27".into(),
+            pipeline: "p".into(),
+            provider: "prov".into(),
+            model: "m".into(),
+            status: "ok".into(),
+            prompt_tokens: i64::MAX,
+            completion_tokens: i64::MAX,
+            estimated: false,
+            reserved_micros: 0,
+            cost_micros: i64::MAX,
+            ttft_ms: Some(7),
+            duration_ms: Some(1),
+            tool_calls: 0,
+            error_code: None,
+            usage_anomaly: Some("completion_tokens 18446744073709551615".into()),
+        };
+        // A row written by an older Sluice that wrapped u64::MAX to -1.
+        let wrapped = Row {
+            prompt_tokens: -1,
+            completion_tokens: -1,
+            cost_micros: -5,
+            usage_anomaly: None,
+            ..base.clone()
+        };
+        let g = summarize(&[base.clone(), base, wrapped.clone()], GroupBy::Pipeline);
+        assert_eq!(g[0].prompt_tokens, i64::MAX);
+        assert_eq!(g[0].completion_tokens, i64::MAX);
+        assert_eq!(g[0].cost_micros, i64::MAX);
+        assert_eq!(g[0].usage_anomalies, 2);
+        let g = summarize(&[wrapped], GroupBy::Pipeline);
+        assert_eq!((g[0].prompt_tokens, g[0].completion_tokens), (0, 0));
+        assert_eq!(g[0].cost_micros, 0);
+        let table = render_table(&g, GroupBy::Pipeline);
+        assert!(!table.contains('-'), "{table}");
+        assert!(table.lines().next().unwrap().ends_with("usage_flagged"));
     }
 }

@@ -18,13 +18,11 @@
 //! rolls back to its savepoint and does not disturb the others; a failed
 //! commit fails every operation of the batch.
 
-use std::path::Path;
-use std::time::Duration;
-
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::report::Row as ReportRow;
+use super::sqlite_file::{Checkpointer, WAL_LIMIT, WalBound, connect, parse_url};
 use super::store::{
     self, INSERT_BUDGET_DAY, INSERT_REJECTED, INSERT_REQUEST, RESERVE, SELECT_SPENT, SETTLE_BUDGET,
     SETTLE_REQUEST, UPSERT_INSTANCE,
@@ -35,15 +33,8 @@ use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend};
 /// waits for the commit.
 const MAX_BATCH: usize = 256;
 
-/// How long a statement waits for another process's write lock (a second
-/// `sluice serve` or a `sluice usage` on the same file).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The writer asks for a checkpoint after this many transactions.
 const CHECKPOINT_EVERY: u32 = 64;
-
-/// The schema, in order; `PRAGMA user_version` says how many are applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_ledger.sql")];
 
 /// What an operation did with its savepoint.
 enum Done<T> {
@@ -72,110 +63,9 @@ pub struct SqliteStore {
     batches: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Where `sqlite:PATH`, `sqlite://PATH` or `sqlite::memory:` points
-/// (`None`: in memory). A `?query` is ignored except `mode=memory`.
-fn parse_url(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("sqlite:").unwrap_or(url);
-    let rest = rest.strip_prefix("//").unwrap_or(rest);
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let memory =
-        path.is_empty() || path == ":memory:" || query.split('&').any(|kv| kv == "mode=memory");
-    (!memory).then_some(path)
-}
-
 impl From<rusqlite::Error> for LedgerError {
     fn from(e: rusqlite::Error) -> Self {
         LedgerError::Sqlite(e.to_string())
-    }
-}
-
-/// Opens the connection and brings the schema up to date; for a file,
-/// starts its checkpointer.
-fn connect(url: &str) -> Result<(Connection, Option<Checkpointer>), LedgerError> {
-    let conn = match parse_url(url) {
-        None => Connection::open_in_memory()?,
-        Some(path) => {
-            if let Some(dir) = Path::new(path).parent()
-                && !dir.as_os_str().is_empty()
-            {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            let conn = Connection::open(path)?;
-            // WAL: readers (reports) never block the writer. NORMAL: a
-            // commit survives a crash of this process; only a power loss
-            // may lose the last commits.
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-            // The checkpointer thread checkpoints instead.
-            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-            conn
-        }
-    };
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.set_prepared_statement_cache_capacity(32);
-    migrate(&conn)?;
-    let checkpointer = parse_url(url).map(Checkpointer::start).transpose()?;
-    Ok((conn, checkpointer))
-}
-
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let stored: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let mut applied = stored;
-    if stored == 0 {
-        // Ledgers made before this store kept their version in sqlx's
-        // table; the schema is the same.
-        let sqlx_table: Option<String> = conn
-            .query_row(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if sqlx_table.is_some() {
-            applied = conn.query_row(
-                "SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success",
-                [],
-                |r| r.get(0),
-            )?;
-            conn.pragma_update(None, "user_version", applied)?;
-        }
-    }
-    let applied = usize::try_from(applied).unwrap_or(0);
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;",
-            i + 1
-        ))?;
-    }
-    Ok(())
-}
-
-/// Checkpoints the WAL into the database file when the writer asks, on a
-/// connection of its own. A checkpoint fsyncs; done by the writer (SQLite's
-/// default, every 1,000 pages) it stalled one commit in about 80 for
-/// milliseconds. `PASSIVE` never blocks the writer.
-struct Checkpointer {
-    ask: std::sync::mpsc::SyncSender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Checkpointer {
-    fn start(path: &str) -> Result<Checkpointer, LedgerError> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("sluice-ledger-checkpoint".into())
-            .spawn(move || {
-                for () in asked {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(error = %e, "ledger checkpoint failed");
-                    }
-                }
-            })
-            .map_err(|e| LedgerError::Sqlite(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Checkpointer { ask, thread })
     }
 }
 
@@ -184,6 +74,7 @@ fn writer(
     conn: Connection,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     checkpointer: Option<Checkpointer>,
+    mut wal: Option<WalBound>,
     on_batch: impl Fn(),
 ) {
     let mut since_checkpoint = 0;
@@ -207,6 +98,9 @@ fn writer(
         if !batch.is_empty() {
             run_batch(&conn, batch);
             on_batch();
+            if let Some(w) = wal.as_mut() {
+                w.after_batch(&conn);
+            }
             since_checkpoint += 1;
             if since_checkpoint >= CHECKPOINT_EVERY
                 && let Some(c) = &checkpointer
@@ -264,6 +158,10 @@ fn run_batch(conn: &Connection, batch: Vec<Work>) {
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<SqliteStore, LedgerError> {
         let url = url.to_string();
+        let wal = parse_url(&url).map(|path| WalBound {
+            path: std::path::PathBuf::from(format!("{path}-wal")),
+            next_at: WAL_LIMIT,
+        });
         let (conn, checkpointer) = tokio::task::spawn_blocking(move || connect(&url))
             .await
             .map_err(|_| LedgerError::Closed)??;
@@ -278,7 +176,7 @@ impl SqliteStore {
         };
         std::thread::Builder::new()
             .name("sluice-ledger".into())
-            .spawn(move || writer(conn, rx, checkpointer, on_batch))
+            .spawn(move || writer(conn, rx, checkpointer, wal, on_batch))
             .map_err(|e| LedgerError::Sqlite(format!("cannot start the ledger thread: {e}")))?;
         Ok(SqliteStore {
             tx,
@@ -371,10 +269,10 @@ impl SqliteStore {
                 }
                 count += 1;
                 c.prepare_cached(store::INTERRUPT_REQUEST)?
-                    .execute(params![now, id])?;
+                    .execute(params!["interrupted", "interrupted", now, id])?;
                 for scope in scopes.split(',').filter(|s| !s.is_empty()) {
                     c.prepare_cached(store::SPEND_RESERVATION)?
-                        .execute(params![reserved, reserved, scope, day])?;
+                        .execute(params![reserved, reserved, reserved, scope, day])?;
                 }
             }
             for i in &instances {
@@ -426,6 +324,7 @@ impl SqliteStore {
             };
             c.prepare_cached(INSERT_REQUEST)?.execute(params![
                 o.id,
+                o.request_id,
                 instance,
                 now,
                 day,
@@ -453,7 +352,17 @@ impl SqliteStore {
         let (status, error_code) = (status.to_string(), error_code.to_string());
         self.call(move |c| {
             c.prepare_cached(INSERT_REJECTED)?.execute(params![
-                o.id, instance, now, now, day, o.pipeline, o.provider, o.model, status, error_code
+                o.id,
+                o.request_id,
+                instance,
+                now,
+                now,
+                day,
+                o.pipeline,
+                o.provider,
+                o.model,
+                status,
+                error_code
             ])?;
             Ok(Done::Keep(()))
         })
@@ -482,25 +391,27 @@ impl SqliteStore {
             if status != "pending" {
                 return Ok(Done::Keep(Settled::default()));
             }
+            let (charged, anomaly) = store::charge(&s, reserved, !scopes.is_empty());
             c.prepare_cached(SETTLE_REQUEST)?.execute(params![
                 s.status,
                 now,
                 s.provider,
                 s.model,
-                s.prompt_tokens as i64,
-                s.completion_tokens as i64,
+                store::stored_tokens(s.prompt_tokens),
+                store::stored_tokens(s.completion_tokens),
                 i64::from(s.estimated),
-                s.cost_micros,
+                charged,
                 s.ttft_ms,
                 s.duration_ms,
                 i64::from(s.tool_calls),
                 s.error_code,
+                anomaly,
                 id,
             ])?;
             let mut spends = Vec::new();
             for scope in scopes.split(',').filter(|s| !s.is_empty()) {
                 let spend = c.prepare_cached(SETTLE_BUDGET)?.query_row(
-                    params![reserved, s.cost_micros, scope, day],
+                    params![reserved, charged, charged, scope, day],
                     |r| {
                         Ok(Spend {
                             spent_micros: r.get(0)?,
@@ -511,6 +422,33 @@ impl SqliteStore {
                 spends.push((scope.to_string(), spend));
             }
             Ok(Done::Keep(Settled { day, spends }))
+        })
+        .await
+    }
+
+    /// Ends a pending row without its usage (`interrupted`,
+    /// `settle_failed`): its reservation becomes its cost. False when it
+    /// was not pending.
+    pub async fn end_pending(&self, id: &str, status: &str, now: i64) -> Result<bool, LedgerError> {
+        let (id, status) = (id.to_string(), status.to_string());
+        self.call(move |c| Ok(Done::Keep(end_pending(c, &id, &status, now)?)))
+            .await
+    }
+
+    pub async fn interrupt_pending_of(&self, instance: &str, now: i64) -> Result<u64, LedgerError> {
+        let instance = instance.to_string();
+        self.call(move |c| {
+            let ids = c
+                .prepare(store::SELECT_PENDING_OF)?
+                .query_map([&instance], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut count = 0;
+            for id in ids {
+                if end_pending(c, &id, "interrupted", now)? {
+                    count += 1;
+                }
+            }
+            Ok(Done::Keep(count))
         })
         .await
     }
@@ -580,14 +518,14 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn row(&self, id: &str) -> Result<Option<ReportRow>, LedgerError> {
-        let id = id.to_string();
+    pub async fn rows_of(&self, request_id: &str) -> Result<Vec<ReportRow>, LedgerError> {
+        let request_id = request_id.to_string();
         self.call(move |c| {
-            let row = c
-                .prepare(&store::select_rows("id = ?"))?
-                .query_row([&id], report_row)
-                .optional()?;
-            Ok(Done::Keep(row))
+            let rows = c
+                .prepare_cached(&store::select_rows(store::OF_REQUEST_ID))?
+                .query_map([&request_id], report_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Done::Keep(rows))
         })
         .await
     }
@@ -626,7 +564,37 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
         duration_ms: r.get(14)?,
         tool_calls: r.get(15)?,
         error_code: r.get(16)?,
+        request_id: r.get(17)?,
+        usage_anomaly: r.get(18)?,
     })
+}
+
+/// See [`SqliteStore::end_pending`]; runs inside the caller's operation.
+fn end_pending(c: &Connection, id: &str, status: &str, now: i64) -> rusqlite::Result<bool> {
+    let row = c
+        .prepare_cached(store::SELECT_TO_SETTLE)?
+        .query_row([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .optional()?;
+    let Some((day, reserved, scopes)) = row else {
+        return Ok(false);
+    };
+    let done = c
+        .prepare_cached(store::INTERRUPT_REQUEST)?
+        .execute(params![status, status, now, id])?;
+    if done == 0 {
+        return Ok(false);
+    }
+    for scope in scopes.split(',').filter(|s| !s.is_empty()) {
+        c.prepare_cached(store::SPEND_RESERVATION)?
+            .execute(params![reserved, reserved, reserved, scope, day])?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -16,10 +16,12 @@
 
 mod attempts;
 mod channel;
+mod conclude;
 mod events;
 mod stream;
 mod tally;
 mod tools;
+mod usage_check;
 
 pub(crate) use tally::Tally;
 
@@ -43,10 +45,8 @@ use crate::alerts::Alerts;
 use crate::budget::{self, Budget, OnExhausted};
 use crate::compile::Pipeline;
 use crate::ledger::money::{format_usd, until_next_utc_midnight};
-use crate::ledger::{Admit, Ledger, Opening, Price, Settlement};
-use crate::metrics::{
-    Metrics, ModelLabels, PipelineLabels, RequestLabels, ScopeLabels, TokenLabels,
-};
+use crate::ledger::{Admit, Ledger, Opening, Price, new_row_id};
+use crate::metrics::{Metrics, PipelineLabels, RequestLabels};
 use crate::provider::{Message, Provider, ProviderError, Role};
 use crate::tokens;
 
@@ -83,12 +83,15 @@ pub fn spawn(
     req: RunRequest,
 ) -> oneshot::Receiver<Admission> {
     let (tx, rx) = oneshot::channel();
+    // The ledger row's own identity: a client's request id may repeat.
+    let row = new_row_id();
     // Its own root span with the request id, so every line of the run (in
-    // JSON logs too, which show only the innermost span) names the request.
-    let span = tracing::info_span!(parent: None, "request", id = %req.request_id, pipeline = %pipeline.name);
+    // JSON logs too, which show only the innermost span) names the request
+    // (and its ledger row).
+    let span = tracing::info_span!(parent: None, "request", id = %req.request_id, row = %row, pipeline = %pipeline.name);
     let cx2 = cx.clone();
     cx.tracker
-        .spawn(async move { run(cx2, pipeline, req, tx).await }.instrument(span));
+        .spawn(async move { run(cx2, pipeline, req, row, tx).await }.instrument(span));
     rx
 }
 
@@ -112,7 +115,8 @@ pub async fn record_invalid(
     error_code: &str,
 ) {
     let opening = Opening {
-        id: request_id.to_string(),
+        id: new_row_id(),
+        request_id: request_id.to_string(),
         pipeline: pipeline.name.clone(),
         provider: pipeline.provider_name.clone(),
         model: pipeline.model.clone(),
@@ -202,6 +206,7 @@ fn rejection_for(e: &ProviderError) -> Rejection {
 async fn open_in_ledger(
     cx: &RunContext,
     pipeline: &Pipeline,
+    row: &str,
     request_id: &str,
     prompt_counted: u64,
     max_tokens: u32,
@@ -243,7 +248,8 @@ async fn open_in_ledger(
                 .unwrap_or(0)
         };
         let opening = Opening {
-            id: request_id.to_string(),
+            id: row.to_string(),
+            request_id: request_id.to_string(),
             pipeline: pipeline.name.clone(),
             provider: target.provider_name.clone(),
             model: target.model.clone(),
@@ -318,6 +324,7 @@ async fn run(
     cx: Arc<RunContext>,
     pipeline: Arc<Pipeline>,
     req: RunRequest,
+    row: String,
     admit: oneshot::Sender<Admission>,
 ) {
     let started = Instant::now();
@@ -371,6 +378,7 @@ async fn run(
     let target = match Box::pin(open_in_ledger(
         &cx,
         &pipeline,
+        &row,
         &req.request_id,
         counted,
         max_tokens,
@@ -407,6 +415,8 @@ async fn run(
             .collect()
     };
     let mut tally = Tally::new(started, prompt, counted, candidates[0].price);
+    tally.max_tokens = u64::from(max_tokens);
+    tally.tool_spec_bytes = usage_check::tool_spec_bytes(&pipeline.tool_specs);
     let active = cx
         .metrics
         .active_streams
@@ -426,11 +436,11 @@ async fn run(
     )
     .await;
     active.dec();
-    Box::pin(conclude(
+    Box::pin(conclude::conclude(
         &cx,
         &pipeline,
         &candidates[answered],
-        &req.request_id,
+        &row,
         &tally,
         status,
         &finish,
@@ -545,107 +555,4 @@ async fn drive(
         }
     };
     (index, status, finish, error)
-}
-
-/// Settles the ledger row, updates the metrics, fires budget alerts and
-/// logs the request's one summary line.
-#[allow(clippy::too_many_arguments)]
-async fn conclude(
-    cx: &RunContext,
-    pipeline: &Pipeline,
-    target: &Target,
-    request_id: &str,
-    tally: &Tally,
-    status: Status,
-    finish: &str,
-    error_code: Option<ErrorCode>,
-    budgets: &[&Budget],
-) {
-    let usage = tally.usage();
-    let ttft = tally
-        .first_token_at
-        .map(|t| t.duration_since(tally.started));
-    let duration = tally.started.elapsed();
-    let settlement = Settlement {
-        status: status.as_str(),
-        prompt_tokens: usage.prompt_tokens,
-        completion_tokens: usage.completion_tokens,
-        estimated: usage.estimated,
-        cost_micros: usage.cost_micros,
-        ttft_ms: ttft.map(|d| d.as_millis() as i64),
-        duration_ms: duration.as_millis() as i64,
-        tool_calls: tally.tool_calls,
-        error_code: error_code.map(ErrorCode::as_str),
-        provider: target.provider_name.clone(),
-        model: target.model.clone(),
-    };
-    match cx.ledger.settle(request_id, &settlement).await {
-        Ok(settled) => {
-            for (scope, spend) in &settled.spends {
-                if let Some(b) = budgets.iter().find(|b| &b.scope == scope) {
-                    if b.daily_micros > 0 {
-                        let ratio = spend.spent_micros as f64 / b.daily_micros as f64;
-                        cx.metrics
-                            .budget_used
-                            .get_or_create(&ScopeLabels {
-                                scope: scope.clone(),
-                            })
-                            .set(ratio);
-                    }
-                    cx.alerts.check(b, &settled.day, *spend).await;
-                }
-            }
-        }
-        // The row stays pending: the next start counts its reservation as
-        // spent, which never under-counts.
-        Err(e) => error!(error = %e, "cannot settle the request in the ledger"),
-    }
-
-    let m = &cx.metrics;
-    let model = ModelLabels {
-        pipeline: pipeline.name.clone(),
-        model: target.model.clone(),
-    };
-    m.requests
-        .get_or_create(&RequestLabels {
-            pipeline: pipeline.name.clone(),
-            model: target.model.clone(),
-            status: status.as_str().into(),
-        })
-        .inc();
-    for (kind, n) in [
-        ("prompt", usage.prompt_tokens),
-        ("completion", usage.completion_tokens),
-    ] {
-        m.tokens
-            .get_or_create(&TokenLabels {
-                pipeline: pipeline.name.clone(),
-                model: target.model.clone(),
-                kind,
-            })
-            .inc_by(n);
-    }
-    m.cost_micros
-        .get_or_create(&model)
-        .inc_by(usage.cost_micros.max(0) as u64);
-    if let Some(ttft) = ttft {
-        m.ttft.get_or_create(&model).observe(ttft.as_secs_f64());
-    }
-    m.duration
-        .get_or_create(&model)
-        .observe(duration.as_secs_f64());
-
-    info!(
-        status = status.as_str(),
-        finish_reason = finish,
-        error = error_code.map(ErrorCode::as_str),
-        model = %target.model,
-        prompt_tokens = usage.prompt_tokens,
-        completion_tokens = usage.completion_tokens,
-        estimated = usage.estimated,
-        cost_usd = %usage.cost_usd,
-        ttft_ms = ttft.map(|d| d.as_secs_f64() * 1000.0),
-        duration_ms = duration.as_secs_f64() * 1000.0,
-        "request finished"
-    );
 }

@@ -4,6 +4,7 @@
 use tokio::time::Instant;
 
 use super::events::{CountedBy, UsageReport};
+use super::usage_check::{self, Anomaly, Checked, RoundFacts};
 use crate::ledger::Price;
 use crate::ledger::money::format_usd;
 use crate::provider::{Message, Usage};
@@ -45,6 +46,11 @@ pub(crate) struct Generated {
 impl Generated {
     pub(super) fn is_empty(&self) -> bool {
         self.bytes == 0
+    }
+
+    /// Bytes generated so far, tool-call framing included.
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Sluice's own count of what was generated (o200k).
@@ -138,6 +144,13 @@ pub(crate) struct Tally {
     pub(super) rounds: u32,
     pub(super) tool_calls: u32,
     pub(super) price: Option<Price>,
+    /// The `max_tokens` sent for this round (unbounded until set).
+    pub(super) max_tokens: u64,
+    /// Bytes the pipeline's tool definitions add to every prompt.
+    pub(super) tool_spec_bytes: u64,
+    /// Finished rounds whose provider usage was not believed: what was
+    /// wrong and why (see [`usage_check`]), by round number.
+    pub(super) spent_anomalies: Vec<(u32, Vec<Anomaly>, String)>,
 }
 
 impl Tally {
@@ -162,7 +175,27 @@ impl Tally {
             rounds: 0,
             tool_calls: 0,
             price,
+            max_tokens: u64::MAX,
+            tool_spec_bytes: 0,
+            spent_anomalies: Vec::new(),
         }
+    }
+
+    /// The provider's usage of the round in progress, checked against what
+    /// the round sent and received.
+    fn check_round(&self, u: Usage) -> Checked {
+        let facts = RoundFacts {
+            reported_prompt: i128::from(u.prompt_tokens),
+            reported_completion: i128::from(u.completion_tokens),
+            max_tokens: self.max_tokens,
+            prompt_bytes: usage_check::prompt_bytes(&self.prompt)
+                .saturating_add(self.tool_spec_bytes),
+            prompt_messages: self.prompt.len() as u64,
+            generated_bytes: self.generated.bytes(),
+            // The wire decoders do not report reasoning tokens yet.
+            hidden_tokens: None,
+        };
+        usage_check::check(&facts, || (self.prompt_counted, self.generated.count()))
     }
 
     /// The round in progress: (prompt, completion, estimated), or None when
@@ -170,7 +203,10 @@ impl Tally {
     /// before its first token.
     fn round_usage(&self) -> Option<(u64, u64, bool)> {
         match self.provider_usage {
-            Some(u) => Some((u.prompt_tokens, u.completion_tokens, false)),
+            Some(u) => {
+                let c = self.check_round(u);
+                Some((c.prompt_tokens, c.completion_tokens, c.estimated))
+            }
             None if self.first_token_at.is_none() && self.generated.is_empty() => None,
             None => Some((self.prompt_counted, self.generated.count(), true)),
         }
@@ -185,6 +221,13 @@ impl Tally {
     /// Sluice counted as `prompt_counted` tokens.
     pub(super) fn close_round(&mut self, prompt: Vec<Message>, prompt_counted: u64) {
         let (p, c, estimated) = self.round();
+        if let Some(u) = self.provider_usage {
+            let checked = self.check_round(u);
+            if let Some(reason) = checked.reason {
+                self.spent_anomalies
+                    .push((self.rounds + 1, checked.anomalies, reason));
+            }
+        }
         self.spent_prompt = self.spent_prompt.saturating_add(p);
         self.spent_completion = self.spent_completion.saturating_add(c);
         if estimated {
@@ -209,6 +252,30 @@ impl Tally {
             .saturating_add(self.spent_completion)
             .saturating_add(p)
             .saturating_add(c)
+    }
+
+    /// What was wrong with the provider's usage, in every round so far: the
+    /// kinds, and the reasons (rounds numbered when there were several).
+    pub(super) fn usage_anomalies(&self) -> (Vec<Anomaly>, Option<String>) {
+        let mut all = self.spent_anomalies.clone();
+        if let Some(u) = self.provider_usage {
+            let checked = self.check_round(u);
+            if let Some(why) = checked.reason {
+                all.push((self.rounds + 1, checked.anomalies, why));
+            }
+        }
+        let kinds = all.iter().flat_map(|(_, k, _)| k.iter().copied()).collect();
+        let text = match all.len() {
+            0 => None,
+            1 if self.rounds == 0 => all.pop().map(|(_, _, why)| why),
+            _ => Some(
+                all.iter()
+                    .map(|(round, _, why)| format!("round {round}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        };
+        (kinds, text)
     }
 
     pub(super) fn usage(&self) -> UsageReport {

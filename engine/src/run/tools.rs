@@ -169,6 +169,7 @@ pub(super) async fn stream_body(
                 max_tokens.min(u32::try_from(total - used - prompt_bound).unwrap_or(u32::MAX));
         }
 
+        tally.max_tokens = u64::from(max_tokens);
         let preq = ProviderRequest {
             model: target.model.clone(),
             messages: tally.prompt.clone(),

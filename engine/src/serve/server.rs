@@ -210,6 +210,13 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
         stop_heartbeat.cancel();
         let _ = heartbeat.await;
+        // Request tasks are over: a row of ours still pending (its settle
+        // kept failing) is settled now rather than left to the next start.
+        match shared.run.ledger.interrupt_own_pending().await {
+            Ok(0) => {}
+            Ok(n) => warn!(rows = n, "rows left pending were settled as interrupted"),
+            Err(e) => warn!(error = %e, "cannot settle the rows left pending; the next start will"),
+        }
         shared.run.ledger.close().await;
         info!("stopped");
     }

@@ -1,0 +1,418 @@
+//! The Postgres backend (through sqlx): the statements of `store.rs`
+//! with their placeholders numbered, each operation one transaction where
+//! it takes several statements. Migrations are embedded from
+//! `engine/migrations/postgres`.
+
+use sqlx::postgres::PgPool;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::report::Row as ReportRow;
+use super::store::*;
+use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend};
+
+/// `?` -> `$1, $2, ...` for Postgres. Every statement is a constant of
+/// `store.rs`; values only ever travel as bound parameters.
+fn pg(sql: &str) -> AssertSqlSafe<String> {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    AssertSqlSafe(out)
+}
+
+macro_rules! report_row {
+    ($r:expr) => {{
+        let r = $r;
+        ReportRow {
+            id: r.try_get("id")?,
+            started_at_ms: r.try_get("started_at_ms")?,
+            ended_at_ms: r.try_get("ended_at_ms")?,
+            day: r.try_get("day")?,
+            pipeline: r.try_get("pipeline")?,
+            provider: r.try_get("provider")?,
+            model: r.try_get("model")?,
+            status: r.try_get("status")?,
+            prompt_tokens: r.try_get("prompt_tokens")?,
+            completion_tokens: r.try_get("completion_tokens")?,
+            estimated: r.try_get::<i64, _>("estimated")? != 0,
+            reserved_micros: r.try_get("reserved_micros")?,
+            cost_micros: r.try_get("cost_micros")?,
+            ttft_ms: r.try_get("ttft_ms")?,
+            duration_ms: r.try_get("duration_ms")?,
+            tool_calls: r.try_get("tool_calls")?,
+            error_code: r.try_get("error_code")?,
+            request_id: r.try_get("request_id")?,
+            usage_anomaly: r.try_get("usage_anomaly")?,
+        }
+    }};
+}
+
+pub(super) async fn heartbeat(pool: &PgPool, instance: &str, now: i64) -> Result<(), LedgerError> {
+    sqlx::query(pg(UPSERT_INSTANCE))
+        .bind(instance)
+        .bind(now)
+        .bind(this_host())
+        .bind(i64::from(std::process::id()))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn recover(pool: &PgPool, me: &str, now: i64) -> Result<u64, LedgerError> {
+    let mut tx = pool.begin().await?;
+    let mut instances = Vec::new();
+    for r in sqlx::query(pg(SELECT_INSTANCES))
+        .fetch_all(&mut *tx)
+        .await?
+    {
+        instances.push(Instance {
+            id: r.try_get("id")?,
+            last_seen_ms: r.try_get("last_seen_ms")?,
+            host: r.try_get("host")?,
+            pid: r.try_get("pid")?,
+        });
+    }
+    let alive = alive_instances(me, now, &instances);
+    let pending = sqlx::query(pg(SELECT_PENDING)).fetch_all(&mut *tx).await?;
+    let mut count = 0;
+    for r in pending {
+        let instance: String = r.try_get("instance")?;
+        if alive.contains(&instance) {
+            continue;
+        }
+        count += 1;
+        let id: String = r.try_get("id")?;
+        let day: String = r.try_get("day")?;
+        let reserved: i64 = r.try_get("reserved_micros")?;
+        let scopes: String = r.try_get("budget_scopes")?;
+        sqlx::query(pg(INTERRUPT_REQUEST))
+            .bind("interrupted")
+            .bind("interrupted")
+            .bind(now)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        for scope in scopes.split(',').filter(|s| !s.is_empty()) {
+            sqlx::query(pg(SPEND_RESERVATION))
+                .bind(reserved)
+                .bind(reserved)
+                .bind(reserved)
+                .bind(scope)
+                .bind(&day)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    for i in instances.iter().filter(|i| !alive.contains(&i.id)) {
+        sqlx::query(pg(DELETE_INSTANCE))
+            .bind(&i.id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(count)
+}
+
+pub(super) async fn interrupt_pending_of(
+    pool: &PgPool,
+    instance: &str,
+    now: i64,
+) -> Result<u64, LedgerError> {
+    let ids: Vec<String> = sqlx::query_scalar(pg(SELECT_PENDING_OF))
+        .bind(instance)
+        .fetch_all(pool)
+        .await?;
+    let mut count = 0;
+    for id in ids {
+        if Box::pin(end_pending(pool, &id, "interrupted", now)).await? {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+pub(super) async fn rows_since(
+    pool: &PgPool,
+    since_ms: i64,
+) -> Result<Vec<ReportRow>, LedgerError> {
+    let rows = sqlx::query(pg(&select_rows(
+        "started_at_ms >= ? ORDER BY started_at_ms",
+    )))
+    .bind(since_ms)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(report_row!(r));
+    }
+    Ok(out)
+}
+
+pub(super) async fn rows_of(
+    pool: &PgPool,
+    request_id: &str,
+) -> Result<Vec<ReportRow>, LedgerError> {
+    let rows = sqlx::query(pg(&select_rows(OF_REQUEST_ID)))
+        .bind(request_id)
+        .fetch_all(pool)
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(report_row!(r));
+    }
+    Ok(out)
+}
+
+pub(super) async fn open(
+    pool: &PgPool,
+    instance: &str,
+    o: &Opening,
+    now: i64,
+    day: &str,
+) -> Result<Admit, LedgerError> {
+    let mut tx = pool.begin().await?;
+    for scope in &o.scopes {
+        sqlx::query(pg(INSERT_BUDGET_DAY))
+            .bind(&scope.key)
+            .bind(day)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query(pg(RESERVE))
+            .bind(o.reserve_micros)
+            .bind(&scope.key)
+            .bind(day)
+            .bind(o.reserve_micros)
+            .bind(scope.daily_micros)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if done == 0 {
+            let spent: i64 = sqlx::query(pg(SELECT_SPENT))
+                .bind(&scope.key)
+                .bind(day)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            tx.rollback().await?;
+            return Ok(Admit::Exhausted {
+                scope: scope.key.clone(),
+                daily_micros: scope.daily_micros,
+                spent_micros: spent,
+            });
+        }
+    }
+    sqlx::query(pg(INSERT_REQUEST))
+        .bind(&o.id)
+        .bind(&o.request_id)
+        .bind(instance)
+        .bind(now)
+        .bind(day)
+        .bind(&o.pipeline)
+        .bind(&o.provider)
+        .bind(&o.model)
+        .bind(if o.scopes.is_empty() {
+            0
+        } else {
+            o.reserve_micros
+        })
+        .bind(scope_list(o))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Admit::Admitted)
+}
+
+pub(super) async fn record_rejected(
+    pool: &PgPool,
+    instance: &str,
+    o: &Opening,
+    now: i64,
+    day: &str,
+    status: &str,
+    error_code: &str,
+) -> Result<(), LedgerError> {
+    sqlx::query(pg(INSERT_REJECTED))
+        .bind(&o.id)
+        .bind(&o.request_id)
+        .bind(instance)
+        .bind(now)
+        .bind(now)
+        .bind(day)
+        .bind(&o.pipeline)
+        .bind(&o.provider)
+        .bind(&o.model)
+        .bind(status)
+        .bind(error_code)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn settle(
+    pool: &PgPool,
+    id: &str,
+    s: &Settlement,
+    now: i64,
+) -> Result<Settled, LedgerError> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(pg(SELECT_TO_SETTLE))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(Settled::default());
+    };
+    let status: String = row.try_get("status")?;
+    if status != "pending" {
+        // Already settled (or recovered as interrupted): settling
+        // twice would count the money twice.
+        tx.rollback().await?;
+        return Ok(Settled::default());
+    }
+    let day: String = row.try_get("day")?;
+    let reserved: i64 = row.try_get("reserved_micros")?;
+    let scopes: String = row.try_get("budget_scopes")?;
+    let (charged, anomaly) = charge(s, reserved, !scopes.is_empty());
+    sqlx::query(pg(SETTLE_REQUEST))
+        .bind(s.status)
+        .bind(now)
+        .bind(&s.provider)
+        .bind(&s.model)
+        .bind(stored_tokens(s.prompt_tokens))
+        .bind(stored_tokens(s.completion_tokens))
+        .bind(i64::from(s.estimated))
+        .bind(charged)
+        .bind(s.ttft_ms)
+        .bind(s.duration_ms)
+        .bind(i64::from(s.tool_calls))
+        .bind(s.error_code)
+        .bind(anomaly)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let mut spends = Vec::new();
+    for scope in scopes.split(',').filter(|s| !s.is_empty()) {
+        let r = sqlx::query(pg(SETTLE_BUDGET))
+            .bind(reserved)
+            .bind(charged)
+            .bind(charged)
+            .bind(scope)
+            .bind(&day)
+            .fetch_one(&mut *tx)
+            .await?;
+        spends.push((
+            scope.to_string(),
+            Spend {
+                spent_micros: r.try_get(0)?,
+                reserved_micros: r.try_get(1)?,
+            },
+        ));
+    }
+    tx.commit().await?;
+    Ok(Settled { day, spends })
+}
+
+/// Ends a pending row without its usage (`interrupted`, `settle_failed`):
+/// its reservation becomes its cost. False when it was not pending.
+pub(super) async fn end_pending(
+    pool: &PgPool,
+    id: &str,
+    status: &str,
+    now: i64,
+) -> Result<bool, LedgerError> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(pg(SELECT_TO_SETTLE))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(false);
+    };
+    let day: String = row.try_get("day")?;
+    let reserved: i64 = row.try_get("reserved_micros")?;
+    let scopes: String = row.try_get("budget_scopes")?;
+    let done = sqlx::query(pg(INTERRUPT_REQUEST))
+        .bind(status)
+        .bind(status)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if done == 0 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    for scope in scopes.split(',').filter(|s| !s.is_empty()) {
+        sqlx::query(pg(SPEND_RESERVATION))
+            .bind(reserved)
+            .bind(reserved)
+            .bind(reserved)
+            .bind(scope)
+            .bind(&day)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+pub(super) async fn claim_alert(
+    pool: &PgPool,
+    scope: &str,
+    day: &str,
+    ppm: i64,
+    now: i64,
+) -> Result<bool, LedgerError> {
+    let n = sqlx::query(pg(CLAIM_ALERT))
+        .bind(scope)
+        .bind(day)
+        .bind(ppm)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
+}
+
+pub(super) async fn mark_alert_delivered(
+    pool: &PgPool,
+    scope: &str,
+    day: &str,
+    ppm: i64,
+) -> Result<(), LedgerError> {
+    sqlx::query(pg(ALERT_DELIVERED))
+        .bind(scope)
+        .bind(day)
+        .bind(ppm)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn spend(pool: &PgPool, scope: &str, day: &str) -> Result<Spend, LedgerError> {
+    let r = sqlx::query(pg(SELECT_BUDGET))
+        .bind(scope)
+        .bind(day)
+        .fetch_optional(pool)
+        .await?;
+    Ok(match r {
+        Some(r) => Spend {
+            spent_micros: r.try_get(0)?,
+            reserved_micros: r.try_get(1)?,
+        },
+        None => Spend {
+            spent_micros: 0,
+            reserved_micros: 0,
+        },
+    })
+}
