@@ -93,19 +93,131 @@ fn a_sixty_second_stall_is_instant_and_the_same_every_time() {
             wall < Duration::from_secs(5),
             "run {i} took {wall:?} of real time: the clock is not virtual"
         );
-        // Everything but wall-clock stamps: the ledger row's, `Date`.
-        let mut a = again.clone();
-        let mut b = first.clone();
-        for o in [&mut a, &mut b] {
-            o.response.headers.retain(|(k, _)| k != "date");
-            if let Some(row) = &mut o.ledger {
-                row.started_at_ms = 0;
-                row.ended_at_ms = None;
-                row.day.clear();
-            }
-        }
-        assert_eq!(a, b, "run {i} differs from the first");
+        assert_eq!(
+            comparable(&again),
+            comparable(&first),
+            "run {i} differs from the first"
+        );
     }
+}
+
+/// An outcome without its wall-clock stamps (the ledger row's, `Date`).
+fn comparable(o: &runner::Outcome) -> runner::Outcome {
+    let mut o = o.clone();
+    o.response.headers.retain(|(k, _)| k != "date");
+    if let Some(row) = &mut o.ledger {
+        row.started_at_ms = 0;
+        row.ended_at_ms = None;
+        row.day.clear();
+    }
+    o
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `.ci/determinism` runs this while a CPU burner keeps every core busy:
+/// the 60 s stall `SLUICE_DETERMINISM_STALL_RUNS` times (default 200) and
+/// the whole fault matrix `SLUICE_DETERMINISM_MATRIX_RUNS` times (default
+/// 200), two scenarios at a time; every run must give exactly the outcome
+/// of the first, virtual times included.
+#[test]
+#[ignore = "long: run by .ci/determinism under a CPU burner"]
+fn under_load_every_run_gives_the_same_outcome() {
+    let stall_runs = env_count("SLUICE_DETERMINISM_STALL_RUNS", 200);
+    let matrix_runs = env_count("SLUICE_DETERMINISM_MATRIX_RUNS", 200);
+    let stall = root().join("fixtures/scenarios/stall_60s_openai.yaml");
+    let matrix = scenario::discover(&root().join("fixtures/scenarios")).unwrap();
+    // The stall runs spread among the matrix's, next to floods and the rest.
+    let matrix_files: Vec<&PathBuf> = (0..matrix_runs).flat_map(|_| &matrix).collect();
+    let every = (matrix_files.len() / stall_runs.max(1)).max(1);
+    let mut files = Vec::new();
+    let mut stalls = 0;
+    for (i, f) in matrix_files.into_iter().enumerate() {
+        if i % every == 0 && stalls < stall_runs {
+            files.push(stall.clone());
+            stalls += 1;
+        }
+        files.push(f.clone());
+    }
+    files.extend(std::iter::repeat_n(stall.clone(), stall_runs - stalls));
+    let mut used = files.clone();
+    used.sort();
+    used.dedup();
+    let scenarios: Vec<_> = used
+        .iter()
+        .map(|f| {
+            (
+                f.clone(),
+                build::load(f, &defaults()).unwrap_or_else(|d| panic!("{d:?}")),
+            )
+        })
+        .collect();
+    let find = |f: &PathBuf| &scenarios.iter().find(|(p, _)| p == f).unwrap().1;
+    let firsts: Vec<_> = scenarios
+        .iter()
+        .map(|(f, s)| {
+            let first = runner::run(s, RunOptions::default());
+            let failed = check::check(&s.expect, &first);
+            assert!(failed.is_empty(), "{}: {failed:?}", s.name);
+            assert!(
+                first.problems.is_empty(),
+                "{}: {:?}",
+                s.name,
+                first.problems
+            );
+            (f.clone(), comparable(&first))
+        })
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::<String>::new());
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(file) = files.get(i) else { break };
+                    let s = find(file);
+                    let again = comparable(&runner::run(s, RunOptions::default()));
+                    let first = &firsts.iter().find(|(p, _)| p == file).unwrap().1;
+                    if &again != first {
+                        failures.lock().unwrap().push(format!(
+                            "run {i} of {} differs from its first run:\n{}",
+                            s.name,
+                            differing_lines(first, &again)
+                        ));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} runs differ:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}
+
+/// The lines of the two outcomes' `{:#?}` that differ, first and again.
+fn differing_lines(first: &runner::Outcome, again: &runner::Outcome) -> String {
+    let (a, b) = (format!("{first:#?}"), format!("{again:#?}"));
+    let mut out = String::new();
+    for (n, (x, y)) in a.lines().zip(b.lines()).enumerate() {
+        if x != y {
+            out.push_str(&format!("  line {n}: {} -> {}\n", x.trim(), y.trim()));
+        }
+    }
+    if a.lines().count() != b.lines().count() {
+        out.push_str("  (and a different shape)\n");
+    }
+    out
 }
 
 #[test]

@@ -98,6 +98,9 @@ async fn read(
             return;
         }
     };
+    // Written at once, as the server and the mock do: a request held back
+    // by Nagle's algorithm would wait for an ACK in real time.
+    let _ = tcp.set_nodelay(true);
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
         Ok(v) => v,
         Err(e) => {
