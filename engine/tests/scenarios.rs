@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sluice::scenario::{self, Defaults, RunOptions, build, check, runner};
+use sluice_testkit::Fault;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -63,10 +64,24 @@ fn the_fault_matrix_passes() {
             "pace",
             "speed",
             "pace_then_stall",
+            "slow_drip",
+            "slow_drip_head",
+            "slow_drip_body",
+            "reasoning",
         ] {
             let name = format!("{fault}_{wire}");
             assert!(results.iter().any(|r| r.name == name), "no scenario {name}");
-            let in_support = !matches!(fault, "speed" | "pace" | "fragment_utf8" | "stall_60s");
+            let in_support = !matches!(
+                fault,
+                "speed"
+                    | "pace"
+                    | "fragment_utf8"
+                    | "stall_60s"
+                    | "slow_drip"
+                    | "slow_drip_head"
+                    | "slow_drip_body"
+                    | "reasoning"
+            );
             if in_support {
                 let name = format!("support_{fault}_{wire}");
                 assert!(results.iter().any(|r| r.name == name), "no scenario {name}");
@@ -268,8 +283,86 @@ fn scenario_mistakes_are_reported_with_positions() {
             "s.yaml:5:5: error: unknown field \"pase\", expected one of \"fixture\", \"text\", \"flood\", \"tool_call\", \"pace\", \"speed\", \"faults\" (did you mean \"pace\"?)",
             "s.yaml:7:34: error: unknown field \"fro\", expected one of \"events\", \"for\"",
             "s.yaml:8:24: error: invalid duration \"soon\" for delay_headers, expected a number and a unit such as 250ms, 10s or 2m",
-            "s.yaml:11:3: error: unknown field \"staus\", expected one of \"status\", \"error\", \"finish_reason\", \"events\", \"events_contain\", \"event_counts\", \"text\", \"usage\", \"headers\", \"body\", \"ledger\", \"upstream_closed_within\", \"upstream_request\", \"upstream_calls\", \"upstream_events_at_most\", \"tool_results_sent\", \"tool_result_contains\" (did you mean \"status\"?)",
+            "s.yaml:11:3: error: unknown field \"staus\", expected one of \"status\", \"error\", \"finish_reason\", \"events\", \"events_contain\", \"event_counts\", \"text\", \"usage\", \"headers\", \"body\", \"ledger\", \"upstream_closed_within\", \"upstream_request\", \"upstream_calls\", \"upstream_events_at_most\", \"tool_results_sent\", \"tool_result_contains\", \"secret_absent\" (did you mean \"status\"?)",
             "s.yaml:12:27: error: invalid duration \"100\" for upstream_closed_within, expected a number and a unit such as 250ms, 10s or 2m",
+        ]
+    );
+}
+
+#[test]
+fn hostile_faults_parse_into_the_testkits() {
+    let s = build::parse(
+        Path::new("s.yaml"),
+        "pipeline: demo\n\
+         wire: openai\n\
+         turns:\n  \
+           - text: [a]\n    \
+             faults:\n      \
+               - huge_tool_arguments: {bytes: 400000, fragment: 1000}\n      \
+               - endless_tool_arguments: {fragment: 100, name: t}\n      \
+               - many_tool_calls: {count: 2000}\n      \
+               - absurd_usage: {prompt: -5, completion: 18446744073709551615}\n      \
+               - echo_key_status: 401\n      \
+               - echo_key_event_after: 3\n      \
+               - text_after_finish: {text: ' more'}\n      \
+               - slow_drip: {head: 1s, body: 10ms}\n      \
+               - reasoning: {count: 2}\n      \
+               - refusal: {text: 'no', count: 3}\n\
+         request: {input: hi}\n\
+         expect: {secret_absent: true, ledger: {cost_within_reservation: true}}\n",
+        &defaults(),
+    )
+    .unwrap_or_else(|d| panic!("{d:?}"));
+    let lookup = || "lookup_order".to_owned();
+    assert_eq!(
+        s.turns[0].faults,
+        [
+            Fault::HugeToolArguments {
+                name: lookup(),
+                bytes: 400_000,
+                fragment: 1000
+            },
+            Fault::EndlessToolArguments {
+                name: "t".into(),
+                fragment: 100
+            },
+            Fault::ManyToolCalls {
+                name: lookup(),
+                count: 2000
+            },
+            Fault::AbsurdUsage {
+                prompt: Some(-5),
+                completion: Some(i128::from(u64::MAX))
+            },
+            Fault::EchoKeyStatus(401),
+            Fault::EchoKeyEventAfter(3),
+            Fault::TextAfterFinish {
+                text: " more".into(),
+                count: None
+            },
+            Fault::SlowDrip {
+                head: Duration::from_secs(1),
+                body: Duration::from_millis(10)
+            },
+            Fault::Reasoning {
+                text: " tok".into(),
+                count: 2
+            },
+            Fault::Refusal {
+                text: "no".into(),
+                count: 3
+            },
+        ]
+    );
+    assert_eq!(s.expect.secret_absent, Some(true));
+    let errors = parse(
+        "pipeline: demo\nturns:\n  - text: [a]\n    faults:\n      - absurd_usage: {prompt: 1.5}\n      - endless_tool_arguments: {fragment: 0}\nrequest: {input: hi}\nexpect: {}\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            "s.yaml:5:32: error: absurd_usage.prompt must be an integer from -9223372036854775808 to 18446744073709551615, found 1.5",
+            "s.yaml:6:44: error: endless_tool_arguments.fragment must be at least 1, found 0",
         ]
     );
 }

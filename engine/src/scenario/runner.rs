@@ -232,7 +232,7 @@ async fn run_async(scenario: &Scenario, opts: RunOptions, real: bool) -> Outcome
         }
     };
     let catalog = match source.catalog(&mock.base_url(), wire) {
-        Ok(c) => c,
+        Ok(c) => source.with_key(c, &mock.base_url(), wire),
         Err(diags) => {
             outcome.problems = diags.iter().map(ToString::to_string).collect();
             return outcome;
