@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sluice::scenario::{self, Defaults, RunOptions, build, check, runner};
+use sluice_testkit::Fault;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -63,10 +64,24 @@ fn the_fault_matrix_passes() {
             "pace",
             "speed",
             "pace_then_stall",
+            "slow_drip",
+            "slow_drip_head",
+            "slow_drip_body",
+            "reasoning",
         ] {
             let name = format!("{fault}_{wire}");
             assert!(results.iter().any(|r| r.name == name), "no scenario {name}");
-            let in_support = !matches!(fault, "speed" | "pace" | "fragment_utf8" | "stall_60s");
+            let in_support = !matches!(
+                fault,
+                "speed"
+                    | "pace"
+                    | "fragment_utf8"
+                    | "stall_60s"
+                    | "slow_drip"
+                    | "slow_drip_head"
+                    | "slow_drip_body"
+                    | "reasoning"
+            );
             if in_support {
                 let name = format!("support_{fault}_{wire}");
                 assert!(results.iter().any(|r| r.name == name), "no scenario {name}");
@@ -93,21 +108,133 @@ fn a_sixty_second_stall_is_instant_and_the_same_every_time() {
             wall < Duration::from_secs(5),
             "run {i} took {wall:?} of real time: the clock is not virtual"
         );
-        // Everything but wall-clock stamps (the ledger row's, `Date`) and ids.
-        let mut a = again.clone();
-        let mut b = first.clone();
-        for o in [&mut a, &mut b] {
-            o.response.headers.retain(|(k, _)| k != "date");
-            if let Some(row) = &mut o.ledger {
-                // The row's own id is new every run.
-                row.id.clear();
-                row.started_at_ms = 0;
-                row.ended_at_ms = None;
-                row.day.clear();
-            }
-        }
-        assert_eq!(a, b, "run {i} differs from the first");
+        assert_eq!(
+            comparable(&again),
+            comparable(&first),
+            "run {i} differs from the first"
+        );
     }
+}
+
+/// An outcome without its wall-clock stamps (the ledger row's, `Date`).
+fn comparable(o: &runner::Outcome) -> runner::Outcome {
+    let mut o = o.clone();
+    o.response.headers.retain(|(k, _)| k != "date");
+    if let Some(row) = &mut o.ledger {
+        // The row's own id is new every run.
+        row.id.clear();
+        row.started_at_ms = 0;
+        row.ended_at_ms = None;
+        row.day.clear();
+    }
+    o
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `.ci/determinism` runs this while a CPU burner keeps every core busy:
+/// the 60 s stall `SLUICE_DETERMINISM_STALL_RUNS` times (default 200) and
+/// the whole fault matrix `SLUICE_DETERMINISM_MATRIX_RUNS` times (default
+/// 200), two scenarios at a time; every run must give exactly the outcome
+/// of the first, virtual times included.
+#[test]
+#[ignore = "long: run by .ci/determinism under a CPU burner"]
+fn under_load_every_run_gives_the_same_outcome() {
+    let stall_runs = env_count("SLUICE_DETERMINISM_STALL_RUNS", 200);
+    let matrix_runs = env_count("SLUICE_DETERMINISM_MATRIX_RUNS", 200);
+    let stall = root().join("fixtures/scenarios/stall_60s_openai.yaml");
+    let matrix = scenario::discover(&root().join("fixtures/scenarios")).unwrap();
+    // The stall runs spread among the matrix's, next to floods and the rest.
+    let matrix_files: Vec<&PathBuf> = (0..matrix_runs).flat_map(|_| &matrix).collect();
+    let every = (matrix_files.len() / stall_runs.max(1)).max(1);
+    let mut files = Vec::new();
+    let mut stalls = 0;
+    for (i, f) in matrix_files.into_iter().enumerate() {
+        if i % every == 0 && stalls < stall_runs {
+            files.push(stall.clone());
+            stalls += 1;
+        }
+        files.push(f.clone());
+    }
+    files.extend(std::iter::repeat_n(stall.clone(), stall_runs - stalls));
+    let mut used = files.clone();
+    used.sort();
+    used.dedup();
+    let scenarios: Vec<_> = used
+        .iter()
+        .map(|f| {
+            (
+                f.clone(),
+                build::load(f, &defaults()).unwrap_or_else(|d| panic!("{d:?}")),
+            )
+        })
+        .collect();
+    let find = |f: &PathBuf| &scenarios.iter().find(|(p, _)| p == f).unwrap().1;
+    let firsts: Vec<_> = scenarios
+        .iter()
+        .map(|(f, s)| {
+            let first = runner::run(s, RunOptions::default());
+            let failed = check::check(&s.expect, &first);
+            assert!(failed.is_empty(), "{}: {failed:?}", s.name);
+            assert!(
+                first.problems.is_empty(),
+                "{}: {:?}",
+                s.name,
+                first.problems
+            );
+            (f.clone(), comparable(&first))
+        })
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::<String>::new());
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(file) = files.get(i) else { break };
+                    let s = find(file);
+                    let again = comparable(&runner::run(s, RunOptions::default()));
+                    let first = &firsts.iter().find(|(p, _)| p == file).unwrap().1;
+                    if &again != first {
+                        failures.lock().unwrap().push(format!(
+                            "run {i} of {} differs from its first run:\n{}",
+                            s.name,
+                            differing_lines(first, &again)
+                        ));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} runs differ:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}
+
+/// The lines of the two outcomes' `{:#?}` that differ, first and again.
+fn differing_lines(first: &runner::Outcome, again: &runner::Outcome) -> String {
+    let (a, b) = (format!("{first:#?}"), format!("{again:#?}"));
+    let mut out = String::new();
+    for (n, (x, y)) in a.lines().zip(b.lines()).enumerate() {
+        if x != y {
+            out.push_str(&format!("  line {n}: {} -> {}\n", x.trim(), y.trim()));
+        }
+    }
+    if a.lines().count() != b.lines().count() {
+        out.push_str("  (and a different shape)\n");
+    }
+    out
 }
 
 #[test]
@@ -158,8 +285,86 @@ fn scenario_mistakes_are_reported_with_positions() {
             "s.yaml:5:5: error: unknown field \"pase\", expected one of \"fixture\", \"text\", \"flood\", \"tool_call\", \"pace\", \"speed\", \"faults\" (did you mean \"pace\"?)",
             "s.yaml:7:34: error: unknown field \"fro\", expected one of \"events\", \"for\"",
             "s.yaml:8:24: error: invalid duration \"soon\" for delay_headers, expected a number and a unit such as 250ms, 10s or 2m",
-            "s.yaml:11:3: error: unknown field \"staus\", expected one of \"status\", \"error\", \"finish_reason\", \"events\", \"events_contain\", \"event_counts\", \"text\", \"usage\", \"headers\", \"body\", \"ledger\", \"upstream_closed_within\", \"upstream_request\", \"upstream_calls\", \"upstream_events_at_most\", \"tool_results_sent\", \"tool_result_contains\" (did you mean \"status\"?)",
+            "s.yaml:11:3: error: unknown field \"staus\", expected one of \"status\", \"error\", \"finish_reason\", \"events\", \"events_contain\", \"event_counts\", \"text\", \"usage\", \"headers\", \"body\", \"ledger\", \"upstream_closed_within\", \"upstream_request\", \"upstream_calls\", \"upstream_events_at_most\", \"tool_results_sent\", \"tool_result_contains\", \"secret_absent\" (did you mean \"status\"?)",
             "s.yaml:12:27: error: invalid duration \"100\" for upstream_closed_within, expected a number and a unit such as 250ms, 10s or 2m",
+        ]
+    );
+}
+
+#[test]
+fn hostile_faults_parse_into_the_testkits() {
+    let s = build::parse(
+        Path::new("s.yaml"),
+        "pipeline: demo\n\
+         wire: openai\n\
+         turns:\n  \
+           - text: [a]\n    \
+             faults:\n      \
+               - huge_tool_arguments: {bytes: 400000, fragment: 1000}\n      \
+               - endless_tool_arguments: {fragment: 100, name: t}\n      \
+               - many_tool_calls: {count: 2000}\n      \
+               - absurd_usage: {prompt: -5, completion: 18446744073709551615}\n      \
+               - echo_key_status: 401\n      \
+               - echo_key_event_after: 3\n      \
+               - text_after_finish: {text: ' more'}\n      \
+               - slow_drip: {head: 1s, body: 10ms}\n      \
+               - reasoning: {count: 2}\n      \
+               - refusal: {text: 'no', count: 3}\n\
+         request: {input: hi}\n\
+         expect: {secret_absent: true, ledger: {cost_within_reservation: true}}\n",
+        &defaults(),
+    )
+    .unwrap_or_else(|d| panic!("{d:?}"));
+    let lookup = || "lookup_order".to_owned();
+    assert_eq!(
+        s.turns[0].faults,
+        [
+            Fault::HugeToolArguments {
+                name: lookup(),
+                bytes: 400_000,
+                fragment: 1000
+            },
+            Fault::EndlessToolArguments {
+                name: "t".into(),
+                fragment: 100
+            },
+            Fault::ManyToolCalls {
+                name: lookup(),
+                count: 2000
+            },
+            Fault::AbsurdUsage {
+                prompt: Some(-5),
+                completion: Some(i128::from(u64::MAX))
+            },
+            Fault::EchoKeyStatus(401),
+            Fault::EchoKeyEventAfter(3),
+            Fault::TextAfterFinish {
+                text: " more".into(),
+                count: None
+            },
+            Fault::SlowDrip {
+                head: Duration::from_secs(1),
+                body: Duration::from_millis(10)
+            },
+            Fault::Reasoning {
+                text: " tok".into(),
+                count: 2
+            },
+            Fault::Refusal {
+                text: "no".into(),
+                count: 3
+            },
+        ]
+    );
+    assert_eq!(s.expect.secret_absent, Some(true));
+    let errors = parse(
+        "pipeline: demo\nturns:\n  - text: [a]\n    faults:\n      - absurd_usage: {prompt: 1.5}\n      - endless_tool_arguments: {fragment: 0}\nrequest: {input: hi}\nexpect: {}\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            "s.yaml:5:32: error: absurd_usage.prompt must be an integer from -9223372036854775808 to 18446744073709551615, found 1.5",
+            "s.yaml:6:44: error: endless_tool_arguments.fragment must be at least 1, found 0",
         ]
     );
 }

@@ -19,11 +19,11 @@ pub(crate) const MOCK_INPUT_TOKENS: u64 = 10;
 pub(crate) const ERROR_EVENT: &[u8] = b"event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n";
 
 /// One named event: `event: {name}\ndata: {data}\n\n`.
-fn event(name: &str, data: &Value) -> Bytes {
+pub(crate) fn event(name: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
-fn message_start() -> Bytes {
+pub(crate) fn message_start() -> Bytes {
     event(
         "message_start",
         &json!({

@@ -16,7 +16,7 @@ use crate::fixture::Wire;
 use crate::http::{self, ReadError, Request};
 use crate::journal::{Journal, RecordedRequest};
 use crate::script::{Body, Fault, Reply, Script};
-use crate::{anthropic, sse};
+use crate::{anthropic, hostile, sse};
 
 pub(crate) struct Shared {
     pub script: Script,
@@ -109,6 +109,19 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, conn: usiz
             Plan::Simple(..) => &[],
         };
         let keep_alive = req.keep_alive() && !faults.contains(&Fault::ConnectionClose);
+        let key = match &plan {
+            Plan::Stream(_, w) | Plan::Json(_, w) => req.header(hostile::key_header(*w)),
+            Plan::Simple(..) => None,
+        }
+        .unwrap_or("(none)")
+        .to_owned();
+        let drip = faults
+            .iter()
+            .find_map(|f| match f {
+                Fault::SlowDrip { head, body } => Some((*head, *body)),
+                _ => None,
+            })
+            .unwrap_or_default();
         idle_limit = faults.iter().find_map(|f| match f {
             Fault::CloseIdleAfter(d) => Some(*d),
             _ => None,
@@ -139,6 +152,9 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, conn: usiz
                 journal: &journal,
                 idx,
                 keep_alive,
+                key,
+                drip,
+                in_body: false,
             };
             tokio::select! {
                 biased;
@@ -228,6 +244,12 @@ enum Source {
         reply: Reply,
         next: usize,
     },
+    /// Events made by a hostile fault (see `hostile`), at the reply's pace.
+    Lazy {
+        events: hostile::Events,
+        reply: Reply,
+        next: usize,
+    },
 }
 
 impl Iterator for Source {
@@ -244,6 +266,16 @@ impl Iterator for Source {
                 let delay = reply.event_delay(*next);
                 *next += 1;
                 Some((prelude.next().unwrap_or_else(|| content.clone()), delay))
+            }
+            Source::Lazy {
+                events,
+                reply,
+                next,
+            } => {
+                let event = events.next()?;
+                let delay = reply.event_delay(*next);
+                *next += 1;
+                Some((event, delay))
             }
         }
     }
@@ -284,12 +316,37 @@ struct Out<'a, 'b> {
     journal: &'a Journal,
     idx: usize,
     keep_alive: bool,
+    /// The request's API key header as sent, for the key-echo faults.
+    key: String,
+    /// `Fault::SlowDrip`: the interval between bytes of the head and of
+    /// the body (zero: all at once).
+    drip: (Duration, Duration),
+    /// The head has been written.
+    in_body: bool,
 }
 
 impl Out<'_, '_> {
     async fn send(&mut self, bytes: &[u8]) -> Result<(), Instant> {
-        self.wr.write_all(bytes).await.map_err(|_| Instant::now())?;
-        self.wr.flush().await.map_err(|_| Instant::now())
+        let interval = if self.in_body {
+            self.drip.1
+        } else {
+            self.drip.0
+        };
+        if interval.is_zero() {
+            self.wr.write_all(bytes).await.map_err(|_| Instant::now())?;
+            return self.wr.flush().await.map_err(|_| Instant::now());
+        }
+        for (i, b) in bytes.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(interval).await;
+            }
+            self.wr
+                .write_all(std::slice::from_ref(b))
+                .await
+                .map_err(|_| Instant::now())?;
+            self.wr.flush().await.map_err(|_| Instant::now())?;
+        }
+        Ok(())
     }
 
     /// Writes `payload` as one HTTP chunk.
@@ -326,8 +383,11 @@ impl Out<'_, '_> {
     ) -> Result<Outcome, Instant> {
         let mut headers = self.extra_headers();
         headers.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
-        self.send(&http::full_response(status, &headers, ctype, body))
-            .await?;
+        let resp = http::full_response(status, &headers, ctype, body);
+        let (head, rest) = resp.split_at(resp.len() - body.len());
+        self.send(head).await?;
+        self.in_body = true;
+        self.send(rest).await?;
         let n = body.len();
         self.journal.update(self.idx, |r| r.bytes_sent += n);
         self.completed();
@@ -357,15 +417,23 @@ impl Out<'_, '_> {
             } => Some((*status, *retry_after)),
             _ => None,
         });
+        let wire = match plan {
+            Plan::Stream(_, w) | Plan::Json(_, w) => w,
+            Plan::Simple(..) => Wire::OpenAi,
+        };
+        let echo = reply.faults.iter().find_map(|f| match f {
+            Fault::EchoKeyStatus(status) => Some(*status),
+            _ => None,
+        });
+        if let Some(status) = echo {
+            let body = hostile::key_echo_body(wire, status, &self.key);
+            return self.simple(status, &[], "application/json", &body).await;
+        }
         if let Some((status, retry_after)) = status {
             let extra: Vec<_> = retry_after
                 .map(|s| ("retry-after", s.to_string()))
                 .into_iter()
                 .collect();
-            let wire = match plan {
-                Plan::Stream(_, w) | Plan::Json(_, w) => w,
-                Plan::Simple(..) => Wire::OpenAi,
-            };
             return self
                 .simple(
                     status,
@@ -408,11 +476,29 @@ impl Out<'_, '_> {
         }
         head.push_str("\r\n");
         self.send(head.as_bytes()).await?;
+        self.in_body = true;
         let now = Instant::now();
         self.journal
             .update(self.idx, |r| r.headers_sent_at = Some(now));
 
+        let lazy = |(events, endless): (hostile::Events, bool)| {
+            let source = Source::Lazy {
+                events,
+                reply: reply.clone(),
+                next: 0,
+            };
+            (source, endless)
+        };
+        let usage = faults.iter().find_map(|f| match f {
+            Fault::AbsurdUsage { prompt, completion } => Some((*prompt, *completion)),
+            _ => None,
+        });
+        let replaced = hostile::replacement(faults, wire);
         let (mut source, flood) = match &reply.body {
+            _ if replaced.is_some() => lazy(replaced.unwrap_or_else(|| unreachable!())),
+            Body::Events(ev) if hostile::rewrites(faults) => {
+                lazy(hostile::rewritten(transformed(ev, faults), faults, wire))
+            }
             Body::Events(ev) => (Source::Events(timed_events(ev, reply).into_iter()), false),
             Body::Flood { token } => (
                 Source::Flood {
@@ -451,8 +537,14 @@ impl Out<'_, '_> {
                     Fault::DisconnectAfter { events, reset } if events == sent => {
                         return Ok(Outcome::Disconnect { reset });
                     }
-                    Fault::ErrorEventAfter(events) if events == sent => {
-                        self.chunk(&wire.error_event()).await?;
+                    Fault::ErrorEventAfter(events) | Fault::EchoKeyEventAfter(events)
+                        if events == sent =>
+                    {
+                        let event = match f {
+                            Fault::EchoKeyEventAfter(_) => hostile::key_echo_event(wire, &self.key),
+                            _ => wire.error_event(),
+                        };
+                        self.chunk(&event).await?;
                         sent += 1;
                         let now = Instant::now();
                         self.journal.update(self.idx, |r| {
@@ -476,6 +568,11 @@ impl Out<'_, '_> {
             }
             if faults.contains(&Fault::MalformedAt(sent)) {
                 event = Bytes::from_static(sse::GARBAGE);
+            }
+            if let Some((prompt, completion)) = usage
+                && event.windows(5).any(|w| w == b"usage")
+            {
+                event = hostile::with_usage(&event, prompt, completion);
             }
             match fragment {
                 Some(n) => {

@@ -53,6 +53,7 @@ mod anthropic;
 mod conn;
 mod fixture;
 pub mod guide;
+mod hostile;
 mod http;
 mod inspect;
 mod journal;

@@ -222,8 +222,13 @@ pub fn fixtures_dir() -> PathBuf {
 /// At one event count, faults act in list order (a stall then a disconnect).
 ///
 /// A non-streaming request (`"stream": false`) only sees `Status`,
-/// `DelayHeaders`, `Truncate`, `OmitUsage`, `ConnectionClose` and
-/// `CloseIdleAfter`.
+/// `DelayHeaders`, `Truncate`, `OmitUsage`, `ConnectionClose`,
+/// `CloseIdleAfter`, `EchoKeyStatus` and `SlowDrip`.
+///
+/// The faults that replace the body (`HugeToolArguments`,
+/// `EndlessToolArguments`, `ManyToolCalls`) or rewrite its events
+/// (`TextAfterFinish`, `Reasoning`, `Refusal`) send at the reply's `pace`
+/// (recorded per-event timing does not apply to the events they make).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// Answer with this HTTP status, a provider-shaped JSON error body and
@@ -277,4 +282,54 @@ pub enum Fault {
     /// close a connection the client keeps idle in its pool; the journal
     /// then counts the close as the mock's (see [`crate::Journal::wait_closed`]).
     CloseIdleAfter(Duration),
+    /// Replaces the body with one tool call (name `name`) whose arguments
+    /// are exactly `bytes` bytes of JSON text (`{"pad":"xxx…"}`; fewer than
+    /// 10 bytes are spaces), streamed in fragments of `fragment` bytes, then
+    /// the tool-call finish, usage and the terminator.
+    HugeToolArguments {
+        name: String,
+        bytes: usize,
+        fragment: usize,
+    },
+    /// Replaces the body with one tool call whose argument fragments (each
+    /// `fragment` bytes of `x` inside an unterminated JSON string) never
+    /// end: no finish, no usage, no terminator, whatever `max_tokens` says.
+    EndlessToolArguments { name: String, fragment: usize },
+    /// Replaces the body with `count` tool calls, each at its own index
+    /// (OpenAI `tool_calls[].index`, Anthropic content block), each named
+    /// `name` with arguments `{}`, then the finish, usage and terminator.
+    ManyToolCalls { name: String, count: usize },
+    /// Replaces the token counts the stream reports, wherever it reports
+    /// them: OpenAI `usage.prompt_tokens` / `completion_tokens` (and
+    /// `total_tokens`, their sum, capped to u64); Anthropic
+    /// `message_start.message.usage.input_tokens` / `output_tokens` and
+    /// `message_delta.usage.output_tokens`. `None` keeps the reported one.
+    /// Values may be anything from `i64::MIN` to `u64::MAX`.
+    AbsurdUsage {
+        prompt: Option<i128>,
+        completion: Option<i128>,
+    },
+    /// Answer with this HTTP status and an error body that quotes the
+    /// request's API key header as sent (`Authorization` on
+    /// `…/chat/completions`, `x-api-key` on `…/messages`), as a provider or
+    /// proxy that echoes credentials does.
+    EchoKeyStatus(u16),
+    /// After N events, an in-stream error event whose message quotes the
+    /// API key header, then the body ends (as `ErrorEventAfter`).
+    EchoKeyEventAfter(usize),
+    /// After the finish reason and usage, keep sending text deltas
+    /// carrying `text`: `count` of them and then the terminator (`[DONE]`,
+    /// `message_stop`), or with `None` forever and never the terminator.
+    TextAfterFinish { text: String, count: Option<usize> },
+    /// Writes the response head one byte per `head` interval and the body
+    /// (chunk framing included) one byte per `body` interval; zero writes
+    /// that part at once.
+    SlowDrip { head: Duration, body: Duration },
+    /// Before the content, `count` reasoning deltas carrying `text`: OpenAI
+    /// `delta.reasoning_content` chunks, Anthropic a `thinking` block of
+    /// `thinking_delta`s (later blocks' indexes move up by one).
+    Reasoning { text: String, count: usize },
+    /// Before the content, `count` OpenAI `delta.refusal` chunks carrying
+    /// `text` (Anthropic has no refusal delta: a text block is used).
+    Refusal { text: String, count: usize },
 }

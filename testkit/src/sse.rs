@@ -142,7 +142,7 @@ pub(crate) fn transform(events: &[Bytes], truncate: bool, omit_usage: bool) -> V
 
 /// Rebuilds an event with its `data:` lines replaced by one `data: {data}`
 /// line (other fields keep their place).
-fn replace_data(event: &[u8], data: &str) -> Bytes {
+pub(crate) fn replace_data(event: &[u8], data: &str) -> Bytes {
     let text = String::from_utf8_lossy(event);
     let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
     let mut out = String::new();
@@ -193,20 +193,25 @@ pub(crate) fn content_chunk(token: &str) -> Bytes {
     chunk(json!({ "content": token }), None)
 }
 
-pub(crate) fn synth_text(words: &[&str]) -> Vec<Bytes> {
-    let n = words.len();
-    let mut events = vec![role_chunk()];
-    events.extend(words.iter().map(|w| content_chunk(w)));
-    events.push(chunk(json!({}), Some("stop")));
-    events.push(data_event(&json!({
+/// A usage-only chunk (`choices: []`), as `include_usage` streams end.
+pub(crate) fn usage_chunk(prompt: u64, completion: u64) -> Bytes {
+    data_event(&json!({
         "id": MOCK_ID,
         "object": "chat.completion.chunk",
         "created": MOCK_CREATED,
         "model": MOCK_MODEL,
         "system_fingerprint": null,
         "choices": [],
-        "usage": {"prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n},
-    })));
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                  "total_tokens": prompt + completion},
+    }))
+}
+
+pub(crate) fn synth_text(words: &[&str]) -> Vec<Bytes> {
+    let mut events = vec![role_chunk()];
+    events.extend(words.iter().map(|w| content_chunk(w)));
+    events.push(chunk(json!({}), Some("stop")));
+    events.push(usage_chunk(10, words.len() as u64));
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
     events
 }

@@ -134,6 +134,7 @@ pub struct Expect {
     pub upstream_events_at_most: Option<u64>,
     pub tool_results_sent: Option<u64>,
     pub tool_result_contains: Option<String>,
+    pub secret_absent: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -143,6 +144,7 @@ pub struct LedgerExpect {
     pub completion_tokens: Option<i64>,
     pub estimated: Option<bool>,
     pub error_code: Option<Option<String>>,
+    pub cost_within_reservation: Option<bool>,
 }
 
 /// Where relative paths resolve when the scenario does not say.
@@ -443,7 +445,91 @@ impl Cx {
             RawFault::OmitUsage => Fault::OmitUsage,
             RawFault::Fragment(n) => Fault::Fragment(n.value as usize),
             RawFault::ErrorEventAfter(n) => Fault::ErrorEventAfter(n.value as usize),
+            RawFault::HugeToolArguments(h) => Fault::HugeToolArguments {
+                name: tool_name(&h.name),
+                bytes: h.bytes.value as usize,
+                fragment: self.positive(&h.fragment, "huge_tool_arguments.fragment")?,
+            },
+            RawFault::EndlessToolArguments(e) => Fault::EndlessToolArguments {
+                name: tool_name(&e.name),
+                fragment: self.positive(&e.fragment, "endless_tool_arguments.fragment")?,
+            },
+            RawFault::ManyToolCalls(m) => Fault::ManyToolCalls {
+                name: tool_name(&m.name),
+                count: m.count.value as usize,
+            },
+            RawFault::AbsurdUsage(u) => Fault::AbsurdUsage {
+                prompt: self.token_count(u.prompt.as_ref(), "absurd_usage.prompt")?,
+                completion: self.token_count(u.completion.as_ref(), "absurd_usage.completion")?,
+            },
+            RawFault::EchoKeyStatus(s) => {
+                if !(100..=599).contains(&s.value) {
+                    self.error(
+                        s.pos,
+                        format!("status code must be between 100 and 599, found {}", s.value),
+                    );
+                    return None;
+                }
+                Fault::EchoKeyStatus(s.value as u16)
+            }
+            RawFault::EchoKeyEventAfter(n) => Fault::EchoKeyEventAfter(n.value as usize),
+            RawFault::TextAfterFinish(d) => Fault::TextAfterFinish {
+                text: delta_text(d),
+                count: d.count.as_ref().map(|c| c.value as usize),
+            },
+            RawFault::SlowDrip(d) => Fault::SlowDrip {
+                head: match &d.head {
+                    Some(h) => self.duration(h, "slow_drip.head")?,
+                    None => Duration::ZERO,
+                },
+                body: match &d.body {
+                    Some(b) => self.duration(b, "slow_drip.body")?,
+                    None => Duration::ZERO,
+                },
+            },
+            RawFault::Reasoning(d) => Fault::Reasoning {
+                text: delta_text(d),
+                count: d.count.as_ref().map_or(1, |c| c.value as usize),
+            },
+            RawFault::Refusal(d) => Fault::Refusal {
+                text: delta_text(d),
+                count: d.count.as_ref().map_or(1, |c| c.value as usize),
+            },
         })
+    }
+
+    fn positive(&mut self, n: &Spanned<u64>, what: &str) -> Option<usize> {
+        if n.value == 0 {
+            self.error(n.pos, format!("{what} must be at least 1, found 0"));
+            return None;
+        }
+        Some(n.value as usize)
+    }
+
+    /// `Some(None)` when not given; `None` (reported) when not an integer
+    /// from `i64::MIN` to `u64::MAX`.
+    fn token_count(&mut self, v: Option<&Spanned<Value>>, what: &str) -> Option<Option<i128>> {
+        let Some(v) = v else {
+            return Some(None);
+        };
+        let n = v
+            .value
+            .as_u64()
+            .map(i128::from)
+            .or_else(|| v.value.as_i64().map(i128::from));
+        if n.is_none() {
+            self.error(
+                v.pos,
+                format!(
+                    "{what} must be an integer from {} to {}, found {}",
+                    i64::MIN,
+                    u64::MAX,
+                    v.value
+                ),
+            );
+            return None;
+        }
+        Some(n)
     }
 
     fn expect(&mut self, raw: RawExpect) -> Expect {
@@ -493,6 +579,7 @@ impl Cx {
                 completion_tokens: l.completion_tokens.map(|s| s.value),
                 estimated: l.estimated.map(|s| s.value),
                 error_code: l.error_code.map(none_or),
+                cost_within_reservation: l.cost_within_reservation.map(|s| s.value),
             }),
             upstream_closed_within,
             upstream_request: paths(raw.upstream_request),
@@ -500,6 +587,7 @@ impl Cx {
             upstream_events_at_most: raw.upstream_events_at_most.map(|s| s.value),
             tool_results_sent: raw.tool_results_sent.map(|s| s.value),
             tool_result_contains: raw.tool_result_contains.map(|s| s.value),
+            secret_absent: raw.secret_absent.map(|s| s.value),
         }
     }
 }
@@ -509,4 +597,13 @@ fn paths(raw: Option<RawPaths>) -> Vec<(String, Value)> {
         .into_iter()
         .map(|(k, v)| (k.value, v.value))
         .collect()
+}
+
+/// The tool a hostile tool-call fault calls (the `support` pipeline's).
+fn tool_name(name: &Option<String>) -> String {
+    name.clone().unwrap_or_else(|| "lookup_order".to_owned())
+}
+
+fn delta_text(d: &super::spec::RawDeltas) -> String {
+    d.text.clone().unwrap_or_else(|| " tok".to_owned())
 }

@@ -170,7 +170,43 @@ pub fn check(e: &Expect, o: &Outcome) -> Vec<Mismatch> {
     if e.tool_results_sent.is_some() || e.tool_result_contains.is_some() {
         tool_results(&mut c, e, o);
     }
+    if e.secret_absent == Some(true) {
+        secret_absent(&mut c, o);
+    }
     c.out
+}
+
+/// The mock's API key (or the part after `Bearer `) in anything the client
+/// received or the ledger recorded.
+fn secret_absent(c: &mut Checker, o: &Outcome) {
+    let key = super::pipeline::SCENARIO_API_KEY;
+    let r = &o.response;
+    let mut places = Vec::new();
+    if r.headers
+        .iter()
+        .any(|(k, v)| k.contains(key) || v.contains(key))
+    {
+        places.push("a response header");
+    }
+    if r.body.as_ref().is_some_and(|b| b.to_string().contains(key)) {
+        places.push("the response body");
+    }
+    if r.events.iter().any(|e| e.data.to_string().contains(key)) {
+        places.push("an SSE event");
+    }
+    if o.ledger
+        .as_ref()
+        .is_some_and(|row| format!("{row:?}").contains(key))
+    {
+        places.push("the ledger row");
+    }
+    if !places.is_empty() {
+        c.differ(
+            "secret_absent",
+            "the API key nowhere in the response or the ledger",
+            format!("the API key in {}", places.join(", ")),
+        );
+    }
 }
 
 fn tool_results(c: &mut Checker, e: &Expect, o: &Outcome) {
@@ -213,6 +249,18 @@ fn ledger(c: &mut Checker, l: &LedgerExpect, o: &Outcome) {
     }
     if let Some(code) = &l.error_code {
         c.opt("ledger.error_code", code, &row.error_code);
+    }
+    if l.cost_within_reservation == Some(true)
+        && !(0..=row.reserved_micros).contains(&row.cost_micros)
+    {
+        c.differ(
+            "ledger.cost_within_reservation",
+            format!(
+                "a cost from 0 to the reservation ({} µ$)",
+                row.reserved_micros
+            ),
+            format!("{} µ$", row.cost_micros),
+        );
     }
 }
 

@@ -68,14 +68,47 @@ pub async fn exchange(
 ) -> Response {
     let mut out = Response::default();
     let leave_at = plan.disconnect_after.map(|d| t0 + d);
-    let read = read(addr, path, body, plan, t0, wall_limit, &mut out);
-    match leave_at {
-        Some(at) => {
-            if tokio::time::timeout_at(at, read).await.is_err() {
-                out.disconnected_at = Some(at.duration_since(t0));
-            }
+    // A watchdog on the real clock: an upstream that never stops writing
+    // keeps the runtime busy, so virtual time never reaches any deadline,
+    // and a server that relays none of it sends the client nothing to
+    // count. The thread only ever ends a run that is stuck; it wakes the
+    // runtime through a channel and exits as soon as `done` is dropped.
+    let (expired_tx, expired) = tokio::sync::oneshot::channel::<()>();
+    let (done, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(wall_limit) {
+            let _ = expired_tx.send(());
         }
-        None => read.await,
+    });
+    let stuck = {
+        let read = read(addr, path, body, plan, t0, wall_limit, &mut out);
+        let read = async {
+            match leave_at {
+                Some(at) => tokio::time::timeout_at(at, read).await.err().map(|_| at),
+                None => {
+                    read.await;
+                    None
+                }
+            }
+        };
+        tokio::select! {
+            left = read => {
+                if let Some(at) = left {
+                    out.disconnected_at = Some(at.duration_since(t0));
+                }
+                false
+            }
+            _ = expired => true,
+        }
+    };
+    drop(done);
+    let _ = watchdog.join();
+    if stuck {
+        out.problem = Some(format!(
+            "the exchange did not end within {} of real time (after {} events)",
+            humantime::format_duration(wall_limit),
+            out.events.len()
+        ));
     }
     out.ended_at = Instant::now().duration_since(t0);
     out
@@ -98,6 +131,9 @@ async fn read(
             return;
         }
     };
+    // Written at once, as the server and the mock do: a request held back
+    // by Nagle's algorithm would wait for an ACK in real time.
+    let _ = tcp.set_nodelay(true);
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
         Ok(v) => v,
         Err(e) => {

@@ -12,6 +12,7 @@
 //!   `file:line:col` errors); [`build`]: checks them into a [`Scenario`].
 //! - [`pipeline`]: compiles a pipelines directory pointed at the mock.
 //! - [`runner`] and [`client`]: run one scenario; [`check`]: compare.
+//! - [`settle`]: the paused clock waits for loopback traffic in flight.
 //! - [`report`]: progress, failures, `N passed, M failed`, JUnit XML.
 //! - [`record`]: the recording proxy of `sluice record`.
 
@@ -22,6 +23,7 @@ pub mod pipeline;
 pub mod record;
 pub mod report;
 pub mod runner;
+pub mod settle;
 pub mod spec;
 
 use std::io::{self, Write};

@@ -2,14 +2,17 @@
 //!
 //! The runner reads the pipelines directory as `sluice serve` would, then
 //! compiles it with a rewritten `settings.yaml`: every provider becomes the
-//! mock (`base_url` = the mock's URL, no API key), keeping its wire format
+//! mock (`base_url` = the mock's URL), keeping its wire format
 //! (`openai`, `anthropic`) or, for a `replay` provider, speaking the
 //! scenario's wire; the ledger is `storage: memory` and alert webhooks are
 //! dropped. The rewritten settings are given to the compiler as JSON (which
 //! is YAML), under the original file name so relative paths still resolve.
+//! Each provider is then rebuilt with [`SCENARIO_API_KEY`], a key the
+//! scenario knows, so that a provider echoing it can be checked for leaks.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 use sluice_testkit::Wire;
@@ -17,6 +20,13 @@ use sluice_testkit::Wire;
 use crate::compile::{self, Catalog};
 use crate::config::node::{self, Node};
 use crate::config::{Diagnostic, Pos, SETTINGS_FILE};
+use crate::provider::Provider;
+use crate::provider::anthropic::AnthropicProvider;
+use crate::provider::openai::OpenAiProvider;
+
+/// The API key every mock provider is called with (never a real one):
+/// `secret_absent` checks that it reaches neither the client nor the ledger.
+pub const SCENARIO_API_KEY: &str = "sk-sluice-scenario-3f9c2a7e51d04b86";
 
 /// The files of a pipelines directory, read once.
 #[derive(Debug, Clone)]
@@ -28,6 +38,46 @@ pub struct PipelineSource {
 }
 
 impl PipelineSource {
+    /// `catalog` (compiled against `base_url`) with every provider of its
+    /// pipelines and fallbacks rebuilt to send [`SCENARIO_API_KEY`]; the
+    /// API key cannot be given to the compiler other than through the
+    /// environment, which a running process must not change.
+    pub fn with_key(&self, mut catalog: Catalog, base_url: &str, replay_wire: Wire) -> Catalog {
+        let Ok(uri) = base_url.parse::<http::Uri>() else {
+            return catalog;
+        };
+        let mut made: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        let mut keyed = |name: &str| -> Arc<dyn Provider> {
+            let wire = Self::wire_of(self.provider_kind(name).unwrap_or("replay"), replay_wire);
+            made.entry(name.to_owned())
+                .or_insert_with(|| {
+                    let key = Some(SCENARIO_API_KEY.to_owned());
+                    match wire {
+                        Wire::OpenAi => Arc::new(OpenAiProvider::new(name, uri.clone(), key, None)),
+                        Wire::Anthropic => {
+                            Arc::new(AnthropicProvider::new(name, uri.clone(), key, None))
+                        }
+                    }
+                })
+                .clone()
+        };
+        for (name, p) in std::mem::take(&mut catalog.pipelines) {
+            // Just compiled: the catalog holds the only reference.
+            let p = match Arc::try_unwrap(p) {
+                Ok(mut p) => {
+                    p.provider = keyed(&p.provider_name);
+                    for f in &mut p.fallbacks {
+                        f.provider = keyed(&f.provider_name);
+                    }
+                    Arc::new(p)
+                }
+                Err(p) => p,
+            };
+            catalog.pipelines.insert(name, p);
+        }
+        catalog
+    }
+
     /// Reads `dir`: its `settings.yaml` and every other `*.yaml`/`*.yml`.
     pub fn read(dir: &Path) -> Result<PipelineSource, Vec<Diagnostic>> {
         let entries = std::fs::read_dir(dir).map_err(|e| {

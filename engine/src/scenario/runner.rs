@@ -5,6 +5,8 @@
 //! close, the ledger row and the request bodies the mock received.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -14,6 +16,7 @@ use tokio::time::Instant;
 use super::build::{Clock, Scenario};
 use super::client::{self, Response};
 use super::pipeline::PipelineSource;
+use super::settle;
 use crate::compile::Timeouts;
 use crate::ledger::report::Row;
 use crate::serve::RunningServer;
@@ -126,8 +129,14 @@ pub fn run(scenario: &Scenario, opts: RunOptions) -> Outcome {
     let real = opts.real_time || scenario.clock == Clock::Real;
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
+    // Parks in which loopback traffic had not settled and the clock moved on.
+    let unsettled = Arc::new(AtomicUsize::new(0));
     if !real {
         builder.start_paused(true);
+        // Before every park (where the paused clock may jump), wait until
+        // what the tasks wrote has reached the other ends: see `settle`.
+        let unsettled = unsettled.clone();
+        builder.on_thread_park(move || settle::wait(&unsettled));
     }
     let rt = match builder.build() {
         Ok(rt) => rt,
@@ -152,6 +161,14 @@ pub fn run(scenario: &Scenario, opts: RunOptions) -> Outcome {
     });
     // Connection tasks still parked on the runtime are dropped with it.
     rt.shutdown_background();
+    let mut outcome = outcome;
+    let n = unsettled.load(Ordering::Relaxed);
+    if n > 0 {
+        outcome.problems.push(format!(
+            "loopback traffic did not settle within {} of real time ({n} times), so virtual time moved on without it: this run may not be reproducible",
+            humantime::format_duration(settle::LIMIT)
+        ));
+    }
     outcome
 }
 
@@ -215,7 +232,7 @@ async fn run_async(scenario: &Scenario, opts: RunOptions, real: bool) -> Outcome
         }
     };
     let catalog = match source.catalog(&mock.base_url(), wire) {
-        Ok(c) => c,
+        Ok(c) => source.with_key(c, &mock.base_url(), wire),
         Err(diags) => {
             outcome.problems = diags.iter().map(ToString::to_string).collect();
             return outcome;

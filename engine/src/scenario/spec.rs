@@ -112,6 +112,70 @@ pub enum RawFault {
     Fragment(Spanned<u64>),
     /// `error_event_after: 4`
     ErrorEventAfter(Spanned<u64>),
+    /// `huge_tool_arguments: {bytes: 400000, fragment: 1000, name: lookup_order}`
+    HugeToolArguments(RawHugeArgs),
+    /// `endless_tool_arguments: {fragment: 100, name: lookup_order}`
+    EndlessToolArguments(RawEndlessArgs),
+    /// `many_tool_calls: {count: 1000, name: lookup_order}`
+    ManyToolCalls(RawManyCalls),
+    /// `absurd_usage: {prompt: -5, completion: 18446744073709551615}`
+    AbsurdUsage(RawUsage),
+    /// `echo_key_status: 401`
+    EchoKeyStatus(Spanned<u64>),
+    /// `echo_key_event_after: 3`
+    EchoKeyEventAfter(Spanned<u64>),
+    /// `text_after_finish: {text: " more", count: 5}` (`count` omitted: forever)
+    TextAfterFinish(RawDeltas),
+    /// `slow_drip: {head: 1s, body: 10ms}`
+    SlowDrip(RawDrip),
+    /// `reasoning: {text: hmm, count: 5}`
+    Reasoning(RawDeltas),
+    /// `refusal: {text: no, count: 5}` (OpenAI's `delta.refusal`)
+    Refusal(RawDeltas),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHugeArgs {
+    pub bytes: Spanned<u64>,
+    pub fragment: Spanned<u64>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndlessArgs {
+    pub fragment: Spanned<u64>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManyCalls {
+    pub count: Spanned<u64>,
+    pub name: Option<String>,
+}
+
+/// Token counts as integers from `i64::MIN` to `u64::MAX`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsage {
+    pub prompt: Option<Spanned<Value>>,
+    pub completion: Option<Spanned<Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeltas {
+    pub text: Option<String>,
+    pub count: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrip {
+    pub head: Option<Spanned<String>>,
+    pub body: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +246,9 @@ pub struct RawExpect {
     pub tool_results_sent: Option<Spanned<u64>>,
     /// Text that one of those tool results contains.
     pub tool_result_contains: Option<Spanned<String>>,
+    /// `true`: the API key the mock was called with appears nowhere in the
+    /// response (status body, headers, events) or the ledger row.
+    pub secret_absent: Option<Spanned<bool>>,
 }
 
 /// The expected ledger row; only the given fields are checked.
@@ -194,4 +261,6 @@ pub struct RawLedger {
     pub estimated: Option<Spanned<bool>>,
     /// `none` for no error code.
     pub error_code: Option<Spanned<String>>,
+    /// `true`: the settled cost is between 0 and the reservation.
+    pub cost_within_reservation: Option<Spanned<bool>>,
 }
