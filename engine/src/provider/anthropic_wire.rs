@@ -138,10 +138,10 @@ struct StartMessage {
 // in most `message_delta`s).
 #[derive(Deserialize, Default)]
 struct WireUsage {
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
-    cache_read_input_tokens: Option<u64>,
+    input_tokens: Option<i128>,
+    output_tokens: Option<i128>,
+    cache_creation_input_tokens: Option<i128>,
+    cache_read_input_tokens: Option<i128>,
 }
 
 #[derive(Deserialize)]
@@ -213,9 +213,9 @@ struct ErrorBody<'a> {
 /// `message_start` so that the `message_delta` usage can be reported whole.
 #[derive(Debug, Default, Clone)]
 pub struct AnthropicDecoder {
-    input_tokens: Option<u64>,
-    cache_creation_tokens: Option<u64>,
-    cache_read_tokens: Option<u64>,
+    input_tokens: Option<i128>,
+    cache_creation_tokens: Option<i128>,
+    cache_read_tokens: Option<i128>,
 }
 
 impl AnthropicDecoder {
@@ -305,7 +305,7 @@ impl AnthropicDecoder {
                             prompt_tokens: cache
                                 .into_iter()
                                 .flatten()
-                                .fold(input, u64::saturating_add),
+                                .fold(input, i128::saturating_add),
                             completion_tokens: output,
                         }));
                     }

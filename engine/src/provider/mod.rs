@@ -85,11 +85,14 @@ pub struct ProviderRequest {
     pub tools: std::sync::Arc<[ToolSpec]>,
 }
 
-/// Token usage as the provider reported it.
+/// Token usage exactly as the provider reported it: any JSON integer,
+/// negative or past `u64::MAX` included up to i128, so that an impossible
+/// figure is recorded as sent and checked (`run::usage_check`) rather than
+/// failing the stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
+    pub prompt_tokens: i128,
+    pub completion_tokens: i128,
 }
 
 /// Why the provider says the model stopped.

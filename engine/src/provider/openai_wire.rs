@@ -118,8 +118,8 @@ struct WireFunction {
 // reported as zero tokens, which is worse for accounting than an error.
 #[derive(Deserialize)]
 struct WireUsage {
-    prompt_tokens: u64,
-    completion_tokens: u64,
+    prompt_tokens: i128,
+    completion_tokens: i128,
 }
 
 #[derive(Debug, Default, Clone)]

@@ -62,7 +62,7 @@ fn tail_of(chunks: &[Chunk]) -> Vec<Chunk> {
         .collect()
 }
 
-fn usage(prompt_tokens: u64, completion_tokens: u64) -> Chunk {
+fn usage(prompt_tokens: i128, completion_tokens: i128) -> Chunk {
     Chunk::Usage(Usage {
         prompt_tokens,
         completion_tokens,

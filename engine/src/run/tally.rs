@@ -185,8 +185,8 @@ impl Tally {
     /// the round sent and received.
     fn check_round(&self, u: Usage) -> Checked {
         let facts = RoundFacts {
-            reported_prompt: i128::from(u.prompt_tokens),
-            reported_completion: i128::from(u.completion_tokens),
+            reported_prompt: u.prompt_tokens,
+            reported_completion: u.completion_tokens,
             max_tokens: self.max_tokens,
             prompt_bytes: usage_check::prompt_bytes(&self.prompt)
                 .saturating_add(self.tool_spec_bytes),

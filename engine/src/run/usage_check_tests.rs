@@ -126,8 +126,8 @@ fn a_tally_bills_each_round_within_its_bounds_and_keeps_the_reasons() {
     );
     tally.max_tokens = 100;
     tally.provider_usage = Some(Usage {
-        prompt_tokens: u64::MAX,
-        completion_tokens: u64::MAX,
+        prompt_tokens: u64::MAX.into(),
+        completion_tokens: u64::MAX.into(),
     });
     let (p, c, _) = tally.round();
     assert_eq!((p, c), (prompt_bound(2, 1), completion_bound(100)));
