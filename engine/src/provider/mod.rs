@@ -18,6 +18,10 @@ mod pool;
 pub mod replay;
 pub mod sse;
 
+/// The HTTP/1.1 client's parsers, for the fuzz tests only.
+#[doc(hidden)]
+pub use h1::fuzzing;
+
 /// One message of the conversation, in the provider-neutral shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message {

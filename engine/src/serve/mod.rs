@@ -37,6 +37,9 @@ use crate::run::{
     ToolCallEvent, ToolResultEvent,
 };
 
+/// The request-body validators, for the fuzz tests only.
+#[doc(hidden)]
+pub use openai_compat::fuzzing;
 pub(crate) use request::read_json_body;
 pub use request::{Invalid, PipelineCall};
 
