@@ -184,8 +184,16 @@ fn openai_chunk() -> Typed {
         ("usage", field(true, openai_usage(), non_object())),
         (
             "error",
-            prop_oneof![9 => Just((None, true)), 1 => json::value().prop_map(|v| (Some(v), true))]
-                .boxed(),
+            prop_oneof![
+                9 => Just((None, true)),
+                // Any error value serde_json can hold: with `1e400` in it the
+                // whole chunk is unparseable, which claims nothing.
+                1 => json::value().prop_map(|v| {
+                    let ok = !v.text().contains("e400");
+                    (Some(v), ok)
+                }),
+            ]
+            .boxed(),
         ),
     ])
 }
