@@ -54,10 +54,17 @@ impl Node {
 
 /// Parses one YAML document. A syntax error comes back with its position.
 pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
+    // The parser and the deserializers recurse once per nesting level: at
+    // its default of 64 levels, a debug build overflows a 2 MiB thread
+    // stack (`sluice test` threads, tokio workers) before the limit is
+    // reached. 32 levels is far more than any config needs.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = 32;
     let options = serde_saphyr::options! {
         strict_booleans: true,
         leading_zero_numbers_as_strings: true,
         with_snippet: false,
+        budget: Some(budget),
     };
     match serde_saphyr::from_str_with_options::<Option<Node>>(text, options) {
         Ok(Some(node)) => Ok(node),

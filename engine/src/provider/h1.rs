@@ -511,3 +511,7 @@ fn hex(b: u8) -> u8 {
 #[cfg(test)]
 #[path = "h1_tests.rs"]
 mod tests;
+
+#[doc(hidden)]
+#[path = "fuzzing.rs"]
+pub mod fuzzing;

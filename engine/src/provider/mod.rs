@@ -19,6 +19,10 @@ pub mod replay;
 pub mod secrets;
 pub mod sse;
 
+/// The HTTP/1.1 client's parsers, for the fuzz tests only.
+#[doc(hidden)]
+pub use h1::fuzzing;
+
 /// One message of the conversation, in the provider-neutral shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message {

@@ -31,6 +31,9 @@ use crate::run::{
 };
 use conn::{ConnBody, InFlight};
 
+/// The request-body validators, for the fuzz tests only.
+#[doc(hidden)]
+pub use openai_compat::fuzzing;
 pub(crate) use request::read_json_body;
 pub use request::{Invalid, PipelineCall};
 pub use server::{RunningServer, Server};

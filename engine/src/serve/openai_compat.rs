@@ -416,3 +416,7 @@ impl super::sse::Encoder for ChatEncoder {
         self.encode_event(ev, buf);
     }
 }
+
+#[doc(hidden)]
+#[path = "fuzzing.rs"]
+pub mod fuzzing;
