@@ -22,7 +22,9 @@
 //! Workloads: `c1` (overhead), `c50` (throughput), `c500` and `c10k` (many
 //! slow streams, 5 ms between events), and `cancel` (how fast Sluice closes
 //! its upstream after an idle deadline or a client disconnect, from the
-//! mock's journal). It prints a table per workload, a summary against the
+//! mock's journal). On request only, `soak`: mixed traffic for 30 minutes
+//! (`--duration`) with Sluice's RSS, descriptors and ledger files sampled
+//! (soak.rs). It prints a table per workload, a summary against the
 //! targets, and one JSON line (the last line of stdout).
 
 #[path = "../load/args.rs"]
@@ -39,6 +41,10 @@ mod procs;
 mod relay;
 #[path = "../load/report.rs"]
 mod report;
+#[path = "../load/soak.rs"]
+mod soak;
+#[path = "../load/soak_report.rs"]
+mod soak_report;
 #[path = "../load/summary.rs"]
 mod summary;
 
@@ -54,6 +60,8 @@ use cancel::{Cancel, run_cancel};
 use client::{Kind, Plan, Target};
 use procs::{Mock, MockSpec, PipelineSpec, Proc, TempDir};
 use report::{Close, Phase, Workload, f3};
+use soak::run_soak;
+use soak_report::Soak;
 use summary::{machine, summary_table, targets};
 
 /// The two binaries, checked to exist (and warned about when older than
@@ -231,6 +239,7 @@ async fn run_workload(spec: &Spec, bins: &Bins, opts: &Opts) -> Result<Workload,
         gap_ms: spec.gap_ms,
         usage: true,
         stall_after: None,
+        tool_pairs: None,
     };
     let pipelines = [PipelineSpec {
         name: "bench",
@@ -349,10 +358,20 @@ async fn run_workload(spec: &Spec, bins: &Bins, opts: &Opts) -> Result<Workload,
     })
 }
 
-async fn run_all(opts: &Opts, bins: &Bins) -> Result<(Vec<Workload>, Option<Cancel>), String> {
+/// What the chosen workloads produced.
+type Results = (Vec<Workload>, Option<Cancel>, Option<Soak>);
+
+async fn run_all(opts: &Opts, bins: &Bins) -> Result<Results, String> {
     let mut results = Vec::new();
     let mut cancel = None;
+    let mut soaked = None;
     for name in &opts.workloads {
+        if name == "soak" {
+            let s = run_soak(bins, opts).await?;
+            println!("{}", s.table());
+            soaked = Some(s);
+            continue;
+        }
         if name == "cancel" {
             let c = run_cancel(bins, opts).await?;
             println!(
@@ -402,7 +421,7 @@ async fn run_all(opts: &Opts, bins: &Bins) -> Result<(Vec<Workload>, Option<Canc
         println!("{}", w.table());
         results.push(w);
     }
-    Ok((results, cancel))
+    Ok((results, cancel, soaked))
 }
 
 fn main() -> ExitCode {
@@ -453,7 +472,7 @@ fn main() -> ExitCode {
             _ = tokio::signal::ctrl_c() => None,
         }
     });
-    let (workloads, cancel) = match result {
+    let (workloads, cancel, soaked) = match result {
         Some(Ok(r)) => r,
         Some(Err(e)) => {
             eprintln!("load: {e}");
@@ -490,7 +509,10 @@ fn main() -> ExitCode {
         );
     }
     let (text, target_list) = targets(&workloads, cancel.as_ref());
-    println!("{text}");
+    // The soak has a verdict of its own, in its table.
+    if !workloads.is_empty() || cancel.is_some() {
+        println!("{text}");
+    }
     let line = json!({
         "bench": "sluice-load",
         "version": 1,
@@ -503,6 +525,7 @@ fn main() -> ExitCode {
             "after_disconnect": c.disconnect.json(),
         })),
         "targets": target_list,
+        "soak": soaked.as_ref().map(Soak::json),
     });
     if let Some(path) = &opts.json_out
         && let Err(e) = std::fs::write(path, format!("{line}\n"))

@@ -21,6 +21,8 @@ pub(crate) struct Spec {
 }
 
 pub(crate) const WORKLOADS: &[&str] = &["c1", "c50", "c500", "c10k", "cancel"];
+/// Workloads that `all` leaves out (the soak runs for half an hour).
+pub(crate) const ON_REQUEST: &[&str] = &["soak"];
 
 pub(crate) fn spec(name: &str) -> Option<Spec> {
     let s = |name, concurrency, requests, gap_ms, warmup| Spec {
@@ -85,6 +87,9 @@ pub(crate) struct Opts {
     pub(crate) skip_direct: bool,
     /// Experiments: a command that runs Sluice (e.g. `heaptrack -o FILE`).
     pub(crate) sluice_wrap: Vec<String>,
+    /// The soak: how long, and each client's pause between two requests.
+    pub(crate) duration: Duration,
+    pub(crate) pause: Duration,
 }
 
 pub(crate) const USAGE: &str = "\
@@ -100,6 +105,9 @@ experiments (not the benchmark's set-up): [--storage sqlite|memory] [--budget on
 workloads: c1 (C=1, 2000 requests, 0 ms gaps), c50 (C=50, 20000, 0 ms), c500 (C=500, 5000, 5 ms),
            c10k (C=10000, 10000, 5 ms), cancel (upstream close after a deadline / a disconnect);
            all = every one of them. --requests / --concurrency override the chosen workloads.
+           soak (not in all): mixed traffic for --duration (default 30m, e.g. 2m, 90s, 1h),
+           --concurrency clients (default 64) plus one tool-loop client, --pause-ms between
+           requests (default 20); RSS, descriptors and the ledger's WAL sampled, verdict at the end
 Needs target/release/sluice and target/release/sluice-mock:
   cargo build --release -p sluice -p sluice-testkit --bins";
 
@@ -125,6 +133,8 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
         warmup: None,
         skip_direct: false,
         sluice_wrap: Vec::new(),
+        duration: Duration::from_secs(30 * 60),
+        pause: Duration::from_millis(20),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -141,10 +151,11 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
                     v.split(',').map(|s| s.trim().to_string()).collect()
                 };
                 for w in &o.workloads {
-                    if !WORKLOADS.contains(&w.as_str()) {
+                    if !WORKLOADS.contains(&w.as_str()) && !ON_REQUEST.contains(&w.as_str()) {
                         return Err(format!(
-                            "unknown workload {w:?}; known: {}, all",
-                            WORKLOADS.join(", ")
+                            "unknown workload {w:?}; known: {}, {}, all",
+                            WORKLOADS.join(", "),
+                            ON_REQUEST.join(", ")
                         ));
                     }
                 }
@@ -161,6 +172,10 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
                     return Err(format!("--gap-ms must be a number >= 0, found {v}"));
                 }
                 o.gap_ms = Some(ms);
+            }
+            "--duration" => o.duration = duration("--duration", &value("--duration")?)?,
+            "--pause-ms" => {
+                o.pause = Duration::from_millis(num("--pause-ms", value("--pause-ms")?)? as u64)
             }
             "--warmup" => o.warmup = Some(num("--warmup", value("--warmup")?)?),
             "--skip-direct" => o.skip_direct = true,
@@ -210,4 +225,25 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
         }
     }
     Ok(o)
+}
+
+/// `90s`, `2m`, `1h` (or plain seconds) as a duration of at least 10 s.
+fn duration(flag: &str, v: &str) -> Result<Duration, String> {
+    let (digits, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{flag} {v:?}: expected a whole number and s, m or h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{flag} {v:?}: expected a unit of s, m or h")),
+    };
+    if secs < 10 {
+        return Err(format!("{flag} {v:?}: expected at least 10s"));
+    }
+    Ok(Duration::from_secs(secs))
 }

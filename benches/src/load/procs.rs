@@ -203,6 +203,8 @@ pub struct MockSpec {
     pub gap_ms: f64,
     pub usage: bool,
     pub stall_after: Option<usize>,
+    /// `--tool-pairs`: a tool call then text, this many times.
+    pub tool_pairs: Option<usize>,
 }
 
 impl Mock {
@@ -220,6 +222,9 @@ impl Mock {
         }
         if let Some(n) = spec.stall_after {
             cmd.arg("--stall-after").arg(n.to_string());
+        }
+        if let Some(n) = spec.tool_pairs {
+            cmd.arg("--tool-pairs").arg(n.to_string());
         }
         let stderr = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         cmd.stdin(Stdio::piped())

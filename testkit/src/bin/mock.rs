@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! sluice-mock [--listen 127.0.0.1:0] [--tokens 64] [--gap-ms 0] [--usage]
-//!             [--stall-after N] [--threads N] [--control-stdin]
+//!             [--stall-after N] [--tool-pairs N] [--threads N] [--control-stdin]
 //! ```
 //!
 //! Every request to `…/chat/completions` is answered with a synthesized
@@ -13,6 +13,16 @@
 //! before each event. `--stall-after N` goes silent forever after N events
 //! (until the client closes), to measure how fast a gateway closes its
 //! upstream after a deadline or a client disconnect.
+//!
+//! `--tool-pairs N` scripts N pairs instead: the first request of each pair
+//! is answered with a call to `lookup_order` (`{"order_id": 1}`), the second
+//! with the text stream above, and requests past the N pairs with text. The
+//! script is per request, not per conversation (the mock does not look at
+//! the messages), so a gateway's tool loop gets "tool call, then text" only
+//! when one conversation runs at a time: the load benchmark's soak drives
+//! its tool loops from a single client for that reason. A conversation that
+//! stops after the tool call shifts the pairs by one; the next one then gets
+//! a plain answer and the one after it is back in step.
 //!
 //! The first line on stdout is the address it listens on (`127.0.0.1:PORT`).
 //! With `--control-stdin`, it reads commands from stdin: `journal` prints
@@ -41,12 +51,13 @@ struct Args {
     gap: Duration,
     usage: bool,
     stall_after: Option<usize>,
+    tool_pairs: Option<usize>,
     threads: Option<usize>,
     control_stdin: bool,
 }
 
 const USAGE: &str = "usage: sluice-mock [--listen 127.0.0.1:0] [--tokens N] [--gap-ms MS] [--usage] \
-[--stall-after N] [--threads N] [--control-stdin]";
+[--stall-after N] [--tool-pairs N] [--threads N] [--control-stdin]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -55,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
         gap: Duration::ZERO,
         usage: false,
         stall_after: None,
+        tool_pairs: None,
         threads: None,
         control_stdin: false,
     };
@@ -83,6 +95,10 @@ fn parse_args() -> Result<Args, String> {
                 let v = value("--stall-after")?;
                 args.stall_after =
                     Some(v.parse().map_err(|e| format!("--stall-after {v:?}: {e}"))?);
+            }
+            "--tool-pairs" => {
+                let v = value("--tool-pairs")?;
+                args.tool_pairs = Some(v.parse().map_err(|e| format!("--tool-pairs {v:?}: {e}"))?);
             }
             "--threads" => {
                 let v = value("--threads")?;
@@ -120,6 +136,24 @@ fn reply(args: &Args) -> Reply {
         });
     }
     reply
+}
+
+/// The whole script: one reply for every request, or `--tool-pairs` pairs
+/// of a tool call and a text reply (see the module's comment).
+fn script(args: &Args) -> Script {
+    let text = reply(args);
+    let Some(pairs) = args.tool_pairs else {
+        return Script::single(text);
+    };
+    let call = Reply::tool_call("call_soak_1", "lookup_order", r#"{"order_id": 1}"#);
+    let mut responses = Vec::with_capacity(2 * pairs + 1);
+    for _ in 0..pairs {
+        responses.push(call.clone());
+        responses.push(text.clone());
+    }
+    // The last reply repeats once the pairs run out: text, never a tool call.
+    responses.push(text);
+    Script { responses }
 }
 
 /// CLOCK_MONOTONIC now, in nanoseconds: the clock `std::time::Instant` reads
@@ -200,7 +234,7 @@ fn main() -> ExitCode {
         }
     };
     let clock = Clock::new();
-    let mock = match rt.block_on(MockProvider::start(Script::single(reply(&args)))) {
+    let mock = match rt.block_on(MockProvider::start(script(&args))) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("sluice-mock: cannot listen: {e}");
