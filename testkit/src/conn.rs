@@ -481,13 +481,18 @@ impl Out<'_, '_> {
         self.journal
             .update(self.idx, |r| r.headers_sent_at = Some(now));
 
-        let lazy = |(events, endless): (hostile::Events, bool)| {
+        // A generated body (huge, endless, or many events) yields between
+        // events like a flood, whether or not it ends: written without a
+        // pause it would fill the socket's buffers as fast as the kernel
+        // takes them, and how many events went out before Sluice cut the
+        // stream would depend on that buffering rather than on Sluice.
+        let lazy = |(events, _endless): (hostile::Events, bool)| {
             let source = Source::Lazy {
                 events,
                 reply: reply.clone(),
                 next: 0,
             };
-            (source, endless)
+            (source, true)
         };
         let usage = faults.iter().find_map(|f| match f {
             Fault::AbsurdUsage { prompt, completion } => Some((*prompt, *completion)),
