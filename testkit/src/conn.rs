@@ -22,6 +22,7 @@ pub(crate) struct Shared {
     pub script: Script,
     pub journal: Journal,
     pub next_slot: AtomicUsize,
+    pub read_by_peer: Option<crate::ReadByPeer>,
 }
 
 /// How a reply ended.
@@ -65,6 +66,7 @@ impl Wire {
 
 pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, conn: usize) {
     let _ = stream.set_nodelay(true);
+    let addrs = stream.local_addr().ok().zip(stream.peer_addr().ok());
     let journal = shared.journal.clone();
     let mut buf = BytesMut::new();
     let mut mine: Vec<usize> = Vec::new();
@@ -155,6 +157,7 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, conn: usiz
                 key,
                 drip,
                 in_body: false,
+                pacing: shared.read_by_peer.clone().zip(addrs),
             };
             tokio::select! {
                 biased;
@@ -323,6 +326,9 @@ struct Out<'a, 'b> {
     drip: (Duration, Duration),
     /// The head has been written.
     in_body: bool,
+    /// `MockProvider::start_paced`: whether the client has read all that
+    /// was written on this connection (local and peer address).
+    pacing: Option<(crate::ReadByPeer, (std::net::SocketAddr, std::net::SocketAddr))>,
 }
 
 impl Out<'_, '_> {
@@ -358,6 +364,27 @@ impl Out<'_, '_> {
         let n = payload.len();
         self.journal.update(self.idx, |r| r.bytes_sent += n);
         Ok(())
+    }
+
+    /// With pacing, waits until the client has read everything written so
+    /// far (bounded by [`crate::PACING_LIMIT`] of real time), yielding to
+    /// the runtime meanwhile, so that a flood cannot run ahead of its
+    /// reader by whatever the kernel would buffer.
+    async fn wait_read(&self) {
+        let Some((read, (local, peer))) = &self.pacing else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let mut rounds = 0u32;
+        while !read(*local, *peer) && started.elapsed() < crate::PACING_LIMIT {
+            // Let the reader's task run; past a few rounds, let the thread
+            // go too (the kernel may need this core to deliver the bytes).
+            if rounds >= 16 {
+                std::thread::yield_now();
+            }
+            rounds += 1;
+            tokio::task::yield_now().await;
+        }
     }
 
     fn completed(&self) {
@@ -570,6 +597,7 @@ impl Out<'_, '_> {
                 tokio::time::sleep(delay).await;
             } else if flood {
                 tokio::task::yield_now().await;
+                self.wait_read().await;
             }
             if faults.contains(&Fault::MalformedAt(sent)) {
                 event = Bytes::from_static(sse::GARBAGE);

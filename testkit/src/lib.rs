@@ -88,9 +88,39 @@ pub struct MockProvider {
     task: JoinHandle<()>,
 }
 
+/// Says whether the other end of the connection from the first address to
+/// the second has read every byte written on it (see
+/// [`MockProvider::start_paced`]).
+pub type ReadByPeer = Arc<dyn Fn(SocketAddr, SocketAddr) -> bool + Send + Sync>;
+
+/// The longest real time a paced flood waits for its reader before it
+/// writes on anyway.
+pub const PACING_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl MockProvider {
     /// Binds `127.0.0.1:0` and starts serving `script`.
     pub async fn start(script: Script) -> std::io::Result<MockProvider> {
+        Self::start_with(script, None).await
+    }
+
+    /// Like [`MockProvider::start`], but a flood (an endless or generated
+    /// body, written without pauses) writes its next event only once
+    /// `read_by_peer` says the client has read all that came before. Its
+    /// lead over the reader is then one event, not whatever the kernel's
+    /// socket buffers take while the reader waits for a CPU, so how far a
+    /// flood got before the client cut it does not depend on the machine's
+    /// load. `sluice test` passes a check of the kernel's counters.
+    pub async fn start_paced(
+        script: Script,
+        read_by_peer: ReadByPeer,
+    ) -> std::io::Result<MockProvider> {
+        Self::start_with(script, Some(read_by_peer)).await
+    }
+
+    async fn start_with(
+        script: Script,
+        read_by_peer: Option<ReadByPeer>,
+    ) -> std::io::Result<MockProvider> {
         // A deep accept queue: thousands of calls arriving at once are
         // accepted late instead of dropped (a dropped SYN costs the caller a
         // one-second retransmit, which no real provider's front end makes).
@@ -103,6 +133,7 @@ impl MockProvider {
             script,
             journal: journal.clone(),
             next_slot: AtomicUsize::new(0),
+            read_by_peer,
         });
         let task = tokio::spawn(accept_loop(listener, shared));
         Ok(MockProvider {

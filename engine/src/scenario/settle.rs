@@ -61,6 +61,14 @@ pub fn settled() -> bool {
     imp::settled(&imp::sockets())
 }
 
+/// Whether the other end of this process's connection from `local` to
+/// `peer` has read every byte sent on it: received all of it and left
+/// nothing unread in its socket. True when that end is not (or no
+/// longer) a socket of this process. The mock's floods wait on it.
+pub fn read_by_peer(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> bool {
+    imp::read_by_peer(local, peer)
+}
+
 #[cfg(not(target_os = "linux"))]
 mod imp {
     // Elsewhere the counters are not read: the runner relies on tokio alone.
@@ -69,6 +77,9 @@ mod imp {
         Vec::new()
     }
     pub fn settled(_: &[Sock]) -> bool {
+        true
+    }
+    pub fn read_by_peer(_: std::net::SocketAddr, _: std::net::SocketAddr) -> bool {
         true
     }
 }
@@ -124,13 +135,37 @@ mod imp {
 
     /// The TCP sockets among this process's file descriptors.
     pub fn sockets() -> Vec<Sock> {
-        let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-            return Vec::new();
-        };
-        dir.flatten()
+        descriptors().filter_map(sock).collect()
+    }
+
+    fn descriptors() -> impl Iterator<Item = i32> {
+        std::fs::read_dir("/proc/self/fd")
+            .into_iter()
+            .flatten()
+            .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter_map(sock)
-            .collect()
+    }
+
+    /// See `super::read_by_peer`.
+    pub fn read_by_peer(local: SocketAddr, peer: SocketAddr) -> bool {
+        let (mut mine, mut theirs) = (None, None);
+        for fd in descriptors() {
+            let Some(s) = sock(fd) else { continue };
+            if s.local == local && s.peer == Some(peer) {
+                mine = Some(s);
+            } else if s.local == peer && s.peer == Some(local) {
+                theirs = Some((fd, s));
+            }
+        }
+        let (Some(mine), Some((fd, theirs))) = (mine, theirs) else {
+            return true;
+        };
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, the bytes waiting to be read.
+        // A descriptor closed and reused meanwhile makes the call fail or
+        // describe another socket; either is safe (the next check repeats).
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &raw mut unread) };
+        theirs.received >= mine.sent && rc == 0 && unread == 0
     }
 
     fn sock(fd: i32) -> Option<Sock> {
