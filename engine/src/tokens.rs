@@ -16,7 +16,7 @@
 use std::collections::BinaryHeap;
 use std::sync::OnceLock;
 
-use crate::provider::Message;
+use crate::provider::{Message, Part};
 
 static BPE: OnceLock<Option<Bpe>> = OnceLock::new();
 
@@ -66,8 +66,53 @@ pub fn truncate(text: &str, max: u64) -> String {
 pub fn count_prompt(messages: &[Message]) -> u64 {
     messages
         .iter()
-        .map(|m| count(&m.content).saturating_add(4))
+        .map(|m| {
+            let parts = m.content.iter().fold(4u64, |n, p| {
+                n.saturating_add(match p {
+                    Part::Text(t) => count(t),
+                    Part::Image(_) => IMAGE_TOKENS,
+                    Part::Thinking { text, .. } => count(text),
+                    // Opaque to us; the provider decrypts and counts it.
+                    Part::RedactedThinking(data) => (data.len() / 4) as u64,
+                })
+            });
+            m.tool_calls.iter().fold(parts, |n, c| {
+                n.saturating_add(count(&c.name))
+                    .saturating_add(count(&c.arguments))
+                    .saturating_add(4)
+            })
+        })
         .fold(3, u64::saturating_add)
+}
+
+/// Tokens an image is counted as in a prompt estimate: about what the
+/// largest image costs on Claude (1.15 megapixels, ~1,600 tokens) and
+/// more than on GPT-4o at high detail (1,105 for 2048×768). A provider's
+/// own usage, when it reports one, is what is billed.
+pub const IMAGE_TOKENS: u64 = 1_600;
+
+/// Prompt tokens the tool definitions add (name, description, schema).
+pub fn count_tools(tools: &[crate::provider::ToolSpec]) -> u64 {
+    tools.iter().fold(0u64, |n, t| {
+        let schema = serde_json::to_string(&t.parameters).unwrap_or_default();
+        n.saturating_add(count(&t.name))
+            .saturating_add(count(&t.description))
+            .saturating_add(count(&schema))
+            .saturating_add(8)
+    })
+}
+
+/// Bytes of text a message carries (what counting it costs).
+fn message_bytes(m: &Message) -> usize {
+    let parts = m.content.iter().fold(0usize, |n, p| {
+        n.saturating_add(match p {
+            Part::Text(t) | Part::Thinking { text: t, .. } => t.len(),
+            Part::Image(_) | Part::RedactedThinking(_) => 0,
+        })
+    });
+    m.tool_calls
+        .iter()
+        .fold(parts, |n, c| n.saturating_add(c.arguments.len()))
 }
 
 /// Prompts up to this many bytes are counted where they are (a few
@@ -84,7 +129,7 @@ static COUNTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 /// other streams go on. Under a paused test clock a running blocking task
 /// keeps the clock from jumping, so deadlines stay exact.
 pub async fn count_prompt_off_worker(messages: &[Message]) -> u64 {
-    let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+    let bytes: usize = messages.iter().map(message_bytes).sum();
     if bytes <= INLINE_PROMPT_BYTES {
         return count_prompt(messages);
     }

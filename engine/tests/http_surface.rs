@@ -341,11 +341,17 @@ async fn chat_completions_speaks_openai_errors() {
 
     let resp = post_chat(r#"{"model":"chat","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(body_json(resp).await["error"]["param"], "tools");
+    assert_eq!(
+        body_json(resp).await["error"]["param"],
+        "tools[0].function.name"
+    );
 
     let resp = post_chat(r#"{"model":"chat","messages":[{"role":"tool","content":"x"}]}"#).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(body_json(resp).await["error"]["param"], "messages[0].role");
+    assert_eq!(
+        body_json(resp).await["error"]["param"],
+        "messages[0].tool_call_id"
+    );
 
     let resp = post_chat(r#"{"model":"chat","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"max_tokens":5}"#).await;
     assert_eq!(resp.status(), StatusCode::OK);

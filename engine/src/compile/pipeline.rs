@@ -373,6 +373,7 @@ impl Cx {
                 name: t.name().to_string(),
                 description: t.description().to_string(),
                 parameters: t.parameters().clone(),
+                strict: None,
             })
             .collect();
         let count = |v: &Option<Spanned<f64>>,

@@ -57,6 +57,10 @@ impl AnthropicProvider {
 }
 
 impl Provider for AnthropicProvider {
+    fn wire(&self) -> Option<super::Wire> {
+        Some(super::Wire::Anthropic)
+    }
+
     fn call(
         &self,
         request: ProviderRequest,

@@ -11,7 +11,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::sse::SseEvent;
-use super::{Chunk, FinishReason, ProviderError, ProviderRequest, Role, Usage};
+use super::{
+    Chunk, FinishReason, Image, Message, Params, Part, ProviderError, ProviderRequest, Role,
+    ToolChoice, Usage,
+};
 
 /// Longest summary of an in-stream error, in characters.
 const SUMMARY_MAX: usize = 200;
@@ -21,16 +24,15 @@ const SNIPPET_MAX: usize = 80;
 /// The body of `POST {base_url}/messages`. Anthropic has no system role in
 /// `messages`: system messages are joined into the top-level `system`.
 pub fn request_body(req: &ProviderRequest) -> Value {
-    let system: Vec<&str> = req
+    let system: Vec<String> = req
         .messages
         .iter()
         .filter(|m| m.role == Role::System)
-        .map(|m| m.content.as_str())
+        .map(|m| m.text().into_owned())
         .collect();
     let messages = messages(&req.messages);
     let mut body = json!({
         "model": req.model,
-        // Required by Anthropic; already clamped to the pipeline's ceiling.
         "max_tokens": req.max_tokens,
         "messages": messages,
         "stream": true,
@@ -38,9 +40,7 @@ pub fn request_body(req: &ProviderRequest) -> Value {
     if !system.is_empty() {
         body["system"] = json!(system.join("\n\n"));
     }
-    if let Some(t) = req.temperature {
-        body["temperature"] = json!(t);
-    }
+    params(&req.params, &mut body);
     if !req.tools.is_empty() {
         let tools: Vec<Value> = req
             .tools
@@ -52,21 +52,84 @@ pub fn request_body(req: &ProviderRequest) -> Value {
     body
 }
 
-/// Messages in Anthropic's shape: an assistant turn's tool calls become
-/// `tool_use` blocks; tool results become `tool_result` blocks of a user
-/// turn (consecutive results share one turn, as the API requires).
-fn messages(all: &[super::Message]) -> Vec<Value> {
+/// The sampling and answer controls Anthropic's API has (see
+/// `Params::unsupported_by` for the ones it lacks, refused earlier).
+fn params(p: &Params, body: &mut Value) {
+    if let Some(t) = p.temperature {
+        body["temperature"] = json!(t);
+    }
+    if let Some(t) = p.top_p {
+        body["top_p"] = json!(t);
+    }
+    if let Some(k) = p.top_k {
+        body["top_k"] = json!(k);
+    }
+    if !p.stop.is_empty() {
+        body["stop_sequences"] = json!(p.stop);
+    }
+    if let Some(user) = &p.user {
+        body["metadata"] = json!({ "user_id": user });
+    }
+    if let Some(thinking) = &p.thinking {
+        body["thinking"] = thinking.clone();
+    }
+    let choice = match &p.tool_choice {
+        None if p.parallel_tool_calls == Some(false) => Some(json!({"type": "auto"})),
+        None => None,
+        Some(ToolChoice::Auto) => Some(json!({"type": "auto"})),
+        Some(ToolChoice::None) => Some(json!({"type": "none"})),
+        Some(ToolChoice::Required) => Some(json!({"type": "any"})),
+        Some(ToolChoice::Tool(name)) => Some(json!({"type": "tool", "name": name})),
+    };
+    if let Some(mut choice) = choice {
+        if p.parallel_tool_calls == Some(false) && choice["type"] != "none" {
+            choice["disable_parallel_tool_use"] = json!(true);
+        }
+        body["tool_choice"] = choice;
+    }
+}
+
+/// A message's content blocks: text, images, and (for an assistant turn)
+/// earlier reasoning, which Anthropic wants first and unchanged.
+fn blocks(m: &Message) -> Vec<Value> {
+    m.content
+        .iter()
+        .filter_map(|p| match p {
+            Part::Text(t) if t.is_empty() => None,
+            Part::Text(t) => Some(json!({"type": "text", "text": t})),
+            Part::Image(Image::Url(url)) => {
+                Some(json!({"type": "image", "source": {"type": "url", "url": url}}))
+            }
+            Part::Image(Image::Base64 { media_type, data }) => Some(json!({
+                "type": "image",
+                "source": {"type": "base64", "media_type": media_type, "data": data},
+            })),
+            Part::Thinking { text, signature } => {
+                Some(json!({"type": "thinking", "thinking": text, "signature": signature}))
+            }
+            Part::RedactedThinking(data) => {
+                Some(json!({"type": "redacted_thinking", "data": data}))
+            }
+        })
+        .collect()
+}
+
+/// Plain text as a string (the shortest form), anything else as blocks.
+fn content(m: &Message) -> Value {
+    match m.content.as_slice() {
+        [Part::Text(t)] => json!(t),
+        [] => json!(""),
+        _ => Value::Array(blocks(m)),
+    }
+}
+
+fn messages(all: &[Message]) -> Vec<Value> {
     let mut out: Vec<Value> = Vec::new();
     for m in all.iter().filter(|m| m.role != Role::System) {
         match m.role {
             Role::Assistant if !m.tool_calls.is_empty() => {
-                let mut blocks = Vec::new();
-                if !m.content.is_empty() {
-                    blocks.push(json!({"type": "text", "text": m.content}));
-                }
+                let mut blocks = blocks(m);
                 for c in &m.tool_calls {
-                    // The model's arguments are JSON text; an object is
-                    // required here, so invalid text travels as a string.
                     let input = serde_json::from_str::<Value>(&c.arguments)
                         .ok()
                         .filter(Value::is_object)
@@ -78,11 +141,14 @@ fn messages(all: &[super::Message]) -> Vec<Value> {
                 out.push(json!({"role": "assistant", "content": blocks}));
             }
             Role::Tool => {
-                let block = json!({
+                let mut block = json!({
                     "type": "tool_result",
                     "tool_use_id": m.tool_call_id.as_deref().unwrap_or_default(),
-                    "content": m.content,
+                    "content": content(m),
                 });
+                if m.is_error {
+                    block["is_error"] = json!(true);
+                }
                 let joined = out.last_mut().and_then(|last| {
                     let is_results = last["role"] == "user"
                         && last["content"]
@@ -99,13 +165,12 @@ fn messages(all: &[super::Message]) -> Vec<Value> {
                     None => out.push(json!({"role": "user", "content": [block]})),
                 }
             }
-            role => out.push(json!({ "role": role, "content": m.content })),
+            role => out.push(json!({ "role": role, "content": content(m) })),
         }
     }
     out
 }
 
-/// Maps Anthropic's `stop_reason`.
 pub fn finish_reason(stop_reason: &str) -> FinishReason {
     match stop_reason {
         "end_turn" | "stop_sequence" => FinishReason::Stop,
@@ -131,6 +196,7 @@ struct MessageStart {
 
 #[derive(Deserialize)]
 struct StartMessage {
+    model: Option<String>,
     usage: Option<WireUsage>,
 }
 
@@ -240,6 +306,9 @@ impl AnthropicDecoder {
             "message_start" => {
                 let start: MessageStart = parse(data, "message_start")?;
                 self.remember(&start.message.usage.unwrap_or_default());
+                if let Some(model) = start.message.model.filter(|m| !m.is_empty()) {
+                    out.push(Chunk::Model(model));
+                }
             }
             "content_block_start" => {
                 let start: BlockStart = parse(data, "content_block_start")?;
@@ -307,6 +376,8 @@ impl AnthropicDecoder {
                                 .flatten()
                                 .fold(input, i128::saturating_add),
                             completion_tokens: output,
+                            cache_read_tokens: self.cache_read_tokens.unwrap_or(0),
+                            cache_write_tokens: self.cache_creation_tokens.unwrap_or(0),
                         }));
                     }
                 }

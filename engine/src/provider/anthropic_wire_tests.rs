@@ -35,8 +35,11 @@ fn decode_pieces<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Vec<Chunk> {
     chunks
 }
 
+/// The chunks of a recorded body after its model, which must come first.
 fn decode_body(body: &[u8]) -> Vec<Chunk> {
-    decode_pieces([body])
+    let mut chunks = decode_pieces([body]);
+    assert!(matches!(chunks.remove(0), Chunk::Model(m) if m.starts_with("claude-")));
+    chunks
 }
 
 fn ev(event: Option<&str>, data: &str) -> SseEvent {
@@ -77,6 +80,7 @@ fn usage(prompt_tokens: i128, completion_tokens: i128) -> Chunk {
     Chunk::Usage(Usage {
         prompt_tokens,
         completion_tokens,
+        ..Usage::default()
     })
 }
 
@@ -178,13 +182,21 @@ fn usage_adds_cache_tokens_and_takes_the_latest_counts() {
     let delta = r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":5}}"#;
     d.decode(&ev(Some("message_delta"), delta), &mut out)
         .unwrap();
-    assert_eq!(out, [Chunk::Finish(FinishReason::Stop), usage(110, 5)]);
+    let cached = |prompt_tokens, completion_tokens, cache_read_tokens| {
+        Chunk::Usage(Usage {
+            prompt_tokens,
+            completion_tokens,
+            cache_read_tokens,
+            cache_write_tokens: 100,
+        })
+    };
+    assert_eq!(out, [Chunk::Finish(FinishReason::Stop), cached(110, 5, 0)]);
     // Newer streams repeat (cumulative) input counts in message_delta.
     out.clear();
     let delta = r#"{"type":"message_delta","delta":{},"usage":{"input_tokens":12,"cache_read_input_tokens":3,"output_tokens":9}}"#;
     d.decode(&ev(Some("message_delta"), delta), &mut out)
         .unwrap();
-    assert_eq!(out, [usage(115, 9)]);
+    assert_eq!(out, [cached(115, 9, 3)]);
 }
 
 #[test]
@@ -342,7 +354,10 @@ fn request(messages: Vec<Message>, temperature: Option<f64>) -> ProviderRequest 
     ProviderRequest {
         model: "claude-sonnet-4-20250514".into(),
         messages,
-        temperature,
+        params: std::sync::Arc::new(crate::provider::Params {
+            temperature,
+            ..Default::default()
+        }),
         max_tokens: 300,
         connect_timeout: Duration::from_secs(1),
         tools: Default::default(),
@@ -455,7 +470,7 @@ proptest! {
         cuts in cut_strategy(),
     ) {
         let raw = read(if tool_use { "tool_use" } else { "text" });
-        let whole = decode_body(&raw);
+        let whole = decode_pieces([&raw[..]]);
         let body: Vec<u8> = if crlf {
             raw.iter()
                 .flat_map(|b| if *b == b'\n' { &b"\r\n"[..] } else { std::slice::from_ref(b) })

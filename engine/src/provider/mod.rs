@@ -27,22 +27,109 @@ pub use h1::fuzzing;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message {
     pub role: Role,
-    pub content: String,
+    /// What the message says, in order: text, images, and (in an
+    /// assistant turn handed back to the provider) earlier reasoning.
+    pub content: Vec<Part>,
     /// An assistant turn that asked for tools.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
     /// A `tool` message answers this call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// A `tool` message that reports a failure (Anthropic's `is_error`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub is_error: bool,
 }
 
 impl Message {
+    /// A message of plain text (no part when the text is empty).
     pub fn new(role: Role, content: impl Into<String>) -> Self {
+        let text: String = content.into();
         Message {
             role,
-            content: content.into(),
+            content: if text.is_empty() {
+                Vec::new()
+            } else {
+                vec![Part::Text(text)]
+            },
             tool_calls: Vec::new(),
             tool_call_id: None,
+            is_error: false,
+        }
+    }
+
+    /// The text parts, joined.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        let mut texts = self.content.iter().filter_map(|p| match p {
+            Part::Text(t) => Some(t.as_str()),
+            _ => None,
+        });
+        let Some(first) = texts.next() else {
+            return std::borrow::Cow::Borrowed("");
+        };
+        match texts.next() {
+            None => std::borrow::Cow::Borrowed(first),
+            Some(second) => {
+                let mut all = String::from(first);
+                all.push_str(second);
+                texts.for_each(|t| all.push_str(t));
+                std::borrow::Cow::Owned(all)
+            }
+        }
+    }
+
+    /// Whether any part is not text.
+    pub fn has_images(&self) -> bool {
+        self.content.iter().any(|p| matches!(p, Part::Image(_)))
+    }
+}
+
+/// One piece of a message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    Text(String),
+    Image(Image),
+    /// Reasoning from an earlier assistant turn, with the provider's
+    /// signature (Anthropic asks for it back when thinking meets tools).
+    Thinking {
+        text: String,
+        signature: String,
+    },
+    /// Reasoning the provider sent encrypted (Anthropic `redacted_thinking`).
+    RedactedThinking(String),
+}
+
+/// An image given to the model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Image {
+    /// Fetched by the provider.
+    Url(String),
+    /// Inline: the media type and base64 data (what a `data:` URL holds).
+    Base64 { media_type: String, data: String },
+}
+
+impl Image {
+    /// An OpenAI `image_url.url`: a `data:<type>;base64,<data>` URL is
+    /// taken apart, any other is a URL.
+    pub fn from_url(url: &str) -> Image {
+        if let Some(rest) = url.strip_prefix("data:")
+            && let Some((media_type, data)) = rest.split_once(";base64,")
+        {
+            return Image::Base64 {
+                media_type: media_type.to_string(),
+                data: data.to_string(),
+            };
+        }
+        Image::Url(url.to_string())
+    }
+
+    /// The same as a URL (`data:` for inline images).
+    pub fn to_url(&self) -> String {
+        match self {
+            Image::Url(u) => u.clone(),
+            Image::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
         }
     }
 }
@@ -66,13 +153,128 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
-/// A tool offered to the model.
+/// A tool offered to the model: one of the pipeline's (run by Sluice) or
+/// one the client brought (its calls go back to the client).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolSpec {
     pub name: String,
     pub description: String,
     /// JSON Schema of the arguments.
     pub parameters: serde_json::Value,
+    /// OpenAI's `strict` (schema-exact arguments), when the client set it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// Which tool the model must call, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    /// Some tool (OpenAI `required`, Anthropic `any`).
+    Required,
+    /// This tool.
+    Tool(String),
+}
+
+/// The shape the answer must take.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema {
+        name: String,
+        description: Option<String>,
+        schema: serde_json::Value,
+        strict: Option<bool>,
+    },
+}
+
+/// What a client (or the pipeline) set about how the model samples and
+/// answers, in one provider-neutral shape: each provider's wire sends
+/// what its API has, and [`Params::unsupported_by`] names what it lacks
+/// so that a request is refused instead of silently changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Params {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<u32>,
+    pub stop: Vec<String>,
+    pub seed: Option<i64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    /// Token id (as a string) to bias, as OpenAI takes it.
+    pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The end user, for the provider's abuse monitoring (Anthropic's
+    /// `metadata.user_id`).
+    pub user: Option<String>,
+    pub logprobs: bool,
+    pub top_logprobs: Option<u32>,
+    pub response_format: Option<ResponseFormat>,
+    pub tool_choice: Option<ToolChoice>,
+    pub parallel_tool_calls: Option<bool>,
+    /// Anthropic's extended thinking settings, passed through as sent.
+    pub thinking: Option<serde_json::Value>,
+}
+
+/// The API a provider speaks, which decides what it can be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// OpenAI Chat Completions (OpenAI and compatible servers).
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+impl Wire {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wire::OpenAi => "OpenAI Chat Completions",
+            Wire::Anthropic => "Anthropic Messages",
+        }
+    }
+}
+
+impl Params {
+    /// The first field set here that `wire` has no equivalent for, with
+    /// why, or None when every field can be sent.
+    pub fn unsupported_by(&self, wire: Wire) -> Option<(&'static str, &'static str)> {
+        match wire {
+            Wire::OpenAi => {
+                if self.top_k.is_some() {
+                    return Some(("top_k", "the OpenAI Chat Completions API has no top_k"));
+                }
+                if self.thinking.is_some() {
+                    return Some((
+                        "thinking",
+                        "extended thinking is an Anthropic feature; OpenAI reasoning models take reasoning_effort",
+                    ));
+                }
+                None
+            }
+            Wire::Anthropic => {
+                let missing: [(bool, &str); 7] = [
+                    (self.seed.is_some(), "seed"),
+                    (self.presence_penalty.is_some(), "presence_penalty"),
+                    (self.frequency_penalty.is_some(), "frequency_penalty"),
+                    (self.logit_bias.is_some(), "logit_bias"),
+                    (self.logprobs, "logprobs"),
+                    (self.top_logprobs.is_some(), "top_logprobs"),
+                    (
+                        matches!(
+                            self.response_format,
+                            Some(ResponseFormat::JsonObject | ResponseFormat::JsonSchema { .. })
+                        ),
+                        "response_format",
+                    ),
+                ];
+                missing
+                    .into_iter()
+                    .find(|(set, _)| *set)
+                    .map(|(_, field)| (field, "the Anthropic Messages API has no equivalent"))
+            }
+        }
+    }
 }
 
 /// What the engine asks of a provider for one model call.
@@ -80,7 +282,9 @@ pub struct ToolSpec {
 pub struct ProviderRequest {
     pub model: String,
     pub messages: Vec<Message>,
-    pub temperature: Option<f64>,
+    /// Sampling and answer controls (the pipeline's, with what its
+    /// clients may set).
+    pub params: std::sync::Arc<Params>,
     /// Already clamped to the pipeline's ceiling.
     pub max_tokens: u32,
     /// Bound on establishing the connection (TCP and TLS).
@@ -95,8 +299,16 @@ pub struct ProviderRequest {
 /// failing the stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Every input token, cached ones included.
     pub prompt_tokens: i128,
     pub completion_tokens: i128,
+    /// Of `prompt_tokens`, those read from the provider's prompt cache
+    /// (OpenAI `prompt_tokens_details.cached_tokens`, Anthropic
+    /// `cache_read_input_tokens`).
+    pub cache_read_tokens: i128,
+    /// Of `prompt_tokens`, those written to the prompt cache (Anthropic
+    /// `cache_creation_input_tokens`).
+    pub cache_write_tokens: i128,
 }
 
 /// Why the provider says the model stopped.
@@ -156,6 +368,10 @@ pub enum Chunk {
     Usage(Usage),
     /// The provider's end-of-stream marker (`[DONE]`, `message_stop`).
     End,
+    /// The model the provider says is answering (OpenAI's `model` on each
+    /// chunk, Anthropic's `message_start`), once, before anything else:
+    /// it may differ from the model asked for.
+    Model(String),
 }
 
 /// Where a provider failure came from, for logs and for retry decisions.
@@ -250,6 +466,11 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, ProviderError>> +
 /// request (response headers received); dropping the returned stream must
 /// close the upstream connection at once.
 pub trait Provider: Send + Sync {
+    /// The API it speaks, which decides what a request may ask of it;
+    /// None for a provider that takes anything (the replay provider plays
+    /// a recording whatever it is asked).
+    fn wire(&self) -> Option<Wire>;
+
     fn call(
         &self,
         request: ProviderRequest,

@@ -52,6 +52,10 @@ impl OpenAiProvider {
 }
 
 impl Provider for OpenAiProvider {
+    fn wire(&self) -> Option<super::Wire> {
+        Some(super::Wire::OpenAi)
+    }
+
     fn call(
         &self,
         request: ProviderRequest,

@@ -5,7 +5,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::sse::SseEvent;
-use super::{Chunk, FinishReason, ProviderError, ProviderRequest, Usage};
+use super::{
+    Chunk, FinishReason, Message, Params, Part, ProviderError, ProviderRequest, ResponseFormat,
+    Role, ToolChoice, Usage,
+};
 
 /// Longest error summary, in characters: these end up in logs and in client
 /// errors, so a provider's body must never come through whole.
@@ -23,17 +26,17 @@ pub fn request_body(req: &ProviderRequest, stream: bool) -> Value {
         "max_tokens": req.max_tokens,
         "stream": stream,
     });
-    if let Some(t) = req.temperature {
-        body["temperature"] = json!(t);
-    }
+    params(&req.params, &mut body);
     if !req.tools.is_empty() {
         let tools: Vec<Value> = req
             .tools
             .iter()
             .map(|t| {
-                json!({"type": "function", "function": {
-                    "name": t.name, "description": t.description, "parameters": t.parameters,
-                }})
+                let mut f = json!({"name": t.name, "description": t.description, "parameters": t.parameters});
+                if let Some(strict) = t.strict {
+                    f["strict"] = json!(strict);
+                }
+                json!({"type": "function", "function": f})
             })
             .collect();
         body["tools"] = Value::Array(tools);
@@ -45,29 +48,117 @@ pub fn request_body(req: &ProviderRequest, stream: bool) -> Value {
     body
 }
 
+/// The sampling and answer controls OpenAI's API has (see
+/// `Params::unsupported_by` for the ones it lacks, refused earlier).
+fn params(p: &Params, body: &mut Value) {
+    let numbers = [
+        ("temperature", p.temperature),
+        ("top_p", p.top_p),
+        ("presence_penalty", p.presence_penalty),
+        ("frequency_penalty", p.frequency_penalty),
+    ];
+    for (name, v) in numbers {
+        if let Some(v) = v {
+            body[name] = json!(v);
+        }
+    }
+    if !p.stop.is_empty() {
+        body["stop"] = json!(p.stop);
+    }
+    if let Some(seed) = p.seed {
+        body["seed"] = json!(seed);
+    }
+    if let Some(bias) = &p.logit_bias {
+        body["logit_bias"] = Value::Object(bias.clone());
+    }
+    if let Some(user) = &p.user {
+        body["user"] = json!(user);
+    }
+    if p.logprobs {
+        body["logprobs"] = json!(true);
+    }
+    if let Some(n) = p.top_logprobs {
+        body["top_logprobs"] = json!(n);
+    }
+    match &p.response_format {
+        None => {}
+        Some(ResponseFormat::Text) => body["response_format"] = json!({"type": "text"}),
+        Some(ResponseFormat::JsonObject) => {
+            body["response_format"] = json!({"type": "json_object"});
+        }
+        Some(ResponseFormat::JsonSchema {
+            name,
+            description,
+            schema,
+            strict,
+        }) => {
+            let mut s = json!({"name": name, "schema": schema});
+            if let Some(d) = description {
+                s["description"] = json!(d);
+            }
+            if let Some(strict) = strict {
+                s["strict"] = json!(strict);
+            }
+            body["response_format"] = json!({"type": "json_schema", "json_schema": s});
+        }
+    }
+    match &p.tool_choice {
+        None => {}
+        Some(ToolChoice::Auto) => body["tool_choice"] = json!("auto"),
+        Some(ToolChoice::None) => body["tool_choice"] = json!("none"),
+        Some(ToolChoice::Required) => body["tool_choice"] = json!("required"),
+        Some(ToolChoice::Tool(name)) => {
+            body["tool_choice"] = json!({"type": "function", "function": {"name": name}});
+        }
+    }
+    if let Some(parallel) = p.parallel_tool_calls {
+        body["parallel_tool_calls"] = json!(parallel);
+    }
+}
+
+/// A message's content: a plain string when it is text only (what every
+/// compatible server takes), else an array of text and image parts.
+/// Reasoning handed back is Anthropic's and has no place here.
+fn content(m: &Message) -> Value {
+    if !m.has_images() {
+        return json!(m.text());
+    }
+    let parts: Vec<Value> = m
+        .content
+        .iter()
+        .filter_map(|p| match p {
+            Part::Text(t) => Some(json!({"type": "text", "text": t})),
+            Part::Image(i) => Some(json!({"type": "image_url", "image_url": {"url": i.to_url()}})),
+            Part::Thinking { .. } | Part::RedactedThinking(_) => None,
+        })
+        .collect();
+    Value::Array(parts)
+}
+
 /// One message in OpenAI's shape: assistant tool calls as `tool_calls`,
 /// tool results as `role: tool` with their `tool_call_id`.
-fn message(m: &super::Message) -> Value {
+fn message(m: &Message) -> Value {
     match m.role {
-        super::Role::Assistant if !m.tool_calls.is_empty() => {
+        Role::Assistant if !m.tool_calls.is_empty() => {
             let calls: Vec<Value> = m
                 .tool_calls
                 .iter()
                 .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
                 .collect();
-            let content = if m.content.is_empty() {
+            let text = m.text();
+            let content = if text.is_empty() {
                 Value::Null
             } else {
-                json!(m.content)
+                json!(text)
             };
             json!({"role": "assistant", "content": content, "tool_calls": calls})
         }
-        super::Role::Tool => json!({
+        Role::Tool => json!({
             "role": "tool",
             "tool_call_id": m.tool_call_id.as_deref().unwrap_or_default(),
-            "content": m.content,
+            "content": content(m),
         }),
-        role => json!({ "role": role, "content": m.content }),
+        role => json!({ "role": role, "content": content(m) }),
     }
 }
 
@@ -76,6 +167,7 @@ fn message(m: &super::Message) -> Value {
 // because they move straight into a `Chunk`.
 #[derive(Deserialize)]
 struct WireChunk {
+    model: Option<String>,
     choices: Option<Vec<WireChoice>>,
     usage: Option<WireUsage>,
     // Free-form in practice (object or string, varying keys), and only ever
@@ -120,11 +212,18 @@ struct WireFunction {
 struct WireUsage {
     prompt_tokens: i128,
     completion_tokens: i128,
+    prompt_tokens_details: Option<WirePromptDetails>,
+}
+
+#[derive(Deserialize)]
+struct WirePromptDetails {
+    cached_tokens: Option<i128>,
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct OpenAiDecoder {
-    _private: (),
+    /// The stream named its model already (it is reported once).
+    model_seen: bool,
 }
 
 impl OpenAiDecoder {
@@ -158,6 +257,12 @@ impl OpenAiDecoder {
         }
         if chunk.choices.is_none() && chunk.usage.is_none() {
             return Err(malformed("chunk has neither choices nor usage", data));
+        }
+        if !self.model_seen
+            && let Some(model) = chunk.model.filter(|m| !m.is_empty())
+        {
+            self.model_seen = true;
+            out.push(Chunk::Model(model));
         }
         // n=1: other choice indices cannot occur in our requests, and are
         // ignored should a server send them anyway.
@@ -208,6 +313,11 @@ impl OpenAiDecoder {
             out.push(Chunk::Usage(Usage {
                 prompt_tokens: u.prompt_tokens,
                 completion_tokens: u.completion_tokens,
+                cache_read_tokens: u
+                    .prompt_tokens_details
+                    .and_then(|d| d.cached_tokens)
+                    .unwrap_or(0),
+                cache_write_tokens: 0,
             }));
         }
         Ok(())

@@ -15,7 +15,15 @@ fn read(name: &str) -> Vec<u8> {
     std::fs::read(&path).expect(&path)
 }
 
+/// The chunks of a recorded body after its model, which must come first.
 fn decode_body(body: &[u8]) -> Vec<Chunk> {
+    let mut chunks = decode_all(body);
+    assert_eq!(chunks.remove(0), Chunk::Model("gpt-4o-2024-08-06".into()));
+    assert!(!chunks.iter().any(|c| matches!(c, Chunk::Model(_))));
+    chunks
+}
+
+fn decode_all(body: &[u8]) -> Vec<Chunk> {
     let mut parser = SseParser::new();
     let mut events = Vec::new();
     parser.push(body, &mut events).unwrap();
@@ -66,6 +74,7 @@ fn usage(prompt_tokens: i128, completion_tokens: i128) -> Chunk {
     Chunk::Usage(Usage {
         prompt_tokens,
         completion_tokens,
+        ..Usage::default()
     })
 }
 
@@ -352,7 +361,10 @@ fn request_body_streaming() {
             Message::new(Role::User, "hi"),
             Message::new(Role::Assistant, "hello"),
         ],
-        temperature: Some(0.5),
+        params: std::sync::Arc::new(crate::provider::Params {
+            temperature: Some(0.5),
+            ..Default::default()
+        }),
         max_tokens: 256,
         connect_timeout: Duration::from_secs(5),
         tools: Default::default(),
@@ -374,7 +386,7 @@ fn request_body_streaming() {
     );
 
     let req = ProviderRequest {
-        temperature: None,
+        params: Default::default(),
         ..req
     };
     let body = request_body(&req, false);

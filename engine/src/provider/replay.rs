@@ -154,6 +154,10 @@ fn decode_events(
 }
 
 impl Provider for ReplayProvider {
+    fn wire(&self) -> Option<super::Wire> {
+        None
+    }
+
     fn call(
         &self,
         request: ProviderRequest,
@@ -193,7 +197,7 @@ mod tests {
         let req = ProviderRequest {
             model: model.to_string(),
             messages: vec![Message::new(Role::User, "hi")],
-            temperature: None,
+            params: Default::default(),
             max_tokens: 64,
             connect_timeout: Duration::from_secs(1),
             tools: Default::default(),
@@ -226,7 +230,8 @@ mod tests {
                 Chunk::Finish(FinishReason::Stop),
                 Chunk::Usage(Usage {
                     prompt_tokens: 11,
-                    completion_tokens: 6
+                    completion_tokens: 6,
+                    ..Usage::default()
                 }),
                 Chunk::End
             ]

@@ -71,16 +71,18 @@ fn unit_random() -> f64 {
 
 /// Tries candidates in order, each up to `retries.attempts` times, until
 /// one yields its first chunk. Returns the index of the candidate that
-/// answered with its stream and first chunk.
+/// answered with its stream, first chunk and the model it named.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn first_chunk(
     cx: &RunContext,
     pipeline: &Pipeline,
+    ask: &super::Ask,
     candidates: &[Target],
     prompt: &[Message],
     max_tokens: u32,
     started: Instant,
     admit: &mut oneshot::Sender<Admission>,
-) -> Result<(usize, ChunkStream, Chunk), (usize, NoStart)> {
+) -> Result<(usize, ChunkStream, Chunk, Option<String>), (usize, NoStart)> {
     let t = pipeline.timeouts;
     let total_deadline = started + t.total;
     let mut failures = Vec::new();
@@ -97,10 +99,10 @@ pub(super) async fn first_chunk(
             let preq = ProviderRequest {
                 model: target.model.clone(),
                 messages: prompt.to_vec(),
-                temperature: pipeline.temperature,
+                params: ask.params.clone(),
                 max_tokens,
                 connect_timeout: t.connect.min(t.first_token),
-                tools: pipeline.tool_specs.clone(),
+                tools: ask.tools.clone(),
             };
             debug!(provider = %target.provider_name, model = %target.model, attempt, max_tokens, "calling provider");
             let first = super::open_stream(target, preq);
@@ -113,7 +115,7 @@ pub(super) async fn first_chunk(
                 r = tokio::time::timeout_at(first_deadline, first) => r,
             };
             let (rejection, next, retry_after) = match outcome {
-                Ok(Ok((stream, chunk))) => return Ok((index, stream, chunk)),
+                Ok(Ok((stream, chunk, model))) => return Ok((index, stream, chunk, model)),
                 Ok(Err(e)) => {
                     let retry_after = match &e {
                         ProviderError::Status { retry_after, .. } => *retry_after,

@@ -93,6 +93,12 @@ pub enum CountedBy {
 pub enum Event {
     Start(Box<StartEvent>),
     Delta(String),
+    /// The model declined, in its own words (streamed like text).
+    Refusal(String),
+    /// A fragment of a tool call that goes back to the client (a tool the
+    /// client brought, or any tool of a pipeline that runs none), relayed
+    /// as it arrives. The complete call follows as [`Event::ToolCall`].
+    ToolCallDelta(Box<ToolCallDelta>),
     ToolCall(Box<ToolCallEvent>),
     ToolResult(Box<ToolResultEvent>),
     Usage(Box<UsageReport>),
@@ -128,6 +134,19 @@ pub struct ToolCallEvent {
     pub name: String,
     pub arguments: serde_json::Value,
     pub round: u32,
+    /// Who runs it: `sluice` (a pipeline tool, its result follows) or
+    /// `client` (the answer ends with `tool_calls`; the client runs it).
+    pub runs: &'static str,
+}
+
+/// A piece of a tool call for the client. `index` numbers the client's
+/// calls of the answer from 0; `id` and `name` come with the first piece.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 /// What the tool answered (rows count, or the error sent to the model).

@@ -36,8 +36,8 @@ use tracing::{Instrument, error, info, warn};
 
 pub use channel::EventReceiver;
 pub use events::{
-    Admission, CountedBy, ErrorCode, Event, Rejection, StartEvent, Status, ToolCallEvent,
-    ToolResultEvent, UsageReport,
+    Admission, CountedBy, ErrorCode, Event, Rejection, StartEvent, Status, ToolCallDelta,
+    ToolCallEvent, ToolResultEvent, UsageReport,
 };
 use stream::{Ending, Out};
 
@@ -47,7 +47,7 @@ use crate::compile::Pipeline;
 use crate::ledger::money::{format_usd, until_next_utc_midnight};
 use crate::ledger::{Admit, Ledger, Opening, Price, new_row_id};
 use crate::metrics::{Metrics, PipelineLabels, RequestLabels};
-use crate::provider::{Message, Provider, ProviderError, Role};
+use crate::provider::{Message, Params, Provider, ProviderError, Role, ToolSpec};
 use crate::tokens;
 
 /// Capacity of the per-request event channel. Small on purpose: a slow
@@ -55,11 +55,61 @@ use crate::tokens;
 const EVENT_BUFFER: usize = 16;
 
 /// What a client asked for, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunRequest {
     pub request_id: String,
     pub messages: Vec<Message>,
     pub max_tokens: Option<u32>,
+    /// What the client set; the pipeline's own values fill the rest.
+    pub params: Params,
+    /// Tools the client brought: offered to the model beside the
+    /// pipeline's, and their calls go back to the client.
+    pub tools: Vec<ToolSpec>,
+}
+
+/// What every model call of a request sends besides its messages.
+pub(crate) struct Ask {
+    pub params: Arc<Params>,
+    /// The pipeline's tools, then the client's.
+    pub tools: Arc<[ToolSpec]>,
+}
+
+impl Ask {
+    fn new(pipeline: &Pipeline, params: Params, client_tools: Vec<ToolSpec>) -> Ask {
+        let mut params = params;
+        if params.temperature.is_none() {
+            params.temperature = pipeline.temperature;
+        }
+        let tools: Arc<[ToolSpec]> = if client_tools.is_empty() {
+            pipeline.tool_specs.clone()
+        } else {
+            pipeline
+                .tool_specs
+                .iter()
+                .cloned()
+                .chain(client_tools)
+                .collect()
+        };
+        Ask {
+            params: Arc::new(params),
+            tools,
+        }
+    }
+
+    /// Whether a call of `name` goes back to the client: a tool the
+    /// client brought, or any tool when the pipeline runs none. A name
+    /// nobody declared is answered by the pipeline ("no such tool", so
+    /// the model can correct itself) when it has tools.
+    pub(crate) fn is_for_client(&self, name: &str, pipeline: &Pipeline) -> bool {
+        if pipeline.tools.is_empty() {
+            return true;
+        }
+        let client = self
+            .tools
+            .get(pipeline.tool_specs.len()..)
+            .unwrap_or_default();
+        client.iter().any(|t| t.name == name) && !pipeline.tools.iter().any(|t| t.name() == name)
+    }
 }
 
 /// Shared by all requests of a server (each request task holds an `Arc`).
@@ -106,6 +156,47 @@ struct Target {
     downgraded_from: Option<String>,
 }
 
+/// Whether every model that may answer `pipeline` (its own, its
+/// fallbacks, a budget's downgrade) can be sent `params`. Err names the
+/// first field one cannot take, and why, for a 400.
+pub fn check_params(
+    cx: &RunContext,
+    pipeline: &Pipeline,
+    params: &Params,
+) -> Result<(), (&'static str, String)> {
+    let downgrades = pipeline
+        .budget
+        .iter()
+        .chain(cx.global_budget.iter())
+        .filter_map(|b| match &b.on_exhausted {
+            OnExhausted::Downgrade(d) => Some((d.provider_name.as_str(), &d.provider)),
+            OnExhausted::Reject => None,
+        });
+    let models = std::iter::once((pipeline.provider_name.as_str(), &pipeline.provider))
+        .chain(
+            pipeline
+                .fallbacks
+                .iter()
+                .map(|f| (f.provider_name.as_str(), &f.provider)),
+        )
+        .chain(downgrades);
+    for (name, provider) in models {
+        if let Some(wire) = provider.wire()
+            && let Some((field, why)) = params.unsupported_by(wire)
+        {
+            return Err((
+                field,
+                format!(
+                    "\"{field}\" cannot be honoured by pipeline \"{}\": its provider \"{name}\" speaks the {} API ({why})",
+                    pipeline.name,
+                    wire.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Records a request refused before any provider call (status
 /// `invalid_request`), so the ledger shows every request a pipeline got.
 pub async fn record_invalid(
@@ -140,18 +231,31 @@ pub async fn record_invalid(
         .inc();
 }
 
+/// A provider's stream, its first chunk, and the model it named.
+type Opened = (
+    crate::provider::ChunkStream,
+    crate::provider::Chunk,
+    Option<String>,
+);
+
 /// Calls `target` and waits for its first chunk: the stream is only
-/// handed on once the provider has produced something.
+/// handed on once the provider has produced something. The model the
+/// provider names is taken out on the way (it is not something produced).
 async fn open_stream(
     target: &Target,
     request: crate::provider::ProviderRequest,
-) -> Result<(crate::provider::ChunkStream, crate::provider::Chunk), ProviderError> {
+) -> Result<Opened, ProviderError> {
+    use crate::provider::Chunk;
     use futures_util::StreamExt;
     let mut stream = target.provider.call(request).await?;
-    match stream.next().await {
-        Some(Ok(chunk)) => Ok((stream, chunk)),
-        Some(Err(e)) => Err(e),
-        None => Err(ProviderError::Truncated),
+    let mut model = None;
+    loop {
+        match stream.next().await {
+            Some(Ok(Chunk::Model(m))) => model = Some(m),
+            Some(Ok(chunk)) => return Ok((stream, chunk, model)),
+            Some(Err(e)) => return Err(e),
+            None => return Err(ProviderError::Truncated),
+        }
     }
 }
 
@@ -333,12 +437,15 @@ async fn run(
         prompt.push(Message::new(Role::System, system.clone()));
     }
     prompt.extend(req.messages);
+    let ask = Ask::new(&pipeline, req.params, req.tools);
     let mut max_tokens = req
         .max_tokens
         .map_or(pipeline.max_tokens, |m| m.min(pipeline.max_tokens));
     // Counted once for the request's token budget, its reservation and its
     // usage estimate; a long prompt off the async workers.
-    let counted = tokens::count_prompt_off_worker(&prompt).await;
+    let counted = tokens::count_prompt_off_worker(&prompt)
+        .await
+        .saturating_add(tokens::count_tools(&ask.tools));
     if let Some(total) = pipeline.max_total_tokens {
         // The request's token budget bounds the first call too.
         let prompt_bound = tokens::prompt_bound(counted);
@@ -416,7 +523,7 @@ async fn run(
     };
     let mut tally = Tally::new(started, prompt, counted, candidates[0].price);
     tally.max_tokens = u64::from(max_tokens);
-    tally.tool_spec_bytes = usage_check::tool_spec_bytes(&pipeline.tool_specs);
+    tally.tool_spec_bytes = usage_check::tool_spec_bytes(&ask.tools);
     let active = cx
         .metrics
         .active_streams
@@ -428,6 +535,7 @@ async fn run(
     let (answered, status, finish, error) = drive(
         &cx,
         &pipeline,
+        &ask,
         &candidates,
         &req.request_id,
         max_tokens,
@@ -452,9 +560,11 @@ async fn run(
 
 /// Phases 1 and 2: returns which candidate answered (or was tried last),
 /// the ledger status, finish reason and error code.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     cx: &RunContext,
     pipeline: &Pipeline,
+    ask: &Ask,
     candidates: &[Target],
     request_id: &str,
     max_tokens: u32,
@@ -469,6 +579,7 @@ async fn drive(
     let phase1 = Box::pin(attempts::first_chunk(
         cx,
         pipeline,
+        ask,
         candidates,
         &tally.prompt,
         max_tokens,
@@ -476,7 +587,7 @@ async fn drive(
         &mut admit,
     ))
     .await;
-    let (index, stream, first_chunk) = match phase1 {
+    let (index, stream, first_chunk, answering) = match phase1 {
         Ok(v) => v,
         Err((index, attempts::NoStart::ClientClosed)) => {
             return (index, Status::ClientClosed, "cancelled".into(), None);
@@ -506,7 +617,8 @@ async fn drive(
         request_id: request_id.to_string(),
         pipeline: pipeline.name.clone(),
         provider: target.provider_name.clone(),
-        model: target.model.clone(),
+        // The model that answers, as the provider names it.
+        model: answering.unwrap_or_else(|| target.model.clone()),
         downgraded_from: target.downgraded_from.clone(),
     }));
     let ending = match out.send(start).await {
@@ -515,6 +627,7 @@ async fn drive(
             tools::stream_body(
                 cx,
                 pipeline,
+                ask,
                 target,
                 stream,
                 first_chunk,

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::channel::EventSender;
-use super::events::{ErrorCode, Event};
+use super::events::{ErrorCode, Event, ToolCallDelta};
 use super::{RunContext, Tally};
 use crate::compile::Pipeline;
 use std::collections::BTreeMap;
@@ -55,9 +55,11 @@ impl Out {
 pub(super) enum RoundEnd {
     Ended(Ending),
     /// The model asked for tools; `text` is what it said before asking,
-    /// `finish` the provider's finish reason.
+    /// `finish` the provider's finish reason. `for_client[i]` says whether
+    /// `calls[i]` goes back to the client (already relayed as it came).
     ToolCalls {
         calls: Vec<ToolCall>,
+        for_client: Vec<bool>,
         text: String,
         finish: FinishReason,
     },
@@ -78,20 +80,31 @@ struct Partial {
     id: Option<String>,
     name: String,
     arguments: String,
+    /// Its index among the client's calls, once its name said it goes
+    /// back to the client.
+    client_index: Option<u32>,
 }
 
-/// The calls of a round, in the order the provider indexed them.
-fn assemble(partials: BTreeMap<u32, Partial>) -> Vec<ToolCall> {
+/// The id of call `index` (some compatible servers send none; the
+/// conversation still needs one to pair each result with its call).
+fn call_id(id: &Option<String>, index: u32) -> String {
+    id.clone().unwrap_or_else(|| format!("call_{index}"))
+}
+
+/// The calls of a round, in the order the provider indexed them, and
+/// which of them go back to the client.
+fn assemble(partials: BTreeMap<u32, Partial>) -> (Vec<ToolCall>, Vec<bool>) {
     partials
         .into_iter()
-        .map(|(index, p)| ToolCall {
-            // Some compatible servers send no id; the conversation still
-            // needs one to pair each result with its call.
-            id: p.id.unwrap_or_else(|| format!("call_{index}")),
-            name: p.name,
-            arguments: p.arguments,
+        .map(|(index, p)| {
+            let call = ToolCall {
+                id: call_id(&p.id, index),
+                name: p.name,
+                arguments: p.arguments,
+            };
+            (call, p.client_index.is_some())
         })
-        .collect()
+        .unzip()
 }
 
 /// The ending of a round cut for generating too much.
@@ -122,6 +135,7 @@ fn ceiling_cut(max_tokens: u64, guard: u64, what: &str) -> RoundEnd {
 pub(super) async fn stream_round(
     cx: &RunContext,
     pipeline: &Pipeline,
+    ask: &super::Ask,
     mut stream: ChunkStream,
     first: Chunk,
     max_tokens: u32,
@@ -135,14 +149,17 @@ pub(super) async fn stream_round(
     let mut text = String::new();
     let mut partials: BTreeMap<u32, Partial> = BTreeMap::new();
     let wants_tools = !pipeline.tools.is_empty();
+    let mut client_calls: u32 = 0;
     // A finished round: the answer, or the tool calls the model asked for
     // (run by the tool loop, or reported when the pipeline has no tools).
     let finished = |finish: FinishReason, text: String, partials: BTreeMap<u32, Partial>| {
         if partials.is_empty() {
             RoundEnd::Ended(Ending::Finished(finish.as_str().to_string()))
         } else {
+            let (calls, for_client) = assemble(partials);
             RoundEnd::ToolCalls {
-                calls: assemble(partials),
+                calls,
+                for_client,
                 text,
                 finish,
             }
@@ -278,12 +295,24 @@ pub(super) async fn stream_round(
                 }
                 keepalive_at = Instant::now() + out.keepalive;
             }
-            Chunk::Reasoning(t) | Chunk::Refusal(t) => {
+            Chunk::Reasoning(t) => {
                 if tally.generated.push(&t, guard).is_err() {
                     drop(stream);
-                    return ceiling_cut(max_tokens, guard, "reasoning or refusal");
+                    return ceiling_cut(max_tokens, guard, "reasoning");
                 }
             }
+            Chunk::Refusal(t) => {
+                if tally.generated.push(&t, guard).is_err() {
+                    drop(stream);
+                    return ceiling_cut(max_tokens, guard, "refusal");
+                }
+                if out.send(Event::Refusal(t)).await.is_err() {
+                    return RoundEnd::Ended(Ending::ClientClosed);
+                }
+                keepalive_at = Instant::now() + out.keepalive;
+            }
+            // Taken at the start of the call; a later one changes nothing.
+            Chunk::Model(_) => {}
             Chunk::ToolCallDelta {
                 index,
                 id,
@@ -317,13 +346,46 @@ pub(super) async fn stream_round(
                     return ceiling_cut(max_tokens, guard, "tool calls");
                 }
                 let p = partials.entry(index).or_default();
-                if id.is_some() {
+                // Once relayed, a call keeps the id the client was given.
+                if id.is_some() && p.client_index.is_none() {
                     p.id = id;
                 }
+                let named_now = p.name.is_empty() && name.as_deref().is_some_and(|n| !n.is_empty());
                 if let Some(n) = name {
                     p.name.push_str(&n);
                 }
                 p.arguments.push_str(&arguments);
+                // A call for the client is relayed as it arrives: from its
+                // first named fragment (with what came before it), then
+                // fragment by fragment. The pipeline's own calls are only
+                // assembled here and run by the tool loop.
+                let delta = match p.client_index {
+                    Some(i) if !arguments.is_empty() => Some(ToolCallDelta {
+                        index: i,
+                        id: None,
+                        name: None,
+                        arguments,
+                    }),
+                    None if named_now && ask.is_for_client(&p.name, pipeline) => {
+                        p.client_index = Some(client_calls);
+                        client_calls += 1;
+                        let id = call_id(&p.id, index);
+                        p.id = Some(id.clone());
+                        Some(ToolCallDelta {
+                            index: client_calls - 1,
+                            id: Some(id),
+                            name: Some(p.name.clone()),
+                            arguments: p.arguments.clone(),
+                        })
+                    }
+                    _ => None,
+                };
+                if let Some(d) = delta {
+                    if out.send(Event::ToolCallDelta(Box::new(d))).await.is_err() {
+                        return RoundEnd::Ended(Ending::ClientClosed);
+                    }
+                    keepalive_at = Instant::now() + out.keepalive;
+                }
             }
             Chunk::Finish(reason) => finish = Some(reason),
             Chunk::Usage(u) => tally.provider_usage = Some(u),

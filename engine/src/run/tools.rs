@@ -13,7 +13,7 @@ use super::events::{ErrorCode, Event, ToolCallEvent, ToolResultEvent};
 use super::stream::{Ending, Out, RoundEnd, stream_round};
 use super::{RunContext, Tally, Target};
 use crate::compile::Pipeline;
-use crate::provider::{Chunk, ChunkStream, Message, ProviderRequest, Role, ToolCall};
+use crate::provider::{Chunk, ChunkStream, FinishReason, Message, ProviderRequest, Role, ToolCall};
 use crate::tokens;
 use crate::tools::ToolOutcome;
 
@@ -41,7 +41,12 @@ async fn run_tool(pipeline: &Pipeline, call: &ToolCall) -> ToolOutcome {
 }
 
 /// Tells the client of the calls the model asked for. Err: the client left.
-async fn report_calls(out: &mut Out, calls: &[ToolCall], round: u32) -> Result<(), ()> {
+async fn report_calls(
+    out: &mut Out,
+    calls: &[ToolCall],
+    round: u32,
+    runs: &'static str,
+) -> Result<(), ()> {
     for c in calls {
         let arguments = serde_json::from_str::<Value>(&c.arguments)
             .unwrap_or_else(|_| Value::String(c.arguments.clone()));
@@ -50,6 +55,7 @@ async fn report_calls(out: &mut Out, calls: &[ToolCall], round: u32) -> Result<(
             name: c.name.clone(),
             arguments,
             round,
+            runs,
         }));
         out.send(ev).await?;
     }
@@ -60,6 +66,7 @@ async fn report_calls(out: &mut Out, calls: &[ToolCall], round: u32) -> Result<(
 pub(super) async fn stream_body(
     cx: &RunContext,
     pipeline: &Pipeline,
+    ask: &super::Ask,
     target: &Target,
     mut stream: ChunkStream,
     mut first: Chunk,
@@ -69,27 +76,58 @@ pub(super) async fn stream_body(
 ) -> Ending {
     let t = pipeline.timeouts;
     loop {
-        let (calls, text, finish) =
-            match stream_round(cx, pipeline, stream, first, max_tokens, out, tally, t.idle).await {
-                RoundEnd::Ended(ending) => return ending,
-                RoundEnd::ToolCalls {
-                    calls,
-                    text,
-                    finish,
-                } => (calls, text, finish),
-            };
-        if pipeline.tools.is_empty() {
-            // Nothing to run here (the model asked for tools this pipeline
-            // does not offer): the client still hears what it asked for.
-            info!(
-                calls = calls.len(),
-                "the model asked for tools; this pipeline declares none, so they are reported, not run"
-            );
-            tally.tool_calls = tally.tool_calls.saturating_add(calls.len() as u32);
-            if report_calls(out, &calls, tally.rounds + 1).await.is_err() {
+        let (calls, for_client, text, finish) = match stream_round(
+            cx, pipeline, ask, stream, first, max_tokens, out, tally, t.idle,
+        )
+        .await
+        {
+            RoundEnd::Ended(ending) => return ending,
+            RoundEnd::ToolCalls {
+                calls,
+                for_client,
+                text,
+                finish,
+            } => (calls, for_client, text, finish),
+        };
+        // Calls are run (or handed to the client to run) only when the
+        // model finished asking for them: a call cut by the provider's
+        // max_tokens (or a content filter) is incomplete and never runs.
+        let complete = matches!(finish, FinishReason::ToolCalls | FinishReason::Stop);
+        let client_calls: Vec<ToolCall> = calls
+            .iter()
+            .zip(&for_client)
+            .filter(|(_, c)| **c)
+            .map(|(c, _)| c.clone())
+            .collect();
+        let for_client_n = client_calls.len();
+        if for_client_n > 0 || !complete {
+            // The client's calls end the answer: it runs them and comes
+            // back with their results. The pipeline's own calls of the
+            // same turn are not run (their results could not reach the
+            // client's copy of the conversation); the model asks for them
+            // again on the next request, where Sluice runs them.
+            let deferred = calls.len() - for_client_n;
+            if deferred > 0 {
+                info!(
+                    deferred,
+                    client = for_client_n,
+                    complete,
+                    "the model asked for the client's tools and the pipeline's in one turn (or was cut); only the client's are returned"
+                );
+            }
+            tally.tool_calls = tally.tool_calls.saturating_add(for_client_n as u32);
+            if report_calls(out, &client_calls, tally.rounds + 1, "client")
+                .await
+                .is_err()
+            {
                 return Ending::ClientClosed;
             }
-            return Ending::Finished(finish.as_str().to_string());
+            let reason = if complete {
+                "tool_calls"
+            } else {
+                finish.as_str()
+            };
+            return Ending::Finished(reason.to_string());
         }
         if tally.rounds >= pipeline.max_tool_rounds {
             info!(
@@ -100,7 +138,7 @@ pub(super) async fn stream_body(
         }
         let round = tally.rounds + 1;
         tally.tool_calls = tally.tool_calls.saturating_add(calls.len() as u32);
-        if report_calls(out, &calls, round).await.is_err() {
+        if report_calls(out, &calls, round, "sluice").await.is_err() {
             return Ending::ClientClosed;
         }
         // The calls of one round are independent: run them together, but
@@ -118,12 +156,9 @@ pub(super) async fn stream_body(
             o = join_all(calls.iter().map(|c| run_tool(pipeline, c))) => o,
         };
         let mut next_prompt = tally.prompt.clone();
-        next_prompt.push(Message {
-            role: Role::Assistant,
-            content: text,
-            tool_calls: calls.clone(),
-            tool_call_id: None,
-        });
+        let mut said = Message::new(Role::Assistant, text);
+        said.tool_calls = calls.clone();
+        next_prompt.push(said);
         for (c, o) in calls.iter().zip(&outcomes) {
             if !o.ok {
                 warn!(tool = %c.name, error = o.error.as_deref().unwrap_or_default(), "tool call refused or failed; the model is told");
@@ -139,12 +174,10 @@ pub(super) async fn stream_body(
             if out.send(ev).await.is_err() {
                 return Ending::ClientClosed;
             }
-            next_prompt.push(Message {
-                role: Role::Tool,
-                content: o.content.to_string(),
-                tool_calls: Vec::new(),
-                tool_call_id: Some(c.id.clone()),
-            });
+            let mut result = Message::new(Role::Tool, o.content.to_string());
+            result.tool_call_id = Some(c.id.clone());
+            result.is_error = !o.ok;
+            next_prompt.push(result);
         }
         let counted = tokens::count_prompt_off_worker(&next_prompt).await;
         tally.close_round(next_prompt, counted);
@@ -173,10 +206,10 @@ pub(super) async fn stream_body(
         let preq = ProviderRequest {
             model: target.model.clone(),
             messages: tally.prompt.clone(),
-            temperature: pipeline.temperature,
+            params: ask.params.clone(),
             max_tokens,
             connect_timeout: t.connect.min(t.first_token),
-            tools: pipeline.tool_specs.clone(),
+            tools: ask.tools.clone(),
         };
         let first_deadline = (Instant::now() + t.first_token).min(out.total_deadline);
         let call = super::open_stream(target, preq);
@@ -189,7 +222,7 @@ pub(super) async fn stream_body(
             r = tokio::time::timeout_at(first_deadline, call) => r,
         };
         match next {
-            Ok(Ok((s, c))) => {
+            Ok(Ok((s, c, _model))) => {
                 stream = s;
                 first = c;
             }

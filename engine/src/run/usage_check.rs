@@ -29,7 +29,7 @@
 //! ledger row (`usage_anomaly`), the metric and the alert. Everything here
 //! is integer arithmetic that saturates: no report can overflow it.
 
-use crate::provider::{Message, ToolSpec};
+use crate::provider::{Message, Part, ToolSpec};
 
 /// Template tokens a provider may add per message (role markers,
 /// separators, tool-call framing).
@@ -99,6 +99,11 @@ pub(crate) fn completion_bound(max_tokens: u64) -> u64 {
         .saturating_add(UNSTREAMED_TOKENS)
 }
 
+/// The most prompt tokens one image may report: GPT-4o mini bills an
+/// image at 2,833 tokens plus 5,667 per 512-pixel tile (48,169 for the
+/// largest), far past other models' (about 1,600).
+const IMAGE_TOKENS_BOUND: u64 = 50_000;
+
 /// The most prompt tokens a prompt of `bytes` in `messages` may report.
 pub(crate) fn prompt_bound(bytes: u64, messages: u64) -> u64 {
     bytes
@@ -113,7 +118,14 @@ pub(crate) fn prompt_bytes(prompt: &[Message]) -> u64 {
             s.saturating_add((c.id.len() + c.name.len() + c.arguments.len()) as u64)
         });
         let id = m.tool_call_id.as_ref().map_or(0, String::len) as u64;
-        sum.saturating_add(m.content.len() as u64)
+        let content = m.content.iter().fold(0u64, |n, p| {
+            n.saturating_add(match p {
+                Part::Text(t) | Part::Thinking { text: t, .. } => t.len() as u64,
+                Part::RedactedThinking(d) => d.len() as u64,
+                Part::Image(_) => IMAGE_TOKENS_BOUND,
+            })
+        });
+        sum.saturating_add(content)
             .saturating_add(calls)
             .saturating_add(id)
     })

@@ -128,6 +128,7 @@ fn a_tally_bills_each_round_within_its_bounds_and_keeps_the_reasons() {
     tally.provider_usage = Some(Usage {
         prompt_tokens: u64::MAX.into(),
         completion_tokens: u64::MAX.into(),
+        ..Usage::default()
     });
     let (p, c, _) = tally.round();
     assert_eq!((p, c), (prompt_bound(2, 1), completion_bound(100)));
@@ -136,6 +137,7 @@ fn a_tally_bills_each_round_within_its_bounds_and_keeps_the_reasons() {
     tally.provider_usage = Some(Usage {
         prompt_tokens: 5,
         completion_tokens: 60,
+        ..Usage::default()
     });
     let usage = tally.usage();
     assert_eq!(usage.completion_tokens, completion_bound(100) + 60);
@@ -151,6 +153,7 @@ fn a_tally_bills_each_round_within_its_bounds_and_keeps_the_reasons() {
     tally.provider_usage = Some(Usage {
         prompt_tokens: 5,
         completion_tokens: 80,
+        ..Usage::default()
     });
     let (kinds, why) = tally.usage_anomalies();
     assert_eq!(kinds.len(), 3);

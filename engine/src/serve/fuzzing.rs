@@ -27,7 +27,7 @@ pub struct ChatInvalid {
 
 /// Validates a `POST /v1/chat/completions` body.
 pub fn parse_chat_completions(body: &[u8]) -> Result<ChatCall, ChatInvalid> {
-    super::parse(body)
+    super::openai_request::parse(body)
         .map(|r| ChatCall {
             model: r.model,
             messages: r.messages,

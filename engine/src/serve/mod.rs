@@ -6,6 +6,7 @@
 
 mod conn;
 mod openai_compat;
+mod openai_request;
 mod request;
 mod server;
 pub mod sse;
@@ -283,6 +284,7 @@ async fn call_pipeline(
             request_id: request_id.to_string(),
             messages: call.messages,
             max_tokens: call.max_tokens,
+            ..RunRequest::default()
         },
     );
     let admission = match admission.await {
@@ -330,6 +332,7 @@ async fn collect_response(mut rx: EventReceiver, request_id: &str) -> Response<R
     let mut error: Option<(ErrorCode, String)> = None;
     let mut finish = String::new();
     let mut tool_calls: Vec<serde_json::Value> = Vec::new();
+    let mut refusal = String::new();
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::ToolCall(call) => {
@@ -338,9 +341,9 @@ async fn collect_response(mut rx: EventReceiver, request_id: &str) -> Response<R
                     name,
                     arguments,
                     round,
+                    runs,
                 } = *call;
-                tool_calls
-                    .push(json!({"id": id, "name": name, "arguments": arguments, "round": round}));
+                tool_calls.push(json!({"id": id, "name": name, "arguments": arguments, "round": round, "runs": runs}));
             }
             Event::ToolResult(result) => {
                 let ToolResultEvent {
@@ -360,6 +363,8 @@ async fn collect_response(mut rx: EventReceiver, request_id: &str) -> Response<R
                 start = json!({"pipeline": s.pipeline, "provider": s.provider, "model": s.model});
             }
             Event::Delta(t) => text.push_str(&t),
+            Event::Refusal(t) => refusal.push_str(&t),
+            Event::ToolCallDelta(_) => {}
             Event::Usage(u) => usage = serde_json::to_value(u).unwrap_or_default(),
             Event::Error { code, message } => error = Some((code, message)),
             Event::Done { finish_reason } => finish = finish_reason,
@@ -377,6 +382,9 @@ async fn collect_response(mut rx: EventReceiver, request_id: &str) -> Response<R
     });
     if !tool_calls.is_empty() {
         doc["tool_calls"] = serde_json::Value::Array(tool_calls);
+    }
+    if !refusal.is_empty() {
+        doc["refusal"] = json!(refusal);
     }
     let status = match &error {
         None => StatusCode::OK,

@@ -10,11 +10,14 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::openai_request::{self, ChatRequest, Invalid, invalid};
 use super::sse::EventBody;
 use super::{ResponseBody, Shared, json_response, read_json_body};
-use crate::provider::{Message, Role};
+use crate::compile::Pipeline;
+use crate::provider::ToolChoice;
 use crate::run::{
-    self, Admission, ErrorCode, Event, EventReceiver, Rejection, RunRequest, UsageReport,
+    self, Admission, ErrorCode, Event, EventReceiver, Rejection, RunRequest, ToolCallDelta,
+    UsageReport,
 };
 
 /// An OpenAI-shaped error response.
@@ -31,19 +34,6 @@ fn openai_error(
     )
 }
 
-/// A request OpenAI would answer with 400 `invalid_request_error`.
-struct Invalid {
-    message: String,
-    param: Option<String>,
-}
-
-fn invalid(message: &str, param: Option<&str>) -> Invalid {
-    Invalid {
-        message: message.to_string(),
-        param: param.map(str::to_string),
-    }
-}
-
 /// `GET /v1/models`: the pipelines, as OpenAI models.
 pub(super) fn models(shared: &Shared) -> Response<ResponseBody> {
     let data: Vec<Value> = shared
@@ -52,135 +42,6 @@ pub(super) fn models(shared: &Shared) -> Response<ResponseBody> {
         .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "sluice"}))
         .collect();
     json_response(StatusCode::OK, json!({"object": "list", "data": data}))
-}
-
-/// A validated chat-completions request.
-struct ChatRequest {
-    model: String,
-    messages: Vec<Message>,
-    max_tokens: Option<u32>,
-    stream: bool,
-    include_usage: bool,
-}
-
-fn text_of(content: &Value, i: usize) -> Result<String, Invalid> {
-    match content {
-        Value::String(s) => Ok(s.clone()),
-        Value::Null => Ok(String::new()),
-        // The array form: text parts only.
-        Value::Array(parts) => {
-            let mut out = String::new();
-            for p in parts {
-                match (p["type"].as_str(), p["text"].as_str()) {
-                    (Some("text"), Some(t)) => out.push_str(t),
-                    _ => {
-                        return Err(invalid(
-                            "only text content parts are supported",
-                            Some(&format!("messages[{i}].content")),
-                        ));
-                    }
-                }
-            }
-            Ok(out)
-        }
-        _ => Err(invalid(
-            "content must be a string or an array of text parts",
-            Some(&format!("messages[{i}].content")),
-        )),
-    }
-}
-
-fn parse(body: &[u8]) -> Result<ChatRequest, Invalid> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| invalid(&format!("request body is not valid JSON: {e}"), None))?;
-    let Some(obj) = v.as_object() else {
-        return Err(invalid("request body must be a JSON object", None));
-    };
-    let model = obj
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            invalid(
-                "you must provide a model parameter (the pipeline's name)",
-                Some("model"),
-            )
-        })?
-        .to_string();
-    // Tools are the pipeline's, run server-side; a client's own would
-    // silently never be called.
-    for field in ["tools", "functions", "tool_choice", "function_call"] {
-        if obj.get(field).is_some_and(|v| !v.is_null()) {
-            return Err(invalid(
-                &format!(
-                    "\"{field}\" is not supported: a pipeline declares its own tools and runs them"
-                ),
-                Some(field),
-            ));
-        }
-    }
-    if obj.get("n").and_then(Value::as_u64).is_some_and(|n| n != 1) {
-        return Err(invalid("only n = 1 is supported", Some("n")));
-    }
-    let Some(items) = obj.get("messages").and_then(Value::as_array) else {
-        return Err(invalid("messages must be an array", Some("messages")));
-    };
-    if items.is_empty() {
-        return Err(invalid("messages must not be empty", Some("messages")));
-    }
-    let mut messages = Vec::with_capacity(items.len());
-    for (i, m) in items.iter().enumerate() {
-        let role = match m["role"].as_str() {
-            Some("system" | "developer") => Role::System,
-            Some("user") => Role::User,
-            Some("assistant") => Role::Assistant,
-            Some(other) => {
-                return Err(invalid(
-                    &format!(
-                        "unsupported role \"{other}\", expected system, developer, user or assistant"
-                    ),
-                    Some(&format!("messages[{i}].role")),
-                ));
-            }
-            None => {
-                return Err(invalid(
-                    "each message needs a role",
-                    Some(&format!("messages[{i}].role")),
-                ));
-            }
-        };
-        messages.push(Message::new(role, text_of(&m["content"], i)?));
-    }
-    let max_tokens = match obj
-        .get("max_completion_tokens")
-        .or_else(|| obj.get("max_tokens"))
-    {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(n) if n >= 1 && n <= u64::from(u32::MAX) => Some(n as u32),
-            _ => {
-                return Err(invalid(
-                    "max_tokens must be a positive integer",
-                    Some("max_tokens"),
-                ));
-            }
-        },
-    };
-    let stream = match obj.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid("stream must be a boolean", Some("stream"))),
-    };
-    let include_usage = obj
-        .get("stream_options")
-        .and_then(|o| o["include_usage"].as_bool())
-        .unwrap_or(false);
-    Ok(ChatRequest {
-        model,
-        messages,
-        max_tokens,
-        stream,
-        include_usage,
-    })
 }
 
 /// HTTP status, OpenAI error type, for a Sluice error code.
@@ -207,10 +68,45 @@ fn rejection(r: &Rejection) -> Response<ResponseBody> {
 /// Sluice's finish reasons in OpenAI's vocabulary.
 fn finish_reason(reason: &str) -> &str {
     match reason {
-        "stop" | "length" | "content_filter" => reason,
+        "stop" | "length" | "content_filter" | "tool_calls" => reason,
         "tool_limit" => "length",
         _ => "stop",
     }
+}
+
+/// What the request asks that this pipeline cannot do: a tool named like
+/// one of its own, a tool choice naming no tool, a parameter a provider
+/// that may answer has no equivalent for.
+fn check_with_pipeline(
+    shared: &Shared,
+    pipeline: &Pipeline,
+    chat: &ChatRequest,
+) -> Result<(), Invalid> {
+    for (i, t) in chat.tools.iter().enumerate() {
+        if pipeline.tools.iter().any(|own| own.name() == t.name) {
+            return Err(invalid(
+                format!(
+                    "pipeline \"{}\" has a tool of its own named \"{}\"; give yours another name",
+                    pipeline.name, t.name
+                ),
+                Some(&format!("tools[{i}].function.name")),
+            ));
+        }
+    }
+    if let Some(ToolChoice::Tool(name)) = &chat.params.tool_choice
+        && !chat.tools.iter().any(|t| &t.name == name)
+        && !pipeline.tools.iter().any(|t| t.name() == name)
+    {
+        return Err(invalid(
+            format!(
+                "tool_choice names \"{name}\", which is neither among the request's tools nor pipeline \"{}\"'s",
+                pipeline.name
+            ),
+            Some("tool_choice"),
+        ));
+    }
+    run::check_params(&shared.run, pipeline, &chat.params)
+        .map_err(|(field, message)| invalid(message, Some(field)))
 }
 
 fn usage_json(u: &UsageReport) -> Value {
@@ -247,7 +143,7 @@ pub(super) async fn chat_completions(
             );
         }
     };
-    let chat = match parse(&body) {
+    let chat = match openai_request::parse(&body) {
         Ok(c) => c,
         Err(e) => {
             return openai_error(
@@ -271,6 +167,16 @@ pub(super) async fn chat_completions(
             Some("model_not_found"),
         );
     };
+    if let Err(e) = check_with_pipeline(shared, &pipeline, &chat) {
+        run::record_invalid(&shared.run, &pipeline, request_id, "invalid_request").await;
+        return openai_error(
+            StatusCode::BAD_REQUEST,
+            &e.message,
+            "invalid_request_error",
+            e.param.as_deref(),
+            None,
+        );
+    }
     let admission = run::spawn(
         &shared.run,
         pipeline,
@@ -278,6 +184,8 @@ pub(super) async fn chat_completions(
             request_id: request_id.to_string(),
             messages: chat.messages,
             max_tokens: chat.max_tokens,
+            params: chat.params,
+            tools: chat.tools,
         },
     );
     let rx = match admission.await {
@@ -308,13 +216,57 @@ pub(super) async fn chat_completions(
     collect(rx, id, chat.model).await
 }
 
+/// Tool calls for the client, assembled from their streamed pieces.
+#[derive(Default)]
+struct Calls(Vec<(String, String, String)>);
+
+impl Calls {
+    fn push(&mut self, d: ToolCallDelta) {
+        let i = d.index as usize;
+        if i >= self.0.len() {
+            self.0.resize_with(i + 1, Default::default);
+        }
+        let (id, name, arguments) = &mut self.0[i];
+        if let Some(x) = d.id {
+            *id = x;
+        }
+        if let Some(x) = d.name {
+            *name = x;
+        }
+        arguments.push_str(&d.arguments);
+    }
+
+    fn to_json(&self) -> Option<Value> {
+        (!self.0.is_empty()).then(|| {
+            Value::Array(
+                self.0
+                    .iter()
+                    .map(|(id, name, arguments)| {
+                        json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
+                    })
+                    .collect(),
+            )
+        })
+    }
+}
+
 /// `stream: false`: one `chat.completion` object.
 async fn collect(mut rx: EventReceiver, id: String, model: String) -> Response<ResponseBody> {
-    let (mut text, mut usage, mut finish, mut error) =
-        (String::new(), None, String::from("stop"), None);
+    let (mut text, mut refusal, mut usage, mut finish, mut error) = (
+        String::new(),
+        String::new(),
+        None,
+        String::from("stop"),
+        None,
+    );
+    let mut model = model;
+    let mut calls = Calls::default();
     while let Some(ev) = rx.recv().await {
         match ev {
+            Event::Start(s) => model = s.model,
             Event::Delta(t) => text.push_str(&t),
+            Event::Refusal(t) => refusal.push_str(&t),
+            Event::ToolCallDelta(d) => calls.push(*d),
             Event::Usage(u) => usage = Some(*u),
             Event::Error { code, message } => error = Some((code, message)),
             Event::Done { finish_reason } => finish = finish_reason,
@@ -326,6 +278,14 @@ async fn collect(mut rx: EventReceiver, id: String, model: String) -> Response<R
         let (status, kind) = status_of(code);
         return openai_error(status, &message, kind, None, Some(code.as_str()));
     }
+    let mut message = json!({
+        "role": "assistant",
+        "content": if text.is_empty() && (!refusal.is_empty() || !calls.0.is_empty()) { Value::Null } else { json!(text) },
+        "refusal": if refusal.is_empty() { Value::Null } else { json!(refusal) },
+    });
+    if let Some(c) = calls.to_json() {
+        message["tool_calls"] = c;
+    }
     json_response(
         StatusCode::OK,
         json!({
@@ -335,7 +295,7 @@ async fn collect(mut rx: EventReceiver, id: String, model: String) -> Response<R
             "model": model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "finish_reason": finish_reason(&finish),
                 "logprobs": null,
             }],
@@ -373,8 +333,30 @@ impl ChatEncoder {
 
     fn encode_event(&mut self, ev: Event, buf: &mut BytesMut) {
         match ev {
-            Event::Start(_) => self.chunk(buf, json!({"role": "assistant", "content": ""}), None),
+            Event::Start(start) => {
+                // The model that answers, as its provider names it.
+                self.model = start.model;
+                self.chunk(buf, json!({"role": "assistant", "content": ""}), None);
+            }
             Event::Delta(text) => self.chunk(buf, json!({"content": text}), None),
+            Event::Refusal(text) => self.chunk(buf, json!({"refusal": text}), None),
+            Event::ToolCallDelta(d) => {
+                let ToolCallDelta {
+                    index,
+                    id,
+                    name,
+                    arguments,
+                } = *d;
+                let mut call = json!({"index": index, "function": {"arguments": arguments}});
+                if let Some(id) = id {
+                    call["id"] = json!(id);
+                    call["type"] = json!("function");
+                }
+                if let Some(name) = name {
+                    call["function"]["name"] = json!(name);
+                }
+                self.chunk(buf, json!({ "tool_calls": [call] }), None);
+            }
             Event::Usage(u) => self.usage = Some(*u),
             Event::Error { code, message } if code != ErrorCode::TokenCeiling => {
                 // The SDKs raise an APIError for a chunk carrying `error`.
@@ -405,8 +387,10 @@ impl ChatEncoder {
                 buf.put_slice(b"data: [DONE]\n\n");
             }
             Event::KeepAlive => buf.put_slice(b": keep-alive\n\n"),
-            // Tools run server-side; the client sees their effect in the answer.
-            _ => {}
+            // The pipeline's own tools run inside Sluice: the client sees
+            // their effect in the answer. The client's calls came as
+            // `ToolCallDelta`s.
+            Event::ToolCall(_) | Event::ToolResult(_) | Event::Error { .. } => {}
         }
     }
 }

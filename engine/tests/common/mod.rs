@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use sluice::compile::{Catalog, compile_sources};
 use sluice::provider::sse::{SseEvent, SseParser};
 use sluice::serve::RunningServer;
-use sluice_testkit::{MockProvider, Script};
+use sluice_testkit::{MockProvider, Reply, Script};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -252,3 +252,67 @@ pub fn find<'a>(events: &'a [Seen], name: &str) -> Option<&'a Seen> {
 }
 
 pub const SECOND: Duration = Duration::from_secs(1);
+
+/// A synthesized OpenAI stream whose one turn asks for `calls`
+/// `(id, name, arguments)`, each argument text split in small fragments
+/// and the calls interleaved, as OpenAI streams parallel calls.
+pub fn openai_tool_calls(calls: &[(&str, &str, &str)]) -> Reply {
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        let body = serde_json::json!({
+            "id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+        });
+        format!("data: {body}\n\n")
+    };
+    let mut out = chunk(
+        serde_json::json!({"role": "assistant", "content": null}),
+        None,
+    );
+    for (i, (id, name, _)) in calls.iter().enumerate() {
+        out += &chunk(
+            serde_json::json!({"tool_calls": [{"index": i, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            None,
+        );
+    }
+    let pieces: Vec<Vec<String>> = calls
+        .iter()
+        .map(|(_, _, args)| {
+            args.as_bytes()
+                .chunks(3)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect()
+        })
+        .collect();
+    let longest = pieces.iter().map(Vec::len).max().unwrap_or(0);
+    for k in 0..longest {
+        for (i, p) in pieces.iter().enumerate() {
+            if let Some(piece) = p.get(k) {
+                out += &chunk(
+                    serde_json::json!({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}),
+                    None,
+                );
+            }
+        }
+    }
+    out += &chunk(serde_json::json!({}), Some("tool_calls"));
+    out += "data: {\"id\":\"chatcmpl-t\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":50,\"completion_tokens\":20,\"total_tokens\":70}}\n\n";
+    out += "data: [DONE]\n\n";
+    Reply::recorded(out)
+}
+
+pub fn shop_db() -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-tools-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let seed = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/shop/seed.sql")
+        .canonicalize()
+        .unwrap();
+    (dir.join("shop.db"), seed)
+}

@@ -123,7 +123,7 @@ fn valid_pipeline_bodies_are_accepted_as_written() {
             let got: Vec<(String, String)> = call
                 .messages
                 .iter()
-                .map(|m| (role_name(m.role).to_string(), m.content.clone()))
+                .map(|m| (role_name(m.role).to_string(), m.text().into_owned()))
                 .collect();
             prop_assert_eq!(got, expected);
             let max = max.map(|m| m.text().parse::<u32>().expect("a u32"));
@@ -246,7 +246,11 @@ fn valid_chat_bodies_are_accepted_as_written() {
         prop_assert!(call.is_ok(), "refused: {call:?}\n{text}");
         let call = call.expect("checked");
         prop_assert_eq!(&call.model, &model);
-        let contents: Vec<&str> = call.messages.iter().map(|m| m.content.as_str()).collect();
+        let contents: Vec<String> = call
+            .messages
+            .iter()
+            .map(|m| m.text().into_owned())
+            .collect();
         let expected: Vec<&str> = messages.iter().map(|(_, c, _)| c.as_str()).collect();
         prop_assert_eq!(contents, expected);
         prop_assert_eq!(

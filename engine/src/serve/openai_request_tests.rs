@@ -1,0 +1,130 @@
+use super::*;
+
+fn ok(body: &str) -> ChatRequest {
+    match parse(body.as_bytes()) {
+        Ok(c) => c,
+        Err(e) => panic!("{body}: {} ({:?})", e.message, e.param),
+    }
+}
+
+fn param_of(body: &str) -> Option<String> {
+    match parse(body.as_bytes()) {
+        Ok(_) => panic!("{body} was accepted"),
+        Err(e) => e.param,
+    }
+}
+
+#[test]
+fn every_standard_parameter_is_carried() {
+    let c = ok(r#"{"model":"p","messages":[{"role":"user","content":"hi"}],
+        "temperature":0.5,"top_p":0.9,"stop":["END","STOP"],"seed":7,
+        "presence_penalty":0.1,"frequency_penalty":-0.2,"logit_bias":{"50256":-100},
+        "user":"u-1","max_completion_tokens":33,"parallel_tool_calls":false,
+        "response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"object"},"strict":true}}}"#);
+    let p = &c.params;
+    assert_eq!(p.temperature, Some(0.5));
+    assert_eq!(p.top_p, Some(0.9));
+    assert_eq!(p.stop, ["END", "STOP"]);
+    assert_eq!(p.seed, Some(7));
+    assert_eq!(p.presence_penalty, Some(0.1));
+    assert_eq!(p.frequency_penalty, Some(-0.2));
+    assert_eq!(p.logit_bias.as_ref().unwrap()["50256"], -100);
+    assert_eq!(p.user.as_deref(), Some("u-1"));
+    assert_eq!(p.parallel_tool_calls, Some(false));
+    assert_eq!(c.max_tokens, Some(33));
+    assert!(matches!(
+        &p.response_format,
+        Some(ResponseFormat::JsonSchema { name, strict: Some(true), .. }) if name == "x"
+    ));
+    let c = ok(
+        r#"{"model":"p","messages":[{"role":"user","content":"hi"}],"stop":"X","response_format":{"type":"json_object"}}"#,
+    );
+    assert_eq!(c.params.stop, ["X"]);
+    assert_eq!(c.params.response_format, Some(ResponseFormat::JsonObject));
+}
+
+#[test]
+fn tools_tool_calls_and_tool_results() {
+    let c = ok(
+        r#"{"model":"p","tools":[{"type":"function","function":{"name":"get_weather","description":"d","parameters":{"type":"object","properties":{"city":{"type":"string"}}},"strict":true}}],
+        "tool_choice":{"type":"function","function":{"name":"get_weather"}},
+        "messages":[{"role":"user","content":"weather?"},
+          {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},
+          {"role":"tool","tool_call_id":"call_1","content":"sunny"}]}"#,
+    );
+    assert_eq!(c.tools.len(), 1);
+    assert_eq!(c.tools[0].strict, Some(true));
+    assert_eq!(
+        c.params.tool_choice,
+        Some(ToolChoice::Tool("get_weather".into()))
+    );
+    assert_eq!(c.messages[1].tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+    assert_eq!(c.messages[2].role, Role::Tool);
+    assert_eq!(c.messages[2].tool_call_id.as_deref(), Some("call_1"));
+    assert_eq!(c.messages[2].text(), "sunny");
+}
+
+#[test]
+fn images_by_url_and_data_url() {
+    let c = ok(
+        r#"{"model":"p","messages":[{"role":"user","content":[{"type":"text","text":"what is it?"},
+        {"type":"image_url","image_url":{"url":"https://example.com/a.png"}},
+        {"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo=","detail":"low"}}]}]}"#,
+    );
+    let parts = &c.messages[0].content;
+    assert_eq!(
+        parts[1],
+        Part::Image(Image::Url("https://example.com/a.png".into()))
+    );
+    assert_eq!(
+        parts[2],
+        Part::Image(Image::Base64 {
+            media_type: "image/png".into(),
+            data: "iVBORw0KGgo=".into()
+        })
+    );
+}
+
+#[test]
+fn refusals_name_the_field() {
+    let m = r#""messages":[{"role":"user","content":"hi"}]"#;
+    let cases = [
+        (format!(r#"{{"model":"p",{m},"functions":[]}}"#), "functions"),
+        (format!(r#"{{"model":"p",{m},"n":2}}"#), "n"),
+        (format!(r#"{{"model":"p",{m},"temperature":3}}"#), "temperature"),
+        (format!(r#"{{"model":"p",{m},"top_p":"1"}}"#), "top_p"),
+        (format!(r#"{{"model":"p",{m},"stop":[1]}}"#), "stop"),
+        (format!(r#"{{"model":"p",{m},"stop":["a","b","c","d","e"]}}"#), "stop"),
+        (format!(r#"{{"model":"p",{m},"seed":1.5}}"#), "seed"),
+        (format!(r#"{{"model":"p",{m},"logit_bias":{{"x":1}}}}"#), "logit_bias"),
+        (format!(r#"{{"model":"p",{m},"logprobs":true}}"#), "logprobs"),
+        (format!(r#"{{"model":"p",{m},"store":true}}"#), "store"),
+        (format!(r#"{{"model":"p",{m},"modalities":["audio"]}}"#), "modalities"),
+        (format!(r#"{{"model":"p",{m},"response_format":{{"type":"yaml"}}}}"#), "response_format"),
+        (format!(r#"{{"model":"p",{m},"tool_choice":"sometimes"}}"#), "tool_choice"),
+        (format!(r#"{{"model":"p",{m},"tools":[{{"type":"web_search"}}]}}"#), "tools[0].type"),
+        (format!(r#"{{"model":"p",{m},"tools":[{{"type":"function","function":{{"name":"a b"}}}}]}}"#), "tools[0].function.name"),
+        (format!(r#"{{"model":"p",{m},"tools":[{{"type":"function","function":{{"name":"a"}}}},{{"type":"function","function":{{"name":"a"}}}}]}}"#), "tools[1].function.name"),
+        (format!(r#"{{"model":"p",{m},"tools":[{{"type":"function","function":{{"name":"a"}}}}],"tool_choice":{{"type":"function","function":{{"name":"b"}}}}}}"#), "tool_choice"),
+        (r#"{"model":"p","messages":[{"role":"function","content":"x"}]}"#.to_string(), "messages[0].role"),
+        (r#"{"model":"p","messages":[{"role":"user","content":"x","name":"bob"}]}"#.to_string(), "messages[0].name"),
+        (r#"{"model":"p","messages":[{"role":"system","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#.to_string(), "messages[0].content[0]"),
+        (r#"{"model":"p","messages":[{"role":"user","content":[{"type":"input_audio"}]}]}"#.to_string(), "messages[0].content[0]"),
+        (r#"{"model":"p","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"file:///etc/passwd"}}]}]}"#.to_string(), "messages[0].content[0]"),
+        (r#"{"model":"p","messages":[{"role":"tool","content":"x"}]}"#.to_string(), "messages[0].tool_call_id"),
+        (r#"{"model":"p","messages":[{"role":"tool","tool_call_id":"nope","content":"x"}]}"#.to_string(), "messages[0].tool_call_id"),
+        (r#"{"model":"p","messages":[{"role":"assistant","tool_calls":[{"type":"function"}]}]}"#.to_string(), "messages[0].tool_calls[0]"),
+    ];
+    for (body, field) in cases {
+        assert_eq!(param_of(&body).as_deref(), Some(field), "{body}");
+    }
+}
+
+#[test]
+fn a_null_name_and_null_fields_are_what_frameworks_send() {
+    let c = ok(
+        r#"{"model":"p","messages":[{"role":"user","content":"x","name":null}],"temperature":null,"tools":null,"stream_options":null}"#,
+    );
+    assert!(c.tools.is_empty());
+    assert_eq!(c.params, Params::default());
+}

@@ -1,0 +1,471 @@
+//! `/v1/chat/completions` as real applications use it: the client's own
+//! tools, tool results, every sampling parameter and refusals reach the
+//! provider in its own shape and come back as the OpenAI SDKs expect,
+//! over both provider wires. Paused clock, in-memory ledger, the
+//! testkit's mock provider replaying recorded streams.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::{Value, json};
+use sluice::compile::compile_sources;
+use sluice::serve::RunningServer;
+use sluice_testkit::{MockProvider, Reply, Script};
+
+/// A server with one pipeline `chat` on a provider of `kind` at the mock;
+/// `extra` is appended to the pipeline (tools, say).
+async fn serve(mock: &MockProvider, kind: &str, extra: &str) -> RunningServer {
+    let (db, seed) = shop_db();
+    let settings = (
+        PathBuf::from("settings.yaml"),
+        format!(
+            "storage: memory\nproviders:\n  up: {{kind: {kind}, base_url: \"{}\"}}\ndatabases:\n  shop: {{path: \"{}\", seed: \"{}\"}}\n",
+            mock.base_url(),
+            db.display(),
+            seed.display()
+        ),
+    );
+    let pipeline = (
+        PathBuf::from("chat.yaml"),
+        format!(
+            "name: chat\nmodel: {{provider: up, name: the-model}}\nlimits: {{max_tokens: 200}}\n{extra}"
+        ),
+    );
+    let catalog = compile_sources(&settings, &[pipeline]).unwrap_or_else(|d| panic!("{d:#?}"));
+    RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+const SQL_TOOL: &str = r#"tools:
+  - name: lookup_order
+    description: Look up one order by its id
+    parameters:
+      type: object
+      properties: {order_id: {type: integer, minimum: 1}}
+      required: [order_id]
+    sql: {database: shop, query: "SELECT id, status FROM orders WHERE id = :order_id"}
+"#;
+
+const WEATHER_TOOL: &str = r#"{"type":"function","function":{"name":"get_weather","description":"Weather in a city","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]},"strict":true}}"#;
+
+async fn chat(addr: std::net::SocketAddr, body: &str) -> http::Response<hyper::body::Incoming> {
+    send(addr, post_json("/v1/chat/completions", body)).await
+}
+
+/// Every `data:` payload of a streamed chat completion, `[DONE]` as a string.
+async fn chunks(resp: http::Response<hyper::body::Incoming>) -> Vec<Value> {
+    use http_body_util::BodyExt;
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let mut parser = sluice::provider::sse::SseParser::new();
+    let mut events = Vec::new();
+    parser.push(&body, &mut events).unwrap();
+    parser.finish(&mut events);
+    events
+        .iter()
+        .map(|e| serde_json::from_str(&e.data).unwrap_or_else(|_| json!(e.data)))
+        .collect()
+}
+
+/// The tool-call pieces of a stream, in order.
+fn tool_call_pieces(chunks: &[Value]) -> Vec<Value> {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flat_map(|calls| calls.iter().cloned())
+        .collect()
+}
+
+fn finish_reasons(chunks: &[Value]) -> Vec<String> {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_tools_stream_back_piece_by_piece_with_every_parameter_sent() {
+    let mock = MockProvider::start(Script::single(Reply::fixture("openai/tool_call.sse")))
+        .await
+        .unwrap();
+    let server = serve(&mock, "openai", "").await;
+    let body = format!(
+        r#"{{"model":"chat","stream":true,"messages":[{{"role":"user","content":"Weather in NYC?"}}],
+        "tools":[{WEATHER_TOOL}],"tool_choice":"required","parallel_tool_calls":false,
+        "temperature":0.3,"top_p":0.9,"stop":["STOP"],"seed":42,"presence_penalty":0.1,
+        "frequency_penalty":0.2,"logit_bias":{{"1734":-100}},"user":"u-7",
+        "response_format":{{"type":"json_object"}},"max_completion_tokens":50}}"#
+    );
+    let chunks = chunks(chat(server.addr, &body).await).await;
+    let pieces = tool_call_pieces(&chunks);
+    // The recording streams the call in 8 pieces: they arrive as they came,
+    // not assembled at the end.
+    assert_eq!(pieces.len(), 8, "{pieces:#?}");
+    assert_eq!(pieces[0]["index"], 0);
+    assert_eq!(pieces[0]["id"], "call_4XzlGBLtUe9dy3GVNV4jhq7h");
+    assert_eq!(pieces[0]["type"], "function");
+    assert_eq!(pieces[0]["function"]["name"], "get_weather");
+    assert!(pieces[1..].iter().all(|p| p.get("id").is_none()));
+    let arguments: String = pieces
+        .iter()
+        .map(|p| p["function"]["arguments"].as_str().unwrap())
+        .collect();
+    assert_eq!(arguments, r#"{"city":"New York City"}"#);
+    assert_eq!(finish_reasons(&chunks), ["tool_calls"]);
+    assert_eq!(chunks.last().unwrap(), "[DONE]");
+    // The model that answered, as the provider named it.
+    assert_eq!(chunks[0]["model"], "gpt-4o-2024-08-06");
+
+    let sent = &mock.journal().requests()[0].body;
+    assert_eq!(sent["tools"][0]["function"]["name"], "get_weather");
+    assert_eq!(sent["tools"][0]["function"]["strict"], true);
+    assert_eq!(sent["tool_choice"], "required");
+    assert_eq!(sent["parallel_tool_calls"], false);
+    assert_eq!(sent["temperature"], 0.3);
+    assert_eq!(sent["top_p"], 0.9);
+    assert_eq!(sent["stop"], json!(["STOP"]));
+    assert_eq!(sent["seed"], 42);
+    assert_eq!(sent["presence_penalty"], 0.1);
+    assert_eq!(sent["frequency_penalty"], 0.2);
+    assert_eq!(sent["logit_bias"], json!({"1734": -100}));
+    assert_eq!(sent["user"], "u-7");
+    assert_eq!(sent["response_format"], json!({"type": "json_object"}));
+    assert_eq!(sent["max_tokens"], 50);
+    assert_eq!(mock.journal().request_count(), 1);
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_tools_through_an_anthropic_provider() {
+    let mock = MockProvider::start(Script::single(Reply::fixture("anthropic/tool_use.sse")))
+        .await
+        .unwrap();
+    let server = serve(&mock, "anthropic", "").await;
+    let body = format!(
+        r#"{{"model":"chat","stream":true,"messages":[{{"role":"system","content":"Be brief."}},{{"role":"user","content":"Weather in Paris?"}}],
+        "tools":[{WEATHER_TOOL}],"tool_choice":{{"type":"function","function":{{"name":"get_weather"}}}},
+        "parallel_tool_calls":false,"temperature":0.5,"top_p":0.8,"stop":"END","user":"u-9"}}"#
+    );
+    let chunks = chunks(chat(server.addr, &body).await).await;
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "I'll check the current weather in Paris for you.");
+    let pieces = tool_call_pieces(&chunks);
+    assert!(pieces.len() > 2, "{pieces:#?}");
+    assert_eq!(pieces[0]["id"], "toolu_01NRLabsLyVHZPKxbKvkfSMn");
+    assert_eq!(pieces[0]["function"]["name"], "get_weather");
+    let arguments: String = pieces
+        .iter()
+        .map(|p| p["function"]["arguments"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"location": "Paris"})
+    );
+    assert_eq!(finish_reasons(&chunks), ["tool_calls"]);
+
+    let sent = &mock.journal().requests()[0].body;
+    assert_eq!(sent["system"], "Be brief.");
+    assert_eq!(sent["tools"][0]["name"], "get_weather");
+    assert_eq!(
+        sent["tools"][0]["input_schema"]["required"],
+        json!(["city"])
+    );
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true})
+    );
+    assert_eq!(sent["temperature"], 0.5);
+    assert_eq!(sent["top_p"], 0.8);
+    assert_eq!(sent["stop_sequences"], json!(["END"]));
+    assert_eq!(sent["metadata"], json!({"user_id": "u-9"}));
+    server.stop().await;
+}
+
+const ROUND_TRIP: &str = r#"{"model":"chat","messages":[
+    {"role":"user","content":[{"type":"text","text":"Weather in Paris? "},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}}]},
+    {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},
+    {"role":"tool","tool_call_id":"call_1","content":"sunny, 21 C"}],
+    "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]}"#;
+
+#[tokio::test(start_paused = true)]
+async fn a_tool_round_trip_reaches_each_provider_in_its_own_shape() {
+    // OpenAI: the conversation as sent, image as a data URL part.
+    let mock = MockProvider::start(Script::single(Reply::text(&["Sunny", "."])))
+        .await
+        .unwrap();
+    let server = serve(&mock, "openai", "").await;
+    let resp = chat(server.addr, ROUND_TRIP).await;
+    assert_eq!(resp.status(), 200);
+    let answer = body_json(resp).await;
+    assert_eq!(answer["choices"][0]["message"]["content"], "Sunny.");
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    let sent = &mock.journal().requests()[0].body;
+    let msgs = sent["messages"].as_array().unwrap();
+    assert_eq!(msgs[0]["content"][1]["type"], "image_url");
+    assert_eq!(
+        msgs[0]["content"][1]["image_url"]["url"],
+        "data:image/png;base64,iVBORw0KGgo="
+    );
+    assert_eq!(msgs[1]["tool_calls"][0]["id"], "call_1");
+    assert_eq!(
+        msgs[1]["tool_calls"][0]["function"]["arguments"],
+        r#"{"city":"Paris"}"#
+    );
+    assert_eq!(
+        msgs[2],
+        json!({"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"})
+    );
+    server.stop().await;
+
+    // Anthropic: tool_use in the assistant turn, tool_result in a user
+    // turn, the image as a base64 source.
+    let mock = MockProvider::start(Script::single(Reply::anthropic_text(&["Sunny", "."])))
+        .await
+        .unwrap();
+    let server = serve(&mock, "anthropic", "").await;
+    let answer = body_json(chat(server.addr, ROUND_TRIP).await).await;
+    assert_eq!(answer["choices"][0]["message"]["content"], "Sunny.");
+    let sent = &mock.journal().requests()[0].body;
+    let msgs = sent["messages"].as_array().unwrap();
+    assert_eq!(
+        msgs[0]["content"][1],
+        json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}})
+    );
+    assert_eq!(
+        msgs[1]["content"][0],
+        json!({"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}})
+    );
+    assert_eq!(
+        msgs[2],
+        json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "sunny, 21 C"}]})
+    );
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_non_streamed_answer_carries_the_tool_calls() {
+    let mock = MockProvider::start(Script::single(Reply::fixture("openai/tool_call.sse")))
+        .await
+        .unwrap();
+    let server = serve(&mock, "openai", "").await;
+    let body = format!(
+        r#"{{"model":"chat","messages":[{{"role":"user","content":"Weather in NYC?"}}],"tools":[{WEATHER_TOOL}]}}"#
+    );
+    let answer = body_json(chat(server.addr, &body).await).await;
+    let choice = &answer["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    assert_eq!(
+        choice["message"]["tool_calls"],
+        json!([{"id": "call_4XzlGBLtUe9dy3GVNV4jhq7h", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"New York City\"}"}}])
+    );
+    assert_eq!(answer["model"], "gpt-4o-2024-08-06");
+    assert_eq!(answer["usage"]["prompt_tokens"], 44);
+    server.stop().await;
+}
+
+/// An OpenAI stream that refuses in `pieces`.
+fn refusal(pieces: &[&str]) -> Reply {
+    let chunk = |delta: Value, finish: Option<&str>| {
+        let c = json!({"id": "r", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {c}\n\n")
+    };
+    let mut out = chunk(json!({"role": "assistant", "refusal": ""}), None);
+    for p in pieces {
+        out += &chunk(json!({ "refusal": p }), None);
+    }
+    out += &chunk(json!({}), Some("stop"));
+    out += "data: [DONE]\n\n";
+    Reply::recorded(out)
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_reach_the_client_in_every_shape() {
+    let pieces = ["I'm sorry,", " I can't", " help with that."];
+    let mock = MockProvider::start(
+        Script::single(refusal(&pieces))
+            .then(refusal(&pieces))
+            .then(refusal(&pieces)),
+    )
+    .await
+    .unwrap();
+    let server = serve(&mock, "openai", "").await;
+    let ask = r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"x"}]}"#;
+    let streamed = chunks(chat(server.addr, ask).await).await;
+    let said: String = streamed
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["refusal"].as_str())
+        .collect();
+    assert_eq!(said, pieces.concat());
+    assert_eq!(finish_reasons(&streamed), ["stop"]);
+
+    let ask = r#"{"model":"chat","messages":[{"role":"user","content":"x"}]}"#;
+    let answer = body_json(chat(server.addr, ask).await).await;
+    assert_eq!(answer["choices"][0]["message"]["refusal"], pieces.concat());
+    assert_eq!(answer["choices"][0]["message"]["content"], Value::Null);
+
+    let events =
+        SseReader::new(post_json_to(server.addr, "/v1/pipelines/chat", r#"{"input":"x"}"#).await)
+            .collect()
+            .await;
+    let said: String = events
+        .iter()
+        .filter(|e| e.name == "refusal")
+        .map(|e| e.data["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(said, pieces.concat());
+    server.stop().await;
+}
+
+async fn post_json_to(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &str,
+) -> http::Response<hyper::body::Incoming> {
+    send(addr, post_json(path, body)).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_a_provider_cannot_do_is_refused_by_name_before_any_call() {
+    let mock = MockProvider::start(Script::single(Reply::anthropic_text(&["x"])))
+        .await
+        .unwrap();
+    let server = serve(&mock, "anthropic", SQL_TOOL).await;
+    let base = r#""model":"chat","messages":[{"role":"user","content":"x"}]"#;
+    for (extra, field) in [
+        (r#""seed":1"#, "seed"),
+        (r#""presence_penalty":0.5"#, "presence_penalty"),
+        (r#""logit_bias":{"1":1}"#, "logit_bias"),
+        (
+            r#""response_format":{"type":"json_object"}"#,
+            "response_format",
+        ),
+        (
+            r#""tools":[{"type":"function","function":{"name":"lookup_order"}}]"#,
+            "tools[0].function.name",
+        ),
+        (
+            r#""tool_choice":{"type":"function","function":{"name":"nope"}}"#,
+            "tool_choice",
+        ),
+    ] {
+        let resp = chat(server.addr, &format!("{{{base},{extra}}}")).await;
+        assert_eq!(resp.status(), 400, "{extra}");
+        let err = body_json(resp).await;
+        assert_eq!(err["error"]["param"], field, "{extra}: {err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("chat") || field == "tool_choice",
+            "{message}"
+        );
+    }
+    let resp = chat(server.addr, &format!("{{{base},\"seed\":1}}")).await;
+    let message = body_json(resp).await["error"]["message"].to_string();
+    assert!(message.contains("Anthropic Messages"), "{message}");
+    // A pipeline tool may be chosen by name.
+    let resp = chat(
+        server.addr,
+        &format!(
+            r#"{{{base},"tool_choice":{{"type":"function","function":{{"name":"lookup_order"}}}}}}"#
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let _ = body_json(resp).await;
+    assert_eq!(mock.journal().request_count(), 1);
+    assert_eq!(
+        mock.journal().requests()[0].body["tool_choice"],
+        json!({"type": "tool", "name": "lookup_order"})
+    );
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tool_call_cut_by_max_tokens_is_never_run() {
+    // The recorded tool_use turn, but the provider stopped at max_tokens.
+    let recorded = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/recorded/anthropic/tool_use.sse"),
+    )
+    .unwrap()
+    .replace(
+        "\"stop_reason\":\"tool_use\"",
+        "\"stop_reason\":\"max_tokens\"",
+    );
+    assert!(recorded.contains("max_tokens\""));
+    let tool = SQL_TOOL
+        .replace("lookup_order", "get_weather")
+        .replace("order_id", "location");
+    let mock = MockProvider::start(
+        Script::single(Reply::recorded(recorded.clone())).then(Reply::recorded(recorded)),
+    )
+    .await
+    .unwrap();
+    let server = serve(&mock, "anthropic", &tool).await;
+    let events = SseReader::new(
+        post_json_to(server.addr, "/v1/pipelines/chat", r#"{"input":"Paris?"}"#).await,
+    )
+    .collect()
+    .await;
+    assert_eq!(
+        find(&events, "done").unwrap().data["finish_reason"],
+        "length"
+    );
+    assert!(find(&events, "tool_result").is_none());
+    assert_eq!(mock.journal().request_count(), 1);
+
+    // Through the OpenAI route, a client's cut call: `length`, not `tool_calls`.
+    let server2 = serve(&mock, "anthropic", "").await;
+    let body = format!(
+        r#"{{"model":"chat","stream":true,"messages":[{{"role":"user","content":"Paris?"}}],"tools":[{WEATHER_TOOL}]}}"#
+    );
+    let streamed = chunks(chat(server2.addr, &body).await).await;
+    assert_eq!(finish_reasons(&streamed), ["length"]);
+    server.stop().await;
+    server2.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_turn_asking_for_client_and_pipeline_tools_returns_the_clients_only() {
+    let mock = MockProvider::start(Script::single(openai_tool_calls(&[
+        ("call_a", "lookup_order", r#"{"order_id": 1}"#),
+        ("call_b", "get_weather", r#"{"city": "Oslo"}"#),
+    ])))
+    .await
+    .unwrap();
+    let server = serve(&mock, "openai", SQL_TOOL).await;
+    let body = format!(
+        r#"{{"model":"chat","stream":true,"messages":[{{"role":"user","content":"x"}}],"tools":[{WEATHER_TOOL}]}}"#
+    );
+    let streamed = chunks(chat(server.addr, &body).await).await;
+    let pieces = tool_call_pieces(&streamed);
+    assert!(pieces.iter().all(|p| p["index"] == 0), "{pieces:#?}");
+    assert_eq!(pieces[0]["id"], "call_b");
+    assert_eq!(pieces[0]["function"]["name"], "get_weather");
+    let arguments: String = pieces
+        .iter()
+        .map(|p| p["function"]["arguments"].as_str().unwrap())
+        .collect();
+    assert_eq!(arguments, r#"{"city": "Oslo"}"#);
+    assert_eq!(finish_reasons(&streamed), ["tool_calls"]);
+    // The pipeline's call of that turn was not run: one model call.
+    assert_eq!(mock.journal().request_count(), 1);
+    let sent = &mock.journal().requests()[0].body;
+    let names: Vec<&str> = sent["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["lookup_order", "get_weather"]);
+    server.stop().await;
+}
