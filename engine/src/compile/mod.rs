@@ -4,6 +4,7 @@
 //! (syntax, shape, unknown keys, semantic cross-checks), and only builds a
 //! [`Catalog`] when there is no error.
 
+pub mod clients;
 mod pipeline;
 mod settings;
 
@@ -119,6 +120,8 @@ pub struct Pipeline {
     pub max_tool_rounds: u32,
     /// Tokens of all rounds of one request together.
     pub max_total_tokens: Option<u64>,
+    /// What clients of the compatible routes may set.
+    pub clients: clients::ClientRules,
 }
 
 /// Rounds of tool calls allowed when a pipeline does not say.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::clients::ClientRules;
 use super::*;
 
 impl Cx {
@@ -421,6 +422,8 @@ impl Cx {
             );
             ok = false;
         }
+        let clients = self.client_rules(file, raw.clients, raw.model.temperature.as_ref());
+        ok &= clients.is_some();
         let provider = provider?;
         if let Some(w) = &provider.missing_key
             && !self.diags.contains(w)
@@ -439,6 +442,7 @@ impl Cx {
             tool_specs,
             max_tool_rounds,
             max_total_tokens,
+            clients: clients.unwrap_or_else(ClientRules::open),
             name: raw.name.value,
             description: raw.description,
             provider_name: raw.model.provider.value,

@@ -143,6 +143,31 @@ pub struct RawPipeline {
     /// Tools the model may call: fixed queries on declared databases.
     #[serde(default)]
     pub tools: Vec<crate::tools::RawTool>,
+    /// What clients of the OpenAI- and Anthropic-compatible routes may set.
+    pub clients: Option<Spanned<RawClients>>,
+}
+
+/// A pipeline's rules for what its clients may set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClients {
+    /// The request parameters clients may set (default: every standard one).
+    pub params: Option<Vec<Spanned<String>>>,
+    /// Bounds on numeric parameters, e.g. `temperature: {min: 0, max: 1}`.
+    #[serde(default)]
+    pub bounds: BTreeMap<Spanned<String>, Spanned<RawBound>>,
+    /// Whether clients may bring tools of their own (default true).
+    pub tools: Option<Spanned<bool>>,
+    /// What a client's system messages do: `append` (default: after the
+    /// pipeline's own), `replace` (instead of it) or `forbid` (a 400).
+    pub system: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBound {
+    pub min: Option<Spanned<f64>>,
+    pub max: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -44,6 +44,7 @@ use stream::{Ending, Out};
 use crate::alerts::Alerts;
 use crate::budget::{self, Budget, OnExhausted};
 use crate::compile::Pipeline;
+use crate::compile::clients::SystemRule;
 use crate::ledger::money::{format_usd, until_next_utc_midnight};
 use crate::ledger::{Admit, Ledger, Opening, Price, new_row_id};
 use crate::metrics::{Metrics, PipelineLabels, RequestLabels};
@@ -154,6 +155,20 @@ struct Target {
     model: String,
     price: Option<Price>,
     downgraded_from: Option<String>,
+}
+
+/// Whether `pipeline` can take `req`: what its `clients:` rules let a
+/// client set, and what every model that may answer can be sent
+/// ([`check_params`]). Err: the field at fault and why, for a 400.
+pub fn check_request(
+    cx: &RunContext,
+    pipeline: &Pipeline,
+    req: &RunRequest,
+) -> Result<(), (String, String)> {
+    pipeline
+        .clients
+        .check(&pipeline.name, &req.params, &req.tools, &req.messages)?;
+    check_params(cx, pipeline, &req.params).map_err(|(f, m)| (f.to_string(), m))
 }
 
 /// Whether every model that may answer `pipeline` (its own, its
@@ -433,7 +448,9 @@ async fn run(
 ) {
     let started = Instant::now();
     let mut prompt = Vec::with_capacity(req.messages.len() + 1);
-    if let Some(system) = &pipeline.system {
+    let replaced = pipeline.clients.system == SystemRule::Replace
+        && req.messages.iter().any(|m| m.role == Role::System);
+    if let Some(system) = pipeline.system.as_ref().filter(|_| !replaced) {
         prompt.push(Message::new(Role::System, system.clone()));
     }
     prompt.extend(req.messages);

@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::openai_request::{self, ChatRequest, Invalid, invalid};
+use super::openai_request::{self, Invalid, invalid};
 use super::sse::EventBody;
 use super::{ResponseBody, Shared, json_response, read_json_body};
 use crate::compile::Pipeline;
@@ -75,14 +75,15 @@ fn finish_reason(reason: &str) -> &str {
 }
 
 /// What the request asks that this pipeline cannot do: a tool named like
-/// one of its own, a tool choice naming no tool, a parameter a provider
-/// that may answer has no equivalent for.
+/// one of its own, a tool choice naming no tool, what its `clients:`
+/// rules do not allow, a parameter a provider that may answer has no
+/// equivalent for.
 fn check_with_pipeline(
     shared: &Shared,
     pipeline: &Pipeline,
-    chat: &ChatRequest,
+    req: &RunRequest,
 ) -> Result<(), Invalid> {
-    for (i, t) in chat.tools.iter().enumerate() {
+    for (i, t) in req.tools.iter().enumerate() {
         if pipeline.tools.iter().any(|own| own.name() == t.name) {
             return Err(invalid(
                 format!(
@@ -93,8 +94,8 @@ fn check_with_pipeline(
             ));
         }
     }
-    if let Some(ToolChoice::Tool(name)) = &chat.params.tool_choice
-        && !chat.tools.iter().any(|t| &t.name == name)
+    if let Some(ToolChoice::Tool(name)) = &req.params.tool_choice
+        && !req.tools.iter().any(|t| &t.name == name)
         && !pipeline.tools.iter().any(|t| t.name() == name)
     {
         return Err(invalid(
@@ -105,8 +106,8 @@ fn check_with_pipeline(
             Some("tool_choice"),
         ));
     }
-    run::check_params(&shared.run, pipeline, &chat.params)
-        .map_err(|(field, message)| invalid(message, Some(field)))
+    run::check_request(&shared.run, pipeline, req)
+        .map_err(|(field, message)| invalid(message, Some(&field)))
 }
 
 fn usage_json(u: &UsageReport) -> Value {
@@ -167,7 +168,14 @@ pub(super) async fn chat_completions(
             Some("model_not_found"),
         );
     };
-    if let Err(e) = check_with_pipeline(shared, &pipeline, &chat) {
+    let run_request = RunRequest {
+        request_id: request_id.to_string(),
+        messages: chat.messages,
+        max_tokens: chat.max_tokens,
+        params: chat.params,
+        tools: chat.tools,
+    };
+    if let Err(e) = check_with_pipeline(shared, &pipeline, &run_request) {
         run::record_invalid(&shared.run, &pipeline, request_id, "invalid_request").await;
         return openai_error(
             StatusCode::BAD_REQUEST,
@@ -177,17 +185,7 @@ pub(super) async fn chat_completions(
             None,
         );
     }
-    let admission = run::spawn(
-        &shared.run,
-        pipeline,
-        RunRequest {
-            request_id: request_id.to_string(),
-            messages: chat.messages,
-            max_tokens: chat.max_tokens,
-            params: chat.params,
-            tools: chat.tools,
-        },
-    );
+    let admission = run::spawn(&shared.run, pipeline, run_request);
     let rx = match admission.await {
         Ok(Admission::Streaming(rx)) => rx,
         Ok(Admission::Rejected(r)) => return rejection(&r),

@@ -255,7 +255,9 @@ pub const SECOND: Duration = Duration::from_secs(1);
 
 /// A synthesized OpenAI stream whose one turn asks for `calls`
 /// `(id, name, arguments)`, each argument text split in small fragments
-/// and the calls interleaved, as OpenAI streams parallel calls.
+/// and the calls' fragments interleaved. OpenAI itself streams parallel
+/// calls one after another (the SDKs' stream helpers rely on it); an
+/// interleaving upstream is the harder case for Sluice's assembly.
 pub fn openai_tool_calls(calls: &[(&str, &str, &str)]) -> Reply {
     let chunk = |delta: serde_json::Value, finish: Option<&str>| {
         let body = serde_json::json!({

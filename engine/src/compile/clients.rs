@@ -1,0 +1,356 @@
+//! A pipeline's rules for what its clients may set (`clients:`), and the
+//! check of a request against them. With no rules, every standard
+//! parameter passes through; the pipeline's ceiling, timeouts, budgets
+//! and retries hold whatever a client sets.
+
+use std::path::Path;
+
+use super::Cx;
+use crate::config::{RawClients, Spanned, diag};
+use crate::provider::{Message, Params, Role, ToolSpec};
+
+/// The parameters a client may set, by their request names.
+pub const PARAMS: &[&str] = &[
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "user",
+    "response_format",
+    "tool_choice",
+    "parallel_tool_calls",
+    "thinking",
+];
+
+/// The numeric parameters and the range each API allows.
+const NUMERIC: &[(&str, f64, f64)] = &[
+    ("temperature", 0.0, 2.0),
+    ("top_p", 0.0, 1.0),
+    ("top_k", 0.0, 1e9),
+    ("presence_penalty", -2.0, 2.0),
+    ("frequency_penalty", -2.0, 2.0),
+];
+
+/// What a client's system messages do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SystemRule {
+    /// After the pipeline's own system prompt.
+    #[default]
+    Append,
+    /// Instead of the pipeline's own, when the client sends any.
+    Replace,
+    /// Refused with a 400.
+    Forbid,
+}
+
+/// A pipeline's compiled `clients:` rules.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientRules {
+    /// None: every parameter of [`PARAMS`].
+    pub params: Option<Vec<&'static str>>,
+    /// (parameter, min, max), inclusive.
+    pub bounds: Vec<(&'static str, f64, f64)>,
+    /// Clients may bring tools (default true).
+    pub tools: bool,
+    pub system: SystemRule,
+}
+
+impl ClientRules {
+    pub fn open() -> Self {
+        ClientRules {
+            tools: true,
+            ..ClientRules::default()
+        }
+    }
+
+    /// Checks what a client set. Err: (the field at fault, why).
+    pub fn check(
+        &self,
+        pipeline: &str,
+        params: &Params,
+        tools: &[ToolSpec],
+        messages: &[Message],
+    ) -> Result<(), (String, String)> {
+        for field in set_fields(params) {
+            if let Some(allowed) = &self.params
+                && !allowed.contains(&field)
+            {
+                return Err((
+                    field.to_string(),
+                    format!(
+                        "pipeline \"{pipeline}\" does not let clients set \"{field}\" (they may set: {})",
+                        if allowed.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            allowed.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        for &(field, min, max) in &self.bounds {
+            if let Some(v) = numeric(params, field)
+                && !(min..=max).contains(&v)
+            {
+                return Err((
+                    field.to_string(),
+                    format!("pipeline \"{pipeline}\" allows {field} from {min} to {max}, not {v}"),
+                ));
+            }
+        }
+        if !self.tools && !tools.is_empty() {
+            return Err((
+                "tools".into(),
+                format!("pipeline \"{pipeline}\" does not let clients bring tools"),
+            ));
+        }
+        if self.system == SystemRule::Forbid
+            && let Some(i) = messages.iter().position(|m| m.role == Role::System)
+        {
+            return Err((
+                format!("messages[{i}]"),
+                format!(
+                    "pipeline \"{pipeline}\" has its own system prompt and does not let clients send one"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The parameters set in `p`, by their request names.
+pub fn set_fields(p: &Params) -> Vec<&'static str> {
+    let set = [
+        p.temperature.is_some(),
+        p.top_p.is_some(),
+        p.top_k.is_some(),
+        !p.stop.is_empty(),
+        p.seed.is_some(),
+        p.presence_penalty.is_some(),
+        p.frequency_penalty.is_some(),
+        p.logit_bias.is_some(),
+        p.user.is_some(),
+        p.response_format.is_some(),
+        p.tool_choice.is_some(),
+        p.parallel_tool_calls.is_some(),
+        p.thinking.is_some(),
+    ];
+    PARAMS
+        .iter()
+        .zip(set)
+        .filter(|(_, s)| *s)
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+fn numeric(p: &Params, field: &str) -> Option<f64> {
+    match field {
+        "temperature" => p.temperature,
+        "top_p" => p.top_p,
+        "top_k" => p.top_k.map(f64::from),
+        "presence_penalty" => p.presence_penalty,
+        "frequency_penalty" => p.frequency_penalty,
+        _ => None,
+    }
+}
+
+fn known(name: &Spanned<String>, file: &Path, cx: &mut Cx, what: &str) -> Option<&'static str> {
+    if let Some(p) = PARAMS.iter().find(|p| **p == name.value) {
+        return Some(p);
+    }
+    let hint = diag::suggest(&name.value, PARAMS.iter().copied())
+        .map(|s| format!(" (did you mean \"{s}\"?)"))
+        .unwrap_or_default();
+    cx.error(
+        file,
+        name.pos,
+        format!(
+            "unknown parameter \"{}\" in {what}{hint}; clients may set {}",
+            name.value,
+            PARAMS.join(", ")
+        ),
+    );
+    None
+}
+
+impl Cx {
+    /// Compiles `clients:`; None (after reporting why) when it makes no
+    /// sense. `temperature` is the pipeline's own, which must be within
+    /// the bounds it sets for clients.
+    pub(super) fn client_rules(
+        &mut self,
+        file: &Path,
+        raw: Option<Spanned<RawClients>>,
+        temperature: Option<&Spanned<f64>>,
+    ) -> Option<ClientRules> {
+        let Some(raw) = raw else {
+            return Some(ClientRules::open());
+        };
+        let before = self.diags.len();
+        let mut rules = ClientRules::open();
+        if let Some(list) = &raw.value.params {
+            let mut names = Vec::new();
+            for n in list {
+                if let Some(p) = known(n, file, self, "clients.params") {
+                    if names.contains(&p) {
+                        self.error(file, n.pos, format!("\"{p}\" is listed twice"));
+                    }
+                    names.push(p);
+                }
+            }
+            rules.params = Some(names);
+        }
+        for (name, bound) in &raw.value.bounds {
+            let Some(p) = known(name, file, self, "clients.bounds") else {
+                continue;
+            };
+            let Some(&(_, lo, hi)) = NUMERIC.iter().find(|(n, _, _)| *n == p) else {
+                self.error(
+                    file,
+                    name.pos,
+                    format!(
+                        "\"{p}\" is not a number; bounds apply to {}",
+                        NUMERIC.iter().map(|n| n.0).collect::<Vec<_>>().join(", ")
+                    ),
+                );
+                continue;
+            };
+            if rules.params.as_ref().is_some_and(|l| !l.contains(&p)) {
+                self.error(
+                    file,
+                    name.pos,
+                    format!("bounds for \"{p}\", which clients.params does not let clients set"),
+                );
+            }
+            let (min, max) = (bound.value.min.as_ref(), bound.value.max.as_ref());
+            if min.is_none() && max.is_none() {
+                self.error(
+                    file,
+                    bound.pos,
+                    format!("bounds for \"{p}\" need min, max or both"),
+                );
+                continue;
+            }
+            for b in [min, max].into_iter().flatten() {
+                if !(lo..=hi).contains(&b.value) {
+                    self.error(
+                        file,
+                        b.pos,
+                        format!("{p} goes from {lo} to {hi}; {} is outside", b.value),
+                    );
+                }
+            }
+            let (min_v, max_v) = (min.map_or(lo, |m| m.value), max.map_or(hi, |m| m.value));
+            if min_v > max_v {
+                self.error(
+                    file,
+                    bound.pos,
+                    format!("bounds for \"{p}\": min {min_v} is above max {max_v}"),
+                );
+            }
+            if p == "temperature"
+                && let Some(t) = temperature
+                && !(min_v..=max_v).contains(&t.value)
+            {
+                self.error(
+                    file,
+                    t.pos,
+                    format!("the pipeline's temperature {} is outside the bounds it sets for clients ({min_v} to {max_v})", t.value),
+                );
+            }
+            rules.bounds.push((p, min_v, max_v));
+        }
+        if let Some(t) = &raw.value.tools {
+            rules.tools = t.value;
+        }
+        if let Some(s) = &raw.value.system {
+            rules.system = match s.value.as_str() {
+                "append" => SystemRule::Append,
+                "replace" => SystemRule::Replace,
+                "forbid" => SystemRule::Forbid,
+                other => {
+                    self.error(
+                        file,
+                        s.pos,
+                        format!(
+                            "unknown clients.system \"{other}\", expected append, replace or forbid"
+                        ),
+                    );
+                    SystemRule::Append
+                }
+            };
+        }
+        (self.diags.len() == before).then_some(rules)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{Message, Role};
+
+    #[test]
+    fn open_rules_let_everything_through() {
+        let p = Params {
+            temperature: Some(2.0),
+            seed: Some(1),
+            stop: vec!["x".into()],
+            ..Params::default()
+        };
+        assert_eq!(set_fields(&p), ["temperature", "stop", "seed"]);
+        let tools = [ToolSpec {
+            name: "t".into(),
+            description: String::new(),
+            parameters: serde_json::json!({}),
+            strict: None,
+        }];
+        let system = [Message::new(Role::System, "s")];
+        assert!(ClientRules::open().check("p", &p, &tools, &system).is_ok());
+    }
+
+    #[test]
+    fn each_rule_names_the_field_it_refuses() {
+        let rules = ClientRules {
+            params: Some(vec!["temperature"]),
+            bounds: vec![("temperature", 0.0, 1.0)],
+            tools: false,
+            system: SystemRule::Forbid,
+        };
+        let field = |p: Params, tools: &[ToolSpec], m: &[Message]| {
+            rules.check("p", &p, tools, m).err().map(|(f, _)| f)
+        };
+        let t = |v| Params {
+            temperature: Some(v),
+            ..Params::default()
+        };
+        assert_eq!(field(t(1.0), &[], &[]), None);
+        assert_eq!(field(t(1.01), &[], &[]).as_deref(), Some("temperature"));
+        let seeded = Params {
+            seed: Some(3),
+            ..Params::default()
+        };
+        assert_eq!(field(seeded, &[], &[]).as_deref(), Some("seed"));
+        let tool = ToolSpec {
+            name: "t".into(),
+            description: String::new(),
+            parameters: serde_json::json!({}),
+            strict: None,
+        };
+        assert_eq!(
+            field(Params::default(), &[tool], &[]).as_deref(),
+            Some("tools")
+        );
+        let msgs = [
+            Message::new(Role::User, "u"),
+            Message::new(Role::System, "s"),
+        ];
+        assert_eq!(
+            field(Params::default(), &[], &msgs).as_deref(),
+            Some("messages[1]")
+        );
+    }
+}
