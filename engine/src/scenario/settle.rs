@@ -63,8 +63,9 @@ pub fn settled() -> bool {
 
 /// Whether the other end of this process's connection from `local` to
 /// `peer` has read every byte sent on it: received all of it and left
-/// nothing unread in its socket. True when that end is not (or no
-/// longer) a socket of this process. The mock's floods wait on it.
+/// nothing unread in its socket. Once that end is closed, true only when
+/// this end has seen the close. True when this connection is not a
+/// socket of this process. The mock's floods wait on it.
 pub fn read_by_peer(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> bool {
     imp::read_by_peer(local, peer)
 }
@@ -157,8 +158,14 @@ mod imp {
                 theirs = Some((fd, s));
             }
         }
-        let (Some(mine), Some((fd, theirs))) = (mine, theirs) else {
+        let Some(mine) = mine else {
             return true;
+        };
+        let Some((fd, theirs)) = theirs else {
+            // The other end is closed: wait until this end has seen its
+            // FIN (writes until then would all be taken, and cut short
+            // only when the reset comes back, however late that is).
+            return !mine.expects_peer();
         };
         let mut unread: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int, the bytes waiting to be read.
