@@ -1,12 +1,17 @@
-//! The OpenAI-compatible endpoint proven with a client this project did not
-//! write: the official `openai` Python package, installed by `.ci/run` into
-//! a virtual environment and named by SLUICE_TEST_OPENAI_PYTHON. Without it
-//! the test says it was skipped and passes.
+//! The OpenAI-compatible endpoint proven with clients this project did not
+//! write: the official `openai` Python package (SLUICE_TEST_OPENAI_PYTHON, a
+//! python with `openai` and `pydantic`) and the `openai` npm package
+//! (SLUICE_TEST_OPENAI_NODE, `engine/tests/sdk/node` after `npm ci`), both
+//! installed by `.ci/run`. The SDK helper checks run over an OpenAI-wire and
+//! an Anthropic-wire provider. Without the variables the tests say they were
+//! skipped and pass.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use sluice::compile::compile_sources;
 use sluice::serve::RunningServer;
 use sluice_testkit::{Fault, MockProvider, Reply, Script};
@@ -94,4 +99,467 @@ async fn the_official_openai_python_sdk_streams_and_fails_cleanly() {
     assert_eq!(r["unknown_model"]["code"], "model_not_found");
     assert_eq!(r["models"], serde_json::json!(["chat", "slow"]));
     server.stop().await;
+}
+
+/// The wires every SDK check below runs over: each pipeline `WIRE-…` sits
+/// on a provider of that kind in one catalog.
+const WIRES: [&str; 2] = ["openai", "anthropic"];
+
+/// One OpenAI stream chunk event carrying `delta`.
+fn openai_chunk(delta: Value, finish: Option<&str>) -> String {
+    let c = json!({"id": "chatcmpl-sdk", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    format!("data: {c}\n\n")
+}
+
+fn anthropic_event(data: Value) -> String {
+    format!(
+        "event: {}\ndata: {data}\n\n",
+        data["type"].as_str().unwrap()
+    )
+}
+
+/// `text` (may be empty) then `calls` `(id, name, arguments)` on `wire`,
+/// every argument text split in 4-byte pieces. Calls follow one another,
+/// as both providers stream them: OpenAI finishes index 0 before index 1
+/// starts (the SDKs' stream helpers count on it: a call is done when the
+/// next index appears), Anthropic gives each call its own `tool_use` block.
+fn tool_stream(wire: &str, text: &str, calls: &[(&str, &str, &str)]) -> Reply {
+    let pieces = |args: &str| -> Vec<String> {
+        args.as_bytes()
+            .chunks(4)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect()
+    };
+    let mut out = String::new();
+    if wire == "openai" {
+        out += &openai_chunk(json!({"role": "assistant", "content": text}), None);
+        for (i, (id, name, args)) in calls.iter().enumerate() {
+            out += &openai_chunk(
+                json!({"tool_calls": [{"index": i, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+                None,
+            );
+            for piece in pieces(args) {
+                out += &openai_chunk(
+                    json!({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}),
+                    None,
+                );
+            }
+        }
+        out += &openai_chunk(json!({}), Some("tool_calls"));
+        out += "data: {\"id\":\"chatcmpl-sdk\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":50,\"completion_tokens\":20,\"total_tokens\":70}}\n\n";
+        out += "data: [DONE]\n\n";
+    } else {
+        out += &anthropic_event(
+            json!({"type": "message_start", "message": {"id": "msg_sdk", "type": "message",
+            "role": "assistant", "model": "claude-sonnet-4-20250514", "content": [], "stop_reason": null,
+            "usage": {"input_tokens": 50, "output_tokens": 1}}}),
+        );
+        let mut index = 0;
+        if !text.is_empty() {
+            out += &anthropic_event(
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            );
+            out += &anthropic_event(
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+            );
+            out += &anthropic_event(json!({"type": "content_block_stop", "index": 0}));
+            index = 1;
+        }
+        for (id, name, args) in calls {
+            out += &anthropic_event(json!({"type": "content_block_start", "index": index,
+                "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}));
+            for p in pieces(args) {
+                out += &anthropic_event(json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": p}}));
+            }
+            out += &anthropic_event(json!({"type": "content_block_stop", "index": index}));
+            index += 1;
+        }
+        out += &anthropic_event(
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+            "usage": {"output_tokens": 20}}),
+        );
+        out += &anthropic_event(json!({"type": "message_stop"}));
+    }
+    Reply::recorded(out)
+}
+
+fn text_reply(wire: &str, words: &[&str]) -> Reply {
+    if wire == "openai" {
+        Reply::text(words)
+    } else {
+        Reply::anthropic_text(words)
+    }
+}
+
+/// One mock per pipeline, so each journal holds exactly that pipeline's
+/// provider requests.
+struct Gateway {
+    mocks: HashMap<String, MockProvider>,
+    server: RunningServer,
+}
+
+impl Gateway {
+    /// `pipelines`: `(name, provider kind, script)`; pipeline NAME runs
+    /// on provider NAME, a mock playing `script`.
+    async fn start(pipelines: Vec<(String, &str, Script)>) -> Gateway {
+        let mut mocks = HashMap::new();
+        let mut settings = String::from("storage: memory\nproviders:\n");
+        let mut files = Vec::new();
+        for (name, kind, script) in pipelines {
+            let mock = MockProvider::start(script).await.unwrap();
+            settings += &format!(
+                "  {name}: {{kind: {kind}, base_url: \"{}\"}}\n",
+                mock.base_url()
+            );
+            files.push((
+                PathBuf::from(format!("{name}.yaml")),
+                format!(
+                    "name: {name}\nmodel: {{provider: {name}, name: the-model}}\nlimits: {{max_tokens: 200}}\n"
+                ),
+            ));
+            mocks.insert(name, mock);
+        }
+        let catalog = compile_sources(&(PathBuf::from("settings.yaml"), settings), &files)
+            .unwrap_or_else(|d| panic!("{d:#?}"));
+        let server = RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        Gateway { mocks, server }
+    }
+
+    /// The request bodies pipeline `name`'s provider received.
+    fn sent(&self, name: &str) -> Vec<Value> {
+        self.mocks[name]
+            .journal()
+            .requests()
+            .into_iter()
+            .map(|r| r.body)
+            .collect()
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}/v1", self.server.addr)
+    }
+}
+
+/// Runs `program args…`, bounded, and parses the JSON it prints.
+async fn run_json(program: &str, args: &[&str]) -> Value {
+    let output = tokio::time::timeout(
+        Duration::from_secs(180),
+        tokio::process::Command::new(program).args(args).output(),
+    )
+    .await
+    .expect("the SDK script finishes")
+    .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+    assert!(
+        output.status.success(),
+        "the SDK script failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the script prints JSON ({e}):\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// Ids as each provider spells them.
+fn call_id(wire: &str, n: u32) -> String {
+    if wire == "openai" {
+        format!("call_sdk{n}")
+    } else {
+        format!("toolu_sdk{n}")
+    }
+}
+
+const WEATHER_ARGS: &str = r#"{"city":"Paris"}"#;
+const TIME_ARGS: &str = r#"{"zone":"Europe/Paris"}"#;
+const REPORT: [&str; 4] = [
+    r#"{"city":"Paris","#,
+    r#""temperature_c":21,"#,
+    r#""conditions":["sunny","#,
+    r#""light wind"]}"#,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_sdk_helpers_work_over_both_wires() {
+    let Ok(python) = std::env::var("SLUICE_TEST_OPENAI_PYTHON") else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: OpenAI SDK helpers test (set SLUICE_TEST_OPENAI_PYTHON to a python with `openai` and `pydantic` installed)"
+        );
+        return;
+    };
+    let mut pipelines = Vec::new();
+    for wire in WIRES {
+        let (a, b) = (call_id(wire, 1), call_id(wire, 2));
+        pipelines.push((
+            format!("{wire}-stream"),
+            wire,
+            Script::single(tool_stream(
+                wire,
+                "Let me check.",
+                &[
+                    (&a, "get_weather", WEATHER_ARGS),
+                    (&b, "get_time", TIME_ARGS),
+                ],
+            )),
+        ));
+        pipelines.push((
+            format!("{wire}-parse"),
+            wire,
+            Script::single(text_reply(wire, &REPORT)),
+        ));
+        pipelines.push((
+            format!("{wire}-tools"),
+            wire,
+            Script::single(tool_stream(wire, "", &[(&a, "get_weather", WEATHER_ARGS)]))
+                .then(text_reply(wire, &["It is sunny", " in Paris."])),
+        ));
+    }
+    let gw = Gateway::start(pipelines).await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_tools.py");
+    let base = gw.base();
+    let mut args = vec![script.to_str().unwrap(), base.as_str()];
+    args.extend(WIRES);
+    let r = run_json(&python, &args).await;
+    println!("openai SDK helper results: {r:#}");
+
+    for wire in WIRES {
+        let (a, b) = (call_id(wire, 1), call_id(wire, 2));
+        let w = &r[wire];
+
+        // 1. The stream helper assembled the streamed calls into exactly
+        // what the provider sent, and parsed each into its Pydantic model.
+        let s = &w["stream"];
+        assert_eq!(s["content"], "Let me check.", "{wire}");
+        assert_eq!(s["finish_reason"], "tool_calls", "{wire}");
+        assert_eq!(
+            s["tool_calls"],
+            json!([
+                {"id": a, "type": "function", "name": "get_weather", "arguments": WEATHER_ARGS,
+                 "parsed_type": "GetWeather", "parsed": {"city": "Paris"}},
+                {"id": b, "type": "function", "name": "get_time", "arguments": TIME_ARGS,
+                 "parsed_type": "GetTime", "parsed": {"zone": "Europe/Paris"}},
+            ]),
+            "{wire}"
+        );
+        // Arguments arrived in pieces (4 bytes each upstream), not at once.
+        assert!(
+            s["argument_deltas"]["0"].as_u64().unwrap() >= 4,
+            "{wire}: {s}"
+        );
+        assert!(
+            s["argument_deltas"]["1"].as_u64().unwrap() >= 4,
+            "{wire}: {s}"
+        );
+        assert_eq!(
+            s["done_events"],
+            json!([
+                {"index": 0, "name": "get_weather", "arguments": WEATHER_ARGS, "parsed_type": "GetWeather"},
+                {"index": 1, "name": "get_time", "arguments": TIME_ARGS, "parsed_type": "GetTime"},
+            ]),
+            "{wire}"
+        );
+        let sent = gw.sent(&format!("{wire}-stream"));
+        assert_eq!(sent.len(), 1, "{wire}");
+        if wire == "openai" {
+            assert_eq!(sent[0]["tools"][0]["function"]["name"], "get_weather");
+            assert_eq!(sent[0]["tools"][0]["function"]["strict"], true);
+            assert_eq!(
+                sent[0]["tools"][1]["function"]["parameters"]["required"],
+                json!(["zone"])
+            );
+        } else {
+            assert_eq!(sent[0]["tools"][0]["name"], "get_weather");
+            assert_eq!(
+                sent[0]["tools"][1]["input_schema"]["required"],
+                json!(["zone"])
+            );
+        }
+
+        // 2. `.parse()` with a Pydantic response_format.
+        let p = &w["parse"];
+        let sent = gw.sent(&format!("{wire}-parse"));
+        if wire == "openai" {
+            assert_eq!(p["raised"], Value::Null, "{p}");
+            assert_eq!(p["parsed_type"], "CityReport");
+            assert_eq!(
+                p["parsed"],
+                json!({"city": "Paris", "temperature_c": 21, "conditions": ["sunny", "light wind"]})
+            );
+            assert_eq!(p["content"], REPORT.concat());
+            assert_eq!(p["finish_reason"], "stop");
+            assert_eq!(sent.len(), 1);
+            let format = &sent[0]["response_format"];
+            assert_eq!(format["type"], "json_schema", "{format}");
+            assert_eq!(format["json_schema"]["name"], "CityReport");
+            assert_eq!(format["json_schema"]["strict"], true);
+            assert_eq!(
+                format["json_schema"]["schema"]["required"],
+                json!(["city", "temperature_c", "conditions"])
+            );
+            assert_eq!(
+                format["json_schema"]["schema"]["additionalProperties"],
+                false
+            );
+        } else {
+            // Anthropic Messages has no json_schema: refused by name before
+            // any call, raised as the SDK's own BadRequestError.
+            assert_eq!(p["raised"], "BadRequestError", "{p}");
+            assert_eq!(p["status"], 400);
+            assert_eq!(p["param"], "response_format");
+            assert!(p["message"].as_str().unwrap().contains("Anthropic"), "{p}");
+        }
+
+        // 3. The full round trip: the call, the local function's result
+        // sent back as a `tool` message, the answer.
+        let t = &w["round_trip"];
+        assert_eq!(t["first_finish_reason"], "tool_calls", "{wire}");
+        assert_eq!(
+            t["call"],
+            json!({"id": a, "name": "get_weather", "arguments": WEATHER_ARGS})
+        );
+        assert_eq!(t["answer"], "It is sunny in Paris.", "{wire}");
+        assert_eq!(t["answer_finish_reason"], "stop", "{wire}");
+        let result = t["result_sent"].as_str().unwrap();
+        assert!(result.contains("\"temperature_c\": 21"), "{result}");
+        let sent = gw.sent(&format!("{wire}-tools"));
+        assert_eq!(sent.len(), 2, "{wire}");
+        let second = sent[1]["messages"].as_array().unwrap();
+        if wire == "openai" {
+            assert_eq!(second.len(), 3, "{second:#?}");
+            assert_eq!(second[1]["role"], "assistant");
+            assert_eq!(
+                second[1]["tool_calls"],
+                json!([{"id": a, "type": "function", "function": {"name": "get_weather", "arguments": WEATHER_ARGS}}])
+            );
+            assert_eq!(
+                second[2],
+                json!({"role": "tool", "tool_call_id": a, "content": result})
+            );
+        } else {
+            assert_eq!(second.len(), 3, "{second:#?}");
+            assert_eq!(second[1]["role"], "assistant");
+            assert_eq!(
+                second[1]["content"],
+                json!([{"type": "tool_use", "id": a, "name": "get_weather", "input": {"city": "Paris"}}])
+            );
+            assert_eq!(
+                second[2],
+                json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": a, "content": result}]})
+            );
+        }
+
+        // 4. Errors raised as the SDK's own exception types.
+        let e = &w["errors"];
+        assert_eq!(e["unknown_field"]["raised"], "BadRequestError", "{e}");
+        assert_eq!(e["unknown_field"]["status"], 400);
+        assert_eq!(e["unknown_field"]["param"], "frobnicate");
+        assert_eq!(e["unknown_model"]["raised"], "NotFoundError", "{e}");
+        assert_eq!(e["unknown_model"]["status"], 404);
+        assert_eq!(e["unknown_model"]["code"], "model_not_found");
+        if wire == "anthropic" {
+            assert_eq!(e["unsupported_param"]["raised"], "BadRequestError");
+            assert_eq!(e["unsupported_param"]["param"], "seed");
+        }
+        // What was refused never reached a provider: one call for the
+        // one accepted parse, none on Anthropic.
+        let parse_calls = gw.sent(&format!("{wire}-parse")).len();
+        assert_eq!(parse_calls, usize::from(wire == "openai"), "{wire}");
+    }
+    gw.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_node_sdk_streams_tool_calls_over_both_wires() {
+    let Ok(dir) = std::env::var("SLUICE_TEST_OPENAI_NODE") else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: OpenAI Node SDK test (set SLUICE_TEST_OPENAI_NODE to engine/tests/sdk/node after `npm ci` there)"
+        );
+        return;
+    };
+    let mut pipelines = Vec::new();
+    for wire in WIRES {
+        let (a, b) = (call_id(wire, 1), call_id(wire, 2));
+        pipelines.push((
+            format!("{wire}-node"),
+            wire,
+            Script::single(tool_stream(
+                wire,
+                "Let me check.",
+                &[
+                    (&a, "get_weather", WEATHER_ARGS),
+                    (&b, "get_time", TIME_ARGS),
+                ],
+            )),
+        ));
+    }
+    let gw = Gateway::start(pipelines).await;
+    let script = PathBuf::from(&dir).join("openai_client.mjs");
+    let base = gw.base();
+    let mut args = vec![script.to_str().unwrap(), base.as_str()];
+    args.extend(WIRES);
+    let r = run_json("node", &args).await;
+    println!("openai Node SDK results: {r:#}");
+
+    for wire in WIRES {
+        let (a, b) = (call_id(wire, 1), call_id(wire, 2));
+        let w = &r[wire];
+        let expected = json!([
+            {"id": a, "name": "get_weather", "arguments": WEATHER_ARGS},
+            {"id": b, "name": "get_time", "arguments": TIME_ARGS},
+        ]);
+
+        // Chunk by chunk: each call opens with one piece carrying its id,
+        // type and name, then argument pieces with neither, in order.
+        let c = &w["chunks"];
+        assert_eq!(c["content"], "Let me check.", "{wire}");
+        assert_eq!(c["finish_reasons"], json!(["tool_calls"]), "{wire}");
+        assert_eq!(c["assembled"], expected, "{wire}");
+        let pieces = c["pieces"].as_array().unwrap();
+        for (index, id) in [(0, &a), (1, &b)] {
+            let mine: Vec<&Value> = pieces.iter().filter(|p| p["index"] == index).collect();
+            assert!(mine.len() >= 5, "{wire}: {mine:#?}");
+            assert_eq!(mine[0]["id"], json!(id), "{wire}");
+            assert_eq!(mine[0]["type"], "function", "{wire}");
+            assert!(
+                mine[1..]
+                    .iter()
+                    .all(|p| p.get("id").is_none() && p["function"].get("name").is_none())
+            );
+        }
+        assert_eq!(c["usage"]["total_tokens"], 70, "{wire}");
+
+        // Assembled by the SDK's own stream helper.
+        let h = &w["helper"];
+        assert_eq!(h["content"], "Let me check.", "{wire}");
+        assert_eq!(h["finish_reason"], "tool_calls", "{wire}");
+        let calls: Vec<Value> = h["tool_calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| json!({"id": c["id"], "name": c["name"], "arguments": c["arguments"]}))
+            .collect();
+        assert_eq!(Value::from(calls), expected, "{wire}");
+        assert_eq!(h["tool_calls"][0]["parsed"], json!({"city": "Paris"}));
+        assert_eq!(
+            h["tool_calls"][1]["parsed"],
+            json!({"zone": "Europe/Paris"})
+        );
+        assert_eq!(h["done_events"][1]["name"], "get_time", "{wire}");
+
+        let u = &w["unknown_field"];
+        assert_eq!(u["is_bad_request"], true, "{wire}: {u}");
+        assert_eq!(u["status"], 400);
+        assert_eq!(u["param"], "frobnicate");
+        // Two streams reached the provider; the refused request did not.
+        assert_eq!(gw.sent(&format!("{wire}-node")).len(), 2, "{wire}");
+    }
+    gw.server.stop().await;
 }
