@@ -328,7 +328,10 @@ struct Out<'a, 'b> {
     in_body: bool,
     /// `MockProvider::start_paced`: whether the client has read all that
     /// was written on this connection (local and peer address).
-    pacing: Option<(crate::ReadByPeer, (std::net::SocketAddr, std::net::SocketAddr))>,
+    pacing: Option<(
+        crate::ReadByPeer,
+        (std::net::SocketAddr, std::net::SocketAddr),
+    )>,
 }
 
 impl Out<'_, '_> {

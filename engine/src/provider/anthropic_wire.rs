@@ -227,6 +227,9 @@ struct ContentBlock<'a> {
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     name: Option<Cow<'a, str>>,
+    /// A `redacted_thinking` block's encrypted reasoning.
+    #[serde(borrow)]
+    data: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -246,6 +249,8 @@ struct DeltaBody<'a> {
     partial_json: Option<Cow<'a, str>>,
     #[serde(borrow)]
     thinking: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    signature: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -326,7 +331,12 @@ impl AnthropicDecoder {
                         name: block.name.map(Cow::into_owned),
                         arguments: String::new(),
                     }),
-                    // thinking, server tools...: not part of the answer.
+                    "redacted_thinking" => {
+                        if let Some(data) = block.data.filter(|d| !d.is_empty()) {
+                            out.push(Chunk::RedactedReasoning(data.into_owned()));
+                        }
+                    }
+                    // thinking (its text comes as deltas), server tools...
                     _ => {}
                 }
             }
@@ -353,7 +363,12 @@ impl AnthropicDecoder {
                             out.push(Chunk::Reasoning(t.into_owned()));
                         }
                     }
-                    // signature_delta (not generated text), citations_delta...
+                    "signature_delta" => {
+                        if let Some(s) = d.delta.signature.filter(|s| !s.is_empty()) {
+                            out.push(Chunk::ReasoningSignature(s.into_owned()));
+                        }
+                    }
+                    // citations_delta...
                     _ => {}
                 }
             }

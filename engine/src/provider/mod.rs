@@ -352,6 +352,13 @@ pub enum Chunk {
     /// or `reasoning`, Anthropic `thinking` blocks). Never empty. Counted
     /// as generated tokens; not part of the answer.
     Reasoning(String),
+    /// The provider's signature of the reasoning just sent (Anthropic
+    /// `signature_delta`, closing a `thinking` block): a client that hands
+    /// the reasoning back must send it with it. Never empty.
+    ReasoningSignature(String),
+    /// Reasoning the provider sent encrypted (an Anthropic
+    /// `redacted_thinking` block), whole.
+    RedactedReasoning(String),
     /// The model declined to answer, in its own words (OpenAI's
     /// `delta.refusal`). Never empty.
     Refusal(String),

@@ -620,6 +620,7 @@ async fn drive(
         // The model that answers, as the provider names it.
         model: answering.unwrap_or_else(|| target.model.clone()),
         downgraded_from: target.downgraded_from.clone(),
+        prompt_tokens: tally.prompt_counted,
     }));
     let ending = match out.send(start).await {
         Err(()) => Ending::ClientClosed,

@@ -222,7 +222,8 @@ async fn run_async(scenario: &Scenario, opts: RunOptions, real: bool) -> Outcome
     let script = Script {
         responses: scenario.turns.iter().map(|t| t.reply(wire)).collect(),
     };
-    let mock = match MockProvider::start_paced(script, Arc::new(super::settle::read_by_peer)).await {
+    let mock = match MockProvider::start_paced(script, Arc::new(super::settle::read_by_peer)).await
+    {
         Ok(m) => m,
         Err(e) => {
             outcome

@@ -10,11 +10,11 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::openai_request::{self, ChatRequest, Invalid, invalid};
+use super::openai_request::{self, Invalid, invalid};
 use super::sse::EventBody;
 use super::{ResponseBody, Shared, json_response, read_json_body};
 use crate::compile::Pipeline;
-use crate::provider::ToolChoice;
+use crate::provider::{Params, ToolChoice, ToolSpec};
 use crate::run::{
     self, Admission, ErrorCode, Event, EventReceiver, Rejection, RunRequest, ToolCallDelta,
     UsageReport,
@@ -76,25 +76,28 @@ fn finish_reason(reason: &str) -> &str {
 
 /// What the request asks that this pipeline cannot do: a tool named like
 /// one of its own, a tool choice naming no tool, a parameter a provider
-/// that may answer has no equivalent for.
-fn check_with_pipeline(
+/// that may answer has no equivalent for. `name_field` names a tool's
+/// name field in the client's API (shared with `/v1/messages`).
+pub(super) fn check_with_pipeline(
     shared: &Shared,
     pipeline: &Pipeline,
-    chat: &ChatRequest,
+    tools: &[ToolSpec],
+    params: &Params,
+    name_field: &dyn Fn(usize) -> String,
 ) -> Result<(), Invalid> {
-    for (i, t) in chat.tools.iter().enumerate() {
+    for (i, t) in tools.iter().enumerate() {
         if pipeline.tools.iter().any(|own| own.name() == t.name) {
             return Err(invalid(
                 format!(
                     "pipeline \"{}\" has a tool of its own named \"{}\"; give yours another name",
                     pipeline.name, t.name
                 ),
-                Some(&format!("tools[{i}].function.name")),
+                Some(&name_field(i)),
             ));
         }
     }
-    if let Some(ToolChoice::Tool(name)) = &chat.params.tool_choice
-        && !chat.tools.iter().any(|t| &t.name == name)
+    if let Some(ToolChoice::Tool(name)) = &params.tool_choice
+        && !tools.iter().any(|t| &t.name == name)
         && !pipeline.tools.iter().any(|t| t.name() == name)
     {
         return Err(invalid(
@@ -105,7 +108,7 @@ fn check_with_pipeline(
             Some("tool_choice"),
         ));
     }
-    run::check_params(&shared.run, pipeline, &chat.params)
+    run::check_params(&shared.run, pipeline, params)
         .map_err(|(field, message)| invalid(message, Some(field)))
 }
 
@@ -167,7 +170,9 @@ pub(super) async fn chat_completions(
             Some("model_not_found"),
         );
     };
-    if let Err(e) = check_with_pipeline(shared, &pipeline, &chat) {
+    if let Err(e) = check_with_pipeline(shared, &pipeline, &chat.tools, &chat.params, &|i| {
+        format!("tools[{i}].function.name")
+    }) {
         run::record_invalid(&shared.run, &pipeline, request_id, "invalid_request").await;
         return openai_error(
             StatusCode::BAD_REQUEST,
@@ -390,7 +395,13 @@ impl ChatEncoder {
             // The pipeline's own tools run inside Sluice: the client sees
             // their effect in the answer. The client's calls came as
             // `ToolCallDelta`s.
-            Event::ToolCall(_) | Event::ToolResult(_) | Event::Error { .. } => {}
+            // Reasoning is not part of Chat Completions' answer.
+            Event::ToolCall(_)
+            | Event::ToolResult(_)
+            | Event::Error { .. }
+            | Event::Reasoning(_)
+            | Event::ReasoningSignature(_)
+            | Event::RedactedReasoning(_) => {}
         }
     }
 }
