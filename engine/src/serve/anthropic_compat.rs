@@ -411,7 +411,10 @@ impl MessagesEncoder {
             }
             Event::Usage(u) => self.usage = Some(*u),
             // A cut at the ceiling is an answer: stop_reason max_tokens.
-            Event::Error { code, .. } if code == ErrorCode::TokenCeiling => {}
+            Event::Error {
+                code: ErrorCode::TokenCeiling,
+                ..
+            } => {}
             Event::Error { code, message } => {
                 self.failed = true;
                 let kind = error_type(status_of(code));

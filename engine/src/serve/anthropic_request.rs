@@ -300,7 +300,7 @@ fn thinking(obj: &Map<String, Value>) -> Result<Option<Value>, Invalid> {
     match kind {
         Some("disabled") => Ok(None),
         Some("enabled") => {
-            if !v["budget_tokens"].as_u64().is_some_and(|b| b >= 1) {
+            if v["budget_tokens"].as_u64().is_none_or(|b| b < 1) {
                 return Err(invalid(
                     "thinking.budget_tokens: field required (a positive integer) when thinking is enabled",
                     Some("thinking.budget_tokens"),
