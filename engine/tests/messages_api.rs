@@ -566,7 +566,7 @@ async fn errors_take_anthropics_shape() {
         ),
         (
             json!({"model": "chat", "max_tokens": 5, "messages": [{"role": "user", "content": [
-                {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}]}),
+                {"type": "text", "text": "hi", "cache_control": {"type": "forever"}}]}]}),
             "messages[0].content[0].cache_control",
         ),
         (
@@ -641,6 +641,7 @@ async fn count_tokens_is_sluices_estimate_of_what_would_be_sent() {
         description: "Weather in a city".into(),
         parameters: tool["input_schema"].clone(),
         strict: None,
+        cache_control: None,
     }];
     let want = sluice::tokens::count_prompt(&prompt) + sluice::tokens::count_tools(&tools);
     assert_eq!(counted, json!({"input_tokens": want}));
@@ -673,5 +674,73 @@ async fn count_tokens_is_sluices_estimate_of_what_would_be_sent() {
             .starts_with("messages[0].content[0].type"),
         "{e}"
     );
+    server.stop().await;
+}
+
+/// A conversation with a cache breakpoint on every kind of block that
+/// takes one.
+fn cached() -> Value {
+    json!({"model": "chat", "max_tokens": 20,
+        "system": [{"type": "text", "text": "Long instructions."},
+                   {"type": "text", "text": "More.", "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object"},
+                   "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "Weather?"},
+                {"type": "text", "text": "In Paris.", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {},
+                 "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "Checking."}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny",
+                 "cache_control": {"type": "ephemeral"}}]}]})
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_control_reaches_an_anthropic_provider_and_is_refused_for_openai() {
+    let mock = MockProvider::start(Script::single(Reply::anthropic_text(&["Sunny"])))
+        .await
+        .unwrap();
+    let server = serve(&mock, "anthropic", "").await;
+    let resp = messages(server.addr, "/v1/messages", &cached()).await;
+    assert_eq!(resp.status(), 200);
+    let sent = &mock.journal().requests()[0].body;
+    let eph = json!({"type": "ephemeral"});
+    assert_eq!(
+        sent["system"],
+        json!([{"type": "text", "text": "Long instructions."},
+               {"type": "text", "text": "More.", "cache_control": eph}])
+    );
+    assert_eq!(
+        sent["tools"][0]["cache_control"],
+        json!({"type": "ephemeral", "ttl": "1h"})
+    );
+    let msgs = &sent["messages"];
+    assert_eq!(
+        msgs[0]["content"],
+        json!([{"type": "text", "text": "Weather?"},
+               {"type": "text", "text": "In Paris.", "cache_control": eph}])
+    );
+    // The text goes before the call (Sluice's order); the mark stays on the call.
+    assert_eq!(
+        msgs[1]["content"][0],
+        json!({"type": "text", "text": "Checking."})
+    );
+    assert_eq!(msgs[1]["content"][1]["cache_control"], eph);
+    assert_eq!(msgs[2]["content"][0]["cache_control"], eph);
+    server.stop().await;
+
+    let mock = MockProvider::start(Script::single(Reply::text(&["x"])))
+        .await
+        .unwrap();
+    let server = serve(&mock, "openai", "").await;
+    let e = error_of(messages(server.addr, "/v1/messages", &cached()).await, 400).await;
+    assert!(
+        e["message"].as_str().unwrap().starts_with("cache_control"),
+        "{e}"
+    );
+    assert_eq!(mock.journal().request_count(), 0);
     server.stop().await;
 }

@@ -59,8 +59,8 @@ const COUNT_FIELDS: &[&str] = &[
     "thinking",
 ];
 
-/// Why `cache_control` is refused (see the README).
-const NO_CACHE_CONTROL: &str = "cache_control is not supported by Sluice yet: remove it (prompt caching breakpoints are not relayed to the provider)";
+/// Why `cache_control` is refused where it is.
+const NO_CACHE_CONTROL: &str = "cache_control is not supported on this block (Anthropic takes it on system text blocks, message text, image, tool_use and tool_result blocks, and tools)";
 
 fn number(obj: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<Option<f64>, Invalid> {
     match obj.get(key) {
@@ -107,6 +107,30 @@ fn only(obj: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), Inva
         ));
     }
     Ok(())
+}
+
+/// A block's `cache_control`, checked (`{"type": "ephemeral"}`, with an
+/// optional `ttl`) and kept as sent.
+fn cache_control(obj: &Map<String, Value>, at: &str) -> Result<Option<Value>, Invalid> {
+    let Some(v) = obj.get("cache_control").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let here = format!("{at}.cache_control");
+    let ok = v.as_object().is_some_and(|o| {
+        o.get("type").and_then(Value::as_str) == Some("ephemeral")
+            && o.iter().all(|(k, x)| match k.as_str() {
+                "type" => true,
+                "ttl" => x.is_null() || x.as_str().is_some_and(|t| t.len() <= 16),
+                _ => false,
+            })
+    });
+    if !ok {
+        return Err(invalid(
+            format!("{here}: must be {{\"type\": \"ephemeral\"}}, with an optional ttl"),
+            Some(&here),
+        ));
+    }
+    Ok(Some(v.clone()))
 }
 
 fn string<'a>(obj: &'a Map<String, Value>, key: &str, at: &str) -> Result<&'a str, Invalid> {
@@ -191,6 +215,8 @@ pub(super) fn parse(body: &[u8], endpoint: Endpoint) -> Result<MessagesRequest, 
         ..Params::default()
     };
     params.user = metadata(obj)?;
+    params.cache_control = messages.iter().any(|m| !m.cache_control.is_empty())
+        || tools.iter().any(|t| t.cache_control.is_some());
     params.thinking = thinking(obj)?;
     (params.tool_choice, params.parallel_tool_calls) = tool_choice(obj)?;
     if let Some(ToolChoice::Tool(name)) = &params.tool_choice
@@ -214,12 +240,15 @@ pub(super) fn parse(body: &[u8], endpoint: Endpoint) -> Result<MessagesRequest, 
 }
 
 /// `system`: a string or text blocks, as one system message.
+/// With a cache breakpoint among the blocks, each block is a system
+/// message of its own, so that the breakpoint stays where it was put.
 fn system(obj: &Map<String, Value>) -> Result<Vec<Message>, Invalid> {
     let text = match obj.get("system") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(blocks)) => {
             let mut parts = Vec::with_capacity(blocks.len());
+            let mut marked = Vec::with_capacity(blocks.len());
             for (j, b) in blocks.iter().enumerate() {
                 let at = format!("system[{j}]");
                 let Some(o) = b.as_object() else {
@@ -231,8 +260,20 @@ fn system(obj: &Map<String, Value>) -> Result<Vec<Message>, Invalid> {
                         Some(&format!("{at}.type")),
                     ));
                 }
-                only(o, &["type", "text"], &at)?;
+                only(o, &["type", "text", "cache_control"], &at)?;
                 parts.push(string(o, "text", &at)?);
+                marked.push(cache_control(o, &at)?);
+            }
+            if marked.iter().any(Option::is_some) {
+                return Ok(parts
+                    .into_iter()
+                    .zip(marked)
+                    .map(|(text, cc)| {
+                        let mut m = Message::new(Role::System, text);
+                        m.cache_control.extend(cc.map(|cc| (0, cc)));
+                        m
+                    })
+                    .collect());
             }
             parts.join("\n\n")
         }
@@ -397,7 +438,17 @@ fn tools(obj: &Map<String, Value>) -> Result<Vec<ToolSpec>, Invalid> {
                 ));
             }
         }
-        only(o, &["type", "name", "description", "input_schema"], &at)?;
+        only(
+            o,
+            &[
+                "type",
+                "name",
+                "description",
+                "input_schema",
+                "cache_control",
+            ],
+            &at,
+        )?;
         let name = o.get("name").and_then(Value::as_str).unwrap_or_default();
         if !valid_name(name) {
             return Err(invalid(
@@ -435,6 +486,7 @@ fn tools(obj: &Map<String, Value>) -> Result<Vec<ToolSpec>, Invalid> {
             description,
             parameters,
             strict: None,
+            cache_control: cache_control(o, &at)?,
         });
     }
     Ok(out)
@@ -474,6 +526,9 @@ fn message(m: &Value, i: usize, out: &mut Vec<Message>) -> Result<(), Invalid> {
         }
     };
     let mut turn = Message::new(role, "");
+    // Breakpoints on tool_use blocks, by call: numbered after the parts
+    // once they are all known.
+    let mut call_marks = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
         let here = format!("{field}[{j}]");
         let Some(o) = b.as_object() else {
@@ -486,17 +541,33 @@ fn message(m: &Value, i: usize, out: &mut Vec<Message>) -> Result<(), Invalid> {
         match (role, kind) {
             (_, "text") => {
                 // Citations in a turn handed back are not relayed.
-                only(o, &["type", "text"], &here)?;
+                only(o, &["type", "text", "cache_control"], &here)?;
+                if let Some(cc) = cache_control(o, &here)? {
+                    turn.cache_control.push((turn.content.len() as u32, cc));
+                }
                 turn.content
                     .push(Part::Text(string(o, "text", &here)?.to_string()));
             }
             (Role::User, "image") => {
-                only(o, &["type", "source"], &here)?;
+                only(o, &["type", "source", "cache_control"], &here)?;
+                if let Some(cc) = cache_control(o, &here)? {
+                    turn.cache_control.push((turn.content.len() as u32, cc));
+                }
                 turn.content
                     .push(Part::Image(image(o.get("source"), &here)?));
             }
             (Role::User, "tool_result") => {
-                only(o, &["type", "tool_use_id", "content", "is_error"], &here)?;
+                only(
+                    o,
+                    &[
+                        "type",
+                        "tool_use_id",
+                        "content",
+                        "is_error",
+                        "cache_control",
+                    ],
+                    &here,
+                )?;
                 let id = string(o, "tool_use_id", &here)?;
                 let mut result = Message::new(Role::Tool, "");
                 result.tool_call_id = Some(id.to_string());
@@ -511,10 +582,16 @@ fn message(m: &Value, i: usize, out: &mut Vec<Message>) -> Result<(), Invalid> {
                         ));
                     }
                 };
+                result
+                    .cache_control
+                    .extend(cache_control(o, &here)?.map(|cc| (0, cc)));
                 out.push(result);
             }
             (Role::Assistant, "tool_use") => {
-                only(o, &["type", "id", "name", "input"], &here)?;
+                only(o, &["type", "id", "name", "input", "cache_control"], &here)?;
+                if let Some(cc) = cache_control(o, &here)? {
+                    call_marks.push((turn.tool_calls.len(), cc));
+                }
                 let input = match o.get("input") {
                     Some(v @ Value::Object(_)) => v.to_string(),
                     _ => {
@@ -569,6 +646,12 @@ fn message(m: &Value, i: usize, out: &mut Vec<Message>) -> Result<(), Invalid> {
             }
         }
     }
+    let parts = turn.content.len();
+    turn.cache_control.extend(
+        call_marks
+            .into_iter()
+            .map(|(k, cc)| ((parts + k) as u32, cc)),
+    );
     // A user turn of tool results only adds no user message; an empty
     // turn of any other kind is kept (the provider says what it thinks).
     let results_only = role == Role::User
@@ -750,7 +833,11 @@ mod tests {
                 "messages[0].content[0].type",
             ),
             (
-                serde_json::json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}]}]}),
+                serde_json::json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "cache_control": {"type": "forever"}}]}]}),
+                "messages[0].content[0].cache_control",
+            ),
+            (
+                serde_json::json!({"messages": [{"role": "assistant", "content": [{"type": "thinking", "thinking": "x", "signature": "s", "cache_control": {"type": "ephemeral"}}]}]}),
                 "messages[0].content[0].cache_control",
             ),
             (
@@ -786,6 +873,30 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn cache_breakpoints_are_kept_by_block() {
+        let r = parse_ok(serde_json::json!({
+            "model": "p", "max_tokens": 5,
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "t1", "name": "a", "input": {}, "cache_control": {"type": "ephemeral"}},
+                    {"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}]}]
+        }));
+        // Parts first (the text is block 0), then the call (block 1).
+        let marks: Vec<u32> = r.messages[1]
+            .cache_control
+            .iter()
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(marks, [0, 1]);
+        assert!(r.params.cache_control);
+        let plain = parse_ok(
+            serde_json::json!({"model": "p", "max_tokens": 5, "messages": [{"role": "user", "content": "q"}]}),
+        );
+        assert!(!plain.params.cache_control);
     }
 
     #[test]
