@@ -739,3 +739,32 @@ async fn cache_control_reaches_an_anthropic_provider_and_is_refused_for_openai()
     assert_eq!(mock.journal().request_count(), 0);
     server.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn parallel_calls_interleaved_by_an_openai_provider_arrive_whole() {
+    let reply = openai_tool_calls(&[
+        ("call_a", "get_weather", r#"{"city":"Oslo"}"#),
+        ("call_b", "get_weather", r#"{"city":"Rome"}"#),
+    ]);
+    let mock = MockProvider::start(Script::single(reply.clone()).then(reply))
+        .await
+        .unwrap();
+    let server = serve(&mock, "openai", "").await;
+    let mut body = json!({"model": "chat", "max_tokens": 50, "stream": true,
+        "messages": [{"role": "user", "content": "Oslo and Rome?"}],
+        "tools": [serde_json::from_str::<Value>(WEATHER).unwrap()]});
+    let streamed = events(messages(server.addr, "/v1/messages", &body).await).await;
+    let assembled = assemble(&streamed);
+    assert_eq!(
+        assembled["content"],
+        json!([
+            {"type": "tool_use", "id": "call_a", "name": "get_weather", "input": {"city": "Oslo"}},
+            {"type": "tool_use", "id": "call_b", "name": "get_weather", "input": {"city": "Rome"}},
+        ])
+    );
+    assert_eq!(assembled["stop_reason"], "tool_use");
+    body["stream"] = json!(false);
+    let whole = body_json(messages(server.addr, "/v1/messages", &body).await).await;
+    assert_eq!(whole, assembled);
+    server.stop().await;
+}

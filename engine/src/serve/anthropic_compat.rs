@@ -20,7 +20,9 @@ use super::anthropic_request::{self, Endpoint, MessagesRequest};
 use super::openai_compat::check_with_pipeline;
 use super::sse::EventBody;
 use super::{ResponseBody, Shared, json_response, read_json_body};
-use crate::run::{self, Admission, ErrorCode, Event, EventReceiver, RunRequest, UsageReport};
+use crate::run::{
+    self, Admission, ErrorCode, Event, EventReceiver, RunRequest, ToolCallDelta, UsageReport,
+};
 use crate::tokens;
 
 /// An Anthropic-shaped error: `{"type":"error","error":{...},"request_id"}`.
@@ -273,6 +275,10 @@ pub struct MessagesEncoder {
     /// Index of the next content block.
     next_index: u32,
     open: Open,
+    /// The client's calls that started while another call's block was
+    /// open: (index, id, name, arguments so far), sent whole once the
+    /// calls are over.
+    held: Vec<(u32, String, String, String)>,
     usage: Option<UsageReport>,
     /// The model refused (OpenAI's `refusal`): its words are text and the
     /// stop reason says so.
@@ -290,6 +296,7 @@ impl MessagesEncoder {
             model,
             next_index: 0,
             open: Open::None,
+            held: Vec::new(),
             usage: None,
             refused: false,
             failed: false,
@@ -325,7 +332,72 @@ impl MessagesEncoder {
         ));
     }
 
+    /// A piece of the client's tool calls. Providers may interleave the
+    /// pieces of parallel calls, which Messages blocks cannot: the first
+    /// call streams in its block as it comes, a call that starts while it
+    /// is open is held and sent whole (in one `input_json_delta`) when the
+    /// calls are over, so no piece is ever lost or misplaced.
+    fn tool_piece(&mut self, d: ToolCallDelta, out: &mut Out) {
+        let ToolCallDelta {
+            index,
+            id,
+            name,
+            arguments,
+        } = d;
+        if let Some(id) = id {
+            let name = name.unwrap_or_default();
+            if matches!(self.open, Open::ToolUse(_)) || !self.held.is_empty() {
+                self.held.push((index, id, name, arguments));
+                return;
+            }
+            self.start(
+                Open::ToolUse(index),
+                json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                out,
+            );
+        } else if let Some(held) = self.held.iter_mut().find(|h| h.0 == index) {
+            held.3.push_str(&arguments);
+            return;
+        } else if self.open != Open::ToolUse(index) {
+            // Only after text came between two pieces of one call, which
+            // no provider does.
+            warn!(
+                index,
+                "a tool call's arguments came after its block ended; dropped"
+            );
+            return;
+        }
+        if !arguments.is_empty() {
+            self.delta(
+                json!({"type": "input_json_delta", "partial_json": arguments}),
+                out,
+            );
+        }
+    }
+
+    /// Ends the streamed call's block and sends the held calls whole.
+    fn flush_calls(&mut self, out: &mut Out) {
+        if matches!(self.open, Open::ToolUse(_)) {
+            self.close(out);
+        }
+        for (index, id, name, arguments) in std::mem::take(&mut self.held) {
+            self.start(
+                Open::ToolUse(index),
+                json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                out,
+            );
+            if !arguments.is_empty() {
+                self.delta(
+                    json!({"type": "input_json_delta", "partial_json": arguments}),
+                    out,
+                );
+            }
+            self.close(out);
+        }
+    }
+
     fn text(&mut self, text: String, out: &mut Out) {
+        self.flush_calls(out);
         if self.open != Open::Text {
             self.start(Open::Text, json!({"type": "text", "text": ""}), out);
         }
@@ -333,6 +405,7 @@ impl MessagesEncoder {
     }
 
     fn thinking_block(&mut self, out: &mut Out) {
+        self.flush_calls(out);
         if self.open != (Open::Thinking { signed: false }) {
             self.start(
                 Open::Thinking { signed: false },
@@ -377,6 +450,7 @@ impl MessagesEncoder {
                 self.open = Open::Thinking { signed: true };
             }
             Event::RedactedReasoning(data) => {
+                self.flush_calls(out);
                 self.start(
                     Open::Thinking { signed: true },
                     json!({"type": "redacted_thinking", "data": data}),
@@ -384,31 +458,7 @@ impl MessagesEncoder {
                 );
                 self.close(out);
             }
-            Event::ToolCallDelta(d) => {
-                if let Some(id) = d.id {
-                    let name = d.name.unwrap_or_default();
-                    self.start(
-                        Open::ToolUse(d.index),
-                        json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
-                        out,
-                    );
-                } else if self.open != Open::ToolUse(d.index) {
-                    // Messages blocks cannot interleave: a piece for a call
-                    // whose block is closed cannot be placed. Providers
-                    // stream calls one after another; say so if one did not.
-                    warn!(
-                        index = d.index,
-                        "a tool call's arguments came after the next block started; dropped"
-                    );
-                    return;
-                }
-                if !d.arguments.is_empty() {
-                    self.delta(
-                        json!({"type": "input_json_delta", "partial_json": d.arguments}),
-                        out,
-                    );
-                }
-            }
+            Event::ToolCallDelta(d) => self.tool_piece(*d, out),
             Event::Usage(u) => self.usage = Some(*u),
             // A cut at the ceiling is an answer: stop_reason max_tokens.
             Event::Error {
@@ -427,6 +477,7 @@ impl MessagesEncoder {
                 if self.failed {
                     return;
                 }
+                self.flush_calls(out);
                 self.close(out);
                 let usage = self.usage.as_ref().map_or(Value::Null, usage_json);
                 out.push((

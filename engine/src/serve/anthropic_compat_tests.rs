@@ -94,9 +94,11 @@ fn thinking_then_text_then_tools_get_increasing_indexes() {
             "content_block_start:2",
             "content_block_delta:2",
             "content_block_delta:2",
+            // Call 1 started while call 0's block was open: held, and
+            // sent whole once the calls are over.
+            "ping",
             "content_block_stop:2",
             "content_block_start:3",
-            "ping",
             "content_block_stop:3",
             "message_delta",
             "message_stop",
@@ -212,4 +214,97 @@ fn reasoning_after_a_signature_opens_a_new_block() {
         .filter(|e| e["type"] == "content_block_stop")
         .count();
     assert_eq!((starts, stops), (3, 3));
+}
+
+#[test]
+fn interleaved_parallel_calls_lose_no_piece() {
+    let (events, m) = run(vec![
+        start(),
+        Event::Delta("Both.".into()),
+        call(0, Some("c0"), "{\"city\":"),
+        call(1, Some("c1"), "{\"city\":"),
+        call(0, None, "\"Oslo\"}"),
+        call(1, None, "\"Rome\"}"),
+        Event::Done {
+            finish_reason: "tool_calls".into(),
+        },
+    ]);
+    let m = m.unwrap();
+    assert_eq!(m["content"][1]["input"], json!({"city": "Oslo"}));
+    assert_eq!(m["content"][2]["input"], json!({"city": "Rome"}));
+    assert_eq!(m["content"][2]["id"], "c1");
+    assert_eq!(
+        shape(&events)[events.len() - 6..],
+        [
+            "content_block_stop:1",
+            "content_block_start:2",
+            "content_block_delta:2",
+            "content_block_stop:2",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+}
+
+mod well_formed {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            "[a-z]{1,3}".prop_map(Event::Delta),
+            "[a-z]{1,3}".prop_map(Event::Refusal),
+            "[a-z]{1,3}".prop_map(Event::Reasoning),
+            "[a-z]{1,3}".prop_map(Event::ReasoningSignature),
+            "[a-z]{1,3}".prop_map(Event::RedactedReasoning),
+            Just(Event::KeepAlive),
+            (0u32..3, "[a-z]{0,3}").prop_map(|(i, a)| call(i, None, &a)),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the run sends, the stream opens one block at a time with
+        /// indexes 0, 1, 2..., sends deltas only to the open block, closes
+        /// every block, and ends with message_delta and message_stop.
+        #[test]
+        fn any_run_makes_a_well_formed_stream(body in proptest::collection::vec(event(), 0..24)) {
+            // Calls start (with an id) the first time their index appears.
+            let mut seen = std::collections::BTreeSet::new();
+            let mut evs = vec![start()];
+            for ev in body {
+                let ev = match ev {
+                    Event::ToolCallDelta(d) if seen.insert(d.index) => {
+                        call(d.index, Some(&format!("c{}", d.index)), &d.arguments)
+                    }
+                    ev => ev,
+                };
+                evs.push(ev);
+            }
+            evs.push(Event::Done { finish_reason: "stop".into() });
+            let (events, _) = run(evs);
+            let mut open: Option<u64> = None;
+            let mut next = 0u64;
+            for e in &events {
+                let index = e["index"].as_u64();
+                match e["type"].as_str().unwrap() {
+                    "content_block_start" => {
+                        prop_assert_eq!(open, None);
+                        prop_assert_eq!(index, Some(next));
+                        open = index;
+                        next += 1;
+                    }
+                    "content_block_delta" => prop_assert_eq!(open, index),
+                    "content_block_stop" => {
+                        prop_assert_eq!(open, index);
+                        open = None;
+                    }
+                    "message_delta" => prop_assert_eq!(open, None),
+                    _ => {}
+                }
+            }
+            let names: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+            prop_assert_eq!(&names[names.len() - 2..], ["message_delta", "message_stop"]);
+            prop_assert_eq!(names[0], "message_start");
+        }
+    }
 }
