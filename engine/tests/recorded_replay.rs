@@ -267,6 +267,8 @@ fn answer_of(chunks: &[Chunk]) -> Answer {
                 a.cache_write_tokens = *cache_write_tokens;
             }
             Chunk::End => ended = true,
+            // Checked by messages_api.rs, which relays them.
+            Chunk::ReasoningSignature(_) | Chunk::RedactedReasoning(_) => {}
         }
     }
     assert!(ended, "no end of stream in {chunks:?}");

@@ -307,6 +307,7 @@ mod tests {
             description: String::new(),
             parameters: serde_json::json!({}),
             strict: None,
+            cache_control: None,
         }];
         let system = [Message::new(Role::System, "s")];
         assert!(ClientRules::open().check("p", &p, &tools, &system).is_ok());
@@ -339,6 +340,7 @@ mod tests {
             description: String::new(),
             parameters: serde_json::json!({}),
             strict: None,
+            cache_control: None,
         };
         assert_eq!(
             field(Params::default(), &[tool], &[]).as_deref(),

@@ -375,6 +375,7 @@ impl Cx {
                 description: t.description().to_string(),
                 parameters: t.parameters().clone(),
                 strict: None,
+                cache_control: None,
             })
             .collect();
         let count = |v: &Option<Spanned<f64>>,

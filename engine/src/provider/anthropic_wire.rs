@@ -24,11 +24,10 @@ const SNIPPET_MAX: usize = 80;
 /// The body of `POST {base_url}/messages`. Anthropic has no system role in
 /// `messages`: system messages are joined into the top-level `system`.
 pub fn request_body(req: &ProviderRequest) -> Value {
-    let system: Vec<String> = req
+    let system: Vec<&Message> = req
         .messages
         .iter()
         .filter(|m| m.role == Role::System)
-        .map(|m| m.text().into_owned())
         .collect();
     let messages = messages(&req.messages);
     let mut body = json!({
@@ -37,19 +36,47 @@ pub fn request_body(req: &ProviderRequest) -> Value {
         "messages": messages,
         "stream": true,
     });
-    if !system.is_empty() {
-        body["system"] = json!(system.join("\n\n"));
+    if system.iter().any(|m| !m.cache_control.is_empty()) {
+        // Breakpoints need blocks: one text block per system message.
+        let blocks: Vec<Value> = system
+            .iter()
+            .filter(|m| !m.text().is_empty())
+            .map(|m| {
+                let mut block = json!({"type": "text", "text": m.text()});
+                if let Some((_, cc)) = m.cache_control.first() {
+                    block["cache_control"] = cc.clone();
+                }
+                block
+            })
+            .collect();
+        body["system"] = Value::Array(blocks);
+    } else if !system.is_empty() {
+        let texts: Vec<String> = system.iter().map(|m| m.text().into_owned()).collect();
+        body["system"] = json!(texts.join("\n\n"));
     }
     params(&req.params, &mut body);
     if !req.tools.is_empty() {
         let tools: Vec<Value> = req
             .tools
             .iter()
-            .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.parameters}))
+            .map(|t| {
+                let mut tool = json!({"name": t.name, "description": t.description, "input_schema": t.parameters});
+                if let Some(cc) = &t.cache_control {
+                    tool["cache_control"] = cc.clone();
+                }
+                tool
+            })
             .collect();
         body["tools"] = Value::Array(tools);
     }
     body
+}
+
+/// The client's cache breakpoint on block `index` of `m`, if any.
+fn mark(m: &Message, index: usize, block: &mut Value) {
+    if let Some((_, cc)) = m.cache_control.iter().find(|(i, _)| *i as usize == index) {
+        block["cache_control"] = cc.clone();
+    }
 }
 
 /// The sampling and answer controls Anthropic's API has (see
@@ -94,29 +121,38 @@ fn params(p: &Params, body: &mut Value) {
 fn blocks(m: &Message) -> Vec<Value> {
     m.content
         .iter()
-        .filter_map(|p| match p {
-            Part::Text(t) if t.is_empty() => None,
-            Part::Text(t) => Some(json!({"type": "text", "text": t})),
-            Part::Image(Image::Url(url)) => {
-                Some(json!({"type": "image", "source": {"type": "url", "url": url}}))
-            }
-            Part::Image(Image::Base64 { media_type, data }) => Some(json!({
-                "type": "image",
-                "source": {"type": "base64", "media_type": media_type, "data": data},
-            })),
-            Part::Thinking { text, signature } => {
-                Some(json!({"type": "thinking", "thinking": text, "signature": signature}))
-            }
-            Part::RedactedThinking(data) => {
-                Some(json!({"type": "redacted_thinking", "data": data}))
-            }
+        .enumerate()
+        .filter_map(|(i, p)| Some((i, part_block(p)?)))
+        .map(|(i, mut block)| {
+            mark(m, i, &mut block);
+            block
         })
         .collect()
+}
+
+fn part_block(p: &Part) -> Option<Value> {
+    match p {
+        Part::Text(t) if t.is_empty() => None,
+        Part::Text(t) => Some(json!({"type": "text", "text": t})),
+        Part::Image(Image::Url(url)) => {
+            Some(json!({"type": "image", "source": {"type": "url", "url": url}}))
+        }
+        Part::Image(Image::Base64 { media_type, data }) => Some(json!({
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data},
+        })),
+        Part::Thinking { text, signature } => {
+            Some(json!({"type": "thinking", "thinking": text, "signature": signature}))
+        }
+        Part::RedactedThinking(data) => Some(json!({"type": "redacted_thinking", "data": data})),
+    }
 }
 
 /// Plain text as a string (the shortest form), anything else as blocks.
 fn content(m: &Message) -> Value {
     match m.content.as_slice() {
+        // A breakpoint needs a block to sit on.
+        _ if m.role != Role::Tool && !m.cache_control.is_empty() => Value::Array(blocks(m)),
         [Part::Text(t)] => json!(t),
         [] => json!(""),
         _ => Value::Array(blocks(m)),
@@ -129,14 +165,15 @@ fn messages(all: &[Message]) -> Vec<Value> {
         match m.role {
             Role::Assistant if !m.tool_calls.is_empty() => {
                 let mut blocks = blocks(m);
-                for c in &m.tool_calls {
+                for (k, c) in m.tool_calls.iter().enumerate() {
                     let input = serde_json::from_str::<Value>(&c.arguments)
                         .ok()
                         .filter(Value::is_object)
                         .unwrap_or_else(|| json!({}));
-                    blocks.push(
-                        json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}),
-                    );
+                    let mut block =
+                        json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input});
+                    mark(m, m.content.len() + k, &mut block);
+                    blocks.push(block);
                 }
                 out.push(json!({"role": "assistant", "content": blocks}));
             }
@@ -149,6 +186,7 @@ fn messages(all: &[Message]) -> Vec<Value> {
                 if m.is_error {
                     block["is_error"] = json!(true);
                 }
+                mark(m, 0, &mut block);
                 let joined = out.last_mut().and_then(|last| {
                     let is_results = last["role"] == "user"
                         && last["content"]
@@ -227,6 +265,9 @@ struct ContentBlock<'a> {
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     name: Option<Cow<'a, str>>,
+    /// A `redacted_thinking` block's encrypted reasoning.
+    #[serde(borrow)]
+    data: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -246,6 +287,8 @@ struct DeltaBody<'a> {
     partial_json: Option<Cow<'a, str>>,
     #[serde(borrow)]
     thinking: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    signature: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -326,7 +369,12 @@ impl AnthropicDecoder {
                         name: block.name.map(Cow::into_owned),
                         arguments: String::new(),
                     }),
-                    // thinking, server tools...: not part of the answer.
+                    "redacted_thinking" => {
+                        if let Some(data) = block.data.filter(|d| !d.is_empty()) {
+                            out.push(Chunk::RedactedReasoning(data.into_owned()));
+                        }
+                    }
+                    // thinking (its text comes as deltas), server tools...
                     _ => {}
                 }
             }
@@ -353,7 +401,12 @@ impl AnthropicDecoder {
                             out.push(Chunk::Reasoning(t.into_owned()));
                         }
                     }
-                    // signature_delta (not generated text), citations_delta...
+                    "signature_delta" => {
+                        if let Some(s) = d.delta.signature.filter(|s| !s.is_empty()) {
+                            out.push(Chunk::ReasoningSignature(s.into_owned()));
+                        }
+                    }
+                    // citations_delta...
                     _ => {}
                 }
             }

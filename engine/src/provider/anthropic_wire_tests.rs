@@ -264,7 +264,7 @@ fn unknown_and_uninteresting_events_are_ignored() {
         ),
         (
             Some("content_block_delta"),
-            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCg"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":""}}"#,
         ),
         (
             Some("content_block_delta"),
@@ -289,6 +289,20 @@ fn thinking_is_decoded_as_reasoning() {
     assert_eq!(
         decode_one(Some("content_block_delta"), data).unwrap(),
         [Chunk::Reasoning("Let me check.".into())]
+    );
+}
+
+#[test]
+fn signatures_and_redacted_thinking_are_decoded_for_the_client() {
+    let data = r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCg"}}"#;
+    assert_eq!(
+        decode_one(Some("content_block_delta"), data).unwrap(),
+        [Chunk::ReasoningSignature("EqQBCg".into())]
+    );
+    let data = r#"{"type":"content_block_start","index":1,"content_block":{"type":"redacted_thinking","data":"EmwKAhgB"}}"#;
+    assert_eq!(
+        decode_one(Some("content_block_start"), data).unwrap(),
+        [Chunk::RedactedReasoning("EmwKAhgB".into())]
     );
 }
 

@@ -39,6 +39,13 @@ pub struct Message {
     /// A `tool` message that reports a failure (Anthropic's `is_error`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub is_error: bool,
+    /// Anthropic prompt-caching breakpoints, as the client placed them:
+    /// (block, its `cache_control` object). Blocks are numbered as the
+    /// Anthropic wire sends the message: its parts in order, then its tool
+    /// calls; a `tool` message is one block (its `tool_result`). Only the
+    /// Anthropic wire can send them ([`Params::cache_control`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cache_control: Vec<(u32, serde_json::Value)>,
 }
 
 impl Message {
@@ -55,6 +62,7 @@ impl Message {
             tool_calls: Vec::new(),
             tool_call_id: None,
             is_error: false,
+            cache_control: Vec::new(),
         }
     }
 
@@ -164,6 +172,10 @@ pub struct ToolSpec {
     /// OpenAI's `strict` (schema-exact arguments), when the client set it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
+    /// Anthropic's prompt-caching breakpoint on this tool, as the client
+    /// sent it (see [`Params::cache_control`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<serde_json::Value>,
 }
 
 /// Which tool the model must call, if any.
@@ -215,6 +227,9 @@ pub struct Params {
     pub parallel_tool_calls: Option<bool>,
     /// Anthropic's extended thinking settings, passed through as sent.
     pub thinking: Option<serde_json::Value>,
+    /// The messages or tools carry Anthropic prompt-caching breakpoints
+    /// (`cache_control`), which only the Anthropic wire can send.
+    pub cache_control: bool,
 }
 
 /// The API a provider speaks, which decides what it can be sent.
@@ -248,6 +263,12 @@ impl Params {
                     return Some((
                         "thinking",
                         "extended thinking is an Anthropic feature; OpenAI reasoning models take reasoning_effort",
+                    ));
+                }
+                if self.cache_control {
+                    return Some((
+                        "cache_control",
+                        "it has no cache breakpoints: OpenAI caches long prompt prefixes on its own",
                     ));
                 }
                 None
@@ -352,6 +373,13 @@ pub enum Chunk {
     /// or `reasoning`, Anthropic `thinking` blocks). Never empty. Counted
     /// as generated tokens; not part of the answer.
     Reasoning(String),
+    /// The provider's signature of the reasoning just sent (Anthropic
+    /// `signature_delta`, closing a `thinking` block): a client that hands
+    /// the reasoning back must send it with it. Never empty.
+    ReasoningSignature(String),
+    /// Reasoning the provider sent encrypted (an Anthropic
+    /// `redacted_thinking` block), whole.
+    RedactedReasoning(String),
     /// The model declined to answer, in its own words (OpenAI's
     /// `delta.refusal`). Never empty.
     Refusal(String),

@@ -156,7 +156,8 @@ fn message(m: &Message) -> Value {
         Role::Tool => json!({
             "role": "tool",
             "tool_call_id": m.tool_call_id.as_deref().unwrap_or_default(),
-            "content": content(m),
+            // OpenAI has no is_error: a failed result says so in its text.
+            "content": if m.is_error { json!(format!("error: {}", m.text())) } else { content(m) },
         }),
         role => json!({ "role": role, "content": content(m) }),
     }

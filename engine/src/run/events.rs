@@ -71,6 +71,16 @@ pub struct UsageReport {
     pub cost_micros: i64,
     /// The same as a decimal string of dollars, e.g. "0.000021".
     pub cost_usd: String,
+    /// Of `prompt_tokens`, those the provider read from its prompt cache
+    /// and those it wrote to it, as it reported them (0 when it did not).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Whose count a usage report holds.
@@ -95,6 +105,14 @@ pub enum Event {
     Delta(String),
     /// The model declined, in its own words (streamed like text).
     Refusal(String),
+    /// The model's visible reasoning, as it arrives (not part of the
+    /// answer; the Messages API relays it as `thinking` blocks).
+    Reasoning(String),
+    /// The provider's signature of the reasoning just relayed; it closes
+    /// that piece of reasoning (Anthropic's `signature_delta`).
+    ReasoningSignature(String),
+    /// Reasoning the provider sent encrypted, whole.
+    RedactedReasoning(String),
     /// A fragment of a tool call that goes back to the client (a tool the
     /// client brought, or any tool of a pipeline that runs none), relayed
     /// as it arrives. The complete call follows as [`Event::ToolCall`].
@@ -124,6 +142,11 @@ pub struct StartEvent {
     /// and a cheaper one answers instead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub downgraded_from: Option<String>,
+    /// Sluice's count of the first call's prompt (o200k), for APIs that
+    /// announce input tokens when the answer starts; the provider's own
+    /// count comes with the usage.
+    #[serde(skip)]
+    pub prompt_tokens: u64,
 }
 
 /// The model asked for a tool; `arguments` is its JSON (or, when it

@@ -157,18 +157,20 @@ struct Target {
     downgraded_from: Option<String>,
 }
 
-/// Whether `pipeline` can take `req`: what its `clients:` rules let a
+/// Whether `pipeline` can take a request: what its `clients:` rules let a
 /// client set, and what every model that may answer can be sent
 /// ([`check_params`]). Err: the field at fault and why, for a 400.
 pub fn check_request(
     cx: &RunContext,
     pipeline: &Pipeline,
-    req: &RunRequest,
+    params: &Params,
+    tools: &[ToolSpec],
+    messages: &[Message],
 ) -> Result<(), (String, String)> {
     pipeline
         .clients
-        .check(&pipeline.name, &req.params, &req.tools, &req.messages)?;
-    check_params(cx, pipeline, &req.params).map_err(|(f, m)| (f.to_string(), m))
+        .check(&pipeline.name, params, tools, messages)?;
+    check_params(cx, pipeline, params).map_err(|(f, m)| (f.to_string(), m))
 }
 
 /// Whether every model that may answer `pipeline` (its own, its
@@ -637,6 +639,7 @@ async fn drive(
         // The model that answers, as the provider names it.
         model: answering.unwrap_or_else(|| target.model.clone()),
         downgraded_from: target.downgraded_from.clone(),
+        prompt_tokens: tally.prompt_counted,
     }));
     let ending = match out.send(start).await {
         Err(()) => Ending::ClientClosed,

@@ -300,6 +300,24 @@ pub(super) async fn stream_round(
                     drop(stream);
                     return ceiling_cut(max_tokens, guard, "reasoning");
                 }
+                if out.send(Event::Reasoning(t)).await.is_err() {
+                    return RoundEnd::Ended(Ending::ClientClosed);
+                }
+                keepalive_at = Instant::now() + out.keepalive;
+            }
+            // Not generated text (the provider does not bill it as output),
+            // but the client needs it to hand the reasoning back.
+            Chunk::ReasoningSignature(s) => {
+                if out.send(Event::ReasoningSignature(s)).await.is_err() {
+                    return RoundEnd::Ended(Ending::ClientClosed);
+                }
+                keepalive_at = Instant::now() + out.keepalive;
+            }
+            Chunk::RedactedReasoning(data) => {
+                if out.send(Event::RedactedReasoning(data)).await.is_err() {
+                    return RoundEnd::Ended(Ending::ClientClosed);
+                }
+                keepalive_at = Instant::now() + out.keepalive;
             }
             Chunk::Refusal(t) => {
                 if tally.generated.push(&t, guard).is_err() {

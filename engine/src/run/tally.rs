@@ -136,6 +136,8 @@ pub(crate) struct Tally {
     /// Finished rounds, summed.
     pub(super) spent_prompt: u64,
     pub(super) spent_completion: u64,
+    /// Finished rounds' prompt-cache reads and writes, as reported.
+    pub(super) spent_cache: (u64, u64),
     /// Finished rounds whose usage Sluice counted, and those the provider
     /// reported.
     pub(super) rounds_estimated: u32,
@@ -169,6 +171,7 @@ impl Tally {
             prompt_counted,
             spent_prompt: 0,
             spent_completion: 0,
+            spent_cache: (0, 0),
             rounds_estimated: 0,
             rounds_reported: 0,
             spent_cost: 0,
@@ -230,6 +233,11 @@ impl Tally {
         }
         self.spent_prompt = self.spent_prompt.saturating_add(p);
         self.spent_completion = self.spent_completion.saturating_add(c);
+        let (read, write) = self.round_cache();
+        self.spent_cache = (
+            self.spent_cache.0.saturating_add(read),
+            self.spent_cache.1.saturating_add(write),
+        );
         if estimated {
             self.rounds_estimated += 1;
         } else {
@@ -278,11 +286,28 @@ impl Tally {
         (kinds, text)
     }
 
+    /// The round in progress's prompt-cache reads and writes, as the
+    /// provider reported them (a negative or absurd figure counts as 0).
+    fn round_cache(&self) -> (u64, u64) {
+        let clamp = |n: i128| u64::try_from(n).unwrap_or(0);
+        self.provider_usage.map_or((0, 0), |u| {
+            (clamp(u.cache_read_tokens), clamp(u.cache_write_tokens))
+        })
+    }
+
     pub(super) fn usage(&self) -> UsageReport {
         let current = self.round_usage();
         let (p, c, estimated) = current.unwrap_or((0, 0, true));
         let prompt_tokens = self.spent_prompt.saturating_add(p);
         let completion_tokens = self.spent_completion.saturating_add(c);
+        let (read, write) = self.round_cache();
+        // Part of the prompt: never more than it, whatever was reported.
+        let cache_read_tokens = self.spent_cache.0.saturating_add(read).min(prompt_tokens);
+        let cache_write_tokens = self
+            .spent_cache
+            .1
+            .saturating_add(write)
+            .min(prompt_tokens - cache_read_tokens);
         let cost_micros = self
             .spent_cost
             .saturating_add(self.price.map_or(0, |price| price.cost(p, c)));
@@ -304,6 +329,8 @@ impl Tally {
             counted_by,
             cost_micros,
             cost_usd: format_usd(cost_micros),
+            cache_read_tokens,
+            cache_write_tokens,
         }
     }
 }

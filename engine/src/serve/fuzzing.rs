@@ -47,3 +47,34 @@ pub fn parse_pipeline_call(
 ) -> Result<crate::serve::PipelineCall, crate::serve::Invalid> {
     crate::serve::request::parse(body)
 }
+
+/// A Messages body that passed validation, as plain values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessagesCall {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub max_tokens: Option<u32>,
+    pub stream: bool,
+}
+
+/// Validates a `POST /v1/messages` body (`count_tokens: true` for
+/// `/v1/messages/count_tokens`). A refusal is `(message, field)`.
+pub fn parse_messages(
+    body: &[u8],
+    count_tokens: bool,
+) -> Result<MessagesCall, (String, Option<String>)> {
+    use crate::serve::anthropic_request::{Endpoint, parse};
+    let endpoint = if count_tokens {
+        Endpoint::CountTokens
+    } else {
+        Endpoint::Messages
+    };
+    parse(body, endpoint)
+        .map(|r| MessagesCall {
+            model: r.model,
+            messages: r.messages,
+            max_tokens: r.max_tokens,
+            stream: r.stream,
+        })
+        .map_err(|e| (e.message, e.param))
+}

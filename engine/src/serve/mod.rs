@@ -4,6 +4,8 @@
 //! SSE, and graceful shutdown. A request's work runs in `run`; this module
 //! only waits for its admission and forwards its events.
 
+mod anthropic_compat;
+mod anthropic_request;
 mod conn;
 mod openai_compat;
 mod openai_request;
@@ -51,6 +53,8 @@ pub enum ResponseBody {
     Sse(sse::SseBody),
     /// `/v1/chat/completions` streaming: OpenAI chunks.
     Chat(sse::EventBody<openai_compat::ChatEncoder>),
+    /// `/v1/messages` streaming: Anthropic's stream events.
+    Messages(sse::EventBody<anthropic_compat::MessagesEncoder>),
 }
 
 impl http_body::Body for ResponseBody {
@@ -65,13 +69,14 @@ impl http_body::Body for ResponseBody {
             ResponseBody::Full(b) => Pin::new(b).poll_frame(cx),
             ResponseBody::Sse(b) => Pin::new(b).poll_frame(cx),
             ResponseBody::Chat(b) => Pin::new(b).poll_frame(cx),
+            ResponseBody::Messages(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(b) => b.is_end_stream(),
-            ResponseBody::Sse(_) | ResponseBody::Chat(_) => false,
+            ResponseBody::Sse(_) | ResponseBody::Chat(_) | ResponseBody::Messages(_) => false,
         }
     }
 
@@ -79,7 +84,7 @@ impl http_body::Body for ResponseBody {
         match self {
             ResponseBody::Full(b) => b.size_hint(),
             ResponseBody::Sse(b) => b.size_hint(),
-            ResponseBody::Chat(_) => http_body::SizeHint::default(),
+            ResponseBody::Chat(_) | ResponseBody::Messages(_) => http_body::SizeHint::default(),
         }
     }
 }
@@ -181,6 +186,14 @@ async fn route(
         },
         "/v1/chat/completions" => match method {
             Method::POST => openai_compat::chat_completions(shared, req, request_id).await,
+            _ => method_not_allowed("POST", request_id),
+        },
+        "/v1/messages" => match method {
+            Method::POST => anthropic_compat::messages(shared, req, request_id).await,
+            _ => method_not_allowed("POST", request_id),
+        },
+        "/v1/messages/count_tokens" => match method {
+            Method::POST => anthropic_compat::count_tokens(shared, req, request_id).await,
             _ => method_not_allowed("POST", request_id),
         },
         "/v1/models" => match method {
@@ -364,7 +377,10 @@ async fn collect_response(mut rx: EventReceiver, request_id: &str) -> Response<R
             }
             Event::Delta(t) => text.push_str(&t),
             Event::Refusal(t) => refusal.push_str(&t),
-            Event::ToolCallDelta(_) => {}
+            Event::ToolCallDelta(_)
+            | Event::Reasoning(_)
+            | Event::ReasoningSignature(_)
+            | Event::RedactedReasoning(_) => {}
             Event::Usage(u) => usage = serde_json::to_value(u).unwrap_or_default(),
             Event::Error { code, message } => error = Some((code, message)),
             Event::Done { finish_reason } => finish = finish_reason,

@@ -14,7 +14,7 @@ use super::openai_request::{self, Invalid, invalid};
 use super::sse::EventBody;
 use super::{ResponseBody, Shared, json_response, read_json_body};
 use crate::compile::Pipeline;
-use crate::provider::ToolChoice;
+use crate::provider::{Message, Params, ToolChoice, ToolSpec};
 use crate::run::{
     self, Admission, ErrorCode, Event, EventReceiver, Rejection, RunRequest, ToolCallDelta,
     UsageReport,
@@ -77,25 +77,29 @@ fn finish_reason(reason: &str) -> &str {
 /// What the request asks that this pipeline cannot do: a tool named like
 /// one of its own, a tool choice naming no tool, what its `clients:`
 /// rules do not allow, a parameter a provider that may answer has no
-/// equivalent for.
-fn check_with_pipeline(
+/// equivalent for. `name_field` names a tool's name field in the
+/// client's API (shared with `/v1/messages`).
+pub(super) fn check_with_pipeline(
     shared: &Shared,
     pipeline: &Pipeline,
-    req: &RunRequest,
+    tools: &[ToolSpec],
+    params: &Params,
+    messages: &[Message],
+    name_field: &dyn Fn(usize) -> String,
 ) -> Result<(), Invalid> {
-    for (i, t) in req.tools.iter().enumerate() {
+    for (i, t) in tools.iter().enumerate() {
         if pipeline.tools.iter().any(|own| own.name() == t.name) {
             return Err(invalid(
                 format!(
                     "pipeline \"{}\" has a tool of its own named \"{}\"; give yours another name",
                     pipeline.name, t.name
                 ),
-                Some(&format!("tools[{i}].function.name")),
+                Some(&name_field(i)),
             ));
         }
     }
-    if let Some(ToolChoice::Tool(name)) = &req.params.tool_choice
-        && !req.tools.iter().any(|t| &t.name == name)
+    if let Some(ToolChoice::Tool(name)) = &params.tool_choice
+        && !tools.iter().any(|t| &t.name == name)
         && !pipeline.tools.iter().any(|t| t.name() == name)
     {
         return Err(invalid(
@@ -106,7 +110,7 @@ fn check_with_pipeline(
             Some("tool_choice"),
         ));
     }
-    run::check_request(&shared.run, pipeline, req)
+    run::check_request(&shared.run, pipeline, params, tools, messages)
         .map_err(|(field, message)| invalid(message, Some(&field)))
 }
 
@@ -175,7 +179,14 @@ pub(super) async fn chat_completions(
         params: chat.params,
         tools: chat.tools,
     };
-    if let Err(e) = check_with_pipeline(shared, &pipeline, &run_request) {
+    if let Err(e) = check_with_pipeline(
+        shared,
+        &pipeline,
+        &run_request.tools,
+        &run_request.params,
+        &run_request.messages,
+        &|i| format!("tools[{i}].function.name"),
+    ) {
         run::record_invalid(&shared.run, &pipeline, request_id, "invalid_request").await;
         return openai_error(
             StatusCode::BAD_REQUEST,
@@ -388,7 +399,13 @@ impl ChatEncoder {
             // The pipeline's own tools run inside Sluice: the client sees
             // their effect in the answer. The client's calls came as
             // `ToolCallDelta`s.
-            Event::ToolCall(_) | Event::ToolResult(_) | Event::Error { .. } => {}
+            // Reasoning is not part of Chat Completions' answer.
+            Event::ToolCall(_)
+            | Event::ToolResult(_)
+            | Event::Error { .. }
+            | Event::Reasoning(_)
+            | Event::ReasoningSignature(_)
+            | Event::RedactedReasoning(_) => {}
         }
     }
 }

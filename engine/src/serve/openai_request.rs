@@ -373,6 +373,7 @@ fn tools(obj: &Map<String, Value>) -> Result<Vec<ToolSpec>, Invalid> {
             description,
             parameters,
             strict,
+            cache_control: None,
         });
     }
     Ok(out)

@@ -45,8 +45,12 @@ pub fn encode(ev: &Event, id: u64, buf: &mut BytesMut) {
         Event::Start(start) => write_event(buf, "start", id, start),
         Event::Delta(text) => write_event(buf, "delta", id, &DeltaData { text }),
         Event::Refusal(text) => write_event(buf, "refusal", id, &DeltaData { text }),
-        // Sluice's own events give each call whole, as `tool_call`.
-        Event::ToolCallDelta(_) => {}
+        // Sluice's own events give each call whole, as `tool_call`, and
+        // do not relay reasoning.
+        Event::ToolCallDelta(_)
+        | Event::Reasoning(_)
+        | Event::ReasoningSignature(_)
+        | Event::RedactedReasoning(_) => {}
         Event::ToolCall(call) => write_event(buf, "tool_call", id, call),
         Event::ToolResult(result) => write_event(buf, "tool_result", id, result),
         Event::Usage(u) => write_event::<UsageReport>(buf, "usage", id, u),
@@ -77,7 +81,13 @@ pub struct Native {
 
 impl Encoder for Native {
     fn encode(&mut self, ev: Event, buf: &mut BytesMut) {
-        if matches!(ev, Event::ToolCallDelta(_)) {
+        if matches!(
+            ev,
+            Event::ToolCallDelta(_)
+                | Event::Reasoning(_)
+                | Event::ReasoningSignature(_)
+                | Event::RedactedReasoning(_)
+        ) {
             return;
         }
         if !matches!(ev, Event::KeepAlive) {

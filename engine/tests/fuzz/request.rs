@@ -7,7 +7,7 @@
 
 use proptest::prelude::*;
 use sluice::provider::Role;
-use sluice::serve::fuzzing::{parse_chat_completions, parse_pipeline_call};
+use sluice::serve::fuzzing::{parse_chat_completions, parse_messages, parse_pipeline_call};
 
 use crate::json::{self, J, field, good, name_value, non_array, non_string, object, str_value};
 
@@ -39,6 +39,22 @@ pub fn check_body(body: &[u8]) -> Result<(), TestCaseError> {
                 "{:?}",
                 e.message
             );
+        }
+    }
+    for count_tokens in [false, true] {
+        match parse_messages(body, count_tokens) {
+            Ok(call) => {
+                prop_assert!(!call.messages.is_empty());
+                prop_assert!(call.max_tokens.is_some() || count_tokens);
+                prop_assert!(call.max_tokens.is_none_or(|n| n >= 1));
+            }
+            // Anthropic's style: the message opens with the field it names.
+            Err((message, field)) => {
+                prop_assert!(!message.is_empty());
+                if let Some(f) = field {
+                    prop_assert!(message.starts_with(&f), "{message:?} names {f:?}");
+                }
+            }
         }
     }
     Ok(())

@@ -1,0 +1,310 @@
+use super::*;
+use crate::run::{CountedBy, StartEvent, ToolCallDelta};
+
+fn start() -> Event {
+    Event::Start(Box::new(StartEvent {
+        request_id: "r".into(),
+        pipeline: "p".into(),
+        provider: "x".into(),
+        model: "m-1".into(),
+        downgraded_from: None,
+        prompt_tokens: 7,
+    }))
+}
+
+fn usage() -> Event {
+    Event::Usage(Box::new(UsageReport {
+        prompt_tokens: 100,
+        completion_tokens: 9,
+        total_tokens: 109,
+        estimated: false,
+        counted_by: CountedBy::Provider,
+        cost_micros: 0,
+        cost_usd: "0".into(),
+        cache_read_tokens: 60,
+        cache_write_tokens: 10,
+    }))
+}
+
+fn call(index: u32, id: Option<&str>, args: &str) -> Event {
+    Event::ToolCallDelta(Box::new(ToolCallDelta {
+        index,
+        id: id.map(str::to_string),
+        name: id.map(|_| format!("tool{index}")),
+        arguments: args.into(),
+    }))
+}
+
+/// Every event, encoded, with the assembled message.
+fn run(events: Vec<Event>) -> (Vec<Value>, Option<Value>) {
+    let mut enc = MessagesEncoder::new("msg_r".into(), "p".into());
+    let mut out = Vec::new();
+    for ev in events {
+        enc.on(ev, &mut out);
+    }
+    let mut assembled = Assembled::default();
+    for (name, data) in &out {
+        assert_eq!(data["type"], *name);
+        assembled.apply(data.clone());
+    }
+    (out.into_iter().map(|(_, d)| d).collect(), assembled.message)
+}
+
+fn shape(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e["index"].as_u64() {
+            Some(i) => format!("{}:{i}", e["type"].as_str().unwrap()),
+            None => e["type"].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
+#[test]
+fn thinking_then_text_then_tools_get_increasing_indexes() {
+    let (events, message) = run(vec![
+        start(),
+        Event::Reasoning("let me ".into()),
+        Event::Reasoning("see".into()),
+        Event::ReasoningSignature("sig".into()),
+        Event::Delta("Hi".into()),
+        Event::Delta(" there".into()),
+        call(0, Some("c0"), "{\"a\""),
+        call(0, None, ":1}"),
+        call(1, Some("c1"), ""),
+        Event::KeepAlive,
+        usage(),
+        Event::Done {
+            finish_reason: "tool_calls".into(),
+        },
+    ]);
+    assert_eq!(
+        shape(&events),
+        [
+            "message_start",
+            "content_block_start:0",
+            "content_block_delta:0",
+            "content_block_delta:0",
+            "content_block_delta:0",
+            "content_block_stop:0",
+            "content_block_start:1",
+            "content_block_delta:1",
+            "content_block_delta:1",
+            "content_block_stop:1",
+            "content_block_start:2",
+            "content_block_delta:2",
+            "content_block_delta:2",
+            // Call 1 started while call 0's block was open: held, and
+            // sent whole once the calls are over.
+            "ping",
+            "content_block_stop:2",
+            "content_block_start:3",
+            "content_block_stop:3",
+            "message_delta",
+            "message_stop",
+        ]
+    );
+    let m = message.unwrap();
+    assert_eq!(
+        m["content"],
+        json!([
+            {"type": "thinking", "thinking": "let me see", "signature": "sig"},
+            {"type": "text", "text": "Hi there"},
+            {"type": "tool_use", "id": "c0", "name": "tool0", "input": {"a": 1}},
+            {"type": "tool_use", "id": "c1", "name": "tool1", "input": {}},
+        ])
+    );
+    assert_eq!(m["stop_reason"], "tool_use");
+    assert_eq!(m["model"], "m-1");
+    assert_eq!(
+        m["usage"],
+        json!({"input_tokens": 30, "output_tokens": 9, "cache_read_input_tokens": 60, "cache_creation_input_tokens": 10})
+    );
+}
+
+#[test]
+fn stop_reasons_and_refusals() {
+    for (finish, refusal, want) in [
+        ("stop", false, "end_turn"),
+        ("stop", true, "refusal"),
+        ("length", false, "max_tokens"),
+        ("content_filter", false, "refusal"),
+        ("tool_calls", false, "tool_use"),
+    ] {
+        let body = if refusal {
+            Event::Refusal("no".into())
+        } else {
+            Event::Delta("ok".into())
+        };
+        let (_, m) = run(vec![
+            start(),
+            body,
+            usage(),
+            Event::Done {
+                finish_reason: finish.into(),
+            },
+        ]);
+        let m = m.unwrap();
+        assert_eq!(m["stop_reason"], want, "{finish}");
+        assert_eq!(m["content"][0]["type"], "text");
+    }
+}
+
+#[test]
+fn a_failure_is_an_error_event_and_nothing_after() {
+    let (events, _) = run(vec![
+        start(),
+        Event::Delta("par".into()),
+        usage(),
+        Event::Error {
+            code: ErrorCode::TimeoutIdle,
+            message: "silent".into(),
+        },
+        Event::Done {
+            finish_reason: "error".into(),
+        },
+    ]);
+    let last = events.last().unwrap();
+    assert_eq!(
+        *last,
+        json!({"type": "error", "error": {"type": "timeout_error", "message": "silent"}})
+    );
+    // A ceiling cut is an answer.
+    let (events, m) = run(vec![
+        start(),
+        Event::Delta("par".into()),
+        Event::Error {
+            code: ErrorCode::TokenCeiling,
+            message: "cut".into(),
+        },
+        Event::Done {
+            finish_reason: "length".into(),
+        },
+    ]);
+    assert_eq!(events.last().unwrap()["type"], "message_stop");
+    assert_eq!(m.unwrap()["stop_reason"], "max_tokens");
+}
+
+#[test]
+fn reasoning_after_a_signature_opens_a_new_block() {
+    let (events, m) = run(vec![
+        start(),
+        Event::Reasoning("a".into()),
+        Event::ReasoningSignature("s1".into()),
+        Event::RedactedReasoning("xx".into()),
+        Event::Reasoning("b".into()),
+        Event::ReasoningSignature("s2".into()),
+        Event::Done {
+            finish_reason: "stop".into(),
+        },
+    ]);
+    let m = m.unwrap();
+    assert_eq!(m["content"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        m["content"][1],
+        json!({"type": "redacted_thinking", "data": "xx"})
+    );
+    assert_eq!(m["content"][2]["signature"], "s2");
+    let starts = events
+        .iter()
+        .filter(|e| e["type"] == "content_block_start")
+        .count();
+    let stops = events
+        .iter()
+        .filter(|e| e["type"] == "content_block_stop")
+        .count();
+    assert_eq!((starts, stops), (3, 3));
+}
+
+#[test]
+fn interleaved_parallel_calls_lose_no_piece() {
+    let (events, m) = run(vec![
+        start(),
+        Event::Delta("Both.".into()),
+        call(0, Some("c0"), "{\"city\":"),
+        call(1, Some("c1"), "{\"city\":"),
+        call(0, None, "\"Oslo\"}"),
+        call(1, None, "\"Rome\"}"),
+        Event::Done {
+            finish_reason: "tool_calls".into(),
+        },
+    ]);
+    let m = m.unwrap();
+    assert_eq!(m["content"][1]["input"], json!({"city": "Oslo"}));
+    assert_eq!(m["content"][2]["input"], json!({"city": "Rome"}));
+    assert_eq!(m["content"][2]["id"], "c1");
+    assert_eq!(
+        shape(&events)[events.len() - 6..],
+        [
+            "content_block_stop:1",
+            "content_block_start:2",
+            "content_block_delta:2",
+            "content_block_stop:2",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+}
+
+mod well_formed {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            "[a-z]{1,3}".prop_map(Event::Delta),
+            "[a-z]{1,3}".prop_map(Event::Refusal),
+            "[a-z]{1,3}".prop_map(Event::Reasoning),
+            "[a-z]{1,3}".prop_map(Event::ReasoningSignature),
+            "[a-z]{1,3}".prop_map(Event::RedactedReasoning),
+            Just(Event::KeepAlive),
+            (0u32..3, "[a-z]{0,3}").prop_map(|(i, a)| call(i, None, &a)),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the run sends, the stream opens one block at a time with
+        /// indexes 0, 1, 2..., sends deltas only to the open block, closes
+        /// every block, and ends with message_delta and message_stop.
+        #[test]
+        fn any_run_makes_a_well_formed_stream(body in proptest::collection::vec(event(), 0..24)) {
+            // Calls start (with an id) the first time their index appears.
+            let mut seen = std::collections::BTreeSet::new();
+            let mut evs = vec![start()];
+            for ev in body {
+                let ev = match ev {
+                    Event::ToolCallDelta(d) if seen.insert(d.index) => {
+                        call(d.index, Some(&format!("c{}", d.index)), &d.arguments)
+                    }
+                    ev => ev,
+                };
+                evs.push(ev);
+            }
+            evs.push(Event::Done { finish_reason: "stop".into() });
+            let (events, _) = run(evs);
+            let mut open: Option<u64> = None;
+            let mut next = 0u64;
+            for e in &events {
+                let index = e["index"].as_u64();
+                match e["type"].as_str().unwrap() {
+                    "content_block_start" => {
+                        prop_assert_eq!(open, None);
+                        prop_assert_eq!(index, Some(next));
+                        open = index;
+                        next += 1;
+                    }
+                    "content_block_delta" => prop_assert_eq!(open, index),
+                    "content_block_stop" => {
+                        prop_assert_eq!(open, index);
+                        open = None;
+                    }
+                    "message_delta" => prop_assert_eq!(open, None),
+                    _ => {}
+                }
+            }
+            let names: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+            prop_assert_eq!(&names[names.len() - 2..], ["message_delta", "message_stop"]);
+            prop_assert_eq!(names[0], "message_start");
+        }
+    }
+}
