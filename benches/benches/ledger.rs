@@ -46,6 +46,8 @@ fn settlement() -> Settlement {
         status: "ok",
         prompt_tokens: 10,
         completion_tokens: 64,
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
         estimated: false,
         cost_micros: 40,
         ttft_ms: Some(1),

@@ -61,7 +61,7 @@ pub struct Downgrade {
 /// needs more than was reserved.
 pub fn reservation(price: &Price, prompt_counted: u64, max_tokens: u32) -> Micros {
     let prompt_bound = tokens::prompt_bound(prompt_counted);
-    price.cost(
+    price.worst_input().cost(
         prompt_bound,
         tokens::completion_guard(u64::from(max_tokens)),
     )
@@ -88,6 +88,7 @@ pub fn compile_prices(
         let input = get(&p.input, "input");
         let output = get(&p.output, "output");
         let cached = p.cached_input.as_ref().map(|c| get(c, "cached_input"));
+        let write = p.cache_write.as_ref().map(|c| get(c, "cache_write"));
         if let (Some(input_per_m), Some(output_per_m)) = (input, output) {
             out.insert(
                 model.value.clone(),
@@ -95,6 +96,7 @@ pub fn compile_prices(
                     input_per_m,
                     output_per_m,
                     cached_input_per_m: cached.flatten().unwrap_or(input_per_m),
+                    cache_write_per_m: write.flatten().unwrap_or(input_per_m),
                 },
             );
         }

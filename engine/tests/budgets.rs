@@ -23,6 +23,7 @@ const PRICE: Price = Price {
     input_per_m: 1_000_000,
     output_per_m: 2_000_000,
     cached_input_per_m: 1_000_000,
+    cache_write_per_m: 1_000_000,
 };
 
 fn catalog(mock: &MockProvider, storage: &str, budget: &str, extra_settings: &str) -> Catalog {

@@ -544,3 +544,55 @@ async fn a_pipeline_decides_what_its_clients_may_set() {
     );
     server.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn prompt_cache_reads_and_writes_are_recorded_and_priced() {
+    // An Anthropic stream that read 8,000 prompt tokens from the cache and
+    // wrote 1,000 to it, beside 1,000 plain ones.
+    let stream = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":1000,\"cache_read_input_tokens\":8000,\"cache_creation_input_tokens\":1000,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":100}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    let mock = MockProvider::start(Script::single(Reply::recorded(stream)))
+        .await
+        .unwrap();
+    let settings = (
+        PathBuf::from("settings.yaml"),
+        format!(
+            "storage: memory\nproviders:\n  up: {{kind: anthropic, base_url: \"{}\"}}\nprices:\n  the-model: {{input: 3, output: 15, cached_input: 0.3, cache_write: 3.75}}\n",
+            mock.base_url()
+        ),
+    );
+    let pipeline = (
+        PathBuf::from("chat.yaml"),
+        "name: chat\nmodel: {provider: up, name: the-model}\nlimits: {max_tokens: 200}\nbudget: {daily_usd: 10}\n".to_string(),
+    );
+    let catalog = compile_sources(&settings, &[pipeline]).unwrap_or_else(|d| panic!("{d:#?}"));
+    let server = RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    // A prompt long enough for the 10,000 tokens the provider reports.
+    let prompt = "the same long context ".repeat(2_500);
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": prompt}]});
+    let answer = body_json(chat(server.addr, &body.to_string()).await).await;
+    assert_eq!(answer["usage"]["prompt_tokens"], 10_000);
+    assert_eq!(
+        answer["usage"]["prompt_tokens_details"]["cached_tokens"],
+        8_000
+    );
+    let rows = server.ledger().rows_since(0).await.unwrap();
+    let row = &rows[0];
+    assert_eq!((row.prompt_tokens, row.completion_tokens), (10_000, 100));
+    assert_eq!(
+        (row.cache_read_tokens, row.cache_write_tokens),
+        (8_000, 1_000)
+    );
+    // 1,000 × $3 + 8,000 × $0.30 + 1,000 × $3.75 + 100 × $15, per million.
+    assert_eq!(row.cost_micros, 3_000 + 2_400 + 3_750 + 1_500);
+    assert_eq!(row.status, "ok");
+    server.stop().await;
+}

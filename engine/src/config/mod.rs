@@ -50,6 +50,9 @@ pub struct RawPrice {
     pub input: Spanned<f64>,
     pub output: Spanned<f64>,
     pub cached_input: Option<Spanned<f64>>,
+    /// Input tokens written to the provider's prompt cache (default: the
+    /// input price; Anthropic charges 1.25× input for 5-minute writes).
+    pub cache_write: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -96,6 +96,8 @@ fn settlement(tokens: u64, cost: Micros, anomaly: Option<&str>) -> Settlement {
         status: "ok",
         prompt_tokens: tokens,
         completion_tokens: tokens,
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
         estimated: false,
         cost_micros: cost,
         ttft_ms: Some(1),

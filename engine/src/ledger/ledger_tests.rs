@@ -25,6 +25,8 @@ fn settlement(cost: Micros) -> Settlement {
         status: "ok",
         prompt_tokens: 10,
         completion_tokens: 20,
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
         estimated: false,
         cost_micros: cost,
         ttft_ms: Some(5),

@@ -42,6 +42,8 @@ fn new_row(o: &Opening, now: i64, day: &str, status: &str) -> Row {
         error_code: None,
         request_id: o.request_id.clone(),
         usage_anomaly: None,
+        cache_read_tokens: 0,
+        cache_write_tokens: 0,
     }
 }
 
@@ -137,6 +139,8 @@ impl MemStore {
         row.model = s.model.clone();
         row.prompt_tokens = super::store::stored_tokens(s.prompt_tokens);
         row.completion_tokens = super::store::stored_tokens(s.completion_tokens);
+        row.cache_read_tokens = super::store::stored_tokens(s.cache_read_tokens);
+        row.cache_write_tokens = super::store::stored_tokens(s.cache_write_tokens);
         row.estimated = s.estimated;
         row.cost_micros = charged;
         row.usage_anomaly = anomaly;

@@ -81,6 +81,9 @@ pub struct Settlement {
     pub status: &'static str,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Of `prompt_tokens`, read from and written to the prompt cache.
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
     pub estimated: bool,
     pub cost_micros: Micros,
     pub ttft_ms: Option<i64>,

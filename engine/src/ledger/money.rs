@@ -27,7 +27,11 @@ pub fn format_usd(m: Micros) -> String {
 pub struct Price {
     pub input_per_m: Micros,
     pub output_per_m: Micros,
+    /// Input tokens read from the provider's prompt cache.
     pub cached_input_per_m: Micros,
+    /// Input tokens written to the prompt cache (Anthropic bills them
+    /// above the input price).
+    pub cache_write_per_m: Micros,
 }
 
 impl Price {
@@ -36,10 +40,39 @@ impl Price {
     /// `Micros::MAX` (each product fits an i128, their sum may not); a
     /// negative price (never compiled) counts as free.
     pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Micros {
-        let total = (i128::from(prompt_tokens) * i128::from(self.input_per_m.max(0)))
-            .saturating_add(i128::from(completion_tokens) * i128::from(self.output_per_m.max(0)));
+        self.cost_cached(prompt_tokens, completion_tokens, 0, 0)
+    }
+
+    /// Cost of a call of which `cache_read` prompt tokens were read from
+    /// the provider's prompt cache and `cache_write` written to it (each
+    /// taken as at most what is left of the prompt), rounded up like
+    /// [`Price::cost`].
+    pub fn cost_cached(
+        &self,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        cache_read: u64,
+        cache_write: u64,
+    ) -> Micros {
+        let read = cache_read.min(prompt_tokens);
+        let write = cache_write.min(prompt_tokens - read);
+        let plain = prompt_tokens - read - write;
+        let part = |tokens: u64, per_m: Micros| i128::from(tokens) * i128::from(per_m.max(0));
+        let total = part(plain, self.input_per_m)
+            .saturating_add(part(read, self.cached_input_per_m))
+            .saturating_add(part(write, self.cache_write_per_m))
+            .saturating_add(part(completion_tokens, self.output_per_m));
         let micros = total.saturating_add(999_999) / 1_000_000;
         Micros::try_from(micros).unwrap_or(Micros::MAX)
+    }
+
+    /// The dearest price a prompt token may have (written to the cache, or
+    /// not): what a reservation must assume.
+    pub fn worst_input(&self) -> Price {
+        Price {
+            input_per_m: self.input_per_m.max(self.cache_write_per_m),
+            ..*self
+        }
     }
 }
 
@@ -102,6 +135,7 @@ mod tests {
             input_per_m: 150_000,
             output_per_m: 600_000,
             cached_input_per_m: 0,
+            cache_write_per_m: 0,
         };
         // 14 * 0.15 + 30 * 0.60 = 20.1 micro-dollars -> 21.
         assert_eq!(p.cost(14, 30), 21);
@@ -118,6 +152,7 @@ mod tests {
             input_per_m: Micros::MAX,
             output_per_m: Micros::MAX,
             cached_input_per_m: Micros::MAX,
+            cache_write_per_m: Micros::MAX,
         };
         assert_eq!(dearest.cost(u64::MAX, u64::MAX), Micros::MAX);
         assert_eq!(dearest.cost(u64::MAX, 0), Micros::MAX);
@@ -129,7 +164,35 @@ mod tests {
             input_per_m: Micros::MIN,
             output_per_m: -1,
             cached_input_per_m: 0,
+            cache_write_per_m: 0,
         };
         assert_eq!(negative.cost(u64::MAX, u64::MAX), 0);
+    }
+
+    #[test]
+    fn cached_prompt_tokens_are_priced_as_cached_reads_and_writes() {
+        // $3 input, $0.30 cache reads, $3.75 cache writes, $15 output.
+        let p = Price {
+            input_per_m: 3_000_000,
+            output_per_m: 15_000_000,
+            cached_input_per_m: 300_000,
+            cache_write_per_m: 3_750_000,
+        };
+        // 1,000 plain + 8,000 read + 1,000 written, 100 out:
+        // 3,000 + 2,400 + 3,750 + 1,500 = 10,650 micro-dollars.
+        assert_eq!(p.cost_cached(10_000, 100, 8_000, 1_000), 10_650);
+        assert_eq!(p.cost_cached(10_000, 100, 0, 0), p.cost(10_000, 100));
+        // Reported cache figures never price more tokens than the prompt.
+        assert_eq!(
+            p.cost_cached(100, 0, 1_000, 1_000),
+            p.cost_cached(100, 0, 100, 0)
+        );
+        assert_eq!(
+            p.cost_cached(100, 0, 40, 1_000),
+            p.cost_cached(100, 0, 40, 60)
+        );
+        assert_eq!(p.cost_cached(u64::MAX, u64::MAX, u64::MAX, 0), Micros::MAX);
+        // A reservation assumes the dearest input: a cache write.
+        assert_eq!(p.worst_input().cost(1_000_000, 0), 3_750_000);
     }
 }

@@ -50,6 +50,8 @@ macro_rules! report_row {
             error_code: r.try_get("error_code")?,
             request_id: r.try_get("request_id")?,
             usage_anomaly: r.try_get("usage_anomaly")?,
+            cache_read_tokens: r.try_get("cache_read_tokens")?,
+            cache_write_tokens: r.try_get("cache_write_tokens")?,
         }
     }};
 }
@@ -295,6 +297,8 @@ pub(super) async fn settle(
         .bind(i64::from(s.tool_calls))
         .bind(s.error_code)
         .bind(anomaly)
+        .bind(stored_tokens(s.cache_read_tokens))
+        .bind(stored_tokens(s.cache_write_tokens))
         .bind(id)
         .execute(&mut *tx)
         .await?;

@@ -31,6 +31,9 @@ pub struct Row {
     pub error_code: Option<String>,
     /// Why the provider's usage was not believed (see `run::usage_check`).
     pub usage_anomaly: Option<String>,
+    /// Of `prompt_tokens`, read from and written to the prompt cache.
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +198,8 @@ mod tests {
             tool_calls: 0,
             error_code: None,
             usage_anomaly: None,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
         }
     }
 
@@ -243,6 +248,8 @@ mod extremes {
             tool_calls: 0,
             error_code: None,
             usage_anomaly: Some("completion_tokens 18446744073709551615".into()),
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
         };
         // A row written by an older Sluice that wrapped u64::MAX to -1.
         let wrapped = Row {
@@ -250,6 +257,8 @@ mod extremes {
             completion_tokens: -1,
             cost_micros: -5,
             usage_anomaly: None,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
             ..base.clone()
         };
         let g = summarize(&[base.clone(), base, wrapped.clone()], GroupBy::Pipeline);

@@ -406,6 +406,8 @@ impl SqliteStore {
                 i64::from(s.tool_calls),
                 s.error_code,
                 anomaly,
+                store::stored_tokens(s.cache_read_tokens),
+                store::stored_tokens(s.cache_write_tokens),
                 id,
             ])?;
             let mut spends = Vec::new();
@@ -566,6 +568,8 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
         error_code: r.get(16)?,
         request_id: r.get(17)?,
         usage_anomaly: r.get(18)?,
+        cache_read_tokens: r.get(19)?,
+        cache_write_tokens: r.get(20)?,
     })
 }
 

@@ -28,6 +28,7 @@ const TRUNCATE_RETRY: u64 = WAL_LIMIT / 64;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_ledger.sql"),
     include_str!("../../migrations/sqlite/0002_request_id_and_usage_anomaly.sql"),
+    include_str!("../../migrations/sqlite/0003_cache_tokens.sql"),
 ];
 
 /// Where `sqlite:PATH`, `sqlite://PATH` or `sqlite::memory:` points

@@ -70,6 +70,8 @@ pub(super) async fn conclude(
         status: status.as_str(),
         prompt_tokens: usage.prompt_tokens,
         completion_tokens: usage.completion_tokens,
+        cache_read_tokens: usage.cache_read_tokens,
+        cache_write_tokens: usage.cache_write_tokens,
         estimated: usage.estimated,
         cost_micros: usage.cost_micros,
         ttft_ms: ttft.map(|d| d.as_millis() as i64),

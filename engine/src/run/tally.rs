@@ -234,6 +234,9 @@ impl Tally {
         self.spent_prompt = self.spent_prompt.saturating_add(p);
         self.spent_completion = self.spent_completion.saturating_add(c);
         let (read, write) = self.round_cache();
+        let round_cost = self
+            .price
+            .map_or(0, |price| price.cost_cached(p, c, read, write));
         self.spent_cache = (
             self.spent_cache.0.saturating_add(read),
             self.spent_cache.1.saturating_add(write),
@@ -243,9 +246,7 @@ impl Tally {
         } else {
             self.rounds_reported += 1;
         }
-        self.spent_cost = self
-            .spent_cost
-            .saturating_add(self.price.map_or(0, |price| price.cost(p, c)));
+        self.spent_cost = self.spent_cost.saturating_add(round_cost);
         self.rounds += 1;
         self.generated = Generated::default();
         self.provider_usage = None;
@@ -308,9 +309,10 @@ impl Tally {
             .1
             .saturating_add(write)
             .min(prompt_tokens - cache_read_tokens);
-        let cost_micros = self
-            .spent_cost
-            .saturating_add(self.price.map_or(0, |price| price.cost(p, c)));
+        let cost_micros = self.spent_cost.saturating_add(
+            self.price
+                .map_or(0, |price| price.cost_cached(p, c, read, write)),
+        );
         let (by_sluice, by_provider) = match current {
             Some((_, _, true)) => (self.rounds_estimated + 1, self.rounds_reported),
             Some((_, _, false)) => (self.rounds_estimated, self.rounds_reported + 1),

@@ -115,7 +115,12 @@ pub(super) fn check_with_pipeline(
 }
 
 fn usage_json(u: &UsageReport) -> Value {
-    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens})
+    let mut v = json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens});
+    if u.cache_read_tokens > 0 {
+        // OpenAI's shape; cache writes have no field there.
+        v["prompt_tokens_details"] = json!({ "cached_tokens": u.cache_read_tokens });
+    }
+    v
 }
 
 fn now_secs() -> u64 {
