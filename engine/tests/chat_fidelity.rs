@@ -596,3 +596,117 @@ async fn prompt_cache_reads_and_writes_are_recorded_and_priced() {
     assert_eq!(row.status, "ok");
     server.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn thinking_goes_back_to_anthropic_with_its_signature_after_a_pipeline_tool() {
+    // Extended thinking, then a call of the pipeline's own tool.
+    let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut turn = ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": "claude-x", "content": [], "usage": {"input_tokens": 50, "output_tokens": 1}}}),
+    );
+    turn += &ev(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+    );
+    for piece in ["The user wants order 1.", " I should look it up."] {
+        turn += &ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": piece}}),
+        );
+    }
+    turn += &ev(
+        "content_block_delta",
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"}}),
+    );
+    turn += &ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    );
+    turn += &ev(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "lookup_order", "input": {}}}),
+    );
+    turn += &ev(
+        "content_block_delta",
+        json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"order_id\": 1}"}}),
+    );
+    turn += &ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 1}),
+    );
+    turn += &ev(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 30}}),
+    );
+    turn += &ev("message_stop", json!({"type": "message_stop"}));
+    let mock = MockProvider::start(
+        Script::single(Reply::recorded(turn)).then(Reply::anthropic_text(&["Shipped", "."])),
+    )
+    .await
+    .unwrap();
+    let server = serve(&mock, "anthropic", SQL_TOOL).await;
+    let events = SseReader::new(
+        post_json_to(
+            server.addr,
+            "/v1/pipelines/chat",
+            r#"{"input":"Where is order 1?"}"#,
+        )
+        .await,
+    )
+    .collect()
+    .await;
+    assert_eq!(find(&events, "tool_result").unwrap().data["ok"], true);
+    assert!(text(&events).ends_with("Shipped."));
+    let second = &mock.journal().requests()[1].body;
+    let assistant = &second["messages"][1];
+    assert_eq!(assistant["role"], "assistant");
+    assert_eq!(
+        assistant["content"][0],
+        json!({"type": "thinking", "thinking": "The user wants order 1. I should look it up.", "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"})
+    );
+    assert_eq!(assistant["content"][1]["type"], "tool_use");
+    assert_eq!(assistant["content"][1]["id"], "toolu_1");
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endless_reasoning_signature_is_cut() {
+    let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut flood = ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": "claude-x", "content": [], "usage": {"input_tokens": 5, "output_tokens": 1}}}),
+    );
+    flood += &ev(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+    );
+    flood += &ev(
+        "content_block_delta",
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Hmm."}}),
+    );
+    let piece = "A".repeat(4096);
+    for _ in 0..100 {
+        flood += &ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": piece}}),
+        );
+    }
+    let mock = MockProvider::start(Script::single(Reply::recorded(flood)))
+        .await
+        .unwrap();
+    let server = serve(&mock, "anthropic", SQL_TOOL).await;
+    let events =
+        SseReader::new(post_json_to(server.addr, "/v1/pipelines/chat", r#"{"input":"x"}"#).await)
+            .collect()
+            .await;
+    let error = &find(&events, "error").unwrap().data;
+    assert_eq!(error["code"], "upstream");
+    assert!(
+        error["message"].as_str().unwrap().contains("signatures"),
+        "{error}"
+    );
+    let rows = server.ledger().rows_since(0).await.unwrap();
+    assert_eq!(rows[0].status, "upstream_error");
+    server.stop().await;
+}

@@ -141,6 +141,9 @@ fn part_block(p: &Part) -> Option<Value> {
             "type": "image",
             "source": {"type": "base64", "media_type": media_type, "data": data},
         })),
+        // Reasoning without a signature (another provider's) cannot be
+        // handed to Anthropic, which checks signatures.
+        Part::Thinking { signature, .. } if signature.is_empty() => None,
         Part::Thinking { text, signature } => {
             Some(json!({"type": "thinking", "thinking": text, "signature": signature}))
         }

@@ -14,7 +14,7 @@ use super::{RunContext, Tally};
 use crate::compile::Pipeline;
 use std::collections::BTreeMap;
 
-use crate::provider::{Chunk, ChunkStream, FinishReason, ProviderError, ToolCall};
+use crate::provider::{Chunk, ChunkStream, FinishReason, Part, ProviderError, ToolCall};
 use crate::tokens;
 
 pub(super) enum Ending {
@@ -54,15 +54,49 @@ impl Out {
 /// How one model call (round) ended.
 pub(super) enum RoundEnd {
     Ended(Ending),
-    /// The model asked for tools; `text` is what it said before asking,
+    /// The model asked for tools; `said` is what it said before asking
+    /// (its reasoning with the provider's signature, then its text),
     /// `finish` the provider's finish reason. `for_client[i]` says whether
     /// `calls[i]` goes back to the client (already relayed as it came).
     ToolCalls {
         calls: Vec<ToolCall>,
         for_client: Vec<bool>,
-        text: String,
+        said: Vec<Part>,
         finish: FinishReason,
     },
+}
+
+/// Most bytes of reasoning signatures and redacted reasoning one round
+/// may carry: they are opaque (not counted as generated tokens), and a
+/// signature is a few hundred bytes.
+const MAX_OPAQUE_BYTES: usize = 256 << 10;
+
+/// Appends to what the model said, merging with the part before when it
+/// is of the same kind (a round's text is one part, so is each thinking
+/// block with its signature).
+fn say(said: &mut Vec<Part>, piece: Piece<'_>) {
+    match (said.last_mut(), piece) {
+        (Some(Part::Text(t)), Piece::Text(s)) => t.push_str(s),
+        (Some(Part::Thinking { text, signature }), Piece::Thinking(s)) if signature.is_empty() => {
+            text.push_str(s)
+        }
+        (Some(Part::Thinking { signature, .. }), Piece::Signature(s)) => signature.push_str(s),
+        (_, Piece::Text(s)) => said.push(Part::Text(s.to_string())),
+        (_, Piece::Thinking(s)) => said.push(Part::Thinking {
+            text: s.to_string(),
+            signature: String::new(),
+        }),
+        (_, Piece::Signature(s)) => said.push(Part::Thinking {
+            text: String::new(),
+            signature: s.to_string(),
+        }),
+    }
+}
+
+enum Piece<'a> {
+    Text(&'a str),
+    Thinking(&'a str),
+    Signature(&'a str),
 }
 
 /// Most tool calls one model call may ask for. Models ask for a handful;
@@ -107,6 +141,22 @@ fn assemble(partials: BTreeMap<u32, Partial>) -> (Vec<ToolCall>, Vec<bool>) {
         .unzip()
 }
 
+/// The ending of a round whose provider sent more opaque reasoning data
+/// than any model writes.
+fn opaque_flood() -> RoundEnd {
+    warn!(
+        max = MAX_OPAQUE_BYTES,
+        "provider sent too many bytes of reasoning signatures; stream cut"
+    );
+    RoundEnd::Ended(Ending::Failed {
+        code: ErrorCode::Upstream,
+        message: format!(
+            "the provider sent more than {MAX_OPAQUE_BYTES} bytes of reasoning signatures or redacted reasoning in one answer; the stream was cut"
+        ),
+        finish: "error",
+    })
+}
+
 /// The ending of a round cut for generating too much.
 fn ceiling_cut(max_tokens: u64, guard: u64, what: &str) -> RoundEnd {
     warn!(
@@ -146,13 +196,14 @@ pub(super) async fn stream_round(
     let max_tokens = u64::from(max_tokens);
     let guard = tokens::completion_guard(max_tokens);
     let mut finish: Option<FinishReason> = None;
-    let mut text = String::new();
+    let mut said: Vec<Part> = Vec::new();
+    let mut opaque_bytes = 0usize;
     let mut partials: BTreeMap<u32, Partial> = BTreeMap::new();
     let wants_tools = !pipeline.tools.is_empty();
     let mut client_calls: u32 = 0;
     // A finished round: the answer, or the tool calls the model asked for
     // (run by the tool loop, or reported when the pipeline has no tools).
-    let finished = |finish: FinishReason, text: String, partials: BTreeMap<u32, Partial>| {
+    let finished = |finish: FinishReason, said: Vec<Part>, partials: BTreeMap<u32, Partial>| {
         if partials.is_empty() {
             RoundEnd::Ended(Ending::Finished(finish.as_str().to_string()))
         } else {
@@ -160,7 +211,7 @@ pub(super) async fn stream_round(
             RoundEnd::ToolCalls {
                 calls,
                 for_client,
-                text,
+                said,
                 finish,
             }
         }
@@ -214,7 +265,7 @@ pub(super) async fn stream_round(
                             // The answer is complete; only the usage chunk
                             // or the terminator is missing.
                             debug!("upstream silent after finishing; usage will be estimated");
-                            return finished(reason, text, partials);
+                            return finished(reason, said, partials);
                         }
                         let (code, what, d) = if deadline == out.total_deadline {
                             (ErrorCode::TimeoutTotal, "the request", pipeline.timeouts.total)
@@ -232,7 +283,7 @@ pub(super) async fn stream_round(
                         Some(Ok(c)) => c,
                         Some(Err(ProviderError::Truncated)) | None if finish.is_some() => {
                             debug!("upstream ended without usage or terminator after finishing");
-                            return finished(finish.unwrap_or(FinishReason::Stop), text, partials);
+                            return finished(finish.unwrap_or(FinishReason::Stop), said, partials);
                         }
                         None => {
                             return RoundEnd::Ended(Ending::Failed {
@@ -264,7 +315,7 @@ pub(super) async fn stream_round(
         {
             drop(stream);
             debug!("provider kept generating after its finish reason; stream ended there");
-            return finished(reason.clone(), text, partials);
+            return finished(reason.clone(), said, partials);
         }
         last_chunk_at = Instant::now();
         match chunk {
@@ -285,7 +336,7 @@ pub(super) async fn stream_round(
                 // Only a round that may end in tool calls needs its text
                 // again (the conversation goes on with it).
                 if wants_tools {
-                    text.push_str(&delta);
+                    say(&mut said, Piece::Text(&delta));
                 }
                 if out.send(Event::Delta(delta)).await.is_err() {
                     return RoundEnd::Ended(Ending::ClientClosed);
@@ -300,6 +351,11 @@ pub(super) async fn stream_round(
                     drop(stream);
                     return ceiling_cut(max_tokens, guard, "reasoning");
                 }
+                // The provider wants it back when the conversation goes
+                // on after a tool call (Anthropic's extended thinking).
+                if wants_tools {
+                    say(&mut said, Piece::Thinking(&t));
+                }
                 if out.send(Event::Reasoning(t)).await.is_err() {
                     return RoundEnd::Ended(Ending::ClientClosed);
                 }
@@ -308,12 +364,26 @@ pub(super) async fn stream_round(
             // Not generated text (the provider does not bill it as output),
             // but the client needs it to hand the reasoning back.
             Chunk::ReasoningSignature(s) => {
+                opaque_bytes = opaque_bytes.saturating_add(s.len());
+                if opaque_bytes > MAX_OPAQUE_BYTES {
+                    return opaque_flood();
+                }
+                if wants_tools {
+                    say(&mut said, Piece::Signature(&s));
+                }
                 if out.send(Event::ReasoningSignature(s)).await.is_err() {
                     return RoundEnd::Ended(Ending::ClientClosed);
                 }
                 keepalive_at = Instant::now() + out.keepalive;
             }
             Chunk::RedactedReasoning(data) => {
+                opaque_bytes = opaque_bytes.saturating_add(data.len());
+                if opaque_bytes > MAX_OPAQUE_BYTES {
+                    return opaque_flood();
+                }
+                if wants_tools {
+                    said.push(Part::RedactedThinking(data.clone()));
+                }
                 if out.send(Event::RedactedReasoning(data)).await.is_err() {
                     return RoundEnd::Ended(Ending::ClientClosed);
                 }
@@ -410,7 +480,7 @@ pub(super) async fn stream_round(
             Chunk::End => {
                 drop(stream);
                 return match finish {
-                    Some(reason) => finished(reason, text, partials),
+                    Some(reason) => finished(reason, said, partials),
                     None => RoundEnd::Ended(Ending::Failed {
                         code: ErrorCode::Upstream,
                         message: "the provider ended the stream without a finish reason".into(),

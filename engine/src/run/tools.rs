@@ -76,7 +76,7 @@ pub(super) async fn stream_body(
 ) -> Ending {
     let t = pipeline.timeouts;
     loop {
-        let (calls, for_client, text, finish) = match stream_round(
+        let (calls, for_client, said, finish) = match stream_round(
             cx, pipeline, ask, stream, first, max_tokens, out, tally, t.idle,
         )
         .await
@@ -85,9 +85,9 @@ pub(super) async fn stream_body(
             RoundEnd::ToolCalls {
                 calls,
                 for_client,
-                text,
+                said,
                 finish,
-            } => (calls, for_client, text, finish),
+            } => (calls, for_client, said, finish),
         };
         // Calls are run (or handed to the client to run) only when the
         // model finished asking for them: a call cut by the provider's
@@ -156,9 +156,12 @@ pub(super) async fn stream_body(
             o = join_all(calls.iter().map(|c| run_tool(pipeline, c))) => o,
         };
         let mut next_prompt = tally.prompt.clone();
-        let mut said = Message::new(Role::Assistant, text);
-        said.tool_calls = calls.clone();
-        next_prompt.push(said);
+        // What the model said, its reasoning (with the provider's
+        // signature) included: Anthropic wants thinking blocks back.
+        let mut turn = Message::new(Role::Assistant, "");
+        turn.content = said;
+        turn.tool_calls = calls.clone();
+        next_prompt.push(turn);
         for (c, o) in calls.iter().zip(&outcomes) {
             if !o.ok {
                 warn!(tool = %c.name, error = o.error.as_deref().unwrap_or_default(), "tool call refused or failed; the model is told");
