@@ -126,11 +126,13 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(pipelines: Vec<(String, &str, Script)>) -> Gateway {
+    /// `pipelines`: `(name, provider kind, script, max_tokens ceiling)`;
+    /// pipeline NAME runs on provider NAME, a mock playing `script`.
+    async fn start(pipelines: Vec<(String, &str, Script, u32)>) -> Gateway {
         let mut mocks = HashMap::new();
         let mut settings = String::from("storage: memory\nproviders:\n");
         let mut files = Vec::new();
-        for (name, kind, script) in pipelines {
+        for (name, kind, script, ceiling) in pipelines {
             let mock = MockProvider::start(script).await.unwrap();
             settings += &format!(
                 "  {name}: {{kind: {kind}, base_url: \"{}\"}}\n",
@@ -139,7 +141,7 @@ impl Gateway {
             files.push((
                 PathBuf::from(format!("{name}.yaml")),
                 format!(
-                    "name: {name}\nmodel: {{provider: {name}, name: the-model}}\nlimits: {{max_tokens: 200}}\n"
+                    "name: {name}\nmodel: {{provider: {name}, name: the-model}}\nlimits: {{max_tokens: {ceiling}}}\n"
                 ),
             ));
             mocks.insert(name, mock);
@@ -178,12 +180,13 @@ async fn the_official_anthropic_python_sdk_over_both_wires() {
             format!("{wire}-text"),
             wire,
             Script::single(text_reply(wire, &WORDS)),
+            200,
         ));
         let round = Script::single(tool_call(wire))
             .then(text_reply(wire, &ANSWER))
             .then(tool_call(wire))
             .then(text_reply(wire, &ANSWER));
-        pipelines.push((format!("{wire}-tools"), wire, round));
+        pipelines.push((format!("{wire}-tools"), wire, round, 200));
         // The provider's own in-stream error after two words: OpenAI's
         // `data: {"error": …}`, Anthropic's `event: error`.
         let after = if wire == "openai" { 3 } else { 5 };
@@ -191,12 +194,15 @@ async fn the_official_anthropic_python_sdk_over_both_wires() {
             format!("{wire}-fail"),
             wire,
             Script::single(text_reply(wire, &WORDS).fault(Fault::ErrorEventAfter(after))),
+            200,
         ));
     }
     pipelines.push((
         "anthropic-thinking".to_string(),
         "anthropic",
         Script::single(Reply::fixture("anthropic/thinking.sse")),
+        // Room for Anthropic's smallest thinking budget (1024).
+        1500,
     ));
     let gw = Gateway::start(pipelines).await;
 
@@ -408,6 +414,7 @@ async fn the_official_anthropic_python_sdk_over_both_wires() {
     assert!(kinds.contains(&json!("signature")), "{kinds:?}");
     let sent = gw.sent("anthropic-thinking");
     assert_eq!(sent.len(), 3);
+    assert_eq!(sent[0]["max_tokens"], 1400);
     // The next turn gave the SDK's thinking block back as it came: the
     // provider received it, signature and all, before the text.
     let assistant = &sent[2]["messages"][1];
@@ -422,6 +429,15 @@ async fn the_official_anthropic_python_sdk_over_both_wires() {
     assert_eq!(
         sent[0]["thinking"],
         json!({"type": "enabled", "budget_tokens": 1024})
+    );
+    // A budget that does not fit under the pipeline's ceiling (1500) is
+    // refused before any call (sent.len() above), naming the field.
+    let over = &th["over_ceiling"];
+    assert_eq!(over["raised"], "BadRequestError", "{over}");
+    let text = over["error"]["message"].as_str().unwrap();
+    assert!(
+        text.starts_with("thinking.budget_tokens:") && text.contains("(1500)"),
+        "{over}"
     );
     gw.server.stop().await;
 }

@@ -9,7 +9,7 @@ JSON object: for each WIRE, what each SDK call returned (or raised), plus
 `thinking` when `anthropic` is among the wires. Pipelines expected per
 WIRE: `WIRE-text` (the same text twice), `WIRE-tools` (a get_weather
 call, then text; twice), `WIRE-fail` (text, then an error mid-stream);
-and `anthropic-thinking` (a signed thinking block then text; twice).
+and `anthropic-thinking` (a signed thinking block then text; ceiling 1500).
 """
 import json
 import sys
@@ -157,7 +157,7 @@ def count_tokens(client, wire):
 def thinking(client):
     kwargs = dict(
         model="anthropic-thinking",
-        max_tokens=2048,
+        max_tokens=1400,
         thinking={"type": "enabled", "budget_tokens": 1024},
         messages=[{"role": "user", "content": "hey"}],
     )
@@ -172,7 +172,13 @@ def thinking(client):
         {"role": "user", "content": "What can you do?"},
     ]
     client.messages.create(**follow)
+    try:
+        client.messages.create(**dict(kwargs, max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 2048}))
+        over = {"raised": None}
+    except anthropic.BadRequestError as e:
+        over = raised(e)
     return {
+        "over_ceiling": over,
         "streamed": dump(final),
         "whole": dump(whole),
         "event_kinds": sorted(set(kinds)),
