@@ -46,10 +46,11 @@ fn text_reply(wire: &str, words: &[&str]) -> Reply {
     }
 }
 
+/// One SSE event: named by its `type` (Anthropic), unnamed without (OpenAI).
 fn sse(data: Value) -> String {
     match data["type"].as_str() {
-        Some(name) if data.get("choices").is_none() => format!("event: {name}\ndata: {data}\n\n"),
-        _ => format!("data: {data}\n\n"),
+        Some(name) => format!("event: {name}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
     }
 }
 
