@@ -276,7 +276,7 @@ async fn thinking_and_its_signature_from_an_anthropic_provider_reach_the_client(
     let server = serve(&mock, "anthropic", "").await;
     let mut body = json!({"model": "chat", "max_tokens": 100, "stream": true,
         "system": [{"type": "text", "text": "Be kind."}],
-        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "thinking": {"type": "enabled", "budget_tokens": 64},
         "top_k": 5, "temperature": 1, "stop_sequences": ["###"], "metadata": {"user_id": "u-1"},
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Greet me"}]}]});
     let streamed = events(messages(server.addr, "/v1/messages", &body).await).await;
@@ -318,8 +318,9 @@ async fn thinking_and_its_signature_from_an_anthropic_provider_reach_the_client(
     let sent = &mock.journal().requests()[0].body;
     assert_eq!(
         sent["thinking"],
-        json!({"type": "enabled", "budget_tokens": 1024})
+        json!({"type": "enabled", "budget_tokens": 64})
     );
+    assert_eq!(sent["max_tokens"], 100);
     assert_eq!(sent["top_k"], 5);
     assert_eq!(sent["system"], "Be kind.");
     assert_eq!(sent["stop_sequences"], json!(["###"]));
@@ -605,6 +606,60 @@ async fn errors_take_anthropics_shape() {
     let e = error_of(messages(server.addr, "/v1/messages", &top_k).await, 400).await;
     assert!(e["message"].as_str().unwrap().starts_with("top_k"), "{e}");
     assert_eq!(mock.journal().request_count(), 0);
+    server.stop().await;
+}
+
+/// Anthropic refuses a thinking budget that is not below max_tokens, and
+/// the provider gets max_tokens clamped to the pipeline's ceiling: a
+/// budget that does not fit under what would be sent is a 400 naming it,
+/// before any call, instead of a request the provider refuses.
+#[tokio::test(start_paused = true)]
+async fn a_thinking_budget_must_fit_under_the_max_tokens_sent() {
+    let mock = MockProvider::start(Script::single(thinking_reply()))
+        .await
+        .unwrap();
+    let server = serve(&mock, "anthropic", "").await;
+    let ask = |max_tokens: u32, budget: u32| {
+        json!({"model": "chat", "max_tokens": max_tokens,
+            "thinking": {"type": "enabled", "budget_tokens": budget},
+            "messages": [{"role": "user", "content": "hi"}]})
+    };
+    // Within the client's own max_tokens, but not under the ceiling (200).
+    let e = error_of(
+        messages(server.addr, "/v1/messages", &ask(2048, 1024)).await,
+        400,
+    )
+    .await;
+    assert_eq!(e["type"], "invalid_request_error");
+    let text = e["message"].as_str().unwrap();
+    assert!(text.starts_with("thinking.budget_tokens:"), "{e}");
+    assert!(text.contains("\"chat\"") && text.contains("(200)"), "{e}");
+    // Not under the client's own max_tokens, as Anthropic says.
+    let e = error_of(
+        messages(server.addr, "/v1/messages", &ask(100, 100)).await,
+        400,
+    )
+    .await;
+    assert_eq!(
+        e["message"],
+        "thinking.budget_tokens: must be less than max_tokens (100)"
+    );
+    assert_eq!(mock.journal().request_count(), 0);
+
+    // A budget under what is sent goes through as given.
+    let whole = body_json(messages(server.addr, "/v1/messages", &ask(150, 128)).await).await;
+    assert_eq!(whole["content"][0]["type"], "thinking", "{whole}");
+    let sent = &mock.journal().requests()[0].body;
+    assert_eq!(sent["max_tokens"], 150);
+    assert_eq!(
+        sent["thinking"],
+        json!({"type": "enabled", "budget_tokens": 128})
+    );
+    // count_tokens has no max_tokens: any budget is counted.
+    let mut count = ask(1, 4096);
+    count.as_object_mut().unwrap().remove("max_tokens");
+    let n = body_json(messages(server.addr, "/v1/messages/count_tokens", &count).await).await;
+    assert!(n["input_tokens"].as_u64().unwrap() > 0, "{n}");
     server.stop().await;
 }
 

@@ -136,7 +136,44 @@ async fn read(
             request_id,
         ));
     }
+    if let Some(message) = thinking_over_ceiling(&msg, &pipeline) {
+        run::record_invalid(&shared.run, &pipeline, request_id, "invalid_request").await;
+        return Err(anthropic_error(
+            StatusCode::BAD_REQUEST,
+            &message,
+            request_id,
+        ));
+    }
     Ok((msg, pipeline))
+}
+
+/// Anthropic refuses a thinking budget that is not below `max_tokens`.
+/// The provider gets `max_tokens` clamped to the pipeline's ceiling, so a
+/// budget the client's own `max_tokens` allowed may not fit under it: say
+/// so here, naming the field and the ceiling, rather than send a request
+/// the provider refuses.
+fn thinking_over_ceiling(
+    msg: &MessagesRequest,
+    pipeline: &crate::compile::Pipeline,
+) -> Option<String> {
+    let asked = msg.max_tokens?;
+    let thinking = msg.params.thinking.as_ref()?;
+    if thinking["type"] != "enabled" {
+        return None;
+    }
+    let budget = thinking["budget_tokens"].as_u64()?;
+    let sent = asked.min(pipeline.max_tokens);
+    if budget < u64::from(sent) {
+        return None;
+    }
+    Some(if sent == asked {
+        format!("thinking.budget_tokens: must be less than max_tokens ({asked})")
+    } else {
+        format!(
+            "thinking.budget_tokens: must be less than max_tokens, which pipeline \"{}\" lowers to its ceiling ({sent}); ask for a budget below {sent}",
+            pipeline.name
+        )
+    })
 }
 
 /// Adds the `request-id` header Anthropic's SDKs read (`x-request-id` is
