@@ -58,12 +58,14 @@ pub struct Downgrade {
 /// `prompt_counted` tokens: the prompt (with a margin for the provider's
 /// own counting) plus every completion token Sluice lets through before it
 /// cuts the stream ([`tokens::completion_guard`]), so that settling never
-/// needs more than was reserved.
-pub fn reservation(price: &Price, prompt_counted: u64, max_tokens: u32) -> Micros {
+/// needs more than was reserved. A call of `n` choices may generate
+/// `n × max_tokens` (its guard is that of the product), and bills the
+/// prompt once.
+pub fn reservation(price: &Price, prompt_counted: u64, max_tokens: u32, n: u32) -> Micros {
     let prompt_bound = tokens::prompt_bound(prompt_counted);
     price.worst_input().cost(
         prompt_bound,
-        tokens::completion_guard(u64::from(max_tokens)),
+        tokens::completion_guard(u64::from(max_tokens).saturating_mul(u64::from(n.max(1)))),
     )
 }
 

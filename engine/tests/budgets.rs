@@ -49,7 +49,7 @@ fn reservation() -> i64 {
         Message::new(Role::System, "Be brief."),
         Message::new(Role::User, "hi"),
     ];
-    sluice::budget::reservation(&PRICE, sluice::tokens::count_prompt(&prompt), 100)
+    sluice::budget::reservation(&PRICE, sluice::tokens::count_prompt(&prompt), 100, 1)
 }
 
 fn temp_db() -> (PathBuf, String) {

@@ -269,6 +269,9 @@ fn answer_of(chunks: &[Chunk]) -> Answer {
             Chunk::End => ended = true,
             // Checked by messages_api.rs, which relays them.
             Chunk::ReasoningSignature(_) | Chunk::RedactedReasoning(_) => {}
+            // The recordings are of one choice; logprobs are checked by
+            // the decoder's tests and chat_choices.rs.
+            Chunk::Choice(_) | Chunk::Logprobs(_) => {}
         }
     }
     assert!(ended, "no end of stream in {chunks:?}");

@@ -222,6 +222,9 @@ pub struct Params {
     pub user: Option<String>,
     pub logprobs: bool,
     pub top_logprobs: Option<u32>,
+    /// How many answers (choices) to generate for the one prompt; None is
+    /// one. Only the OpenAI wire has it.
+    pub n: Option<u32>,
     pub response_format: Option<ResponseFormat>,
     pub tool_choice: Option<ToolChoice>,
     pub parallel_tool_calls: Option<bool>,
@@ -251,6 +254,11 @@ impl Wire {
 }
 
 impl Params {
+    /// How many choices the answer has (`n`, at least one).
+    pub fn choices(&self) -> u32 {
+        self.n.unwrap_or(1).max(1)
+    }
+
     /// The first field set here that `wire` has no equivalent for, with
     /// why, or None when every field can be sent.
     pub fn unsupported_by(&self, wire: Wire) -> Option<(&'static str, &'static str)> {
@@ -274,7 +282,8 @@ impl Params {
                 None
             }
             Wire::Anthropic => {
-                let missing: [(bool, &str); 7] = [
+                let missing: [(bool, &str); 8] = [
+                    (self.choices() > 1, "n"),
                     (self.seed.is_some(), "seed"),
                     (self.presence_penalty.is_some(), "presence_penalty"),
                     (self.frequency_penalty.is_some(), "frequency_penalty"),
@@ -400,6 +409,17 @@ pub enum Chunk {
     /// chunk, Anthropic's `message_start`), once, before anything else:
     /// it may differ from the model asked for.
     Model(String),
+    /// The chunks that follow, up to the next `Choice`, belong to this
+    /// choice (of a request with [`Params::n`] > 1): its text, refusal,
+    /// tool-call pieces, finish reason and log probabilities. A stream
+    /// starts with choice 0 and names no choice unless it switches, so
+    /// a one-choice stream never carries one.
+    Choice(u32),
+    /// The provider's log probabilities of the tokens the next chunk of
+    /// this choice sends (OpenAI's per-choice `logprobs`: `content` and
+    /// `refusal` arrays), kept as the provider wrote them. Sent before the
+    /// text it describes; only when the request asked for logprobs.
+    Logprobs(serde_json::Value),
 }
 
 /// Where a provider failure came from, for logs and for retry decisions.

@@ -71,7 +71,7 @@ impl Provider for OpenAiProvider {
                 .stream(
                     req,
                     request.connect_timeout,
-                    OpenAiDecoder::new(),
+                    OpenAiDecoder::with_choices(request.params.choices()),
                     openai_wire::summarize_error_body,
                 )
                 .await

@@ -80,6 +80,9 @@ fn params(p: &Params, body: &mut Value) {
     if let Some(n) = p.top_logprobs {
         body["top_logprobs"] = json!(n);
     }
+    if let Some(n) = p.n {
+        body["n"] = json!(n);
+    }
     match &p.response_format {
         None => {}
         Some(ResponseFormat::Text) => body["response_format"] = json!({"type": "text"}),
@@ -163,8 +166,8 @@ fn message(m: &Message) -> Value {
     }
 }
 
-// Only the fields we use are declared: serde skips the rest (id, model,
-// system_fingerprint, logprobs...) without allocating. Text fields are owned
+// Only the fields we use are declared: serde skips the rest (id,
+// system_fingerprint...) without allocating. Text fields are owned
 // because they move straight into a `Chunk`.
 #[derive(Deserialize)]
 struct WireChunk {
@@ -181,6 +184,9 @@ struct WireChoice {
     index: Option<u32>,
     delta: Option<WireDelta>,
     finish_reason: Option<String>,
+    /// `{"content": [...], "refusal": [...]}` when the request asked for
+    /// logprobs; absent or null otherwise (nothing is allocated then).
+    logprobs: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -221,15 +227,36 @@ struct WirePromptDetails {
     cached_tokens: Option<i128>,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct OpenAiDecoder {
     /// The stream named its model already (it is reported once).
     model_seen: bool,
+    /// How many choices the request asked for (`n`): a choice index past
+    /// them cannot be one of ours and is ignored.
+    choices: u32,
+    /// The choice the last per-choice chunk belonged to.
+    current: u32,
+}
+
+impl Default for OpenAiDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl OpenAiDecoder {
+    /// A decoder for a one-choice request.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_choices(1)
+    }
+
+    /// A decoder for a request of `n` choices.
+    pub fn with_choices(n: u32) -> Self {
+        OpenAiDecoder {
+            model_seen: false,
+            choices: n.max(1),
+            current: 0,
+        }
     }
 
     /// Turns one upstream event into chunks. On error nothing is appended.
@@ -265,14 +292,25 @@ impl OpenAiDecoder {
             self.model_seen = true;
             out.push(Chunk::Model(model));
         }
-        // n=1: other choice indices cannot occur in our requests, and are
-        // ignored should a server send them anyway.
-        for choice in chunk
-            .choices
-            .into_iter()
-            .flatten()
-            .filter(|c| c.index.unwrap_or(0) == 0)
-        {
+        // Choice indices past what was asked cannot occur in our requests,
+        // and are ignored should a server send them anyway.
+        for choice in chunk.choices.into_iter().flatten() {
+            let index = choice.index.unwrap_or(0);
+            if index >= self.choices {
+                continue;
+            }
+            // Named only when it changes: a one-choice stream never is.
+            if index != self.current {
+                self.current = index;
+                out.push(Chunk::Choice(index));
+            }
+            // Before the text it describes, so that a client API can send
+            // both in one piece. Null and empty ones say nothing.
+            if let Some(lp) = choice.logprobs
+                && has_logprobs(&lp)
+            {
+                out.push(Chunk::Logprobs(lp));
+            }
             if let Some(delta) = choice.delta {
                 for thought in [delta.reasoning_content, delta.reasoning]
                     .into_iter()
@@ -323,6 +361,17 @@ impl OpenAiDecoder {
         }
         Ok(())
     }
+}
+
+/// Whether a choice's `logprobs` object holds any token: `content` or
+/// `refusal` a non-empty array (OpenAI sends `{"content": null,
+/// "refusal": []}` on chunks that carry no text).
+fn has_logprobs(v: &Value) -> bool {
+    ["content", "refusal"].iter().any(|k| {
+        v.get(k)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    })
 }
 
 /// A one-line summary of an HTTP error body, at most 200 characters.

@@ -526,3 +526,127 @@ proptest! {
         prop_assert!(!s.contains('\n') && !s.contains('\r'));
     }
 }
+
+fn decode_n(n: u32, lines: &[&str]) -> Vec<Chunk> {
+    let mut decoder = OpenAiDecoder::with_choices(n);
+    let mut out = Vec::new();
+    for l in lines {
+        decoder.decode(&event(l), &mut out).unwrap();
+    }
+    out
+}
+
+#[test]
+fn interleaved_choices_are_told_apart_by_a_marker_when_they_switch() {
+    let c = |i: u32, delta: &str, finish: &str| {
+        format!(r#"{{"choices":[{{"index":{i},"delta":{delta},"finish_reason":{finish}}}]}}"#)
+    };
+    let lines = [
+        c(0, r#"{"role":"assistant","content":""}"#, "null"),
+        c(1, r#"{"role":"assistant","content":""}"#, "null"),
+        c(0, r#"{"content":"Hel"}"#, "null"),
+        c(0, r#"{"content":"lo"}"#, "null"),
+        c(2, r#"{"content":"Hi"}"#, "null"),
+        c(1, r#"{"content":"Hey"}"#, "null"),
+        // Two choices in one chunk, one finishing.
+        r#"{"choices":[{"index":2,"delta":{},"finish_reason":"stop"},{"index":0,"delta":{"content":"!"},"finish_reason":"stop"}]}"#.to_string(),
+        c(1, r#"{"refusal":"No"}"#, r#""length""#),
+        // Not one of the three asked for.
+        c(3, r#"{"content":"stray"}"#, r#""stop""#),
+        r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":7}}"#.to_string(),
+        "[DONE]".to_string(),
+    ];
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    assert_eq!(
+        decode_n(3, &lines),
+        [
+            Chunk::Choice(1),
+            Chunk::Choice(0),
+            Chunk::Delta("Hel".into()),
+            Chunk::Delta("lo".into()),
+            Chunk::Choice(2),
+            Chunk::Delta("Hi".into()),
+            Chunk::Choice(1),
+            Chunk::Delta("Hey".into()),
+            Chunk::Choice(2),
+            Chunk::Finish(FinishReason::Stop),
+            Chunk::Choice(0),
+            Chunk::Delta("!".into()),
+            Chunk::Finish(FinishReason::Stop),
+            Chunk::Choice(1),
+            Chunk::Refusal("No".into()),
+            Chunk::Finish(FinishReason::Length),
+            usage(9, 7),
+            Chunk::End,
+        ]
+    );
+    // A one-choice decoder never names a choice, whatever comes.
+    let one = decode_n(1, &lines);
+    assert!(!one.iter().any(|c| matches!(c, Chunk::Choice(_))));
+    assert_eq!(text_of(&one), "Hello!");
+}
+
+#[test]
+fn recorded_logprobs_come_before_the_text_they_describe() {
+    // A real stream of gpt-4o refusing, with logprobs: true.
+    let chunks = decode_all(&read("refusal"));
+    let mut refusal = String::new();
+    let mut described = String::new();
+    let mut waiting: Option<String> = None;
+    for c in &chunks {
+        match c {
+            Chunk::Logprobs(lp) => {
+                assert!(waiting.is_none(), "two logprobs for one piece: {chunks:?}");
+                assert_eq!(lp["content"], Value::Null);
+                let tokens: String = lp["refusal"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t["token"].as_str().unwrap())
+                    .collect();
+                waiting = Some(tokens);
+            }
+            Chunk::Refusal(t) => {
+                assert_eq!(waiting.take().as_deref(), Some(t.as_str()));
+                described.push_str(t);
+                refusal.push_str(t);
+            }
+            Chunk::Choice(_) => panic!("one choice names none"),
+            _ => {}
+        }
+    }
+    assert!(waiting.is_none());
+    assert!(refusal.starts_with("I'm sorry,"), "{refusal}");
+    assert_eq!(described, refusal);
+    // The role chunk's `{"content": null, "refusal": []}` says nothing.
+    let first = chunks.iter().position(|c| matches!(c, Chunk::Logprobs(_)));
+    let first_refusal = chunks.iter().position(|c| matches!(c, Chunk::Refusal(_)));
+    assert_eq!(first.map(|i| i + 1), first_refusal);
+}
+
+#[test]
+fn request_body_sends_n_and_logprobs() {
+    let req = ProviderRequest {
+        model: "gpt-4o".into(),
+        messages: vec![Message::new(Role::User, "hi")],
+        params: std::sync::Arc::new(crate::provider::Params {
+            n: Some(3),
+            logprobs: true,
+            top_logprobs: Some(2),
+            ..Default::default()
+        }),
+        max_tokens: 16,
+        connect_timeout: Duration::from_secs(5),
+        tools: Default::default(),
+    };
+    let body = request_body(&req, true);
+    assert_eq!(body["n"], json!(3));
+    assert_eq!(body["logprobs"], json!(true));
+    assert_eq!(body["top_logprobs"], json!(2));
+    let plain = ProviderRequest {
+        params: Default::default(),
+        ..req
+    };
+    let body = request_body(&plain, true);
+    assert!(body.get("n").is_none() && body.get("logprobs").is_none());
+}

@@ -129,6 +129,21 @@ pub enum Event {
     },
     /// Nothing happened for a while; keeps proxies from closing the stream.
     KeepAlive,
+    /// The events that follow, up to the next `Choice`, belong to this
+    /// choice of a request that asked for several (`n`). Every stream
+    /// starts with choice 0 and one-choice streams never carry it, so only
+    /// the Chat Completions API, the one where `n` exists, meets it.
+    Choice(u32),
+    /// One choice (of several) finished, with this reason. With one
+    /// choice the reason comes with `Done` alone.
+    ChoiceDone {
+        choice: u32,
+        finish_reason: String,
+    },
+    /// The provider's log probabilities of the tokens of the next
+    /// `Delta` or `Refusal` of this choice (its `logprobs` object,
+    /// opaque), when the client asked for them.
+    Logprobs(Box<serde_json::Value>),
 }
 
 /// The stream has started: who answers.

@@ -170,6 +170,22 @@ pub fn check_request(
     pipeline
         .clients
         .check(&pipeline.name, params, tools, messages)?;
+    // A tool loop per choice is not something Sluice runs, and the
+    // client's calls of several answers could not be told apart.
+    let n = params.choices();
+    if n > 1 && (!tools.is_empty() || !pipeline.tools.is_empty()) {
+        let whose = if tools.is_empty() {
+            format!("pipeline \"{}\" has tools", pipeline.name)
+        } else {
+            "the request brings tools".to_string()
+        };
+        return Err((
+            "n".to_string(),
+            format!(
+                "n = {n} cannot be combined with tools ({whose}): ask for one choice, or call a pipeline without tools"
+            ),
+        ));
+    }
     check_params(cx, pipeline, params).map_err(|(f, m)| (f.to_string(), m))
 }
 
@@ -324,6 +340,8 @@ fn rejection_for(e: &ProviderError) -> Rejection {
 /// Records the request in the ledger before any provider call, reserving
 /// its worst-case cost on every budget that applies; downgrades to the
 /// cheaper model when the budget says so. Err is the client's answer.
+/// `choices` answers of up to `max_tokens` each are reserved for.
+#[allow(clippy::too_many_arguments)]
 async fn open_in_ledger(
     cx: &RunContext,
     pipeline: &Pipeline,
@@ -331,6 +349,7 @@ async fn open_in_ledger(
     request_id: &str,
     prompt_counted: u64,
     max_tokens: u32,
+    choices: u32,
     budgets: &[&Budget],
 ) -> Result<Target, Rejection> {
     let mut target = Target {
@@ -363,7 +382,7 @@ async fn open_in_ledger(
                         let bound = tokens::completion_guard(total);
                         p.cost(bound, 0).max(p.cost(0, bound))
                     }
-                    _ => budget::reservation(&p, prompt_counted, max_tokens),
+                    _ => budget::reservation(&p, prompt_counted, max_tokens, choices),
                 })
                 .max()
                 .unwrap_or(0)
@@ -457,6 +476,7 @@ async fn run(
     }
     prompt.extend(req.messages);
     let ask = Ask::new(&pipeline, req.params, req.tools);
+    let choices = ask.params.choices();
     let mut max_tokens = req
         .max_tokens
         .map_or(pipeline.max_tokens, |m| m.min(pipeline.max_tokens));
@@ -490,7 +510,28 @@ async fn run(
             let _ = admit.send(Admission::Rejected(r));
             return;
         }
-        max_tokens = max_tokens.min(u32::try_from(total - prompt_bound).unwrap_or(u32::MAX));
+        // Every choice generates up to max_tokens: n of them share what
+        // the prompt leaves (at least one token each).
+        let share = (total - prompt_bound) / u64::from(choices);
+        if share == 0 {
+            let mut r = Rejection::new(
+                ErrorCode::TokenCeiling,
+                format!(
+                    "the prompt (about {counted} tokens) leaves too little of this pipeline's max_total_tokens ({total}) for {choices} choices"
+                ),
+            );
+            r.details = Some(json!({"field": "n"}));
+            Box::pin(record_invalid(
+                &cx,
+                &pipeline,
+                &req.request_id,
+                "token_ceiling",
+            ))
+            .await;
+            let _ = admit.send(Admission::Rejected(r));
+            return;
+        }
+        max_tokens = max_tokens.min(u32::try_from(share).unwrap_or(u32::MAX));
     }
     let budgets: Vec<&Budget> = pipeline
         .budget
@@ -508,6 +549,7 @@ async fn run(
         &req.request_id,
         counted,
         max_tokens,
+        choices,
         &budgets,
     ))
     .await
@@ -541,7 +583,8 @@ async fn run(
             .collect()
     };
     let mut tally = Tally::new(started, prompt, counted, candidates[0].price);
-    tally.max_tokens = u64::from(max_tokens);
+    // What the provider may bill as completion: every choice's.
+    tally.max_tokens = u64::from(max_tokens).saturating_mul(u64::from(choices));
     tally.tool_spec_bytes = usage_check::tool_spec_bytes(&ask.tools);
     let active = cx
         .metrics

@@ -108,6 +108,71 @@ const MAX_TOOL_CALLS: usize = 128;
 /// so that a stream of empty calls still counts.
 const TOOL_CALL_FRAMING_TOKENS: u64 = 4;
 
+/// Most bytes of log probabilities a round relays per token its ceiling
+/// allows: one token's entry with the 20 alternatives OpenAI gives at most
+/// takes about 3 KiB. What a round holds of them is thus bounded by the
+/// ceiling like its text.
+const LOGPROBS_BYTES_PER_TOKEN: u64 = 4 << 10;
+
+/// The length of `v` as JSON, without writing it anywhere.
+fn json_len(v: &serde_json::Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len() as u64);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, v) {
+        Ok(()) => count.0,
+        Err(_) => u64::MAX,
+    }
+}
+
+/// Which choices of a call have finished (at most 128, what `n` allows),
+/// and the reason of the first: the call's own reason (the ledger's).
+struct Choices {
+    n: u32,
+    done: u128,
+    first_reason: Option<FinishReason>,
+}
+
+impl Choices {
+    fn new(n: u32) -> Self {
+        Choices {
+            n: n.clamp(1, 128),
+            done: 0,
+            first_reason: None,
+        }
+    }
+
+    fn is_done(&self, choice: u32) -> bool {
+        choice < 128 && self.done & (1u128 << choice) != 0
+    }
+
+    /// Records that `choice` finished; Some(the call's reason) once every
+    /// choice has.
+    fn finish(&mut self, choice: u32, reason: FinishReason) -> Option<FinishReason> {
+        if choice >= 128 {
+            return None;
+        }
+        self.done |= 1u128 << choice;
+        if choice == 0 {
+            self.first_reason = Some(reason);
+        }
+        let all = if self.n == 128 {
+            u128::MAX
+        } else {
+            (1u128 << self.n) - 1
+        };
+        (self.done & all == all).then(|| self.first_reason.clone().unwrap_or(FinishReason::Stop))
+    }
+}
+
 /// A tool call being assembled from stream fragments.
 #[derive(Default)]
 struct Partial {
@@ -181,6 +246,11 @@ fn ceiling_cut(max_tokens: u64, guard: u64, what: &str) -> RoundEnd {
 /// it by its own count; Sluice cuts only past
 /// [`tokens::completion_guard`], a margin above it for tokenizers that
 /// count differently, so an honest answer is never cut.
+///
+/// With `n` choices the provider may generate `n × max_tokens` in all,
+/// so the guard is that of `n × max_tokens`, counted over every choice
+/// together: a choice that floods is cut once the call as a whole passes
+/// it. The call has finished once every choice has.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn stream_round(
     cx: &RunContext,
@@ -193,11 +263,17 @@ pub(super) async fn stream_round(
     tally: &mut Tally,
     idle: Duration,
 ) -> RoundEnd {
-    let max_tokens = u64::from(max_tokens);
+    let n = ask.params.choices();
+    let max_tokens = u64::from(max_tokens).saturating_mul(u64::from(n));
     let guard = tokens::completion_guard(max_tokens);
     let mut finish: Option<FinishReason> = None;
     let mut said: Vec<Part> = Vec::new();
     let mut opaque_bytes = 0usize;
+    // Which choice the chunks are for, and which have finished (n > 1).
+    let mut choice: u32 = 0;
+    let mut choices = Choices::new(n);
+    let wants_logprobs = ask.params.logprobs || ask.params.top_logprobs.is_some();
+    let mut logprobs_bytes: u64 = 0;
     let mut partials: BTreeMap<u32, Partial> = BTreeMap::new();
     let wants_tools = !pipeline.tools.is_empty();
     let mut client_calls: u32 = 0;
@@ -310,8 +386,17 @@ pub(super) async fn stream_round(
         // relayed and does not hold the stream: the round ends here, and
         // dropping the stream closes the connection (it never returns to
         // the pool with the provider still writing into it).
-        if let Some(reason) = &finish
-            && !matches!(chunk, Chunk::Usage(_) | Chunk::End | Chunk::Finish(_))
+        // With several choices the same holds of each: what a finished
+        // choice still sends ends the call (the others end with its reason).
+        let settled = finish.as_ref().or_else(|| {
+            (n > 1 && choices.is_done(choice))
+                .then_some(choices.first_reason.as_ref().unwrap_or(&FinishReason::Stop))
+        });
+        if let Some(reason) = settled
+            && !matches!(
+                chunk,
+                Chunk::Usage(_) | Chunk::End | Chunk::Finish(_) | Chunk::Choice(_)
+            )
         {
             drop(stream);
             debug!("provider kept generating after its finish reason; stream ended there");
@@ -401,6 +486,49 @@ pub(super) async fn stream_round(
             }
             // Taken at the start of the call; a later one changes nothing.
             Chunk::Model(_) => {}
+            Chunk::Choice(c) => {
+                choice = c;
+                if out.send(Event::Choice(c)).await.is_err() {
+                    return RoundEnd::Ended(Ending::ClientClosed);
+                }
+            }
+            Chunk::Logprobs(lp) => {
+                // Relayed only when asked for: a provider that sends them
+                // anyway costs nothing downstream.
+                if !wants_logprobs {
+                    continue;
+                }
+                logprobs_bytes = logprobs_bytes.saturating_add(json_len(&lp));
+                let most = guard.saturating_mul(LOGPROBS_BYTES_PER_TOKEN);
+                if logprobs_bytes > most {
+                    drop(stream);
+                    warn!(
+                        bytes = logprobs_bytes,
+                        most, "provider sent too many log probabilities; stream cut"
+                    );
+                    return RoundEnd::Ended(Ending::Failed {
+                        code: ErrorCode::Upstream,
+                        message: format!(
+                            "the provider sent more than {most} bytes of logprobs for a limit of {max_tokens} tokens; the stream was cut"
+                        ),
+                        finish: "error",
+                    });
+                }
+                if out.send(Event::Logprobs(Box::new(lp))).await.is_err() {
+                    return RoundEnd::Ended(Ending::ClientClosed);
+                }
+            }
+            // Several choices come without tools (refused with `n` > 1):
+            // pieces of calls nobody offered cannot be told apart by choice.
+            Chunk::ToolCallDelta { .. } if n > 1 => {
+                drop(stream);
+                warn!("provider sent a tool call for a request of several choices; stream cut");
+                return RoundEnd::Ended(Ending::Failed {
+                    code: ErrorCode::Upstream,
+                    message: "the provider sent a tool call for a request of several choices, which offers no tools".into(),
+                    finish: "error",
+                });
+            }
             Chunk::ToolCallDelta {
                 index,
                 id,
@@ -475,7 +603,20 @@ pub(super) async fn stream_round(
                     keepalive_at = Instant::now() + out.keepalive;
                 }
             }
-            Chunk::Finish(reason) => finish = Some(reason),
+            Chunk::Finish(reason) if n == 1 => finish = Some(reason),
+            Chunk::Finish(reason) => {
+                if choices.is_done(choice) {
+                    continue;
+                }
+                let ev = Event::ChoiceDone {
+                    choice,
+                    finish_reason: reason.as_str().to_string(),
+                };
+                finish = choices.finish(choice, reason);
+                if out.send(ev).await.is_err() {
+                    return RoundEnd::Ended(Ending::ClientClosed);
+                }
+            }
             Chunk::Usage(u) => tally.provider_usage = Some(u),
             Chunk::End => {
                 drop(stream);

@@ -535,6 +535,9 @@ impl MessagesEncoder {
             // their effect in the answer. The client's calls came as
             // `ToolCallDelta`s.
             Event::ToolCall(_) | Event::ToolResult(_) => {}
+            // The Messages API has neither `n` nor logprobs: its requests
+            // never ask for them.
+            Event::Choice(_) | Event::ChoiceDone { .. } | Event::Logprobs(_) => {}
         }
     }
 }

@@ -177,6 +177,7 @@ pub(super) async fn chat_completions(
             Some("model_not_found"),
         );
     };
+    let choices = chat.params.choices();
     let run_request = RunRequest {
         request_id: request_id.to_string(),
         messages: chat.messages,
@@ -224,10 +225,14 @@ pub(super) async fn chat_completions(
             include_usage: chat.include_usage,
             usage: None,
             failed: false,
+            n: choices,
+            choice: 0,
+            finished: 0,
+            logprobs: None,
         };
         return super::event_stream(ResponseBody::Chat(EventBody::new(rx, encoder)));
     }
-    collect(rx, id, chat.model).await
+    collect(rx, id, chat.model, choices).await
 }
 
 /// Tool calls for the client, assembled from their streamed pieces.
@@ -264,23 +269,98 @@ impl Calls {
     }
 }
 
-/// `stream: false`: one `chat.completion` object.
-async fn collect(mut rx: EventReceiver, id: String, model: String) -> Response<ResponseBody> {
-    let (mut text, mut refusal, mut usage, mut finish, mut error) = (
-        String::new(),
-        String::new(),
-        None,
-        String::from("stop"),
-        None,
-    );
+/// One choice of a `chat.completion`, as its events arrive.
+#[derive(Default)]
+struct Answer {
+    text: String,
+    refusal: String,
+    calls: Calls,
+    finish: Option<String>,
+    /// The provider's logprobs, concatenated as OpenAI does: every
+    /// `content` entry, then every `refusal` entry (None: none came).
+    logprobs: Option<(Vec<Value>, Vec<Value>)>,
+}
+
+impl Answer {
+    fn add_logprobs(&mut self, lp: Value) {
+        let (content, refusal) = self.logprobs.get_or_insert_default();
+        if let Value::Object(mut o) = lp {
+            for (key, into) in [("content", content), ("refusal", refusal)] {
+                if let Some(Value::Array(a)) = o.remove(key) {
+                    into.extend(a);
+                }
+            }
+        }
+    }
+
+    fn into_json(self, index: usize, done: &str) -> Value {
+        let Answer {
+            text,
+            refusal,
+            calls,
+            finish,
+            logprobs,
+        } = self;
+        let mut message = json!({
+            "role": "assistant",
+            "content": if text.is_empty() && (!refusal.is_empty() || !calls.0.is_empty()) { Value::Null } else { json!(text) },
+            "refusal": if refusal.is_empty() { Value::Null } else { json!(refusal) },
+        });
+        if let Some(c) = calls.to_json() {
+            message["tool_calls"] = c;
+        }
+        let array = |v: Vec<Value>| {
+            if v.is_empty() {
+                Value::Null
+            } else {
+                Value::Array(v)
+            }
+        };
+        let logprobs = match logprobs {
+            Some((content, refusal)) => {
+                json!({"content": array(content), "refusal": array(refusal)})
+            }
+            None => Value::Null,
+        };
+        json!({
+            "index": index,
+            "message": message,
+            // A choice the call ended before it finished ends as the call did.
+            "finish_reason": finish_reason(finish.as_deref().unwrap_or(done)),
+            "logprobs": logprobs,
+        })
+    }
+}
+
+/// `stream: false`: one `chat.completion` object, with `n` choices.
+async fn collect(
+    mut rx: EventReceiver,
+    id: String,
+    model: String,
+    n: u32,
+) -> Response<ResponseBody> {
+    let (mut usage, mut finish, mut error) = (None, String::from("stop"), None);
     let mut model = model;
-    let mut calls = Calls::default();
+    let mut answers: Vec<Answer> = (0..n.max(1)).map(|_| Answer::default()).collect();
+    // The choice the events are for (the run names none past `n`).
+    let mut current = 0;
     while let Some(ev) = rx.recv().await {
+        let answer = &mut answers[current];
         match ev {
             Event::Start(s) => model = s.model,
-            Event::Delta(t) => text.push_str(&t),
-            Event::Refusal(t) => refusal.push_str(&t),
-            Event::ToolCallDelta(d) => calls.push(*d),
+            Event::Delta(t) => answer.text.push_str(&t),
+            Event::Refusal(t) => answer.refusal.push_str(&t),
+            Event::ToolCallDelta(d) => answer.calls.push(*d),
+            Event::Logprobs(lp) => answer.add_logprobs(*lp),
+            Event::Choice(c) => current = (c as usize).min(answers.len() - 1),
+            Event::ChoiceDone {
+                choice,
+                finish_reason,
+            } => {
+                if let Some(a) = answers.get_mut(choice as usize) {
+                    a.finish = Some(finish_reason);
+                }
+            }
             Event::Usage(u) => usage = Some(*u),
             Event::Error { code, message } => error = Some((code, message)),
             Event::Done { finish_reason } => finish = finish_reason,
@@ -292,14 +372,11 @@ async fn collect(mut rx: EventReceiver, id: String, model: String) -> Response<R
         let (status, kind) = status_of(code);
         return openai_error(status, &message, kind, None, Some(code.as_str()));
     }
-    let mut message = json!({
-        "role": "assistant",
-        "content": if text.is_empty() && (!refusal.is_empty() || !calls.0.is_empty()) { Value::Null } else { json!(text) },
-        "refusal": if refusal.is_empty() { Value::Null } else { json!(refusal) },
-    });
-    if let Some(c) = calls.to_json() {
-        message["tool_calls"] = c;
-    }
+    let choices: Vec<Value> = answers
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| a.into_json(i, &finish))
+        .collect();
     json_response(
         StatusCode::OK,
         json!({
@@ -307,12 +384,7 @@ async fn collect(mut rx: EventReceiver, id: String, model: String) -> Response<R
             "object": "chat.completion",
             "created": now_secs(),
             "model": model,
-            "choices": [{
-                "index": 0,
-                "message": message,
-                "finish_reason": finish_reason(&finish),
-                "logprobs": null,
-            }],
+            "choices": choices,
             "usage": usage.as_ref().map(usage_json),
         }),
     )
@@ -326,6 +398,13 @@ pub struct ChatEncoder {
     include_usage: bool,
     usage: Option<UsageReport>,
     failed: bool,
+    /// How many choices the answer has, the one the events are for, and
+    /// which have sent their finish reason (n is at most 128).
+    n: u32,
+    choice: u32,
+    finished: u128,
+    /// Log probabilities waiting for the text they describe.
+    logprobs: Option<Box<Value>>,
 }
 
 impl ChatEncoder {
@@ -337,12 +416,48 @@ impl ChatEncoder {
         buf.put_slice(b"\n\n");
     }
 
-    fn chunk(&self, buf: &mut BytesMut, delta: Value, finish: Option<&str>) {
+    /// A chunk of the current choice, with the log probabilities that
+    /// wait for it.
+    fn chunk(&mut self, buf: &mut BytesMut, delta: Value, finish: Option<&str>) {
+        let logprobs = self.logprobs.take();
+        self.chunk_of(buf, self.choice, delta, finish, logprobs);
+    }
+
+    fn chunk_of(
+        &self,
+        buf: &mut BytesMut,
+        index: u32,
+        delta: Value,
+        finish: Option<&str>,
+        logprobs: Option<Box<Value>>,
+    ) {
+        let logprobs = logprobs.map_or(Value::Null, |l| *l);
         let v = json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
         });
         Self::data(buf, &v);
+    }
+
+    /// Log probabilities no text came for, sent alone.
+    fn flush_logprobs(&mut self, buf: &mut BytesMut) {
+        if self.logprobs.is_some() {
+            self.chunk(buf, json!({}), None);
+        }
+    }
+
+    /// The finish chunk of `index` (once per choice).
+    fn finish(&mut self, buf: &mut BytesMut, index: u32, reason: &str) {
+        let bit = 1u128.checked_shl(index).unwrap_or(0);
+        if self.finished & bit != 0 {
+            return;
+        }
+        self.finished |= bit;
+        if index == self.choice {
+            self.flush_logprobs(buf);
+        }
+        let reason = finish_reason(reason).to_string();
+        self.chunk_of(buf, index, json!({}), Some(&reason), None);
     }
 
     fn encode_event(&mut self, ev: Event, buf: &mut BytesMut) {
@@ -350,8 +465,23 @@ impl ChatEncoder {
             Event::Start(start) => {
                 // The model that answers, as its provider names it.
                 self.model = start.model;
-                self.chunk(buf, json!({"role": "assistant", "content": ""}), None);
+                for index in 0..self.n.max(1) {
+                    let role = json!({"role": "assistant", "content": ""});
+                    self.chunk_of(buf, index, role, None, None);
+                }
             }
+            Event::Choice(c) => {
+                self.flush_logprobs(buf);
+                self.choice = c;
+            }
+            Event::Logprobs(lp) => {
+                self.flush_logprobs(buf);
+                self.logprobs = Some(lp);
+            }
+            Event::ChoiceDone {
+                choice,
+                finish_reason,
+            } => self.finish(buf, choice, &finish_reason),
             Event::Delta(text) => self.chunk(buf, json!({"content": text}), None),
             Event::Refusal(text) => self.chunk(buf, json!({"refusal": text}), None),
             Event::ToolCallDelta(d) => {
@@ -387,8 +517,11 @@ impl ChatEncoder {
                 if self.failed {
                     return;
                 }
-                let reason = finish_reason(&reason).to_string();
-                self.chunk(buf, json!({}), Some(&reason));
+                // Choices that did not finish on their own end as the
+                // call did (with one choice, that is its reason).
+                for index in 0..self.n.max(1) {
+                    self.finish(buf, index, &reason);
+                }
                 if self.include_usage
                     && let Some(u) = self.usage.take()
                 {

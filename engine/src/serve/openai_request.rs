@@ -129,12 +129,9 @@ pub(super) fn parse(body: &[u8]) -> Result<ChatRequest, Invalid> {
             )
         })?
         .to_string();
-    if uint(obj, "n", 1, 128)?.is_some_and(|n| n != 1) {
-        return Err(invalid(
-            "n > 1 is not supported yet: each request gets one choice",
-            Some("n"),
-        ));
-    }
+    // Several choices: checked against the pipeline (its provider must
+    // have `n`, and it must not involve tools).
+    let n = uint(obj, "n", 1, 128)?.map(|n| n as u32);
     if boolean(obj, "store")? == Some(true) {
         return Err(invalid(
             "store: true is not supported: Sluice keeps its own ledger and does not store completions with the provider",
@@ -204,16 +201,15 @@ pub(super) fn parse(body: &[u8]) -> Result<ChatRequest, Invalid> {
         logprobs: boolean(obj, "logprobs")?.unwrap_or(false),
         top_logprobs: uint(obj, "top_logprobs", 0, 20)?.map(|n| n as u32),
         parallel_tool_calls: boolean(obj, "parallel_tool_calls")?,
+        // n = 1 is what every request gets: not sent.
+        n: n.filter(|&n| n > 1),
         ..Params::default()
     };
-    if params.logprobs || params.top_logprobs.is_some() {
+    if params.top_logprobs.is_some() && !params.logprobs {
+        // OpenAI's own rule.
         return Err(invalid(
-            "logprobs are not supported yet: Sluice does not relay them",
-            Some(if params.logprobs {
-                "logprobs"
-            } else {
-                "top_logprobs"
-            }),
+            "top_logprobs requires logprobs: true",
+            Some("top_logprobs"),
         ));
     }
     params.seed = match obj.get("seed") {

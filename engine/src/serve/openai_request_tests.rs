@@ -90,14 +90,17 @@ fn refusals_name_the_field() {
     let m = r#""messages":[{"role":"user","content":"hi"}]"#;
     let cases = [
         (format!(r#"{{"model":"p",{m},"functions":[]}}"#), "functions"),
-        (format!(r#"{{"model":"p",{m},"n":2}}"#), "n"),
+        (format!(r#"{{"model":"p",{m},"n":0}}"#), "n"),
+        (format!(r#"{{"model":"p",{m},"n":129}}"#), "n"),
         (format!(r#"{{"model":"p",{m},"temperature":3}}"#), "temperature"),
         (format!(r#"{{"model":"p",{m},"top_p":"1"}}"#), "top_p"),
         (format!(r#"{{"model":"p",{m},"stop":[1]}}"#), "stop"),
         (format!(r#"{{"model":"p",{m},"stop":["a","b","c","d","e"]}}"#), "stop"),
         (format!(r#"{{"model":"p",{m},"seed":1.5}}"#), "seed"),
         (format!(r#"{{"model":"p",{m},"logit_bias":{{"x":1}}}}"#), "logit_bias"),
-        (format!(r#"{{"model":"p",{m},"logprobs":true}}"#), "logprobs"),
+        (format!(r#"{{"model":"p",{m},"logprobs":"yes"}}"#), "logprobs"),
+        (format!(r#"{{"model":"p",{m},"top_logprobs":3}}"#), "top_logprobs"),
+        (format!(r#"{{"model":"p",{m},"logprobs":true,"top_logprobs":21}}"#), "top_logprobs"),
         (format!(r#"{{"model":"p",{m},"store":true}}"#), "store"),
         (format!(r#"{{"model":"p",{m},"modalities":["audio"]}}"#), "modalities"),
         (format!(r#"{{"model":"p",{m},"response_format":{{"type":"yaml"}}}}"#), "response_format"),
@@ -126,5 +129,20 @@ fn a_null_name_and_null_fields_are_what_frameworks_send() {
         r#"{"model":"p","messages":[{"role":"user","content":"x","name":null}],"temperature":null,"tools":null,"stream_options":null}"#,
     );
     assert!(c.tools.is_empty());
+    assert_eq!(c.params, Params::default());
+}
+
+#[test]
+fn n_and_logprobs_reach_the_params() {
+    let m = r#""messages":[{"role":"user","content":"hi"}]"#;
+    let c = ok(&format!(
+        r#"{{"model":"p",{m},"n":3,"logprobs":true,"top_logprobs":2}}"#
+    ));
+    assert_eq!(c.params.n, Some(3));
+    assert_eq!(c.params.choices(), 3);
+    assert!(c.params.logprobs);
+    assert_eq!(c.params.top_logprobs, Some(2));
+    // n = 1 is every request's: nothing to send.
+    let c = ok(&format!(r#"{{"model":"p",{m},"n":1}}"#));
     assert_eq!(c.params, Params::default());
 }

@@ -47,10 +47,14 @@ pub fn encode(ev: &Event, id: u64, buf: &mut BytesMut) {
         Event::Refusal(text) => write_event(buf, "refusal", id, &DeltaData { text }),
         // Sluice's own events give each call whole, as `tool_call`, and
         // do not relay reasoning.
+        // (Nor do its requests ask for several choices or for logprobs.)
         Event::ToolCallDelta(_)
         | Event::Reasoning(_)
         | Event::ReasoningSignature(_)
-        | Event::RedactedReasoning(_) => {}
+        | Event::RedactedReasoning(_)
+        | Event::Choice(_)
+        | Event::ChoiceDone { .. }
+        | Event::Logprobs(_) => {}
         Event::ToolCall(call) => write_event(buf, "tool_call", id, call),
         Event::ToolResult(result) => write_event(buf, "tool_result", id, result),
         Event::Usage(u) => write_event::<UsageReport>(buf, "usage", id, u),
