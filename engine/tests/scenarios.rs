@@ -135,9 +135,10 @@ fn a_sixty_second_stall_is_instant_and_the_same_every_time() {
     }
 }
 
-/// An outcome without its wall-clock stamps (the ledger row's, `Date`).
+/// An outcome without its wall-clock stamps (the ledger row's, `Date`, `created`).
 /// What must be the same in every run of `s`: the whole outcome, but for
-/// the new row id and wall-clock stamps, and for how far an upstream that
+/// the new row id and wall-clock stamps (the ledger row's, `Date`, a Chat
+/// Completions chunk's `created`), and for how far an upstream that
 /// never stops on its own (a flood: the scenario bounds it with
 /// `upstream_events_at_most`) got ahead before Sluice closed it. That
 /// figure is the kernel's socket buffering racing two threads, not a
@@ -153,6 +154,16 @@ fn comparable(s: &build::Scenario, o: &runner::Outcome) -> runner::Outcome {
         }
     }
     o.response.headers.retain(|(k, _)| k != "date");
+    // Chat Completions chunks carry `created`, the server's wall clock in
+    // seconds, like `Date`.
+    for ev in &mut o.response.events {
+        if let Some(created) = ev.data.get_mut("created") {
+            *created = serde_json::Value::Null;
+        }
+    }
+    if let Some(created) = o.response.body.as_mut().and_then(|b| b.get_mut("created")) {
+        *created = serde_json::Value::Null;
+    }
     if let Some(row) = &mut o.ledger {
         // The row's own id is new every run.
         row.id.clear();
