@@ -5,6 +5,9 @@
 //! - a call that ended cleanly keeps its upstream connection, and
 //!   `upstream_closed_within` says so;
 //! - scenario files with mistakes give `file:line:col` errors;
+//! - a scenario calls the route its `api` names (`pipeline`,
+//!   `chat_completions`, `messages`), and each route's stream is read as
+//!   that API's (the matrix has scenarios on all three);
 //! - a failing scenario prints the expected and the actual outcome, ends
 //!   with `N passed, M failed` and exits 1; `--junit` writes JUnit XML.
 
@@ -87,6 +90,22 @@ fn the_fault_matrix_passes() {
                 assert!(results.iter().any(|r| r.name == name), "no scenario {name}");
             }
         }
+        // The client APIs' own cases (issue 13), on both wires.
+        for case in [
+            "chat_client_tool_call",
+            "chat_refusal",
+            "refusal",
+            "chat_tool_call_cut",
+            "support_tool_call_cut",
+            "messages_text",
+            "messages_client_tool_use",
+            "messages_stall_after_first_token",
+            "messages_status_500",
+            "messages_ceiling",
+        ] {
+            let name = format!("{case}_{wire}");
+            assert!(results.iter().any(|r| r.name == name), "no scenario {name}");
+        }
     }
 }
 
@@ -116,9 +135,10 @@ fn a_sixty_second_stall_is_instant_and_the_same_every_time() {
     }
 }
 
-/// An outcome without its wall-clock stamps (the ledger row's, `Date`).
+/// An outcome without its wall-clock stamps (the ledger row's, `Date`, `created`).
 /// What must be the same in every run of `s`: the whole outcome, but for
-/// the new row id and wall-clock stamps, and for how far an upstream that
+/// the new row id and wall-clock stamps (the ledger row's, `Date`, a Chat
+/// Completions chunk's `created`), and for how far an upstream that
 /// never stops on its own (a flood: the scenario bounds it with
 /// `upstream_events_at_most`) got ahead before Sluice closed it. That
 /// figure is the kernel's socket buffering racing two threads, not a
@@ -134,6 +154,16 @@ fn comparable(s: &build::Scenario, o: &runner::Outcome) -> runner::Outcome {
         }
     }
     o.response.headers.retain(|(k, _)| k != "date");
+    // Chat Completions chunks carry `created`, the server's wall clock in
+    // seconds, like `Date`.
+    for ev in &mut o.response.events {
+        if let Some(created) = ev.data.get_mut("created") {
+            *created = serde_json::Value::Null;
+        }
+    }
+    if let Some(created) = o.response.body.as_mut().and_then(|b| b.get_mut("created")) {
+        *created = serde_json::Value::Null;
+    }
     if let Some(row) = &mut o.ledger {
         // The row's own id is new every run.
         row.id.clear();
@@ -304,10 +334,10 @@ fn scenario_mistakes_are_reported_with_positions() {
     assert_eq!(
         errors,
         [
-            "s.yaml:5:5: error: unknown field \"pase\", expected one of \"fixture\", \"text\", \"flood\", \"tool_call\", \"pace\", \"speed\", \"faults\" (did you mean \"pace\"?)",
+            "s.yaml:5:5: error: unknown field \"pase\", expected one of \"fixture\", \"text\", \"flood\", \"tool_call\", \"refusal\", \"pace\", \"speed\", \"faults\" (did you mean \"pace\"?)",
             "s.yaml:7:34: error: unknown field \"fro\", expected one of \"events\", \"for\"",
             "s.yaml:8:24: error: invalid duration \"soon\" for delay_headers, expected a number and a unit such as 250ms, 10s or 2m",
-            "s.yaml:11:3: error: unknown field \"staus\", expected one of \"status\", \"error\", \"finish_reason\", \"events\", \"events_contain\", \"event_counts\", \"text\", \"usage\", \"headers\", \"body\", \"ledger\", \"upstream_closed_within\", \"upstream_request\", \"upstream_calls\", \"upstream_events_at_most\", \"tool_results_sent\", \"tool_result_contains\", \"secret_absent\" (did you mean \"status\"?)",
+            "s.yaml:11:3: error: unknown field \"staus\", expected one of \"status\", \"error\", \"finish_reason\", \"events\", \"events_contain\", \"event_counts\", \"text\", \"refusal\", \"usage\", \"headers\", \"body\", \"ledger\", \"upstream_closed_within\", \"upstream_request\", \"upstream_calls\", \"upstream_events_at_most\", \"tool_results_sent\", \"tool_result_contains\", \"secret_absent\" (did you mean \"status\"?)",
             "s.yaml:12:27: error: invalid duration \"100\" for upstream_closed_within, expected a number and a unit such as 250ms, 10s or 2m",
         ]
     );
@@ -415,7 +445,7 @@ fn shape_errors_and_bad_fixtures_name_their_place() {
     );
     assert_eq!(
         errors[1],
-        "s.yaml:5:5: error: a turn needs exactly one of fixture, text, flood or tool_call"
+        "s.yaml:5:5: error: a turn needs exactly one of fixture, text, flood, tool_call or refusal"
     );
     assert_eq!(
         errors[2],
@@ -427,6 +457,58 @@ fn shape_errors_and_bad_fixtures_name_their_place() {
         "s.yaml:9:18: error: status must be between 100 and 599, found 700"
     );
     assert_eq!(parse(""), ["s.yaml:1:1: error: scenario file is empty"]);
+}
+
+#[test]
+fn the_api_picks_the_route_and_fills_in_the_model() {
+    let text = |api: &str| {
+        format!(
+            "pipeline: demo\napi: {api}\nwire: openai\nturns:\n  - refusal: [no]\nrequest: {{messages: [{{role: user, content: hi}}], stream: true}}\nexpect: {{}}\n"
+        )
+    };
+    let s = build::parse(Path::new("s.yaml"), &text("chat_completions"), &defaults())
+        .unwrap_or_else(|d| panic!("{d:?}"));
+    assert_eq!(s.api, scenario::api::Api::ChatCompletions);
+    assert_eq!(s.request["model"], "demo");
+    assert!(matches!(&s.turns[0].body, build::TurnBody::Refusal(w) if w == &["no"]));
+    // The request reached /v1/chat/completions and its chunks were named.
+    let o = runner::run(&s, RunOptions::default());
+    assert!(o.problems.is_empty(), "{:?}", o.problems);
+    let names: Vec<&str> = o.response.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["role", "refusal", "finish", "done"]);
+    assert_eq!(o.response.events[3].data, "[DONE]");
+    let s = build::parse(Path::new("s.yaml"), &text("messages"), &defaults())
+        .unwrap_or_else(|d| panic!("{d:?}"));
+    // No `max_tokens`: sent as written, and Sluice answers as Anthropic does.
+    let o = runner::run(&s, RunOptions::default());
+    assert_eq!(o.response.status, 400);
+    assert_eq!(o.error_code().as_deref(), Some("invalid_request_error"));
+    assert!(o.upstream.is_empty());
+    assert_eq!(
+        parse(&text("openai")),
+        [
+            "s.yaml:2:6: error: unknown api \"openai\", expected \"pipeline\", \"chat_completions\" or \"messages\""
+        ]
+    );
+    let errors = parse(
+        "pipeline: demo\napi: messages\nturns:\n  - tool_call: {name: t, cut: yes, bogus: 1}\nrequest: {max_tokens: 5}\nexpect: {}\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            "s.yaml:4:31: error: expected true or false, found string \"yes\"",
+            "s.yaml:4:36: error: unknown field \"bogus\", expected one of \"name\", \"arguments\", \"id\", \"cut\"",
+        ]
+    );
+    let errors = parse(
+        "pipeline: demo\napi: messages\nturns:\n  - tool_call: {name: t, cut: true}\nrequest: {max_tokens: 5}\nexpect: {refusal: no}\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0]
+            .starts_with("s.yaml:6:19: error: refusal is not an expectation for api: messages"),
+        "{errors:#?}"
+    );
 }
 
 const FAILING: &str = "\

@@ -69,6 +69,11 @@ pub(crate) fn flood_prelude() -> Vec<Bytes> {
 /// message_start, a text block with one delta per word, message_delta
 /// (`end_turn`, cumulative `output_tokens` = `words.len()`), message_stop.
 pub(crate) fn synth_text(words: &[&str]) -> Vec<Bytes> {
+    synth_text_ending(words, "end_turn")
+}
+
+/// [`synth_text`] with another `stop_reason` (e.g. `refusal`).
+pub(crate) fn synth_text_ending(words: &[&str], stop_reason: &str) -> Vec<Bytes> {
     let mut events = flood_prelude();
     events.extend(words.iter().map(|w| text_delta(w)));
     events.push(event(
@@ -79,7 +84,7 @@ pub(crate) fn synth_text(words: &[&str]) -> Vec<Bytes> {
         "message_delta",
         &json!({
             "type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "delta": {"stop_reason": stop_reason, "stop_sequence": null},
             "usage": {"output_tokens": words.len()},
         }),
     ));

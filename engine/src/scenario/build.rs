@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice_testkit::{Fault, Recording, Reply, Wire};
 
+use super::api::Api;
 use super::spec::{RawExpect, RawFault, RawPaths, RawScenario, RawTurn};
 use crate::config::node::{self, Node};
 use crate::config::{Diagnostic, Pos, Spanned, diag};
@@ -29,11 +30,14 @@ pub struct Scenario {
     pub file: PathBuf,
     pub description: Option<String>,
     pub pipeline: String,
+    /// The route the client calls.
+    pub api: Api,
     pub pipelines_dir: PathBuf,
     /// The wire named by the scenario or its fixtures, if any.
     pub wire: Option<Wire>,
     pub clock: Clock,
     pub limit: Duration,
+    /// The body sent ([`Api::body`]: `model` filled in).
     pub request: Value,
     pub client: ClientPlan,
     pub turns: Vec<Turn>,
@@ -63,11 +67,15 @@ pub enum TurnBody {
     Flood(String),
     /// The model calls `name` with `arguments` (JSON text); `id` or the
     /// wire's usual default.
+    /// `cut`: the provider stops at `max_tokens` inside the arguments.
     ToolCall {
         id: Option<String>,
         name: String,
         arguments: String,
+        cut: bool,
     },
+    /// The model declines, one piece per item.
+    Refusal(Vec<String>),
 }
 
 impl Turn {
@@ -89,16 +97,32 @@ impl Turn {
                     id,
                     name,
                     arguments,
+                    cut,
                 },
                 w,
-            ) => match w {
-                Wire::OpenAi => {
+            ) => match (w, cut) {
+                (Wire::OpenAi, false) => {
                     Reply::tool_call(id.as_deref().unwrap_or("call_1"), name, arguments)
                 }
-                Wire::Anthropic => {
+                (Wire::OpenAi, true) => {
+                    Reply::tool_call_cut(id.as_deref().unwrap_or("call_1"), name, arguments)
+                }
+                (Wire::Anthropic, false) => {
                     Reply::anthropic_tool_call(id.as_deref().unwrap_or("toolu_1"), name, arguments)
                 }
+                (Wire::Anthropic, true) => Reply::anthropic_tool_call_cut(
+                    id.as_deref().unwrap_or("toolu_1"),
+                    name,
+                    arguments,
+                ),
             },
+            (TurnBody::Refusal(t), w) => {
+                words = t.iter().map(String::as_str).collect();
+                match w {
+                    Wire::OpenAi => Reply::refusal(&words),
+                    Wire::Anthropic => Reply::anthropic_refusal(&words),
+                }
+            }
         };
         if let Some(p) = self.pace {
             reply = reply.pace(p);
@@ -124,6 +148,7 @@ pub struct Expect {
     pub events_contain: Option<Vec<String>>,
     pub event_counts: BTreeMap<String, u64>,
     pub text: Option<String>,
+    pub refusal: Option<String>,
     pub usage: Vec<(String, Value)>,
     pub headers: Vec<(String, String)>,
     pub body: Vec<(String, Value)>,
@@ -261,6 +286,16 @@ impl Cx {
                 None
             }
         });
+        let api = match &raw.api {
+            None => Api::Pipeline,
+            Some(a) => Api::parse(&a.value).unwrap_or_else(|| {
+                self.error(
+                    a.pos,
+                    format!("unknown api \"{}\", expected {}", a.value, Api::NAMES),
+                );
+                Api::Pipeline
+            }),
+        };
         let clock = match raw.clock.as_ref().map(|c| (c.value.as_str(), c.pos)) {
             None | Some(("virtual", _)) => Clock::Virtual,
             Some(("real", _)) => Clock::Real,
@@ -279,7 +314,11 @@ impl Cx {
         if !raw.request.value.is_object() {
             self.error(
                 raw.request.pos,
-                "request must be a mapping: the JSON body sent to the pipeline, e.g. {input: hello}",
+                match api {
+                    Api::Pipeline => "request must be a mapping: the JSON body sent to the pipeline, e.g. {input: hello}",
+                    Api::ChatCompletions => "request must be a mapping: the Chat Completions body, e.g. {messages: [{role: user, content: hi}], stream: true}",
+                    Api::Messages => "request must be a mapping: the Messages body, e.g. {max_tokens: 100, messages: [{role: user, content: hi}], stream: true}",
+                },
             );
         }
         let client = self.client(raw.client.unwrap_or_default());
@@ -294,17 +333,25 @@ impl Cx {
             let turn = self.turn(t, &recordings, &mut wire);
             turns.extend(turn);
         }
+        if let (Api::Messages, Some(r)) = (api, &raw.expect.refusal) {
+            self.error(
+                r.pos,
+                "refusal is not an expectation for api: messages (a refusal there is text with stop_reason: refusal; use text and finish_reason)",
+            );
+        }
         let expect = self.expect(raw.expect);
+        let request = api.body(&raw.request.value, &raw.pipeline.value);
         Some(Scenario {
             name,
             file: self.file.clone(),
             description: raw.description,
             pipeline: raw.pipeline.value,
+            api,
             pipelines_dir,
             wire,
             clock,
             limit,
-            request: raw.request.value,
+            request,
             client,
             turns,
             expect,
@@ -337,11 +384,12 @@ impl Cx {
             t.text.is_some(),
             t.flood.is_some(),
             t.tool_call.is_some(),
+            t.refusal.is_some(),
         ];
         if given.iter().filter(|g| **g).count() != 1 {
             self.error(
                 t.pos,
-                "a turn needs exactly one of fixture, text, flood or tool_call",
+                "a turn needs exactly one of fixture, text, flood, tool_call or refusal",
             );
             return None;
         }
@@ -368,6 +416,8 @@ impl Cx {
             TurnBody::Recording(Box::new(rec))
         } else if let Some(words) = &t.text {
             TurnBody::Text(words.value.clone())
+        } else if let Some(words) = &t.refusal {
+            TurnBody::Refusal(words.value.clone())
         } else if let Some(call) = &t.tool_call {
             let arguments = match &call.arguments {
                 None => "{}".to_owned(),
@@ -384,6 +434,7 @@ impl Cx {
                 id: call.id.as_ref().map(|i| i.value.clone()),
                 name: call.name.value.clone(),
                 arguments,
+                cut: call.cut,
             }
         } else {
             TurnBody::Flood(t.flood.as_ref()?.value.clone())
@@ -565,6 +616,7 @@ impl Cx {
                 .map(|(k, v)| (k.value, v.value))
                 .collect(),
             text: raw.text.map(|s| s.value),
+            refusal: raw.refusal.map(|s| s.value),
             usage: paths(raw.usage),
             headers: raw
                 .headers

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice_testkit::lookup;
 
+use super::api;
 use super::build::{Expect, LedgerExpect};
 use super::runner::Outcome;
 
@@ -87,13 +88,7 @@ pub fn check(e: &Expect, o: &Outcome) -> Vec<Mismatch> {
         c.opt("error", code, &o.error_code());
     }
     if let Some(f) = &e.finish_reason {
-        let done = r.events.iter().find(|ev| ev.name == "done");
-        let actual = done
-            .map(|ev| &ev.data)
-            .or(r.body.as_ref())
-            .and_then(|v| v.get("finish_reason"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let actual = api::finish_reason(o.api, r);
         c.opt("finish_reason", &Some(f.clone()), &actual);
     }
     let names: Vec<String> = r.events.iter().map(|ev| ev.name.clone()).collect();
@@ -115,29 +110,13 @@ pub fn check(e: &Expect, o: &Outcome) -> Vec<Mismatch> {
         c.eq(&format!("event_counts.{name}"), n, &got);
     }
     if let Some(t) = &e.text {
-        let actual = match &r.body {
-            Some(b) if r.events.is_empty() => b
-                .get("output")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            _ => r
-                .events
-                .iter()
-                .filter(|ev| ev.name == "delta")
-                .filter_map(|ev| ev.data.get("text").and_then(Value::as_str))
-                .collect(),
-        };
-        c.eq("text", t, &actual);
+        c.eq("text", t, &api::text(o.api, r));
+    }
+    if let Some(t) = &e.refusal {
+        c.opt("refusal", &Some(t.clone()), &api::refusal(o.api, r));
     }
     if !e.usage.is_empty() {
-        let usage = r
-            .events
-            .iter()
-            .find(|ev| ev.name == "usage")
-            .map(|ev| &ev.data)
-            .or_else(|| r.body.as_ref().and_then(|b| b.get("usage")));
-        c.paths("usage", &e.usage, usage);
+        c.paths("usage", &e.usage, api::usage(o.api, r));
     }
     for (name, want) in &e.headers {
         let got = r.header(name).map(str::to_owned);

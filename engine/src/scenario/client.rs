@@ -1,5 +1,7 @@
 //! The scenario's client: one HTTP/1.1 request to the server under test,
-//! the response read as any SSE client would, each event stamped with the
+//! the response read as any SSE client would, each event named as its API
+//! names it ([`Api::event_name`]: Sluice's and Anthropic's named events,
+//! Chat Completions' chunks by what they carry) and stamped with the
 //! (virtual) time it arrived. The client can leave early.
 
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::api::Api;
 use super::build::ClientPlan;
 use crate::provider::sse::SseParser;
 
@@ -22,7 +25,9 @@ const MAX_EVENTS: usize = 200_000;
 /// One SSE event as the client saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeenEvent {
+    /// Its name for the expectations ([`Api::event_name`]).
     pub name: String,
+    /// Its data: JSON, or the text when it is not (`[DONE]`).
     pub data: Value,
     /// Since the request was sent.
     pub at: Duration,
@@ -55,11 +60,13 @@ impl Response {
     }
 }
 
-/// Sends `body` to `path` on `addr` and reads the answer. `t0` is when
-/// the request counts as sent; `wall_limit` bounds the real time spent
+/// Sends `body` to `api`'s `path` on `addr` and reads the answer. `t0` is
+/// when the request counts as sent; `wall_limit` bounds the real time spent
 /// reading (an endless stream on a paused clock never times out).
+#[allow(clippy::too_many_arguments)]
 pub async fn exchange(
     addr: SocketAddr,
+    api: Api,
     path: &str,
     body: &Value,
     plan: &ClientPlan,
@@ -81,7 +88,7 @@ pub async fn exchange(
         }
     });
     let stuck = {
-        let read = read(addr, path, body, plan, t0, wall_limit, &mut out);
+        let read = read(addr, api, path, body, plan, t0, wall_limit, &mut out);
         let read = async {
             match leave_at {
                 Some(at) => tokio::time::timeout_at(at, read).await.err().map(|_| at),
@@ -114,8 +121,10 @@ pub async fn exchange(
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read(
     addr: SocketAddr,
+    api: Api,
     path: &str,
     body: &Value,
     plan: &ClientPlan,
@@ -224,7 +233,7 @@ async fn read(
         for ev in parsed.drain(..) {
             let data = serde_json::from_str(&ev.data).unwrap_or(Value::String(ev.data));
             out.events.push(SeenEvent {
-                name: ev.event.unwrap_or_default(),
+                name: api.event_name(ev.event, &data),
                 data,
                 at,
             });

@@ -10,12 +10,15 @@
 //!
 //! - [`spec`]: raw shapes of a scenario file (unknown keys are
 //!   `file:line:col` errors); [`build`]: checks them into a [`Scenario`].
+//! - [`api`]: the route a scenario calls (`pipeline`, `chat_completions`,
+//!   `messages`) and what its events mean to the expectations.
 //! - [`pipeline`]: compiles a pipelines directory pointed at the mock.
 //! - [`runner`] and [`client`]: run one scenario; [`check`]: compare.
 //! - [`settle`]: the paused clock waits for loopback traffic in flight.
 //! - [`report`]: progress, failures, `N passed, M failed`, JUnit XML.
 //! - [`record`]: the recording proxy of `sluice record`.
 
+pub mod api;
 pub mod build;
 pub mod check;
 pub mod client;
@@ -113,13 +116,7 @@ pub fn summary(o: &Outcome) -> String {
         if let Some(code) = o.error_code() {
             s.push_str(&format!(", {code}"));
         }
-        if let Some(f) = r
-            .events
-            .iter()
-            .find(|e| e.name == "done")
-            .and_then(|e| e.data.get("finish_reason"))
-            .and_then(|f| f.as_str())
-        {
+        if let Some(f) = api::finish_reason(o.api, r) {
             s.push_str(&format!(", {f}"));
         }
     }

@@ -13,6 +13,7 @@ use serde_json::Value;
 use sluice_testkit::{Journal, MockProvider, RecordedRequest, Script, ToolResult, Wire};
 use tokio::time::Instant;
 
+use super::api::{self, Api};
 use super::build::{Clock, Scenario};
 use super::client::{self, Response};
 use super::pipeline::PipelineSource;
@@ -102,25 +103,25 @@ pub struct Outcome {
     pub problems: Vec<String>,
     /// The wire the mock spoke.
     pub wire: Option<Wire>,
+    /// The route the client called.
+    pub api: Api,
 }
 
 impl Outcome {
-    /// The error code: of the SSE `error` event, else `error.code` of a JSON body.
+    /// The error code the client saw, as its API gives it
+    /// ([`api::error_code`]).
     pub fn error_code(&self) -> Option<String> {
-        let from_event = self
-            .response
-            .events
-            .iter()
-            .find(|e| e.name == "error")
-            .and_then(|e| e.data.get("code"))
-            .and_then(Value::as_str);
-        let from_body = self
-            .response
-            .body
-            .as_ref()
-            .and_then(|b| b.pointer("/error/code"))
-            .and_then(Value::as_str);
-        from_event.or(from_body).map(str::to_owned)
+        api::error_code(self.api, &self.response)
+    }
+
+    /// Sluice's own error code (`timeout.idle`, ...): what the client saw,
+    /// but for `/v1/messages`, whose errors carry only Anthropic's type
+    /// (`timeout_error`), the ledger row's.
+    pub fn sluice_error_code(&self) -> Option<String> {
+        match self.api {
+            Api::Messages => self.ledger.as_ref().and_then(|r| r.error_code.clone()),
+            _ => self.error_code(),
+        }
     }
 }
 
@@ -173,7 +174,10 @@ pub fn run(scenario: &Scenario, opts: RunOptions) -> Outcome {
 }
 
 async fn run_async(scenario: &Scenario, opts: RunOptions, real: bool) -> Outcome {
-    let mut outcome = Outcome::default();
+    let mut outcome = Outcome {
+        api: scenario.api,
+        ..Outcome::default()
+    };
     let source = match PipelineSource::read(&scenario.pipelines_dir) {
         Ok(s) => s,
         Err(diags) => {
@@ -252,7 +256,7 @@ async fn run_async(scenario: &Scenario, opts: RunOptions, real: bool) -> Outcome
     let ledger = server.ledger();
     let journal = mock.journal();
     let t0 = Instant::now();
-    let path = format!("/v1/pipelines/{}", scenario.pipeline);
+    let path = scenario.api.path(&scenario.pipeline);
     let wall_limit = if real {
         opts.wall_limit.max(scenario.limit)
     } else {
@@ -260,6 +264,7 @@ async fn run_async(scenario: &Scenario, opts: RunOptions, real: bool) -> Outcome
     };
     outcome.response = client::exchange(
         server.addr,
+        scenario.api,
         &path,
         &scenario.request,
         &scenario.client,
@@ -272,6 +277,7 @@ async fn run_async(scenario: &Scenario, opts: RunOptions, real: bool) -> Outcome
     }
     // Let the last model call end: Sluice closes it, or the mock does.
     let calls = journal.request_count();
+    let mut last_close = None;
     if calls > 0 {
         let last = calls - 1;
         let completed = || {
@@ -293,12 +299,9 @@ async fn run_async(scenario: &Scenario, opts: RunOptions, real: bool) -> Outcome
         // `wait_closed` answers `None` at once when the mock closed it.
         let by_mock = closed.is_none() && !timed_out;
         let kept_alive = timed_out && completed();
-        outcome.closing = journal.request(last).map(|rec| Closing {
-            closed_at: closed.map(|t| t.duration_since(t0)),
-            by_mock,
-            kept_alive,
-            ..reference(&outcome, &rec, timeouts, t0)
-        });
+        last_close = journal
+            .request(last)
+            .map(|rec| (rec, closed, by_mock, kept_alive));
     }
     server.stop().await;
     match ledger.row(REQUEST_ID).await {
@@ -307,6 +310,13 @@ async fn run_async(scenario: &Scenario, opts: RunOptions, real: bool) -> Outcome
             .problems
             .push(format!("cannot read the ledger: {e}")),
     }
+    // After the ledger: on `/v1/messages` it names the deadline that fired.
+    outcome.closing = last_close.map(|(rec, closed, by_mock, kept_alive)| Closing {
+        closed_at: closed.map(|t| t.duration_since(t0)),
+        by_mock,
+        kept_alive,
+        ..reference(&outcome, &rec, timeouts, t0)
+    });
     outcome.upstream = calls_of(&journal, t0);
     outcome
 }
@@ -337,7 +347,7 @@ fn calls_of(journal: &Journal, t0: Instant) -> Vec<UpstreamCall> {
 /// leaving, or else when Sluice reported the ending to the client.
 fn reference(outcome: &Outcome, rec: &RecordedRequest, t: Timeouts, t0: Instant) -> Closing {
     let fmt = |d: Duration| humantime::format_duration(d).to_string();
-    let code = outcome.error_code();
+    let code = outcome.sluice_error_code();
     let deadline = outcome.response.disconnected_at.is_none()
         && code.as_deref().is_some_and(|c| c.starts_with("timeout."));
     let (reference, at) = if let Some(left) = outcome.response.disconnected_at {
@@ -364,11 +374,7 @@ fn reference(outcome: &Outcome, rec: &RecordedRequest, t: Timeouts, t0: Instant)
                 t.connect,
             ),
             _ => {
-                let reported = outcome
-                    .response
-                    .events
-                    .iter()
-                    .find(|e| e.name == "error" || e.name == "done")
+                let reported = api::ending(outcome.api, &outcome.response)
                     .map_or(outcome.response.ended_at, |e| e.at);
                 ("Sluice reporting the ending".to_owned(), reported)
             }

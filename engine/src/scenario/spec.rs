@@ -20,6 +20,13 @@ pub struct RawScenario {
     pub description: Option<String>,
     /// The pipeline to call (its `name`, which is also its route).
     pub pipeline: Spanned<String>,
+    /// The route the client calls: `pipeline` (default:
+    /// `/v1/pipelines/{pipeline}`, Sluice's named events),
+    /// `chat_completions` (`/v1/chat/completions`, OpenAI's chunks) or
+    /// `messages` (`/v1/messages`, Anthropic's events). See
+    /// [`super::api`] for what `events`, `text`, `finish_reason`, `error`
+    /// and `usage` mean for each.
+    pub api: Option<Spanned<String>>,
     /// The pipelines directory, relative to this file (default: the
     /// runner's `--pipelines`, `pipelines/`).
     pub pipelines: Option<Spanned<String>>,
@@ -33,7 +40,8 @@ pub struct RawScenario {
     pub clock: Option<Spanned<String>>,
     /// The longest the scenario may take on its clock (default 10m).
     pub limit: Option<Spanned<String>>,
-    /// The JSON body POSTed to `/v1/pipelines/{pipeline}`.
+    /// The JSON body of `api`'s request, sent as written except that the
+    /// client APIs get `model: {pipeline}` when it is absent.
     pub request: Spanned<Value>,
     /// How the client behaves.
     pub client: Option<RawClient>,
@@ -69,6 +77,10 @@ pub struct RawTurn {
     pub flood: Option<Spanned<String>>,
     /// A synthesized stream in which the model calls one tool.
     pub tool_call: Option<Spanned<RawToolCall>>,
+    /// A synthesized stream in which the model declines, one piece per
+    /// item: OpenAI `delta.refusal`s (finish `stop`); on Anthropic a text
+    /// block with `stop_reason: refusal`.
+    pub refusal: Option<Spanned<Vec<String>>>,
     /// A uniform delay before each event (replaces recorded timing).
     pub pace: Option<Spanned<String>>,
     /// Plays every recorded or paced delay this many times faster.
@@ -87,6 +99,11 @@ pub struct RawToolCall {
     pub arguments: Option<Spanned<Value>>,
     /// The call id (default `call_1` / `toolu_1`).
     pub id: Option<Spanned<String>>,
+    /// `true`: the provider reaches `max_tokens` inside the arguments:
+    /// only their first two of three pieces are sent, then finish `length`
+    /// (Anthropic `stop_reason: max_tokens`).
+    #[serde(default)]
+    pub cut: bool,
 }
 
 /// A fault, written as `- name: value` (or `- name` when it takes none).
@@ -205,7 +222,9 @@ pub struct RawDisconnect {
 pub type RawPaths = BTreeMap<Spanned<String>, Spanned<Value>>;
 
 /// The expected outcome; every key is optional and only the given ones
-/// are checked.
+/// are checked. The event-reading ones (`error`, `finish_reason`,
+/// `events`, `events_contain`, `event_counts`, `text`, `refusal`, `usage`)
+/// read the scenario's `api` as [`super::api`] describes.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawExpect {
@@ -224,6 +243,9 @@ pub struct RawExpect {
     pub event_counts: Option<BTreeMap<Spanned<String>, Spanned<u64>>>,
     /// The concatenated `delta` texts (or the `output` of a JSON body).
     pub text: Option<Spanned<String>>,
+    /// The concatenated refusal texts (`refusal` events, Chat Completions
+    /// `delta.refusal`s); not for `api: messages`.
+    pub refusal: Option<Spanned<String>>,
     /// Fields of the `usage` event (or of a JSON body's `usage`).
     pub usage: Option<RawPaths>,
     /// Response headers (names case-insensitive).
