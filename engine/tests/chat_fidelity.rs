@@ -710,3 +710,26 @@ async fn an_endless_reasoning_signature_is_cut() {
     assert_eq!(rows[0].status, "upstream_error");
     server.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_tool_choice_applies_to_the_first_answer_only() {
+    let mock = MockProvider::start(
+        Script::single(openai_tool_calls(&[(
+            "call_a",
+            "lookup_order",
+            r#"{"order_id": 1}"#,
+        )]))
+        .then(Reply::text(&["Shipped", "."])),
+    )
+    .await
+    .unwrap();
+    let server = serve(&mock, "openai", SQL_TOOL).await;
+    let body = r#"{"model":"chat","messages":[{"role":"user","content":"Order 1?"}],"tool_choice":"required"}"#;
+    let answer = body_json(chat(server.addr, body).await).await;
+    assert_eq!(answer["choices"][0]["message"]["content"], "Shipped.");
+    let sent = mock.journal().requests();
+    assert_eq!(sent[0].body["tool_choice"], "required");
+    // Kept, it would make the model call a tool every round.
+    assert_eq!(sent[1].body["tool_choice"], "auto");
+    server.stop().await;
+}

@@ -78,7 +78,10 @@ pub(crate) struct Ask {
 impl Ask {
     fn new(pipeline: &Pipeline, params: Params, client_tools: Vec<ToolSpec>) -> Ask {
         let mut params = params;
-        if params.temperature.is_none() {
+        // Anthropic refuses a temperature with extended thinking: the
+        // pipeline's default does not apply then (a client's own is sent,
+        // and the provider's answer says what it thinks of it).
+        if params.temperature.is_none() && params.thinking.is_none() {
             params.temperature = pipeline.temperature;
         }
         let tools: Arc<[ToolSpec]> = if client_tools.is_empty() {

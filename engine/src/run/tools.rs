@@ -13,7 +13,9 @@ use super::events::{ErrorCode, Event, ToolCallEvent, ToolResultEvent};
 use super::stream::{Ending, Out, RoundEnd, stream_round};
 use super::{RunContext, Tally, Target};
 use crate::compile::Pipeline;
-use crate::provider::{Chunk, ChunkStream, FinishReason, Message, ProviderRequest, Role, ToolCall};
+use crate::provider::{
+    Chunk, ChunkStream, FinishReason, Message, Params, ProviderRequest, Role, ToolCall, ToolChoice,
+};
 use crate::tokens;
 use crate::tools::ToolOutcome;
 
@@ -60,6 +62,20 @@ async fn report_calls(
         out.send(ev).await?;
     }
     Ok(())
+}
+
+/// The params of a call after a round of the pipeline's own tools: a
+/// tool choice that forces a call (`required`, or one tool) was for the
+/// first answer; kept, it would make the model call tools round after
+/// round until max_tool_rounds and never answer.
+fn after_tools(params: &std::sync::Arc<Params>) -> std::sync::Arc<Params> {
+    match params.tool_choice {
+        Some(ToolChoice::Required | ToolChoice::Tool(_)) => std::sync::Arc::new(Params {
+            tool_choice: Some(ToolChoice::Auto),
+            ..Params::clone(params)
+        }),
+        _ => params.clone(),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -209,7 +225,7 @@ pub(super) async fn stream_body(
         let preq = ProviderRequest {
             model: target.model.clone(),
             messages: tally.prompt.clone(),
-            params: ask.params.clone(),
+            params: after_tools(&ask.params),
             max_tokens,
             connect_timeout: t.connect.min(t.first_token),
             tools: ask.tools.clone(),

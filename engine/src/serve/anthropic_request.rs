@@ -192,11 +192,10 @@ pub(super) fn parse(body: &[u8], endpoint: Endpoint) -> Result<MessagesRequest, 
         message(m, i, &mut messages)?;
     }
     // A tool result answers a tool_use of an earlier assistant turn.
-    for (i, m) in messages.iter().enumerate() {
+    let mut called: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for m in &messages {
         if let Some(id) = &m.tool_call_id
-            && !messages[..i]
-                .iter()
-                .any(|a| a.tool_calls.iter().any(|c| &c.id == id))
+            && !called.contains(id.as_str())
         {
             return Err(invalid(
                 format!(
@@ -205,6 +204,7 @@ pub(super) fn parse(body: &[u8], endpoint: Endpoint) -> Result<MessagesRequest, 
                 Some("messages"),
             ));
         }
+        called.extend(m.tool_calls.iter().map(|c| c.id.as_str()));
     }
     let tools = tools(obj)?;
     let mut params = Params {

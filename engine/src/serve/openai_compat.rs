@@ -332,6 +332,11 @@ impl Answer {
     }
 }
 
+/// Most bytes of logprobs a `stream: false` answer holds: streamed, they
+/// pass through; gathered, `n` choices of 20 alternatives per token would
+/// otherwise hold gigabytes.
+const MAX_HELD_LOGPROBS: usize = 8 << 20;
+
 /// `stream: false`: one `chat.completion` object, with `n` choices.
 async fn collect(
     mut rx: EventReceiver,
@@ -344,7 +349,24 @@ async fn collect(
     let mut answers: Vec<Answer> = (0..n.max(1)).map(|_| Answer::default()).collect();
     // The choice the events are for (the run names none past `n`).
     let mut current = 0;
+    let mut held_logprobs = 0usize;
     while let Some(ev) = rx.recv().await {
+        if let Event::Logprobs(lp) = &ev {
+            held_logprobs += serde_json::to_string(lp).map_or(0, |s| s.len());
+            if held_logprobs > MAX_HELD_LOGPROBS {
+                // Dropping the receiver ends the run (and its upstream).
+                return openai_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "the answer's logprobs passed {} MiB; ask for them with \"stream\": true, which relays them without holding them",
+                        MAX_HELD_LOGPROBS >> 20
+                    ),
+                    "invalid_request_error",
+                    Some("logprobs"),
+                    None,
+                );
+            }
+        }
         let answer = &mut answers[current];
         match ev {
             Event::Start(s) => model = s.model,

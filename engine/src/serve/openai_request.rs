@@ -150,11 +150,10 @@ pub(super) fn parse(body: &[u8]) -> Result<ChatRequest, Invalid> {
         .map(|(i, m)| message(m, i))
         .collect::<Result<Vec<_>, _>>()?;
     // A tool result answers a call the conversation made.
+    let mut called: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (i, m) in messages.iter().enumerate() {
         if let Some(id) = &m.tool_call_id
-            && !messages[..i]
-                .iter()
-                .any(|a| a.tool_calls.iter().any(|c| &c.id == id))
+            && !called.contains(id.as_str())
         {
             return Err(invalid(
                 format!(
@@ -163,6 +162,7 @@ pub(super) fn parse(body: &[u8]) -> Result<ChatRequest, Invalid> {
                 Some(&format!("messages[{i}].tool_call_id")),
             ));
         }
+        called.extend(m.tool_calls.iter().map(|c| c.id.as_str()));
     }
     // max_completion_tokens is the current name; max_tokens the old one.
     let max_tokens = match uint(obj, "max_completion_tokens", 1, u64::from(u32::MAX))? {
