@@ -29,17 +29,26 @@ const PRICE: Price = Price {
 /// A server with one pipeline `chat` (max_tokens 50, priced, with a
 /// budget so that its reservation is recorded) on a provider of `kind`.
 async fn serve(mock: &MockProvider, kind: &str) -> RunningServer {
+    serve_with(mock, kind, "", "").await
+}
+
+/// [`serve`], with `limits` added to the pipeline's limits and `extra`
+/// appended to it (clients rules, tools on the `shop` database).
+async fn serve_with(mock: &MockProvider, kind: &str, limits: &str, extra: &str) -> RunningServer {
+    let (db, seed) = shop_db();
     let settings = (
         PathBuf::from("settings.yaml"),
         format!(
-            "storage: memory\nproviders:\n  up: {{kind: {kind}, base_url: \"{}\"}}\nprices:\n  the-model: {{input: 1.0, output: 2.0}}\n",
-            mock.base_url()
+            "storage: memory\nproviders:\n  up: {{kind: {kind}, base_url: \"{}\"}}\nprices:\n  the-model: {{input: 1.0, output: 2.0}}\ndatabases:\n  shop: {{path: \"{}\", seed: \"{}\"}}\n",
+            mock.base_url(),
+            db.display(),
+            seed.display()
         ),
     );
     let pipeline = (
         PathBuf::from("chat.yaml"),
         format!(
-            "name: chat\nmodel: {{provider: up, name: the-model}}\nlimits: {{max_tokens: {MAX_TOKENS}}}\nbudget: {{daily_usd: 100}}\n"
+            "name: chat\nmodel: {{provider: up, name: the-model}}\nlimits: {{max_tokens: {MAX_TOKENS}{limits}}}\nbudget: {{daily_usd: 100}}\n{extra}"
         ),
     );
     let catalog = compile_sources(&settings, &[pipeline]).unwrap_or_else(|d| panic!("{d:#?}"));
@@ -270,6 +279,48 @@ async fn several_choices_are_refused_where_they_cannot_be_had() {
         "{body}"
     );
     assert_eq!(mock.journal().request_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn several_choices_are_refused_on_a_pipeline_with_its_own_tools() {
+    let mock = MockProvider::start(Script::single(three_choices()))
+        .await
+        .unwrap();
+    let tools = "tools:\n  - name: lookup_order\n    description: Look up one order by its id\n    parameters: {type: object, properties: {order_id: {type: integer}}, required: [order_id]}\n    sql: {database: shop, query: \"SELECT id, status FROM orders WHERE id = :order_id\"}\n";
+    let server = serve_with(&mock, "openai", ", max_total_tokens: 400", tools).await;
+    for stream in [false, true] {
+        let resp = chat(server.addr, &ask_n(2, stream)).await;
+        assert_eq!(resp.status(), 400);
+        let body = body_json(resp).await;
+        assert_eq!(body["error"]["param"], "n");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("pipeline \"chat\" has tools"), "{message}");
+    }
+    assert_eq!(mock.journal().request_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pipeline_can_cap_how_many_choices_its_clients_ask_for() {
+    let mock = MockProvider::start(Script::single(three_choices()))
+        .await
+        .unwrap();
+    let server = serve_with(&mock, "openai", "", "clients: {bounds: {n: {max: 2}}}\n").await;
+    let resp = chat(server.addr, &ask_n(3, false)).await;
+    assert_eq!(resp.status(), 400);
+    let body = body_json(resp).await;
+    assert_eq!(body["error"]["param"], "n");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("pipeline \"chat\"") && message.contains("from 1 to 2"),
+        "{message}"
+    );
+    assert_eq!(mock.journal().request_count(), 0);
+
+    // Two is within the cap (the mock's recording happens to carry three).
+    let resp = chat(server.addr, &ask_n(2, false)).await;
+    assert_eq!(resp.status(), 200);
+    let _ = body_json(resp).await;
+    assert_eq!(mock.journal().requests()[0].body["n"], 2);
 }
 
 #[tokio::test(start_paused = true)]

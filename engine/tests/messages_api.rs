@@ -156,6 +156,16 @@ fn assemble(events: &[(String, Value)]) -> Value {
 /// A recorded Anthropic stream: `blocks` are content blocks, each a start
 /// block and its deltas; the message ends with `stop_reason` and usage.
 fn anthropic_stream(blocks: &[(Value, Vec<Value>)], stop_reason: &str, usage: Value) -> Reply {
+    anthropic_stream_stopped(blocks, stop_reason, Value::Null, usage)
+}
+
+/// [`anthropic_stream`], naming the stop sequence that matched.
+fn anthropic_stream_stopped(
+    blocks: &[(Value, Vec<Value>)],
+    stop_reason: &str,
+    stop_sequence: Value,
+    usage: Value,
+) -> Reply {
     let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
     let mut out = ev(
         "message_start",
@@ -182,7 +192,7 @@ fn anthropic_stream(blocks: &[(Value, Vec<Value>)], stop_reason: &str, usage: Va
     }
     out += &ev(
         "message_delta",
-        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": usage}),
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence}, "usage": usage}),
     );
     out += &ev("message_stop", json!({"type": "message_stop"}));
     Reply::recorded(out)
@@ -519,6 +529,65 @@ async fn stop_reasons_max_tokens_and_refusal() {
         assert_eq!(assemble(&streamed), whole, "{kind}");
         server.stop().await;
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_stop_sequence_that_matched_is_named() {
+    let reply = anthropic_stream_stopped(
+        &[(
+            json!({"type": "text", "text": ""}),
+            vec![json!({"type": "text_delta", "text": "One, two"})],
+        )],
+        "stop_sequence",
+        json!(", three"),
+        json!({"input_tokens": 4, "output_tokens": 3}),
+    );
+    let mock = MockProvider::start(
+        Script::single(reply.clone())
+            .then(reply.clone())
+            .then(reply),
+    )
+    .await
+    .unwrap();
+    let server = serve(&mock, "anthropic", "").await;
+    let ask = json!({"model": "chat", "max_tokens": 50, "stop_sequences": [", three", "four"],
+                     "messages": [{"role": "user", "content": "Count to five"}]});
+    let whole = body_json(messages(server.addr, "/v1/messages", &ask).await).await;
+    assert_eq!(whole["stop_reason"], "stop_sequence", "{whole}");
+    assert_eq!(whole["stop_sequence"], ", three", "{whole}");
+    assert_eq!(
+        whole["content"],
+        json!([{"type": "text", "text": "One, two"}])
+    );
+    assert_eq!(
+        mock.journal().requests()[0].body["stop_sequences"],
+        json!([", three", "four"])
+    );
+
+    let mut streaming = ask.clone();
+    streaming["stream"] = json!(true);
+    let streamed = events(messages(server.addr, "/v1/messages", &streaming).await).await;
+    let (_, delta) = streamed
+        .iter()
+        .find(|(name, _)| name == "message_delta")
+        .expect("a message_delta");
+    assert_eq!(
+        delta["delta"],
+        json!({"stop_reason": "stop_sequence", "stop_sequence": ", three"})
+    );
+    assert_eq!(assemble(&streamed), whole);
+
+    // Chat Completions has no name for it: `stop`.
+    let chat = json!({"model": "chat", "stop": [", three"],
+                      "messages": [{"role": "user", "content": "Count to five"}]});
+    let resp = send(
+        server.addr,
+        post_json("/v1/chat/completions", &chat.to_string()),
+    )
+    .await;
+    let body = body_json(resp).await;
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+    server.stop().await;
 }
 
 async fn error_of(resp: http::Response<hyper::body::Incoming>, status: u16) -> Value {

@@ -20,20 +20,29 @@ pub const PARAMS: &[&str] = &[
     "frequency_penalty",
     "logit_bias",
     "user",
+    "logprobs",
+    "top_logprobs",
+    "n",
     "response_format",
     "tool_choice",
     "parallel_tool_calls",
     "thinking",
 ];
 
-/// The numeric parameters and the range each API allows.
+/// The numeric parameters and the range each API allows (`n` counts
+/// choices: a request without it asks for one).
 const NUMERIC: &[(&str, f64, f64)] = &[
     ("temperature", 0.0, 2.0),
     ("top_p", 0.0, 1.0),
     ("top_k", 0.0, 1e9),
     ("presence_penalty", -2.0, 2.0),
     ("frequency_penalty", -2.0, 2.0),
+    ("top_logprobs", 0.0, 20.0),
+    ("n", 1.0, 128.0),
 ];
+
+/// The numeric parameters that take whole numbers only.
+const WHOLE: &[&str] = &["top_k", "top_logprobs", "n"];
 
 /// What a client's system messages do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -134,6 +143,9 @@ pub fn set_fields(p: &Params) -> Vec<&'static str> {
         p.frequency_penalty.is_some(),
         p.logit_bias.is_some(),
         p.user.is_some(),
+        p.logprobs,
+        p.top_logprobs.is_some(),
+        p.n.is_some(),
         p.response_format.is_some(),
         p.tool_choice.is_some(),
         p.parallel_tool_calls.is_some(),
@@ -154,6 +166,10 @@ fn numeric(p: &Params, field: &str) -> Option<f64> {
         "top_k" => p.top_k.map(f64::from),
         "presence_penalty" => p.presence_penalty,
         "frequency_penalty" => p.frequency_penalty,
+        "top_logprobs" => p.top_logprobs.map(f64::from),
+        // Always some: a request without n asks for one choice, which a
+        // pipeline's min applies to as well.
+        "n" => Some(f64::from(p.choices())),
         _ => None,
     }
 }
@@ -236,7 +252,13 @@ impl Cx {
                 continue;
             }
             for b in [min, max].into_iter().flatten() {
-                if !(lo..=hi).contains(&b.value) {
+                if WHOLE.contains(&p) && b.value.fract() != 0.0 {
+                    self.error(
+                        file,
+                        b.pos,
+                        format!("{p} takes whole numbers; {} is not one", b.value),
+                    );
+                } else if !(lo..=hi).contains(&b.value) {
                     self.error(
                         file,
                         b.pos,
@@ -354,5 +376,55 @@ mod tests {
             field(Params::default(), &[], &msgs).as_deref(),
             Some("messages[1]")
         );
+    }
+
+    #[test]
+    fn choices_and_logprobs_can_be_restricted() {
+        let ask = |n: Option<u32>, logprobs: bool, top: Option<u32>| Params {
+            n,
+            logprobs,
+            top_logprobs: top,
+            ..Params::default()
+        };
+        assert_eq!(
+            set_fields(&ask(Some(3), true, Some(2))),
+            ["logprobs", "top_logprobs", "n"]
+        );
+        assert!(set_fields(&ask(None, false, None)).is_empty());
+
+        let capped = ClientRules {
+            bounds: vec![("n", 1.0, 2.0), ("top_logprobs", 0.0, 5.0)],
+            ..ClientRules::open()
+        };
+        let refused = |r: &ClientRules, p: Params| r.check("chat", &p, &[], &[]).err();
+        assert_eq!(refused(&capped, ask(Some(2), true, Some(5))), None);
+        let (field, why) = refused(&capped, ask(Some(3), false, None)).unwrap();
+        assert_eq!(field, "n");
+        assert!(
+            why.contains("pipeline \"chat\"") && why.contains("not 3"),
+            "{why}"
+        );
+        let (field, _) = refused(&capped, ask(None, true, Some(6))).unwrap();
+        assert_eq!(field, "top_logprobs");
+
+        // A min above one refuses a request that asks for one choice.
+        let several = ClientRules {
+            bounds: vec![("n", 2.0, 4.0)],
+            ..ClientRules::open()
+        };
+        assert_eq!(refused(&several, ask(None, false, None)).unwrap().0, "n");
+        assert_eq!(refused(&several, ask(Some(4), false, None)), None);
+
+        // logprobs is a flag clients.params may leave out.
+        let plain = ClientRules {
+            params: Some(vec!["temperature"]),
+            ..ClientRules::open()
+        };
+        assert_eq!(
+            refused(&plain, ask(None, true, None)).unwrap().0,
+            "logprobs"
+        );
+        assert_eq!(refused(&plain, ask(Some(2), false, None)).unwrap().0, "n");
+        assert_eq!(refused(&plain, ask(None, false, None)), None);
     }
 }

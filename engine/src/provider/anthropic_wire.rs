@@ -212,9 +212,12 @@ fn messages(all: &[Message]) -> Vec<Value> {
     out
 }
 
-pub fn finish_reason(stop_reason: &str) -> FinishReason {
+/// Anthropic's `stop_reason` (with the `stop_sequence` that matched, when
+/// it says) as a finish reason.
+pub fn finish_reason(stop_reason: &str, stop_sequence: Option<&str>) -> FinishReason {
     match stop_reason {
-        "end_turn" | "stop_sequence" => FinishReason::Stop,
+        "end_turn" => FinishReason::Stop,
+        "stop_sequence" => FinishReason::StopSequence(stop_sequence.map(str::to_string)),
         "max_tokens" => FinishReason::Length,
         "tool_use" => FinishReason::ToolCalls,
         "refusal" => FinishReason::ContentFilter,
@@ -305,6 +308,8 @@ struct MessageDelta<'a> {
 struct StopDelta<'a> {
     #[serde(borrow)]
     stop_reason: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    stop_sequence: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -415,8 +420,11 @@ impl AnthropicDecoder {
             }
             "message_delta" => {
                 let d: MessageDelta = parse(data, "message_delta")?;
-                if let Some(reason) = d.delta.and_then(|s| s.stop_reason) {
-                    out.push(Chunk::Finish(finish_reason(&reason)));
+                if let Some(delta) = d.delta
+                    && let Some(reason) = &delta.stop_reason
+                {
+                    let matched = delta.stop_sequence.as_deref();
+                    out.push(Chunk::Finish(finish_reason(reason, matched)));
                 }
                 if let Some(usage) = d.usage {
                     // Cumulative counts: they replace, not add to, what

@@ -153,7 +153,7 @@ fn recorded_tool_use() {
 fn stop_reasons_map_to_finish_reasons() {
     for (stop, expected) in [
         ("end_turn", FinishReason::Stop),
-        ("stop_sequence", FinishReason::Stop),
+        ("stop_sequence", FinishReason::StopSequence(None)),
         ("max_tokens", FinishReason::Length),
         ("tool_use", FinishReason::ToolCalls),
         ("refusal", FinishReason::ContentFilter),
@@ -166,6 +166,20 @@ fn stop_reasons_map_to_finish_reasons() {
             "{stop}"
         );
     }
+    // The sequence that matched, when Anthropic names it; `stop` to the
+    // other APIs.
+    let data = r#"{"type":"message_delta","delta":{"stop_reason":"stop_sequence","stop_sequence":"\nEND"}}"#;
+    let out = decode_one(Some("message_delta"), data).unwrap();
+    let matched = FinishReason::StopSequence(Some("\nEND".into()));
+    assert_eq!(out, [Chunk::Finish(matched.clone())]);
+    assert_eq!(matched.as_str(), "stop");
+    // A stop sequence on another stop reason is not a match.
+    let data =
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null}}"#;
+    assert_eq!(
+        decode_one(Some("message_delta"), data).unwrap(),
+        [Chunk::Finish(FinishReason::Stop)]
+    );
     // No stop reason yet, no usage: nothing.
     let data = r#"{"type":"message_delta","delta":{"stop_reason":null}}"#;
     assert_eq!(decode_one(Some("message_delta"), data).unwrap(), []);

@@ -345,6 +345,9 @@ pub struct Usage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FinishReason {
     Stop,
+    /// Stopped on one of the request's stop sequences, the one named when
+    /// the provider says which (Anthropic does; OpenAI says `stop`).
+    StopSequence(Option<String>),
     Length,
     ToolCalls,
     ContentFilter,
@@ -364,7 +367,7 @@ impl FinishReason {
 
     pub fn as_str(&self) -> &str {
         match self {
-            Self::Stop => "stop",
+            Self::Stop | Self::StopSequence(_) => "stop",
             Self::Length => "length",
             Self::ToolCalls => "tool_calls",
             Self::ContentFilter => "content_filter",

@@ -124,6 +124,10 @@ pub enum Event {
         code: ErrorCode,
         message: String,
     },
+    /// The answer stopped on this one of the request's stop sequences
+    /// (sent just before `Done`, whose reason is `stop`, when the provider
+    /// says which matched). Only the Messages API names it.
+    StopSequence(String),
     Done {
         finish_reason: String,
     },

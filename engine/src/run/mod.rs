@@ -48,7 +48,7 @@ use crate::compile::clients::SystemRule;
 use crate::ledger::money::{format_usd, until_next_utc_midnight};
 use crate::ledger::{Admit, Ledger, Opening, Price, new_row_id};
 use crate::metrics::{Metrics, PipelineLabels, RequestLabels};
-use crate::provider::{Message, Params, Provider, ProviderError, Role, ToolSpec};
+use crate::provider::{FinishReason, Message, Params, Provider, ProviderError, Role, ToolSpec};
 use crate::tokens;
 
 /// Capacity of the per-request event channel. Small on purpose: a slow
@@ -710,6 +710,10 @@ async fn drive(
         Ending::ClientClosed => (Status::ClientClosed, "cancelled".into(), None),
         Ending::Finished(reason) => {
             let _ = out.send(Event::Usage(Box::new(tally.usage()))).await;
+            if let FinishReason::StopSequence(Some(matched)) = &reason {
+                let _ = out.send(Event::StopSequence(matched.clone())).await;
+            }
+            let reason = reason.as_str().to_string();
             let _ = out
                 .send(Event::Done {
                     finish_reason: reason.clone(),

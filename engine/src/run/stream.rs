@@ -18,7 +18,7 @@ use crate::provider::{Chunk, ChunkStream, FinishReason, Part, ProviderError, Too
 use crate::tokens;
 
 pub(super) enum Ending {
-    Finished(String),
+    Finished(FinishReason),
     Failed {
         code: ErrorCode,
         message: String,
@@ -281,7 +281,7 @@ pub(super) async fn stream_round(
     // (run by the tool loop, or reported when the pipeline has no tools).
     let finished = |finish: FinishReason, said: Vec<Part>, partials: BTreeMap<u32, Partial>| {
         if partials.is_empty() {
-            RoundEnd::Ended(Ending::Finished(finish.as_str().to_string()))
+            RoundEnd::Ended(Ending::Finished(finish))
         } else {
             let (calls, for_client) = assemble(partials);
             RoundEnd::ToolCalls {

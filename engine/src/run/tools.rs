@@ -108,7 +108,10 @@ pub(super) async fn stream_body(
         // Calls are run (or handed to the client to run) only when the
         // model finished asking for them: a call cut by the provider's
         // max_tokens (or a content filter) is incomplete and never runs.
-        let complete = matches!(finish, FinishReason::ToolCalls | FinishReason::Stop);
+        let complete = matches!(
+            finish,
+            FinishReason::ToolCalls | FinishReason::Stop | FinishReason::StopSequence(_)
+        );
         let client_calls: Vec<ToolCall> = calls
             .iter()
             .zip(&for_client)
@@ -139,18 +142,18 @@ pub(super) async fn stream_body(
                 return Ending::ClientClosed;
             }
             let reason = if complete {
-                "tool_calls"
+                FinishReason::ToolCalls
             } else {
-                finish.as_str()
+                finish
             };
-            return Ending::Finished(reason.to_string());
+            return Ending::Finished(reason);
         }
         if tally.rounds >= pipeline.max_tool_rounds {
             info!(
                 rounds = tally.rounds,
                 "the model asked for tools once more than max_tool_rounds allows"
             );
-            return Ending::Finished("tool_limit".into());
+            return Ending::Finished(FinishReason::Other("tool_limit".into()));
         }
         let round = tally.rounds + 1;
         tally.tool_calls = tally.tool_calls.saturating_add(calls.len() as u32);

@@ -325,6 +325,8 @@ pub struct MessagesEncoder {
     /// The model refused (OpenAI's `refusal`): its words are text and the
     /// stop reason says so.
     refused: bool,
+    /// The stop sequence the answer stopped on, when the provider said.
+    stop_sequence: Option<String>,
     failed: bool,
 }
 
@@ -341,6 +343,7 @@ impl MessagesEncoder {
             held: Vec::new(),
             usage: None,
             refused: false,
+            stop_sequence: None,
             failed: false,
         }
     }
@@ -522,15 +525,22 @@ impl MessagesEncoder {
                 self.flush_calls(out);
                 self.close(out);
                 let usage = self.usage.as_ref().map_or(Value::Null, usage_json);
+                let (reason, matched) = match self.stop_sequence.take() {
+                    Some(s) if finish_reason == "stop" && !self.refused => {
+                        ("stop_sequence", Value::String(s))
+                    }
+                    _ => (stop_reason(&finish_reason, self.refused), Value::Null),
+                };
                 out.push((
                     "message_delta",
                     json!({"type": "message_delta",
-                           "delta": {"stop_reason": stop_reason(&finish_reason, self.refused), "stop_sequence": null},
+                           "delta": {"stop_reason": reason, "stop_sequence": matched},
                            "usage": usage}),
                 ));
                 out.push(("message_stop", json!({"type": "message_stop"})));
             }
             Event::KeepAlive => out.push(("ping", json!({"type": "ping"}))),
+            Event::StopSequence(s) => self.stop_sequence = Some(s),
             // The pipeline's own tools run inside Sluice: the client sees
             // their effect in the answer. The client's calls came as
             // `ToolCallDelta`s.

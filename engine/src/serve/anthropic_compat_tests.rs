@@ -123,6 +123,41 @@ fn thinking_then_text_then_tools_get_increasing_indexes() {
 }
 
 #[test]
+fn a_matched_stop_sequence_is_named_and_only_on_a_stop() {
+    let (events, m) = run(vec![
+        start(),
+        Event::Delta("ok".into()),
+        usage(),
+        Event::StopSequence("END".into()),
+        Event::Done {
+            finish_reason: "stop".into(),
+        },
+    ]);
+    let delta = events
+        .iter()
+        .find(|e| e["type"] == "message_delta")
+        .unwrap();
+    assert_eq!(
+        delta["delta"],
+        json!({"stop_reason": "stop_sequence", "stop_sequence": "END"})
+    );
+    let m = m.unwrap();
+    assert_eq!(m["stop_reason"], "stop_sequence");
+    assert_eq!(m["stop_sequence"], "END");
+    // Without one the stop is an end_turn with no sequence.
+    let (_, m) = run(vec![
+        start(),
+        Event::Delta("ok".into()),
+        Event::Done {
+            finish_reason: "stop".into(),
+        },
+    ]);
+    let m = m.unwrap();
+    assert_eq!(m["stop_reason"], "end_turn");
+    assert!(m["stop_sequence"].is_null());
+}
+
+#[test]
 fn stop_reasons_and_refusals() {
     for (finish, refusal, want) in [
         ("stop", false, "end_turn"),

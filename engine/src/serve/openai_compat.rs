@@ -556,6 +556,8 @@ impl ChatEncoder {
                 buf.put_slice(b"data: [DONE]\n\n");
             }
             Event::KeepAlive => buf.put_slice(b": keep-alive\n\n"),
+            // Chat Completions says `stop` without naming the sequence.
+            Event::StopSequence(_) => {}
             // The pipeline's own tools run inside Sluice: the client sees
             // their effect in the answer. The client's calls came as
             // `ToolCallDelta`s.

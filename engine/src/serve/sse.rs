@@ -48,13 +48,15 @@ pub fn encode(ev: &Event, id: u64, buf: &mut BytesMut) {
         // Sluice's own events give each call whole, as `tool_call`, and
         // do not relay reasoning.
         // (Nor do its requests ask for several choices or for logprobs.)
+        // A matched stop sequence is `done` with `stop`.
         Event::ToolCallDelta(_)
         | Event::Reasoning(_)
         | Event::ReasoningSignature(_)
         | Event::RedactedReasoning(_)
         | Event::Choice(_)
         | Event::ChoiceDone { .. }
-        | Event::Logprobs(_) => {}
+        | Event::Logprobs(_)
+        | Event::StopSequence(_) => {}
         Event::ToolCall(call) => write_event(buf, "tool_call", id, call),
         Event::ToolResult(result) => write_event(buf, "tool_result", id, result),
         Event::Usage(u) => write_event::<UsageReport>(buf, "usage", id, u),
@@ -91,6 +93,7 @@ impl Encoder for Native {
                 | Event::Reasoning(_)
                 | Event::ReasoningSignature(_)
                 | Event::RedactedReasoning(_)
+                | Event::StopSequence(_)
         ) {
             return;
         }
