@@ -733,3 +733,40 @@ async fn a_forced_tool_choice_applies_to_the_first_answer_only() {
     assert_eq!(sent[1].body["tool_choice"], "auto");
     server.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_value_the_other_api_cannot_take_is_a_400_not_a_502() {
+    let mock = MockProvider::start(Script::single(Reply::anthropic_text(&["x"])))
+        .await
+        .unwrap();
+    let anthropic = serve(&mock, "anthropic", "").await;
+    let base = r#""model":"chat","messages":[{"role":"user","content":"x"}]"#;
+    for (extra, field) in [
+        (r#""temperature":1.5"#, "temperature"),
+        (r#""tool_choice":"required""#, "tool_choice"),
+        (r#""parallel_tool_calls":false"#, "parallel_tool_calls"),
+    ] {
+        let resp = chat(anthropic.addr, &format!("{{{base},{extra}}}")).await;
+        assert_eq!(resp.status(), 400, "{extra}");
+        assert_eq!(body_json(resp).await["error"]["param"], field, "{extra}");
+    }
+    // Five stop sequences from an Anthropic client, for an OpenAI pipeline.
+    let openai = serve(&mock, "openai", "").await;
+    let resp = send(
+        openai.addr,
+        post_json(
+            "/v1/messages",
+            r#"{"model":"chat","max_tokens":10,"stop_sequences":["a","b","c","d","e"],"messages":[{"role":"user","content":"x"}]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let err = body_json(resp).await;
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("stop"),
+        "{err}"
+    );
+    assert_eq!(mock.journal().request_count(), 0);
+    anthropic.stop().await;
+    openai.stop().await;
+}

@@ -279,9 +279,15 @@ impl Params {
                         "it has no cache breakpoints: OpenAI caches long prompt prefixes on its own",
                     ));
                 }
+                if self.stop.len() > 4 {
+                    return Some(("stop", "it takes at most 4 stop sequences"));
+                }
                 None
             }
             Wire::Anthropic => {
+                if self.temperature.is_some_and(|t| t > 1.0) {
+                    return Some(("temperature", "its temperature goes from 0 to 1"));
+                }
                 let missing: [(bool, &str); 8] = [
                     (self.choices() > 1, "n"),
                     (self.seed.is_some(), "seed"),

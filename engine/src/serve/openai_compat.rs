@@ -98,6 +98,29 @@ pub(super) fn check_with_pipeline(
             ));
         }
     }
+    // Both APIs refuse these without tools; say so here, by name, rather
+    // than pass on the provider's refusal as a 502.
+    let no_tools = tools.is_empty() && pipeline.tools.is_empty();
+    if no_tools
+        && matches!(
+            params.tool_choice,
+            Some(ToolChoice::Required | ToolChoice::Tool(_))
+        )
+    {
+        return Err(invalid(
+            format!(
+                "tool_choice asks for a tool call, but neither the request nor pipeline \"{}\" offers a tool",
+                pipeline.name
+            ),
+            Some("tool_choice"),
+        ));
+    }
+    if no_tools && params.parallel_tool_calls.is_some() {
+        return Err(invalid(
+            "parallel_tool_calls is only allowed when tools are offered",
+            Some("parallel_tool_calls"),
+        ));
+    }
     if let Some(ToolChoice::Tool(name)) = &params.tool_choice
         && !tools.iter().any(|t| &t.name == name)
         && !pipeline.tools.iter().any(|t| t.name() == name)
