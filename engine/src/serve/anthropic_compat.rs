@@ -595,13 +595,13 @@ impl Assembled {
             Some("content_block_delta") => {
                 let block = &mut m["content"][index];
                 let d = &ev["delta"];
+                // In place: rebuilding the string per delta was quadratic.
                 let append = |block: &mut Value, key: &str, more: &Value| {
-                    let joined = format!(
-                        "{}{}",
-                        block[key].as_str().unwrap_or_default(),
-                        more.as_str().unwrap_or_default()
-                    );
-                    block[key] = json!(joined);
+                    let more = more.as_str().unwrap_or_default();
+                    match &mut block[key] {
+                        Value::String(s) => s.push_str(more),
+                        slot => *slot = json!(more),
+                    }
                 };
                 match d["type"].as_str() {
                     Some("text_delta") => append(block, "text", &d["text"]),
