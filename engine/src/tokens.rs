@@ -129,16 +129,32 @@ static COUNTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 /// other streams go on. Under a paused test clock a running blocking task
 /// keeps the clock from jumping, so deadlines stay exact.
 pub async fn count_prompt_off_worker(messages: &[Message]) -> u64 {
-    let bytes: usize = messages.iter().map(message_bytes).sum();
+    count_request_off_worker(messages, &[]).await
+}
+
+/// [`count_prompt`] plus [`count_tools`], off the async workers when the
+/// text is long (a client may bring 128 tools with long descriptions).
+pub async fn count_request_off_worker(
+    messages: &[Message],
+    tools: &[crate::provider::ToolSpec],
+) -> u64 {
+    let tool_bytes: usize = tools
+        .iter()
+        .map(|t| t.name.len() + t.description.len() + t.parameters.to_string().len())
+        .sum();
+    let bytes: usize = messages.iter().map(message_bytes).sum::<usize>() + tool_bytes;
+    let count = |m: &[Message], t: &[crate::provider::ToolSpec]| {
+        count_prompt(m).saturating_add(count_tools(t))
+    };
     if bytes <= INLINE_PROMPT_BYTES {
-        return count_prompt(messages);
+        return count(messages, tools);
     }
     let _pending = PendingCount::new();
     let Ok(_permit) = COUNTING.acquire().await else {
-        return count_prompt(messages);
+        return count(messages, tools);
     };
-    let owned = messages.to_vec();
-    match tokio::task::spawn_blocking(move || count_prompt(&owned)).await {
+    let (owned, owned_tools) = (messages.to_vec(), tools.to_vec());
+    match tokio::task::spawn_blocking(move || count(&owned, &owned_tools)).await {
         Ok(n) => n,
         // The counting thread panicked or the runtime is shutting down:
         // a byte count is an upper bound (a token is at least one byte).

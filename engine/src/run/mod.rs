@@ -485,9 +485,7 @@ async fn run(
         .map_or(pipeline.max_tokens, |m| m.min(pipeline.max_tokens));
     // Counted once for the request's token budget, its reservation and its
     // usage estimate; a long prompt off the async workers.
-    let counted = tokens::count_prompt_off_worker(&prompt)
-        .await
-        .saturating_add(tokens::count_tools(&ask.tools));
+    let counted = tokens::count_request_off_worker(&prompt, &ask.tools).await;
     if let Some(total) = pipeline.max_total_tokens {
         // The request's token budget bounds the first call too.
         let prompt_bound = tokens::prompt_bound(counted);

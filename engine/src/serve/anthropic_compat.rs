@@ -286,10 +286,13 @@ pub(super) async fn count_tokens(
                 ));
             }
             prompt.extend(msg.messages);
-            let n = tokens::count_prompt_off_worker(&prompt)
-                .await
-                .saturating_add(tokens::count_tools(&pipeline.tool_specs))
-                .saturating_add(tokens::count_tools(&msg.tools));
+            let tools: Vec<_> = pipeline
+                .tool_specs
+                .iter()
+                .cloned()
+                .chain(msg.tools)
+                .collect();
+            let n = tokens::count_request_off_worker(&prompt, &tools).await;
             json_response(StatusCode::OK, json!({ "input_tokens": n }))
         }
     };
