@@ -218,7 +218,8 @@ pub fn finish_reason(stop_reason: &str, stop_sequence: Option<&str>) -> FinishRe
     match stop_reason {
         "end_turn" => FinishReason::Stop,
         "stop_sequence" => FinishReason::StopSequence(stop_sequence.map(str::to_string)),
-        "max_tokens" => FinishReason::Length,
+        // The context window ran out before max_tokens: cut all the same.
+        "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
         "tool_use" => FinishReason::ToolCalls,
         "refusal" => FinishReason::ContentFilter,
         other => FinishReason::Other(other.to_string()),

@@ -155,6 +155,7 @@ fn stop_reasons_map_to_finish_reasons() {
         ("end_turn", FinishReason::Stop),
         ("stop_sequence", FinishReason::StopSequence(None)),
         ("max_tokens", FinishReason::Length),
+        ("model_context_window_exceeded", FinishReason::Length),
         ("tool_use", FinishReason::ToolCalls),
         ("refusal", FinishReason::ContentFilter),
         ("pause_turn", FinishReason::Other("pause_turn".into())),

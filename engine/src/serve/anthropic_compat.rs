@@ -76,6 +76,8 @@ fn stop_reason(finish: &str, refused: bool) -> &'static str {
         "length" | "tool_limit" => "max_tokens",
         "tool_calls" => "tool_use",
         "content_filter" => "refusal",
+        // The provider paused a long turn; the client continues it.
+        "pause_turn" => "pause_turn",
         _ => "end_turn",
     }
 }

@@ -165,6 +165,7 @@ fn stop_reasons_and_refusals() {
         ("length", false, "max_tokens"),
         ("content_filter", false, "refusal"),
         ("tool_calls", false, "tool_use"),
+        ("pause_turn", false, "pause_turn"),
     ] {
         let body = if refusal {
             Event::Refusal("no".into())
