@@ -15,8 +15,13 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use sluice_testkit::{Reply, Script};
 
+/// The count of prompts being counted is one for the process: the tests
+/// here take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn health_checks_answer_while_long_prompts_are_counted() {
+    let _turn = SERIAL.lock().await;
     let h = Harness::start_with(
         Script::single(Reply::text(&["ok"])),
         64,
@@ -70,6 +75,7 @@ async fn health_checks_answer_while_long_prompts_are_counted() {
 /// provider call, so a client could repeat it freely).
 #[tokio::test]
 async fn health_checks_answer_while_long_tool_definitions_are_counted() {
+    let _turn = SERIAL.lock().await;
     let h = Harness::start_with(
         Script::single(Reply::text(&["ok"])),
         64,
@@ -120,4 +126,5 @@ async fn health_checks_answer_while_long_tool_definitions_are_counted() {
         assert_eq!(status, StatusCode::OK);
         assert!(counted["input_tokens"].as_u64().unwrap() > 128 * 1_400);
     }
+    assert_eq!(sluice::tokens::prompts_being_counted(), 0);
 }
