@@ -91,6 +91,13 @@ pub fn count_prompt(messages: &[Message]) -> u64 {
 /// own usage, when it reports one, is what is billed.
 pub const IMAGE_TOKENS: u64 = 1_600;
 
+/// The most prompt tokens one image may cost: GPT-4o mini bills an image
+/// at 2,833 tokens plus 5,667 per 512-pixel tile (48,169 for the
+/// largest), far past other models' (about 1,600). Reservations assume
+/// it, so that a budget holds whatever model answers; the estimate and
+/// `max_total_tokens` use [`IMAGE_TOKENS`].
+pub const IMAGE_TOKENS_BOUND: u64 = 50_000;
+
 /// Prompt tokens the tool definitions add (name, description, schema).
 pub fn count_tools(tools: &[crate::provider::ToolSpec]) -> u64 {
     tools.iter().fold(0u64, |n, t| {

@@ -770,3 +770,37 @@ async fn a_value_the_other_api_cannot_take_is_a_400_not_a_502() {
     anthropic.stop().await;
     openai.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_image_is_reserved_at_the_most_a_model_may_bill_for_it() {
+    let mock = MockProvider::start(Script::single(Reply::text(&["ok"])))
+        .await
+        .unwrap();
+    let settings = (
+        PathBuf::from("settings.yaml"),
+        format!(
+            "storage: memory\nproviders:\n  up: {{kind: openai, base_url: \"{}\"}}\nprices:\n  the-model: {{input: 1, output: 1}}\n",
+            mock.base_url()
+        ),
+    );
+    // $0.01 a day: a text prompt fits; an image, reserved at 50,000
+    // tokens ($0.05 at $1 per million), does not.
+    let pipeline = (
+        PathBuf::from("chat.yaml"),
+        "name: chat\nmodel: {provider: up, name: the-model}\nlimits: {max_tokens: 16}\nbudget: {daily_usd: 0.01}\n".to_string(),
+    );
+    let catalog = compile_sources(&settings, &[pipeline]).unwrap_or_else(|d| panic!("{d:#?}"));
+    let server = RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let image = r#"{"model":"chat","messages":[{"role":"user","content":[{"type":"text","text":"what is it?"},{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}]}]}"#;
+    let resp = chat(server.addr, image).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(body_json(resp).await["error"]["code"], "budget_exhausted");
+    assert_eq!(mock.journal().request_count(), 0);
+    let text = r#"{"model":"chat","messages":[{"role":"user","content":"what is it?"}]}"#;
+    let resp = chat(server.addr, text).await;
+    assert_eq!(resp.status(), 200);
+    let _ = body_json(resp).await;
+    server.stop().await;
+}

@@ -543,12 +543,20 @@ async fn run(
     // The futures of admission, phase 1 and settlement are boxed: this
     // task's allocation lasts as long as the stream, and only the streaming
     // state needs to live that long.
+    // The reservation assumes the dearest an image may be billed.
+    let images = prompt
+        .iter()
+        .flat_map(|m| &m.content)
+        .filter(|p| matches!(p, crate::provider::Part::Image(_)))
+        .count() as u64;
+    let reserve_counted = counted
+        .saturating_add(images.saturating_mul(tokens::IMAGE_TOKENS_BOUND - tokens::IMAGE_TOKENS));
     let target = match Box::pin(open_in_ledger(
         &cx,
         &pipeline,
         &row,
         &req.request_id,
-        counted,
+        reserve_counted,
         max_tokens,
         choices,
         &budgets,

@@ -99,11 +99,6 @@ pub(crate) fn completion_bound(max_tokens: u64) -> u64 {
         .saturating_add(UNSTREAMED_TOKENS)
 }
 
-/// The most prompt tokens one image may report: GPT-4o mini bills an
-/// image at 2,833 tokens plus 5,667 per 512-pixel tile (48,169 for the
-/// largest), far past other models' (about 1,600).
-const IMAGE_TOKENS_BOUND: u64 = 50_000;
-
 /// The most prompt tokens a prompt of `bytes` in `messages` may report.
 pub(crate) fn prompt_bound(bytes: u64, messages: u64) -> u64 {
     bytes
@@ -122,7 +117,7 @@ pub(crate) fn prompt_bytes(prompt: &[Message]) -> u64 {
             n.saturating_add(match p {
                 Part::Text(t) | Part::Thinking { text: t, .. } => t.len() as u64,
                 Part::RedactedThinking(d) => d.len() as u64,
-                Part::Image(_) => IMAGE_TOKENS_BOUND,
+                Part::Image(_) => crate::tokens::IMAGE_TOKENS_BOUND,
             })
         });
         sum.saturating_add(content)
