@@ -804,3 +804,31 @@ async fn an_image_is_reserved_at_the_most_a_model_may_bill_for_it() {
     let _ = body_json(resp).await;
     server.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_model_name_past_256_bytes_is_not_shown() {
+    let long = "m".repeat(1_000);
+    let chunk = |model: &str, delta: Value, finish: Option<&str>| {
+        let c = json!({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {c}\n\n")
+    };
+    let stream = chunk(&long, json!({"content": "hi"}), None)
+        + &chunk(&long, json!({}), Some("stop"))
+        + "data: [DONE]\n\n";
+    let mock = MockProvider::start(Script::single(Reply::recorded(stream)))
+        .await
+        .unwrap();
+    let server = serve(&mock, "openai", "").await;
+    let answer = body_json(
+        chat(
+            server.addr,
+            r#"{"model":"chat","messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(answer["choices"][0]["message"]["content"], "hi");
+    assert_eq!(answer["model"], "the-model");
+    server.stop().await;
+}

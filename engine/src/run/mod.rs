@@ -287,7 +287,9 @@ async fn open_stream(
     let mut model = None;
     loop {
         match stream.next().await {
-            Some(Ok(Chunk::Model(m))) => model = Some(m),
+            // A name, not a document: what a provider sends past 256
+            // bytes is not shown (the configured model is named instead).
+            Some(Ok(Chunk::Model(m))) => model = (m.len() <= 256).then_some(m),
             Some(Ok(chunk)) => return Ok((stream, chunk, model)),
             Some(Err(e)) => return Err(e),
             None => return Err(ProviderError::Truncated),
