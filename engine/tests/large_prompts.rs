@@ -15,6 +15,33 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use sluice_testkit::{Reply, Script};
 
+/// Waits until a count has started (the bodies are read first), then
+/// asks `/healthz`, which must answer while counts are still running.
+async fn health_answers_while_counting(addr: std::net::SocketAddr) {
+    for _ in 0..100_000 {
+        if sluice::tokens::prompts_being_counted() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        sluice::tokens::prompts_being_counted() > 0,
+        "no count started"
+    );
+    let health = send(
+        addr,
+        Request::get("/healthz")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(
+        sluice::tokens::prompts_being_counted() > 0,
+        "the health check was answered only after every count was done"
+    );
+}
+
 /// The count of prompts being counted is one for the process: the tests
 /// here take turns.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -40,30 +67,7 @@ async fn health_checks_answer_while_long_prompts_are_counted() {
             tokio::spawn(async move { post(addr, &body).await.status() })
         })
         .collect();
-    // Wait until counting has started (the bodies are read first).
-    for _ in 0..100_000 {
-        if sluice::tokens::prompts_being_counted() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert!(
-        sluice::tokens::prompts_being_counted() > 0,
-        "no count started"
-    );
-    let health = send(
-        addr,
-        Request::get("/healthz")
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(health.status(), StatusCode::OK);
-    let still = sluice::tokens::prompts_being_counted();
-    assert!(
-        still > 0,
-        "the health check was answered only after every prompt was counted"
-    );
+    health_answers_while_counting(addr).await;
     for t in big {
         assert_eq!(t.await.unwrap(), StatusCode::OK);
     }
@@ -99,28 +103,7 @@ async fn health_checks_answer_while_long_tool_definitions_are_counted() {
             })
         })
         .collect();
-    for _ in 0..100_000 {
-        if sluice::tokens::prompts_being_counted() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert!(
-        sluice::tokens::prompts_being_counted() > 0,
-        "no count started"
-    );
-    let health = send(
-        addr,
-        Request::get("/healthz")
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(health.status(), StatusCode::OK);
-    assert!(
-        sluice::tokens::prompts_being_counted() > 0,
-        "the health check was answered only after every count was done"
-    );
+    health_answers_while_counting(addr).await;
     for t in big {
         let (status, counted) = t.await.unwrap();
         assert_eq!(status, StatusCode::OK);

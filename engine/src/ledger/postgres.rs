@@ -150,11 +150,7 @@ pub(super) async fn rows_since(
     .bind(since_ms)
     .fetch_all(pool)
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        out.push(report_row!(r));
-    }
-    Ok(out)
+    report_rows(&rows)
 }
 
 pub(super) async fn rows_of(
@@ -165,8 +161,13 @@ pub(super) async fn rows_of(
         .bind(request_id)
         .fetch_all(pool)
         .await?;
+    report_rows(&rows)
+}
+
+/// `requests` rows selected with `select_rows`, as report rows.
+fn report_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<ReportRow>, LedgerError> {
     let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
+    for r in rows {
         out.push(report_row!(r));
     }
     Ok(out)

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use super::openai_request::{Invalid, invalid};
+use super::openai_request::{Invalid, invalid, number_field, uint_field, valid_name};
 use crate::provider::{Image, Message, Params, Part, Role, ToolCall, ToolChoice, ToolSpec};
 
 /// A validated Messages request.
@@ -63,29 +63,11 @@ const COUNT_FIELDS: &[&str] = &[
 const NO_CACHE_CONTROL: &str = "cache_control is not supported on this block (Anthropic takes it on system text blocks, message text, image, tool_use and tool_result blocks, and tools)";
 
 fn number(obj: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<Option<f64>, Invalid> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_f64() {
-            Some(x) if (lo..=hi).contains(&x) => Ok(Some(x)),
-            _ => Err(invalid(
-                format!("{key}: must be a number from {lo} to {hi}"),
-                Some(key),
-            )),
-        },
-    }
+    number_field(obj, key, lo, hi, ": ")
 }
 
 fn uint(obj: &Map<String, Value>, key: &str, lo: u64, hi: u64) -> Result<Option<u64>, Invalid> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(x) if (lo..=hi).contains(&x) => Ok(Some(x)),
-            _ => Err(invalid(
-                format!("{key}: must be an integer from {lo} to {hi}"),
-                Some(key),
-            )),
-        },
-    }
+    uint_field(obj, key, lo, hi, ": ")
 }
 
 /// Refuses any key of `obj` outside `allowed` (a null value is taken as
@@ -398,15 +380,6 @@ fn tool_choice(obj: &Map<String, Value>) -> Result<(Option<ToolChoice>, Option<b
         }
     };
     Ok((Some(choice), parallel))
-}
-
-/// A tool name both APIs accept.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn tools(obj: &Map<String, Value>) -> Result<Vec<ToolSpec>, Invalid> {

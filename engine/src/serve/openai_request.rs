@@ -65,25 +65,48 @@ const FIELDS: &[&str] = &[
 ];
 
 fn number(obj: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<Option<f64>, Invalid> {
+    number_field(obj, key, lo, hi, " ")
+}
+
+fn uint(obj: &Map<String, Value>, key: &str, lo: u64, hi: u64) -> Result<Option<u64>, Invalid> {
+    uint_field(obj, key, lo, hi, " ")
+}
+
+/// A number in `lo..=hi`, or absent. `sep` goes between the field's name
+/// and what is wrong with it: OpenAI's " ", Anthropic's ": ".
+pub(super) fn number_field(
+    obj: &Map<String, Value>,
+    key: &str,
+    lo: f64,
+    hi: f64,
+    sep: &str,
+) -> Result<Option<f64>, Invalid> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_f64() {
             Some(x) if (lo..=hi).contains(&x) => Ok(Some(x)),
             _ => Err(invalid(
-                format!("{key} must be a number from {lo} to {hi}"),
+                format!("{key}{sep}must be a number from {lo} to {hi}"),
                 Some(key),
             )),
         },
     }
 }
 
-fn uint(obj: &Map<String, Value>, key: &str, lo: u64, hi: u64) -> Result<Option<u64>, Invalid> {
+/// An integer in `lo..=hi`, or absent (see [`number_field`]).
+pub(super) fn uint_field(
+    obj: &Map<String, Value>,
+    key: &str,
+    lo: u64,
+    hi: u64,
+    sep: &str,
+) -> Result<Option<u64>, Invalid> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
             Some(x) if (lo..=hi).contains(&x) => Ok(Some(x)),
             _ => Err(invalid(
-                format!("{key} must be an integer from {lo} to {hi}"),
+                format!("{key}{sep}must be an integer from {lo} to {hi}"),
                 Some(key),
             )),
         },
@@ -290,8 +313,8 @@ fn stop(obj: &Map<String, Value>) -> Result<Vec<String>, Invalid> {
     }
 }
 
-/// A tool or function name as OpenAI allows it.
-fn valid_name(name: &str) -> bool {
+/// A tool or function name as both APIs allow it.
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
