@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use sluice::compile::compile_sources;
 use sluice::ledger::Price;
 use sluice::provider::{Message, Role};
 use sluice::serve::RunningServer;
@@ -35,26 +33,11 @@ async fn serve(mock: &MockProvider, kind: &str) -> RunningServer {
 /// [`serve`], with `limits` added to the pipeline's limits and `extra`
 /// appended to it (clients rules, tools on the `shop` database).
 async fn serve_with(mock: &MockProvider, kind: &str, limits: &str, extra: &str) -> RunningServer {
-    let (db, seed) = shop_db();
-    let settings = (
-        PathBuf::from("settings.yaml"),
-        format!(
-            "storage: memory\nproviders:\n  up: {{kind: {kind}, base_url: \"{}\"}}\nprices:\n  the-model: {{input: 1.0, output: 2.0}}\ndatabases:\n  shop: {{path: \"{}\", seed: \"{}\"}}\n",
-            mock.base_url(),
-            db.display(),
-            seed.display()
-        ),
+    let prices = "prices:\n  the-model: {input: 1.0, output: 2.0}\n";
+    let rest = format!(
+        "limits: {{max_tokens: {MAX_TOKENS}{limits}}}\nbudget: {{daily_usd: 100}}\n{extra}"
     );
-    let pipeline = (
-        PathBuf::from("chat.yaml"),
-        format!(
-            "name: chat\nmodel: {{provider: up, name: the-model}}\nlimits: {{max_tokens: {MAX_TOKENS}{limits}}}\nbudget: {{daily_usd: 100}}\n{extra}"
-        ),
-    );
-    let catalog = compile_sources(&settings, &[pipeline]).unwrap_or_else(|d| panic!("{d:#?}"));
-    RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
+    serve_chat(mock, kind, prices, &rest).await
 }
 
 async fn chat(addr: std::net::SocketAddr, body: &Value) -> http::Response<hyper::body::Incoming> {

@@ -10,33 +10,19 @@ use std::path::PathBuf;
 
 use common::*;
 use serde_json::{Value, json};
-use sluice::compile::compile_sources;
 use sluice::serve::RunningServer;
 use sluice_testkit::{MockProvider, Reply, Script};
 
 /// A server with one pipeline `chat` on a provider of `kind` at the mock;
 /// `extra` is appended to the pipeline (tools, say).
 async fn serve(mock: &MockProvider, kind: &str, extra: &str) -> RunningServer {
-    let (db, seed) = shop_db();
-    let settings = (
-        PathBuf::from("settings.yaml"),
-        format!(
-            "storage: memory\nproviders:\n  up: {{kind: {kind}, base_url: \"{}\"}}\ndatabases:\n  shop: {{path: \"{}\", seed: \"{}\"}}\n",
-            mock.base_url(),
-            db.display(),
-            seed.display()
-        ),
-    );
-    let pipeline = (
-        PathBuf::from("chat.yaml"),
-        format!(
-            "name: chat\nmodel: {{provider: up, name: the-model}}\nlimits: {{max_tokens: 200}}\n{extra}"
-        ),
-    );
-    let catalog = compile_sources(&settings, &[pipeline]).unwrap_or_else(|d| panic!("{d:#?}"));
-    RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
+    serve_chat(
+        mock,
+        kind,
+        "",
+        &format!("limits: {{max_tokens: 200}}\n{extra}"),
+    )
+    .await
 }
 
 const SQL_TOOL: &str = r#"tools:
@@ -560,21 +546,13 @@ async fn prompt_cache_reads_and_writes_are_recorded_and_priced() {
     let mock = MockProvider::start(Script::single(Reply::recorded(stream)))
         .await
         .unwrap();
-    let settings = (
-        PathBuf::from("settings.yaml"),
-        format!(
-            "storage: memory\nproviders:\n  up: {{kind: anthropic, base_url: \"{}\"}}\nprices:\n  the-model: {{input: 3, output: 15, cached_input: 0.3, cache_write: 3.75}}\n",
-            mock.base_url()
-        ),
-    );
-    let pipeline = (
-        PathBuf::from("chat.yaml"),
-        "name: chat\nmodel: {provider: up, name: the-model}\nlimits: {max_tokens: 200}\nbudget: {daily_usd: 10}\n".to_string(),
-    );
-    let catalog = compile_sources(&settings, &[pipeline]).unwrap_or_else(|d| panic!("{d:#?}"));
-    let server = RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let server = serve_chat(
+        &mock,
+        "anthropic",
+        "prices:\n  the-model: {input: 3, output: 15, cached_input: 0.3, cache_write: 3.75}\n",
+        "limits: {max_tokens: 200}\nbudget: {daily_usd: 10}\n",
+    )
+    .await;
     // A prompt long enough for the 10,000 tokens the provider reports.
     let prompt = "the same long context ".repeat(2_500);
     let body = json!({"model": "chat", "messages": [{"role": "user", "content": prompt}]});
@@ -776,23 +754,15 @@ async fn an_image_is_reserved_at_the_most_a_model_may_bill_for_it() {
     let mock = MockProvider::start(Script::single(Reply::text(&["ok"])))
         .await
         .unwrap();
-    let settings = (
-        PathBuf::from("settings.yaml"),
-        format!(
-            "storage: memory\nproviders:\n  up: {{kind: openai, base_url: \"{}\"}}\nprices:\n  the-model: {{input: 1, output: 1}}\n",
-            mock.base_url()
-        ),
-    );
     // $0.01 a day: a text prompt fits; an image, reserved at 50,000
     // tokens ($0.05 at $1 per million), does not.
-    let pipeline = (
-        PathBuf::from("chat.yaml"),
-        "name: chat\nmodel: {provider: up, name: the-model}\nlimits: {max_tokens: 16}\nbudget: {daily_usd: 0.01}\n".to_string(),
-    );
-    let catalog = compile_sources(&settings, &[pipeline]).unwrap_or_else(|d| panic!("{d:#?}"));
-    let server = RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let server = serve_chat(
+        &mock,
+        "openai",
+        "prices:\n  the-model: {input: 1, output: 1}\n",
+        "limits: {max_tokens: 16}\nbudget: {daily_usd: 0.01}\n",
+    )
+    .await;
     let image = r#"{"model":"chat","messages":[{"role":"user","content":[{"type":"text","text":"what is it?"},{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}]}]}"#;
     let resp = chat(server.addr, image).await;
     assert_eq!(resp.status(), 429);

@@ -8,35 +8,23 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use common::*;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use sluice::compile::compile_sources;
 use sluice::provider::{Message, Role, ToolSpec};
 use sluice::serve::RunningServer;
 use sluice_testkit::{Fault, MockProvider, Reply, Script};
 
 /// A server with one pipeline `chat` on a provider of `kind` at the mock.
 async fn serve(mock: &MockProvider, kind: &str, extra: &str) -> RunningServer {
-    let settings = (
-        PathBuf::from("settings.yaml"),
-        format!(
-            "storage: memory\nproviders:\n  up: {{kind: {kind}, base_url: \"{}\"}}\n",
-            mock.base_url()
-        ),
-    );
-    let pipeline = (
-        PathBuf::from("chat.yaml"),
-        format!(
-            "name: chat\nmodel: {{provider: up, name: the-model}}\nlimits: {{max_tokens: 200}}\n{extra}"
-        ),
-    );
-    let catalog = compile_sources(&settings, &[pipeline]).unwrap_or_else(|d| panic!("{d:#?}"));
-    RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
+    serve_chat(
+        mock,
+        kind,
+        "",
+        &format!("limits: {{max_tokens: 200}}\n{extra}"),
+    )
+    .await
 }
 
 /// A request as the Anthropic SDKs send it (their headers, a fixed id).

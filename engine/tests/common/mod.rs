@@ -318,3 +318,34 @@ pub fn shop_db() -> (PathBuf, PathBuf) {
         .unwrap();
     (dir.join("shop.db"), seed)
 }
+
+/// A server with one pipeline `chat` (model `the-model` of the provider
+/// `up`, of `kind`, at the mock) and the seeded `shop` database declared.
+/// `settings_extra` is appended to the settings (prices, say) and
+/// `pipeline_rest` to the pipeline after its name and model (limits,
+/// budget, tools, clients rules).
+pub async fn serve_chat(
+    mock: &MockProvider,
+    kind: &str,
+    settings_extra: &str,
+    pipeline_rest: &str,
+) -> RunningServer {
+    let (db, seed) = shop_db();
+    let settings = (
+        PathBuf::from("settings.yaml"),
+        format!(
+            "storage: memory\nproviders:\n  up: {{kind: {kind}, base_url: \"{}\"}}\ndatabases:\n  shop: {{path: \"{}\", seed: \"{}\"}}\n{settings_extra}",
+            mock.base_url(),
+            db.display(),
+            seed.display()
+        ),
+    );
+    let pipeline = (
+        PathBuf::from("chat.yaml"),
+        format!("name: chat\nmodel: {{provider: up, name: the-model}}\n{pipeline_rest}"),
+    );
+    let catalog = compile_sources(&settings, &[pipeline]).unwrap_or_else(|d| panic!("{d:#?}"));
+    RunningServer::start(catalog, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("server starts")
+}
