@@ -2,6 +2,7 @@
 //! `chat.completion.chunk` events and HTTP error bodies.
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::sse::SseEvent;
@@ -175,8 +176,9 @@ struct WireChunk {
     choices: Option<Vec<WireChoice>>,
     usage: Option<WireUsage>,
     // Free-form in practice (object or string, varying keys), and only ever
-    // present once, on failure.
-    error: Option<Value>,
+    // present once, on failure. Raw, so that a number serde_json cannot hold
+    // (`1e400`) still lets the error through.
+    error: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -185,8 +187,9 @@ struct WireChoice {
     delta: Option<WireDelta>,
     finish_reason: Option<String>,
     /// `{"content": [...], "refusal": [...]}` when the request asked for
-    /// logprobs; absent or null otherwise (nothing is allocated then).
-    logprobs: Option<Value>,
+    /// logprobs; absent or null otherwise. Raw, so that a value serde_json
+    /// cannot hold (`-1e400`) costs the logprobs of that chunk, not its text.
+    logprobs: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -281,7 +284,15 @@ impl OpenAiDecoder {
             )
         })?;
         if let Some(err) = chunk.error {
-            return Err(ProviderError::InStream(error_summary(&err)));
+            let summary = match serde_json::from_str::<Value>(err.get()) {
+                Ok(v) => error_summary(&v),
+                Err(_) => one_line(
+                    &format!("unrecognized error {}", err.get()),
+                    SUMMARY_MAX,
+                    false,
+                ),
+            };
+            return Err(ProviderError::InStream(summary));
         }
         if chunk.choices.is_none() && chunk.usage.is_none() {
             return Err(malformed("chunk has neither choices nor usage", data));
@@ -306,9 +317,7 @@ impl OpenAiDecoder {
             }
             // Before the text it describes, so that a client API can send
             // both in one piece. Null and empty ones say nothing.
-            if let Some(lp) = choice.logprobs
-                && has_logprobs(&lp)
-            {
+            if let Some(lp) = choice.logprobs.and_then(|raw| logprobs_of(&raw)) {
                 out.push(Chunk::Logprobs(lp));
             }
             if let Some(delta) = choice.delta {
@@ -360,6 +369,19 @@ impl OpenAiDecoder {
             }));
         }
         Ok(())
+    }
+}
+
+/// A choice's logprobs when they hold any token. Values serde_json cannot
+/// hold make the chunk's logprobs unreadable: they are dropped (logged), the
+/// rest of the chunk still counts.
+fn logprobs_of(raw: &RawValue) -> Option<Value> {
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(v) => has_logprobs(&v).then_some(v),
+        Err(e) => {
+            tracing::debug!(error = %e, "provider sent logprobs that cannot be read; dropped");
+            None
+        }
     }
 }
 

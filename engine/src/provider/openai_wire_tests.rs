@@ -297,6 +297,26 @@ fn error_object_in_stream() {
         panic!("expected InStream");
     };
     assert_eq!(msg, "rate_limit");
+
+    // A number serde_json cannot hold still leaves an error an error.
+    let Err(ProviderError::InStream(msg)) =
+        decode_one(r#"{"error":{"message":"boom","retry_after":1e400}}"#)
+    else {
+        panic!("expected InStream");
+    };
+    assert_eq!(
+        msg,
+        r#"unrecognized error {"message":"boom","retry_after":1e400}"#
+    );
+}
+
+#[test]
+fn unreadable_logprobs_cost_only_the_logprobs() {
+    let data = r#"{"choices":[{"index":0,"delta":{"content":"hi"},"logprobs":{"content":[{"token":"hi","logprob":-1e400}]}}]}"#;
+    assert_eq!(decode_one(data).unwrap(), vec![Chunk::Delta("hi".into())]);
+    let data = r#"{"choices":[{"index":0,"delta":{"content":"hi"},"logprobs":{"content":[{"token":"hi","logprob":-0.5}]}}]}"#;
+    let chunks = decode_one(data).unwrap();
+    assert!(matches!(&chunks[0], Chunk::Logprobs(v) if v["content"][0]["logprob"] == -0.5));
 }
 
 #[test]
