@@ -32,11 +32,13 @@ fn opening() -> Opening {
         pipeline: "bench".into(),
         provider: "mock".into(),
         model: "bench-model".into(),
+        api_key: None,
+        team: None,
         reserve_micros: 700,
         scopes: vec![Scope {
             key: "pipeline:bench".into(),
             // Never exhausted: the bench measures admissions.
-            daily_micros: i64::MAX / 4,
+            limit_micros: i64::MAX / 4,
         }],
     }
 }

@@ -56,13 +56,15 @@ impl Alerts {
     /// Fires every threshold of `budget` that `spend` has reached and that
     /// has not fired yet today.
     pub async fn check(&self, budget: &Budget, day: &str, spend: Spend) {
-        if budget.daily_micros <= 0 {
+        if budget.limit_micros <= 0 {
             return;
         }
+        // A monthly budget's thresholds fire once a month.
+        let day = crate::ledger::period(&budget.scope, day);
         for &ppm in &budget.alert_at_ppm {
             // spent / daily >= ppm / 1e6, in integers.
             let reached = i128::from(spend.spent_micros) * 1_000_000
-                >= i128::from(ppm) * i128::from(budget.daily_micros);
+                >= i128::from(ppm) * i128::from(budget.limit_micros);
             if !reached {
                 break;
             }
@@ -104,10 +106,11 @@ impl Alerts {
     fn deliver(&self, budget: &Budget, day: &str, spend: Spend, ppm: i64) {
         let percent = ppm as f64 / 10_000.0;
         let text = format!(
-            "Sluice budget alert: {} has spent ${} of its ${} daily budget on {day} ({percent:.0}% threshold reached)",
+            "Sluice budget alert: {} has spent ${} of its ${} {} budget in {day} ({percent:.0}% threshold reached)",
             budget.scope,
             format_usd(spend.spent_micros),
-            format_usd(budget.daily_micros),
+            format_usd(budget.limit_micros),
+            budget.period_name(),
         );
         info!(scope = %budget.scope, day, threshold = percent / 100.0, "{text}");
         let body = json!({
@@ -115,9 +118,10 @@ impl Alerts {
             "scope": budget.scope,
             "day": day,
             "spent_usd": format_usd(spend.spent_micros),
-            "budget_usd": format_usd(budget.daily_micros),
+            "period": budget.period_name(),
+            "budget_usd": format_usd(budget.limit_micros),
             "spent_micros": spend.spent_micros,
-            "budget_micros": budget.daily_micros,
+            "budget_micros": budget.limit_micros,
             "threshold": percent / 100.0,
         });
         self.post(body, budget.scope.clone(), day.to_string(), ppm);

@@ -5,17 +5,19 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{Diagnostic, RawBudget, RawModel, RawPrice, Spanned};
+use crate::config::{Diagnostic, RawBudget, RawKeyBudget, RawModel, RawPrice, Spanned};
 use crate::ledger::money::usd_to_micros;
 use crate::ledger::{Micros, Price, Scope};
 use crate::provider::Provider;
 use crate::tokens;
 
-/// A daily budget of one scope (`global` or `pipeline:NAME`).
+/// A budget of one scope for a UTC day (`global`, `pipeline:NAME`,
+/// `key:NAME`, `team:NAME`) or a UTC calendar month (the same scopes of
+/// keys and teams, ending in [`crate::ledger::MONTHLY`]).
 #[derive(Clone)]
 pub struct Budget {
     pub scope: String,
-    pub daily_micros: Micros,
+    pub limit_micros: Micros,
     /// Alert thresholds in parts per million of the budget, ascending.
     pub alert_at_ppm: Vec<i64>,
     pub on_exhausted: OnExhausted,
@@ -25,7 +27,16 @@ impl Budget {
     pub fn ledger_scope(&self) -> Scope {
         Scope {
             key: self.scope.clone(),
-            daily_micros: self.daily_micros,
+            limit_micros: self.limit_micros,
+        }
+    }
+
+    /// "daily" or "monthly", for messages.
+    pub fn period_name(&self) -> &'static str {
+        if self.scope.ends_with(crate::ledger::MONTHLY) {
+            "monthly"
+        } else {
+            "daily"
         }
     }
 }
@@ -34,7 +45,7 @@ impl std::fmt::Debug for Budget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Budget")
             .field("scope", &self.scope)
-            .field("daily_micros", &self.daily_micros)
+            .field("limit_micros", &self.limit_micros)
             .field("alert_at_ppm", &self.alert_at_ppm)
             .finish_non_exhaustive()
     }
@@ -131,21 +142,9 @@ pub fn compile_budget(
             0
         }
     };
-    let mut alert_at_ppm = Vec::new();
-    for a in &raw.alert_at {
-        if a.value > 0.0 && a.value <= 1.0 {
-            alert_at_ppm.push((a.value * 1_000_000.0).round() as i64);
-        } else {
-            diags.push(Diagnostic::error(
-                file,
-                a.pos,
-                format!("alert_at {} is out of range, expected a fraction of the budget above 0 and at most 1", a.value),
-            ));
-            ok = false;
-        }
-    }
-    alert_at_ppm.sort_unstable();
-    alert_at_ppm.dedup();
+    let alert_at_ppm = alert_thresholds(file, &raw.alert_at, diags);
+    ok &= alert_at_ppm.is_some();
+    let alert_at_ppm = alert_at_ppm.unwrap_or_default();
     let on_exhausted = match raw.on_exhausted.as_ref().map(|s| s.value.as_str()) {
         None | Some("reject") => {
             if let Some(d) = &raw.downgrade_to {
@@ -190,8 +189,82 @@ pub fn compile_budget(
     };
     ok.then_some(Budget {
         scope,
-        daily_micros,
+        limit_micros: daily_micros,
         alert_at_ppm,
         on_exhausted,
     })
+}
+
+/// `alert_at` fractions as parts per million, ascending; None (reported)
+/// when one is out of range.
+fn alert_thresholds(
+    file: &Path,
+    raw: &[Spanned<f64>],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<i64>> {
+    let mut ok = true;
+    let mut ppm = Vec::new();
+    for a in raw {
+        if a.value > 0.0 && a.value <= 1.0 {
+            ppm.push((a.value * 1_000_000.0).round() as i64);
+        } else {
+            diags.push(Diagnostic::error(
+                file,
+                a.pos,
+                format!("alert_at {} is out of range, expected a fraction of the budget above 0 and at most 1", a.value),
+            ));
+            ok = false;
+        }
+    }
+    ppm.sort_unstable();
+    ppm.dedup();
+    ok.then_some(ppm)
+}
+
+/// Compiles a key's or a team's budget (`scope`: `key:NAME` or
+/// `team:NAME`) into a daily and a monthly one, as declared. None
+/// (reported) when anything is wrong.
+pub fn compile_key_budget(
+    file: &Path,
+    raw: &Spanned<RawKeyBudget>,
+    scope: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<Budget>> {
+    let alert_at_ppm = alert_thresholds(file, &raw.alert_at, diags);
+    if raw.daily_usd.is_none() && raw.monthly_usd.is_none() {
+        diags.push(Diagnostic::error(
+            file,
+            raw.pos,
+            "a budget needs daily_usd, monthly_usd or both",
+        ));
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = alert_at_ppm.is_some();
+    for (amount, what, suffix) in [
+        (&raw.daily_usd, "daily_usd", ""),
+        (&raw.monthly_usd, "monthly_usd", crate::ledger::MONTHLY),
+    ] {
+        let Some(amount) = amount else { continue };
+        match usd_to_micros(amount.value) {
+            Some(limit_micros) => out.push(Budget {
+                scope: format!("{scope}{suffix}"),
+                limit_micros,
+                alert_at_ppm: alert_at_ppm.clone().unwrap_or_default(),
+                on_exhausted: OnExhausted::Reject,
+            }),
+            None => {
+                diags.push(Diagnostic::error(
+                    file,
+                    amount.pos,
+                    format!(
+                        "{what} must be a non-negative number of dollars, found {}",
+                        amount.value
+                    ),
+                ));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
 }

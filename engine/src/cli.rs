@@ -46,7 +46,7 @@ pub enum Command {
         /// How far back: a duration such as 24h or 7d.
         #[arg(long, default_value = "7d")]
         since: String,
-        /// Group rows by pipeline, model or day.
+        /// Group rows by pipeline, model, day, API key or team.
         #[arg(long, value_enum, default_value = "pipeline")]
         by: UsageBy,
         /// One JSON document instead of a table.
@@ -61,6 +61,30 @@ pub enum Command {
     Test(TestArgs),
     /// Proxy requests to a provider and save each streamed answer with its timing.
     Record(RecordArgs),
+    /// API keys: `sluice keys new NAME` makes one.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysAction {
+    /// A new API key: prints its secret once, and the entry (holding only
+    /// the secret's hash) to paste under `keys:` in settings.yaml.
+    New {
+        /// The key's name (letters, digits, '_', '-', '.').
+        name: String,
+        /// The team it belongs to.
+        #[arg(long)]
+        team: Option<String>,
+        /// Pipelines it may call, comma-separated (default: every one).
+        #[arg(long, value_delimiter = ',')]
+        pipelines: Vec<String>,
+        /// One JSON object (name, secret, hash) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `sluice test`: fault scenarios against the testkit's mock provider.
@@ -114,6 +138,8 @@ pub enum UsageBy {
     Pipeline,
     Model,
     Day,
+    Key,
+    Team,
 }
 
 pub fn init_logging(json: bool) {
@@ -244,6 +270,8 @@ pub async fn usage(
         UsageBy::Pipeline => GroupBy::Pipeline,
         UsageBy::Model => GroupBy::Model,
         UsageBy::Day => GroupBy::Day,
+        UsageBy::Key => GroupBy::Key,
+        UsageBy::Team => GroupBy::Team,
     };
     let groups = report::summarize(&rows, by);
     if json {
@@ -303,4 +331,44 @@ pub async fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice keys new`: a secret, shown once, and the entry to paste.
+pub fn keys_new(name: &str, team: Option<&str>, pipelines: &[String], json: bool) -> ExitCode {
+    use crate::auth;
+    if !auth::valid_name(name) || team.is_some_and(|t| !auth::valid_name(t)) {
+        eprintln!("error: a key or team name is 1 to 64 letters, digits, '_', '-' or '.'");
+        return ExitCode::from(2);
+    }
+    let secret = match auth::new_secret() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: the operating system gave no random bytes: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let hash = auth::format_hash(&auth::digest(&secret));
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"name": name, "secret": secret, "hash": hash, "team": team, "pipelines": pipelines})
+        );
+        return ExitCode::SUCCESS;
+    }
+    let list = if pipelines.is_empty() {
+        "[\"*\"]".to_string()
+    } else {
+        format!("[{}]", pipelines.join(", "))
+    };
+    println!("The secret of key \"{name}\" (shown only now; Sluice keeps only its hash):\n");
+    println!("  {secret}\n");
+    println!("Clients send it as `Authorization: Bearer <secret>` or `x-api-key: <secret>`.");
+    println!("Paste this under `keys:` in settings.yaml:\n");
+    println!("  {name}:");
+    println!("    hash: {hash}");
+    println!("    pipelines: {list}");
+    if let Some(team) = team {
+        println!("    team: {team}");
+    }
+    ExitCode::SUCCESS
 }

@@ -19,6 +19,7 @@
 //! - [`cli`]: the `sluice` command line.
 
 pub mod alerts;
+pub mod auth;
 pub mod budget;
 pub mod cli;
 pub mod compile;

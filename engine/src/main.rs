@@ -20,6 +20,15 @@ fn main() -> anyhow::Result<ExitCode> {
             rt.block_on(cli::usage(&dir, &since, by, json, storage))
         }
         Command::Test(test) => Ok(cli::test(&test)),
+        Command::Keys {
+            action:
+                cli::KeysAction::New {
+                    name,
+                    team,
+                    pipelines,
+                    json,
+                },
+        } => Ok(cli::keys_new(&name, team.as_deref(), &pipelines, json)),
         Command::Record(record) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -16,6 +16,8 @@ pub struct RequestLabels {
     pub pipeline: String,
     pub model: String,
     pub status: String,
+    /// The API key's declared name; empty without keys.
+    pub key: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,6 +31,20 @@ pub struct TokenLabels {
     pub pipeline: String,
     pub model: String,
     pub kind: &'static str,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    pub pipeline: String,
+    pub model: String,
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    /// `missing`, `unknown` (401) or `forbidden` (403).
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,12 +70,13 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub tokens: Family<TokenLabels, Counter>,
-    pub cost_micros: Family<ModelLabels, Counter>,
+    pub cost_micros: Family<CostLabels, Counter>,
     pub ttft: Family<ModelLabels, Histogram>,
     pub duration: Family<ModelLabels, Histogram>,
     pub active_streams: Family<PipelineLabels, Gauge>,
     pub budget_used: Family<ScopeLabels, Gauge<f64, AtomicU64>>,
     pub usage_anomalies: Family<AnomalyLabels, Counter>,
+    pub auth_refusals: Family<AuthLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -85,7 +102,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("sluice");
         let requests = Family::<RequestLabels, Counter>::default();
         let tokens = Family::<TokenLabels, Counter>::default();
-        let cost_micros = Family::<ModelLabels, Counter>::default();
+        let cost_micros = Family::<CostLabels, Counter>::default();
         let ttft = Family::<ModelLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
@@ -95,6 +112,7 @@ impl Metrics {
         let active_streams = Family::<PipelineLabels, Gauge>::default();
         let budget_used = Family::<ScopeLabels, Gauge<f64, AtomicU64>>::default();
         let usage_anomalies = Family::<AnomalyLabels, Counter>::default();
+        let auth_refusals = Family::<AuthLabels, Counter>::default();
         registry.register(
             "requests",
             "Requests by pipeline, model and final status",
@@ -131,8 +149,14 @@ impl Metrics {
             "Provider usage figures that could not be believed, by kind",
             usage_anomalies.clone(),
         );
+        registry.register(
+            "auth_refusals",
+            "Requests refused for their API key: missing, unknown (401) or forbidden (403)",
+            auth_refusals.clone(),
+        );
         Metrics {
             registry,
+            auth_refusals,
             requests,
             tokens,
             cost_micros,

@@ -208,10 +208,12 @@ async fn ledger_semantics_hold_on_postgres() {
         pipeline: "p".into(),
         provider: "x".into(),
         model: "m".into(),
+        api_key: None,
+        team: None,
         reserve_micros: reserve,
         scopes: vec![Scope {
             key: "global".into(),
-            daily_micros: 100,
+            limit_micros: 100,
         }],
     };
     assert_eq!(

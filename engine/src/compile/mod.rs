@@ -5,6 +5,7 @@
 //! [`Catalog`] when there is no error.
 
 pub mod clients;
+mod keys;
 mod pipeline;
 mod settings;
 
@@ -39,6 +40,8 @@ pub struct Catalog {
     pub global_budget: Option<Budget>,
     /// Where budget alerts are posted.
     pub alert_webhook: Option<String>,
+    /// The API keys, and whether requests need one.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// The ledger's default place, relative to the working directory.
@@ -308,9 +311,13 @@ pub fn compile_sources(
     let money = MoneyCx {
         databases: &databases,
         prices: &prices,
-        global_budget: raw_settings
-            .as_ref()
-            .is_some_and(|r| r.budgets.global.is_some()),
+        // A key's or a team's budget, like the global one, may pay for
+        // any pipeline's model.
+        global_budget: raw_settings.as_ref().is_some_and(|r| {
+            r.budgets.global.is_some()
+                || r.keys.values().any(|k| k.value.budget.is_some())
+                || r.teams.values().any(|t| t.value.budget.is_some())
+        }),
     };
     let (storage, alert_webhook) = match &raw_settings {
         Some(raw) => cx.ledger_settings(settings_path, raw),
@@ -353,6 +360,11 @@ pub fn compile_sources(
         }
     }
 
+    let auth = match &raw_settings {
+        Some(raw) => cx.keys(settings_path, raw, &routes),
+        None => crate::auth::Auth::default(),
+    };
+
     let (errors, warnings): (Vec<_>, Vec<_>) = cx.diags.into_iter().partition(|d| d.is_error());
     if errors.is_empty() {
         let mut warnings = warnings;
@@ -364,6 +376,7 @@ pub fn compile_sources(
             storage,
             global_budget,
             alert_webhook,
+            auth: Arc::new(auth),
         })
     } else {
         let mut all = errors;

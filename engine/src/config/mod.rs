@@ -41,6 +41,50 @@ pub struct RawSettings {
     /// SQLite databases that tools query, by name.
     #[serde(default)]
     pub databases: BTreeMap<Spanned<String>, crate::tools::RawDatabase>,
+    /// API keys, by name. With any declared, every request needs one.
+    #[serde(default)]
+    pub keys: BTreeMap<Spanned<String>, Spanned<RawKey>>,
+    /// Teams that keys belong to, by name.
+    #[serde(default)]
+    pub teams: BTreeMap<Spanned<String>, Spanned<RawTeam>>,
+}
+
+/// An API key: `sluice keys new NAME` prints the secret once and this
+/// entry, which holds only the secret's digest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// `sha256:<64 hex digits>`: the digest of the secret.
+    pub hash: Spanned<String>,
+    /// The pipelines this key may call; `["*"]` for every one.
+    pub pipelines: Vec<Spanned<String>>,
+    /// The team it belongs to (declared under `teams`).
+    pub team: Option<Spanned<String>>,
+    /// Who holds it, for people reading the configuration and the logs.
+    pub owner: Option<String>,
+    pub description: Option<String>,
+    pub budget: Option<Spanned<RawKeyBudget>>,
+    /// Whether it may read `/metrics` (default false).
+    pub metrics: Option<Spanned<bool>>,
+}
+
+/// A team: budgets that all its keys share.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTeam {
+    pub description: Option<String>,
+    pub budget: Option<Spanned<RawKeyBudget>>,
+}
+
+/// A key's or a team's budget: per UTC day, per UTC calendar month, or both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyBudget {
+    pub daily_usd: Option<Spanned<f64>>,
+    pub monthly_usd: Option<Spanned<f64>>,
+    /// Fractions of each budget at which an alert fires, e.g. `[0.8, 1.0]`.
+    #[serde(default)]
+    pub alert_at: Vec<Spanned<f64>>,
 }
 
 /// Dollars per million tokens.
@@ -108,6 +152,10 @@ pub struct RawServer {
     /// Connections accepted beyond `max_connections` to answer health
     /// checks and refuse the rest with 503.
     pub reserved_connections: Option<Spanned<u64>>,
+    /// Serve with no API keys on an address other than loopback (default
+    /// false: Sluice refuses to, since anyone reaching it could spend
+    /// every budget).
+    pub allow_unauthenticated: Option<Spanned<bool>>,
 }
 
 /// A provider. `kind` selects the wire format; which other keys apply

@@ -16,6 +16,8 @@ fn refused(request_id: &str) -> Opening {
         pipeline: "p".into(),
         provider: "prov".into(),
         model: "m".into(),
+        api_key: None,
+        team: None,
         reserve_micros: 0,
         scopes: Vec::new(),
     }
@@ -77,7 +79,7 @@ fn budgeted(row: &str, request_id: &str, reserve: Micros) -> Opening {
         reserve_micros: reserve,
         scopes: vec![Scope {
             key: "global".into(),
-            daily_micros: 1_000,
+            limit_micros: 1_000,
         }],
         ..refused(request_id)
     }

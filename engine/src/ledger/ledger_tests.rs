@@ -9,12 +9,14 @@ fn opening(id: &str, reserve: Micros, scopes: &[(&str, Micros)]) -> Opening {
         pipeline: "p".into(),
         provider: "prov".into(),
         model: "m".into(),
+        api_key: None,
+        team: None,
         reserve_micros: reserve,
         scopes: scopes
             .iter()
             .map(|(k, d)| Scope {
                 key: (*k).into(),
-                daily_micros: *d,
+                limit_micros: *d,
             })
             .collect(),
     }

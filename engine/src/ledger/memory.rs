@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use super::report::Row;
-use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend};
+use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend, period};
 
 #[derive(Default)]
 struct State {
@@ -44,6 +44,8 @@ fn new_row(o: &Opening, now: i64, day: &str, status: &str) -> Row {
         usage_anomaly: None,
         cache_read_tokens: 0,
         cache_write_tokens: 0,
+        api_key: o.api_key.clone(),
+        team: o.team.clone(),
     }
 }
 
@@ -69,16 +71,16 @@ impl MemStore {
         for scope in &o.scopes {
             let s = st
                 .budgets
-                .get(&(scope.key.clone(), day.to_string()))
+                .get(&(scope.key.clone(), period(&scope.key, day).to_string()))
                 .copied()
                 .unwrap_or(Spend {
                     spent_micros: 0,
                     reserved_micros: 0,
                 });
-            if o.reserve_micros > scope.daily_micros - s.spent_micros - s.reserved_micros {
+            if o.reserve_micros > scope.limit_micros - s.spent_micros - s.reserved_micros {
                 return Ok(Admit::Exhausted {
                     scope: scope.key.clone(),
-                    daily_micros: scope.daily_micros,
+                    limit_micros: scope.limit_micros,
                     spent_micros: s.spent_micros,
                 });
             }
@@ -86,7 +88,7 @@ impl MemStore {
         for scope in &o.scopes {
             let s = st
                 .budgets
-                .entry((scope.key.clone(), day.to_string()))
+                .entry((scope.key.clone(), period(&scope.key, day).to_string()))
                 .or_insert(Spend {
                     spent_micros: 0,
                     reserved_micros: 0,
@@ -153,7 +155,7 @@ impl MemStore {
         for scope in scopes {
             let b = st
                 .budgets
-                .entry((scope.clone(), day.clone()))
+                .entry((scope.clone(), period(&scope, &day).to_string()))
                 .or_insert(Spend {
                     spent_micros: 0,
                     reserved_micros: 0,
@@ -179,7 +181,10 @@ impl MemStore {
         row.ended_at_ms = Some(now);
         let (day, reserved, scopes) = (row.day.clone(), row.reserved_micros, scopes.clone());
         for scope in scopes {
-            if let Some(b) = st.budgets.get_mut(&(scope, day.clone())) {
+            if let Some(b) = st
+                .budgets
+                .get_mut(&(scope.clone(), period(&scope, &day).to_string()))
+            {
                 b.reserved_micros -= reserved;
                 add(&mut b.spent_micros, reserved);
             }

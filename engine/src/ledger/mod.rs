@@ -17,6 +17,7 @@ mod sqlite_file;
 mod store;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use thiserror::Error;
 
@@ -39,11 +40,26 @@ pub enum LedgerError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-/// A budget a request must fit in: `global` or `pipeline:NAME`.
+/// A budget a request must fit in: `global`, `pipeline:NAME`, `key:NAME`
+/// or `team:NAME` for a UTC day, the same with [`MONTHLY`] appended for a
+/// UTC calendar month.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
     pub key: String,
-    pub daily_micros: Micros,
+    pub limit_micros: Micros,
+}
+
+/// The suffix of a monthly budget's scope (`key:ci@month`).
+pub const MONTHLY: &str = "@month";
+
+/// The period a scope's spend is kept under on `day` (`YYYY-MM-DD`): the
+/// day itself, or its month (`YYYY-MM`) for a monthly scope.
+pub fn period<'a>(scope: &str, day: &'a str) -> &'a str {
+    if scope.ends_with(MONTHLY) {
+        day.get(..7).unwrap_or(day)
+    } else {
+        day
+    }
 }
 
 /// What is known of a request before its provider is called.
@@ -58,6 +74,9 @@ pub struct Opening {
     pub pipeline: String,
     pub provider: String,
     pub model: String,
+    /// The API key that called (its declared name) and its team.
+    pub api_key: Option<String>,
+    pub team: Option<String>,
     /// Upper bound of what the call may cost; reserved on every scope.
     pub reserve_micros: Micros,
     pub scopes: Vec<Scope>,
@@ -70,7 +89,7 @@ pub enum Admit {
     /// The scope that cannot afford the reservation.
     Exhausted {
         scope: String,
-        daily_micros: Micros,
+        limit_micros: Micros,
         spent_micros: Micros,
     },
 }
@@ -117,7 +136,13 @@ pub struct Spend {
 pub struct Ledger {
     store: Store,
     instance: String,
+    /// The time requests are recorded at (their day and month), in unix
+    /// milliseconds; [`CLOCK_SYSTEM`]: the system's.
+    clock: AtomicI64,
 }
+
+/// The ledger's clock follows the system's.
+const CLOCK_SYSTEM: i64 = i64::MIN;
 
 /// A fresh row identity for [`Opening::id`]: a UUIDv7, so that the rows
 /// of one process sort by id in the order they were made (the latest row of
@@ -132,9 +157,30 @@ impl Ledger {
     pub async fn open(url: &str) -> Result<Arc<Ledger>, LedgerError> {
         let store = Store::connect(url).await?;
         let instance = uuid::Uuid::new_v4().simple().to_string();
-        let ledger = Ledger { store, instance };
+        let ledger = Ledger {
+            store,
+            instance,
+            clock: AtomicI64::new(CLOCK_SYSTEM),
+        };
         ledger.heartbeat().await?;
         Ok(Arc::new(ledger))
+    }
+
+    /// The time requests are recorded at, in unix milliseconds: the
+    /// system's, unless [`Ledger::set_clock`] fixed it.
+    pub fn now_ms(&self) -> i64 {
+        match self.clock.load(Ordering::Relaxed) {
+            CLOCK_SYSTEM => money::now_ms(),
+            fixed => fixed,
+        }
+    }
+
+    /// Fixes the time requests are recorded at (None: the system's again),
+    /// so that tests can cross a UTC day or month. Liveness of instances
+    /// (heartbeats, recovery) always uses the system's.
+    pub fn set_clock(&self, ms: Option<i64>) {
+        self.clock
+            .store(ms.unwrap_or(CLOCK_SYSTEM), Ordering::Relaxed);
     }
 
     pub fn backend(&self) -> &'static str {
@@ -158,7 +204,7 @@ impl Ledger {
     /// cannot afford it, nothing is reserved or recorded: the caller may try
     /// a cheaper model, or record the rejection with [`Ledger::record_rejected`].
     pub async fn open_request(&self, o: &Opening) -> Result<Admit, LedgerError> {
-        let now = money::now_ms();
+        let now = self.now_ms();
         self.store
             .open(&self.instance, o, now, &money::utc_day(now))
             .await
@@ -171,7 +217,7 @@ impl Ledger {
         status: &str,
         error_code: &str,
     ) -> Result<(), LedgerError> {
-        let now = money::now_ms();
+        let now = self.now_ms();
         self.store
             .record_rejected(
                 &self.instance,
@@ -194,7 +240,7 @@ impl Ledger {
     /// its limit. A cost above it is charged at the reservation and the row
     /// is flagged (`usage_anomaly`).
     pub async fn settle(&self, id: &str, s: &Settlement) -> Result<Settled, LedgerError> {
-        self.store.settle(id, s, money::now_ms()).await
+        self.store.settle(id, s, self.now_ms()).await
     }
 
     /// The settlement of last resort, for a row whose [`Ledger::settle`]
@@ -203,7 +249,7 @@ impl Ledger {
     /// the settlement that failed, only what the row holds. Returns whether
     /// the row was still pending.
     pub async fn settle_failed(&self, id: &str) -> Result<bool, LedgerError> {
-        self.store.settle_failed(id, money::now_ms()).await
+        self.store.settle_failed(id, self.now_ms()).await
     }
 
     /// Settles every row this instance still has pending as `interrupted`
@@ -225,7 +271,7 @@ impl Ledger {
         threshold_ppm: i64,
     ) -> Result<bool, LedgerError> {
         self.store
-            .claim_alert(scope, day, threshold_ppm, money::now_ms())
+            .claim_alert(scope, day, threshold_ppm, self.now_ms())
             .await
     }
 

@@ -96,6 +96,17 @@ pub fn until_next_utc_midnight(ms: i64) -> Duration {
     Duration::from_millis((86_400_000 - into_day) as u64)
 }
 
+/// Time left until the first day of the next UTC calendar month.
+pub fn until_next_utc_month(ms: i64) -> Duration {
+    let today = ms.div_euclid(86_400_000);
+    // At most 31 steps to the next first of a month.
+    let mut next = today + 1;
+    while civil_from_days(next).2 != 1 {
+        next += 1;
+    }
+    Duration::from_millis((next * 86_400_000 - ms) as u64)
+}
+
 /// Days since 1970-01-01 -> (year, month, day), proleptic Gregorian.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -123,6 +134,19 @@ mod tests {
         assert_eq!(
             until_next_utc_midnight(1_798_761_599_000),
             Duration::from_secs(1)
+        );
+        // 2026-12-31T23:59:59Z, 2027-02-28T00:00:00Z, 2028-02-01T00:00:00Z.
+        assert_eq!(
+            until_next_utc_month(1_798_761_599_000),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            until_next_utc_month(1_803_772_800_000),
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            until_next_utc_month(1_832_976_000_000),
+            Duration::from_secs(29 * 86_400)
         );
     }
 

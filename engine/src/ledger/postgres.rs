@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::report::Row as ReportRow;
 use super::store::*;
-use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend};
+use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend, period};
 
 /// `?` -> `$1, $2, ...` for Postgres. Every statement is a constant of
 /// `store.rs`; values only ever travel as bound parameters.
@@ -52,6 +52,8 @@ macro_rules! report_row {
             usage_anomaly: r.try_get("usage_anomaly")?,
             cache_read_tokens: r.try_get("cache_read_tokens")?,
             cache_write_tokens: r.try_get("cache_write_tokens")?,
+            api_key: r.try_get("api_key")?,
+            team: r.try_get("team")?,
         }
     }};
 }
@@ -107,7 +109,7 @@ pub(super) async fn recover(pool: &PgPool, me: &str, now: i64) -> Result<u64, Le
                 .bind(reserved)
                 .bind(reserved)
                 .bind(scope)
-                .bind(&day)
+                .bind(period(scope, &day))
                 .execute(&mut *tx)
                 .await?;
         }
@@ -182,6 +184,7 @@ pub(super) async fn open(
 ) -> Result<Admit, LedgerError> {
     let mut tx = pool.begin().await?;
     for scope in &o.scopes {
+        let day = period(&scope.key, day);
         sqlx::query(pg(INSERT_BUDGET_DAY))
             .bind(&scope.key)
             .bind(day)
@@ -192,7 +195,7 @@ pub(super) async fn open(
             .bind(&scope.key)
             .bind(day)
             .bind(o.reserve_micros)
-            .bind(scope.daily_micros)
+            .bind(scope.limit_micros)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -206,7 +209,7 @@ pub(super) async fn open(
             tx.rollback().await?;
             return Ok(Admit::Exhausted {
                 scope: scope.key.clone(),
-                daily_micros: scope.daily_micros,
+                limit_micros: scope.limit_micros,
                 spent_micros: spent,
             });
         }
@@ -226,6 +229,8 @@ pub(super) async fn open(
             o.reserve_micros
         })
         .bind(scope_list(o))
+        .bind(&o.api_key)
+        .bind(&o.team)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -253,6 +258,8 @@ pub(super) async fn record_rejected(
         .bind(&o.model)
         .bind(status)
         .bind(error_code)
+        .bind(&o.api_key)
+        .bind(&o.team)
         .execute(pool)
         .await?;
     Ok(())
@@ -310,7 +317,7 @@ pub(super) async fn settle(
             .bind(charged)
             .bind(charged)
             .bind(scope)
-            .bind(&day)
+            .bind(period(scope, &day))
             .fetch_one(&mut *tx)
             .await?;
         spends.push((
@@ -363,7 +370,7 @@ pub(super) async fn end_pending(
             .bind(reserved)
             .bind(reserved)
             .bind(scope)
-            .bind(&day)
+            .bind(period(scope, &day))
             .execute(&mut *tx)
             .await?;
     }

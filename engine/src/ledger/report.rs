@@ -34,6 +34,9 @@ pub struct Row {
     /// Of `prompt_tokens`, read from and written to the prompt cache.
     pub cache_read_tokens: i64,
     pub cache_write_tokens: i64,
+    /// The API key that called (its declared name) and its team.
+    pub api_key: Option<String>,
+    pub team: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +44,8 @@ pub enum GroupBy {
     Pipeline,
     Model,
     Day,
+    Key,
+    Team,
 }
 
 /// Totals of one group.
@@ -87,6 +92,9 @@ pub fn summarize(rows: &[Row], by: GroupBy) -> Vec<Group> {
             GroupBy::Pipeline => r.pipeline.clone(),
             GroupBy::Model => format!("{}/{}", r.provider, r.model),
             GroupBy::Day => r.day.clone(),
+            // Rows of requests made without a key (or a key of no team).
+            GroupBy::Key => r.api_key.clone().unwrap_or_else(|| "-".into()),
+            GroupBy::Team => r.team.clone().unwrap_or_else(|| "-".into()),
         };
         groups.entry(key).or_default().push(r);
     }
@@ -125,6 +133,8 @@ pub fn render_table(groups: &[Group], by: GroupBy) -> String {
         GroupBy::Pipeline => "pipeline",
         GroupBy::Model => "model",
         GroupBy::Day => "day",
+        GroupBy::Key => "key",
+        GroupBy::Team => "team",
     };
     let ms = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
     let mut lines = vec![[
@@ -200,6 +210,8 @@ mod tests {
             usage_anomaly: None,
             cache_read_tokens: 0,
             cache_write_tokens: 0,
+            api_key: None,
+            team: None,
         }
     }
 
@@ -250,6 +262,8 @@ mod extremes {
             usage_anomaly: Some("completion_tokens 18446744073709551615".into()),
             cache_read_tokens: 0,
             cache_write_tokens: 0,
+            api_key: None,
+            team: None,
         };
         // A row written by an older Sluice that wrapped u64::MAX to -1.
         let wrapped = Row {

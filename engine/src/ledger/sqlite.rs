@@ -27,7 +27,7 @@ use super::store::{
     self, INSERT_BUDGET_DAY, INSERT_REJECTED, INSERT_REQUEST, RESERVE, SELECT_SPENT, SETTLE_BUDGET,
     SETTLE_REQUEST, UPSERT_INSTANCE,
 };
-use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend};
+use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend, period};
 
 /// Most operations in one transaction: bounds how long the first of them
 /// waits for the commit.
@@ -272,7 +272,13 @@ impl SqliteStore {
                     .execute(params!["interrupted", "interrupted", now, id])?;
                 for scope in scopes.split(',').filter(|s| !s.is_empty()) {
                     c.prepare_cached(store::SPEND_RESERVATION)?
-                        .execute(params![reserved, reserved, reserved, scope, day])?;
+                        .execute(params![
+                            reserved,
+                            reserved,
+                            reserved,
+                            scope,
+                            period(scope, &day)
+                        ])?;
                 }
             }
             for i in &instances {
@@ -295,24 +301,25 @@ impl SqliteStore {
         let (instance, o, day) = (instance.to_string(), o.clone(), day.to_string());
         self.call(move |c| {
             for scope in &o.scopes {
+                let period = period(&scope.key, &day);
                 c.prepare_cached(INSERT_BUDGET_DAY)?
-                    .execute(params![scope.key, day])?;
+                    .execute(params![scope.key, period])?;
                 // The check and the reservation are one statement: a row
                 // is only updated if it can afford it.
                 let done = c.prepare_cached(RESERVE)?.execute(params![
                     o.reserve_micros,
                     scope.key,
-                    day,
+                    period,
                     o.reserve_micros,
-                    scope.daily_micros
+                    scope.limit_micros
                 ])?;
                 if done == 0 {
                     let spent: i64 = c
                         .prepare_cached(SELECT_SPENT)?
-                        .query_row(params![scope.key, day], |r| r.get(0))?;
+                        .query_row(params![scope.key, period], |r| r.get(0))?;
                     return Ok(Done::Undo(Admit::Exhausted {
                         scope: scope.key.clone(),
-                        daily_micros: scope.daily_micros,
+                        limit_micros: scope.limit_micros,
                         spent_micros: spent,
                     }));
                 }
@@ -333,6 +340,8 @@ impl SqliteStore {
                 o.model,
                 reserved,
                 store::scope_list(&o),
+                o.api_key,
+                o.team,
             ])?;
             Ok(Done::Keep(Admit::Admitted))
         })
@@ -362,7 +371,9 @@ impl SqliteStore {
                 o.provider,
                 o.model,
                 status,
-                error_code
+                error_code,
+                o.api_key,
+                o.team
             ])?;
             Ok(Done::Keep(()))
         })
@@ -413,7 +424,7 @@ impl SqliteStore {
             let mut spends = Vec::new();
             for scope in scopes.split(',').filter(|s| !s.is_empty()) {
                 let spend = c.prepare_cached(SETTLE_BUDGET)?.query_row(
-                    params![reserved, charged, charged, scope, day],
+                    params![reserved, charged, charged, scope, period(scope, &day)],
                     |r| {
                         Ok(Spend {
                             spent_micros: r.get(0)?,
@@ -570,6 +581,8 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
         usage_anomaly: r.get(18)?,
         cache_read_tokens: r.get(19)?,
         cache_write_tokens: r.get(20)?,
+        api_key: r.get(21)?,
+        team: r.get(22)?,
     })
 }
 
@@ -596,7 +609,13 @@ fn end_pending(c: &Connection, id: &str, status: &str, now: i64) -> rusqlite::Re
     }
     for scope in scopes.split(',').filter(|s| !s.is_empty()) {
         c.prepare_cached(store::SPEND_RESERVATION)?
-            .execute(params![reserved, reserved, reserved, scope, day])?;
+            .execute(params![
+                reserved,
+                reserved,
+                reserved,
+                scope,
+                period(scope, &day)
+            ])?;
     }
     Ok(true)
 }

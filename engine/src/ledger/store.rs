@@ -43,11 +43,11 @@ pub(super) const RESERVE: &str = "UPDATE budget_days SET reserved_micros = reser
 pub(super) const SELECT_SPENT: &str =
     "SELECT spent_micros FROM budget_days WHERE scope = ? AND day = ?";
 pub(super) const INSERT_REQUEST: &str = "INSERT INTO requests (id, request_id, instance, \
-     started_at_ms, day, pipeline, provider, model, status, reserved_micros, budget_scopes) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)";
+     started_at_ms, day, pipeline, provider, model, status, reserved_micros, budget_scopes, \
+     api_key, team) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)";
 pub(super) const INSERT_REJECTED: &str = "INSERT INTO requests (id, request_id, instance, \
-     started_at_ms, ended_at_ms, day, pipeline, provider, model, status, error_code, duration_ms) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING";
+     started_at_ms, ended_at_ms, day, pipeline, provider, model, status, error_code, duration_ms, \
+     api_key, team) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT (id) DO NOTHING";
 pub(super) const SELECT_TO_SETTLE: &str =
     "SELECT day, reserved_micros, budget_scopes, status FROM requests WHERE id = ?";
 pub(super) const SELECT_PENDING_OF: &str = "SELECT id FROM requests \
@@ -73,7 +73,8 @@ pub(super) const SELECT_BUDGET: &str =
 /// The `requests` columns of a report row, in [`ReportRow`]'s order.
 const ROW_COLUMNS: &str = "id, started_at_ms, ended_at_ms, day, pipeline, provider, model, status, \
      prompt_tokens, completion_tokens, estimated, reserved_micros, cost_micros, ttft_ms, duration_ms, \
-     tool_calls, error_code, request_id, usage_anomaly, cache_read_tokens, cache_write_tokens";
+     tool_calls, error_code, request_id, usage_anomaly, cache_read_tokens, cache_write_tokens, \
+     api_key, team";
 
 /// The filter of [`select_rows`] for the rows of one request id.
 pub(super) const OF_REQUEST_ID: &str = "request_id = ? ORDER BY started_at_ms, id";

@@ -11,7 +11,9 @@ use super::{RunContext, Tally, Target};
 use crate::budget::Budget;
 use crate::compile::Pipeline;
 use crate::ledger::{Settled, Settlement};
-use crate::metrics::{AnomalyLabels, ModelLabels, RequestLabels, ScopeLabels, TokenLabels};
+use crate::metrics::{
+    AnomalyLabels, CostLabels, ModelLabels, RequestLabels, ScopeLabels, TokenLabels,
+};
 
 /// Tries of a settlement before the row is settled as `settle_failed`,
 /// and the wait before the second (multiplied by four for each next one).
@@ -59,6 +61,7 @@ pub(super) async fn conclude(
     finish: &str,
     error_code: Option<ErrorCode>,
     budgets: &[&Budget],
+    key: &str,
 ) {
     let usage = tally.usage();
     let (anomalies, usage_anomaly) = tally.usage_anomalies();
@@ -100,7 +103,7 @@ pub(super) async fn conclude(
             .as_ref()
             .map(|s| s.day.clone())
             .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| crate::ledger::money::utc_day(crate::ledger::money::now_ms()));
+            .unwrap_or_else(|| crate::ledger::money::utc_day(cx.ledger.now_ms()));
         cx.alerts
             .usage_anomaly(&pipeline.name, &target.model, &day, why)
             .await;
@@ -108,8 +111,8 @@ pub(super) async fn conclude(
     if let Some(settled) = settled {
         for (scope, spend) in &settled.spends {
             if let Some(b) = budgets.iter().find(|b| &b.scope == scope) {
-                if b.daily_micros > 0 {
-                    let ratio = spend.spent_micros as f64 / b.daily_micros as f64;
+                if b.limit_micros > 0 {
+                    let ratio = spend.spent_micros as f64 / b.limit_micros as f64;
                     cx.metrics
                         .budget_used
                         .get_or_create(&ScopeLabels {
@@ -132,6 +135,7 @@ pub(super) async fn conclude(
             pipeline: pipeline.name.clone(),
             model: target.model.clone(),
             status: status.as_str().into(),
+            key: key.to_string(),
         })
         .inc();
     for (kind, n) in [
@@ -143,11 +147,16 @@ pub(super) async fn conclude(
                 pipeline: pipeline.name.clone(),
                 model: target.model.clone(),
                 kind,
+                key: key.to_string(),
             })
             .inc_by(n);
     }
     m.cost_micros
-        .get_or_create(&model)
+        .get_or_create(&CostLabels {
+            pipeline: pipeline.name.clone(),
+            model: target.model.clone(),
+            key: key.to_string(),
+        })
         .inc_by(usage.cost_micros.max(0) as u64);
     if let Some(ttft) = ttft {
         m.ttft.get_or_create(&model).observe(ttft.as_secs_f64());
@@ -161,6 +170,7 @@ pub(super) async fn conclude(
         finish_reason = finish,
         error = error_code.map(ErrorCode::as_str),
         model = %target.model,
+        key = (!key.is_empty()).then_some(key),
         prompt_tokens = usage.prompt_tokens,
         completion_tokens = usage.completion_tokens,
         estimated = usage.estimated,

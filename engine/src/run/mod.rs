@@ -42,10 +42,11 @@ pub use events::{
 use stream::{Ending, Out};
 
 use crate::alerts::Alerts;
+use crate::auth::ApiKey;
 use crate::budget::{self, Budget, OnExhausted};
 use crate::compile::Pipeline;
 use crate::compile::clients::SystemRule;
-use crate::ledger::money::{format_usd, until_next_utc_midnight};
+use crate::ledger::money::{format_usd, until_next_utc_midnight, until_next_utc_month};
 use crate::ledger::{Admit, Ledger, Opening, Price, new_row_id};
 use crate::metrics::{Metrics, PipelineLabels, RequestLabels};
 use crate::provider::{FinishReason, Message, Params, Provider, ProviderError, Role, ToolSpec};
@@ -66,6 +67,9 @@ pub struct RunRequest {
     /// Tools the client brought: offered to the model beside the
     /// pipeline's, and their calls go back to the client.
     pub tools: Vec<ToolSpec>,
+    /// The API key that called (none when no key is declared): its
+    /// budgets apply, and the ledger row and metrics name it.
+    pub caller: Option<Arc<ApiKey>>,
 }
 
 /// What every model call of a request sends besides its messages.
@@ -240,6 +244,7 @@ pub async fn record_invalid(
     pipeline: &Pipeline,
     request_id: &str,
     error_code: &str,
+    caller: Option<&ApiKey>,
 ) {
     let opening = Opening {
         id: new_row_id(),
@@ -247,6 +252,8 @@ pub async fn record_invalid(
         pipeline: pipeline.name.clone(),
         provider: pipeline.provider_name.clone(),
         model: pipeline.model.clone(),
+        api_key: caller.map(|k| k.name.clone()),
+        team: caller.and_then(|k| k.team.clone()),
         reserve_micros: 0,
         scopes: Vec::new(),
     };
@@ -263,6 +270,7 @@ pub async fn record_invalid(
             pipeline: pipeline.name.clone(),
             model: pipeline.model.clone(),
             status: "invalid_request".into(),
+            key: caller.map(|k| k.name.clone()).unwrap_or_default(),
         })
         .inc();
 }
@@ -356,6 +364,7 @@ async fn open_in_ledger(
     max_tokens: u32,
     choices: u32,
     budgets: &[&Budget],
+    caller: Option<&ApiKey>,
 ) -> Result<Target, Rejection> {
     let mut target = Target {
         provider_name: pipeline.provider_name.clone(),
@@ -398,6 +407,8 @@ async fn open_in_ledger(
             pipeline: pipeline.name.clone(),
             provider: target.provider_name.clone(),
             model: target.model.clone(),
+            api_key: caller.map(|k| k.name.clone()),
+            team: caller.and_then(|k| k.team.clone()),
             reserve_micros: reserve,
             scopes: scopes.clone(),
         };
@@ -405,9 +416,9 @@ async fn open_in_ledger(
             Ok(Admit::Admitted) => return Ok(target),
             Ok(Admit::Exhausted {
                 scope,
-                daily_micros,
+                limit_micros,
                 spent_micros,
-            }) => (scope, daily_micros, spent_micros),
+            }) => (scope, limit_micros, spent_micros),
             Err(e) => {
                 // No row, no call: spend that cannot be recorded is not made.
                 error!(error = %e, "cannot record the request in the ledger; refusing it");
@@ -443,11 +454,18 @@ async fn open_in_ledger(
         {
             warn!(error = %e, "cannot record a budget rejection");
         }
-        let retry_after = until_next_utc_midnight(crate::ledger::money::now_ms());
+        let now = cx.ledger.now_ms();
+        let monthly = scope.ends_with(crate::ledger::MONTHLY);
+        let (retry_after, period) = if monthly {
+            (until_next_utc_month(now), "this month")
+        } else {
+            (until_next_utc_midnight(now), "today")
+        };
+        let name = scope.strip_suffix(crate::ledger::MONTHLY).unwrap_or(&scope);
         let mut r = Rejection::new(
             ErrorCode::BudgetExhausted,
             format!(
-                "the {scope} budget of ${} for today (UTC) cannot afford this request: ${} spent",
+                "the {name} budget of ${} for {period} (UTC) cannot afford this request: ${} spent",
                 format_usd(daily),
                 format_usd(spent)
             ),
@@ -508,6 +526,7 @@ async fn run(
                 &pipeline,
                 &req.request_id,
                 "token_ceiling",
+                req.caller.as_deref(),
             ))
             .await;
             let _ = admit.send(Admission::Rejected(r));
@@ -529,6 +548,7 @@ async fn run(
                 &pipeline,
                 &req.request_id,
                 "token_ceiling",
+                req.caller.as_deref(),
             ))
             .await;
             let _ = admit.send(Admission::Rejected(r));
@@ -536,10 +556,12 @@ async fn run(
         }
         max_tokens = max_tokens.min(u32::try_from(share).unwrap_or(u32::MAX));
     }
+    let caller = req.caller.as_deref();
     let budgets: Vec<&Budget> = pipeline
         .budget
         .iter()
         .chain(cx.global_budget.iter())
+        .chain(caller.iter().flat_map(|k| k.budgets.iter()))
         .collect();
 
     // The futures of admission, phase 1 and settlement are boxed: this
@@ -562,6 +584,7 @@ async fn run(
         max_tokens,
         choices,
         &budgets,
+        caller,
     ))
     .await
     {
@@ -579,6 +602,7 @@ async fn run(
                     pipeline: pipeline.name.clone(),
                     model: pipeline.model.clone(),
                     status: status.as_str().into(),
+                    key: caller.map(|k| k.name.clone()).unwrap_or_default(),
                 })
                 .inc();
             let _ = admit.send(Admission::Rejected(rejection));
@@ -627,6 +651,7 @@ async fn run(
         &finish,
         error,
         &budgets,
+        caller.map_or("", |k| k.name.as_str()),
     ))
     .await;
 }

@@ -10,6 +10,8 @@
 //! events assembled into one `message` ([`Assembled`]), so the two cannot
 //! disagree.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -20,6 +22,7 @@ use super::anthropic_request::{self, Endpoint, MessagesRequest};
 use super::openai_compat::check_with_pipeline;
 use super::sse::EventBody;
 use super::{ResponseBody, Shared, json_response, read_json_body};
+use crate::auth::ApiKey;
 use crate::run::{
     self, Admission, ErrorCode, Event, EventReceiver, RunRequest, ToolCallDelta, UsageReport,
 };
@@ -99,6 +102,7 @@ async fn read(
     req: Request<Incoming>,
     request_id: &str,
     endpoint: Endpoint,
+    caller: Option<&ApiKey>,
 ) -> Result<(MessagesRequest, std::sync::Arc<crate::compile::Pipeline>), Response<ResponseBody>> {
     let body = read_json_body(
         req,
@@ -109,6 +113,9 @@ async fn read(
     .map_err(|e| anthropic_error(e.status(), &e.to_string(), request_id))?;
     let msg = anthropic_request::parse(&body, endpoint)
         .map_err(|e| anthropic_error(StatusCode::BAD_REQUEST, &e.message, request_id))?;
+    super::auth::may_call(caller, &msg.model).map_err(|denied| {
+        super::auth::refuse(shared, denied, super::auth::Api::Anthropic, request_id)
+    })?;
     let Some(pipeline) = shared.pipelines.get(&msg.model).cloned() else {
         return Err(anthropic_error(
             StatusCode::NOT_FOUND,
@@ -127,7 +134,14 @@ async fn read(
         &msg.messages,
         &|i| format!("tools[{i}].name"),
     ) {
-        run::record_invalid(&shared.run, &pipeline, request_id, "invalid_request").await;
+        run::record_invalid(
+            &shared.run,
+            &pipeline,
+            request_id,
+            "invalid_request",
+            caller,
+        )
+        .await;
         let message = match &e.param {
             Some(p) if !e.message.starts_with(p.as_str()) => format!("{p}: {}", e.message),
             _ => e.message,
@@ -139,7 +153,14 @@ async fn read(
         ));
     }
     if let Some(message) = thinking_over_ceiling(&msg, &pipeline) {
-        run::record_invalid(&shared.run, &pipeline, request_id, "invalid_request").await;
+        run::record_invalid(
+            &shared.run,
+            &pipeline,
+            request_id,
+            "invalid_request",
+            caller,
+        )
+        .await;
         return Err(anthropic_error(
             StatusCode::BAD_REQUEST,
             &message,
@@ -191,16 +212,26 @@ pub(super) async fn messages(
     shared: &Shared,
     req: Request<Incoming>,
     request_id: &str,
+    caller: Option<Arc<ApiKey>>,
 ) -> Response<ResponseBody> {
-    with_request_id(answer(shared, req, request_id).await, request_id)
+    with_request_id(answer(shared, req, request_id, caller).await, request_id)
 }
 
 async fn answer(
     shared: &Shared,
     req: Request<Incoming>,
     request_id: &str,
+    caller: Option<Arc<ApiKey>>,
 ) -> Response<ResponseBody> {
-    let (msg, pipeline) = match read(shared, req, request_id, Endpoint::Messages).await {
+    let (msg, pipeline) = match read(
+        shared,
+        req,
+        request_id,
+        Endpoint::Messages,
+        caller.as_deref(),
+    )
+    .await
+    {
         Ok(v) => v,
         Err(resp) => return resp,
     };
@@ -213,6 +244,7 @@ async fn answer(
             max_tokens: msg.max_tokens,
             params: msg.params,
             tools: msg.tools,
+            caller,
         },
     );
     let rx = match admission.await {
@@ -276,8 +308,17 @@ pub(super) async fn count_tokens(
     shared: &Shared,
     req: Request<Incoming>,
     request_id: &str,
+    caller: Option<Arc<ApiKey>>,
 ) -> Response<ResponseBody> {
-    let resp = match read(shared, req, request_id, Endpoint::CountTokens).await {
+    let resp = match read(
+        shared,
+        req,
+        request_id,
+        Endpoint::CountTokens,
+        caller.as_deref(),
+    )
+    .await
+    {
         Err(resp) => resp,
         Ok((msg, pipeline)) => {
             let mut prompt = Vec::with_capacity(msg.messages.len() + 1);

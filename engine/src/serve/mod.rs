@@ -6,6 +6,7 @@
 
 mod anthropic_compat;
 mod anthropic_request;
+mod auth;
 mod conn;
 mod openai_compat;
 mod openai_request;
@@ -92,6 +93,8 @@ impl http_body::Body for ResponseBody {
 /// State shared by all connections.
 struct Shared {
     pipelines: std::collections::BTreeMap<String, Arc<Pipeline>>,
+    /// The API keys, and whether requests need one.
+    auth: Arc<crate::auth::Auth>,
     settings: ServerSettings,
     run: Arc<RunContext>,
     /// Connections served at once (`max_connections`, or derived from the
@@ -164,12 +167,27 @@ async fn route(
 ) -> Response<ResponseBody> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    match path.as_str() {
-        "/healthz" => match method {
+    if path == "/healthz" {
+        return match method {
             Method::GET | Method::HEAD => json_response(StatusCode::OK, json!({"status": "ok"})),
             _ => method_not_allowed("GET", request_id),
-        },
+        };
+    }
+    // Every route but the liveness probe needs a key once keys are declared.
+    let api = match path.as_str() {
+        "/v1/chat/completions" | "/v1/models" => auth::Api::OpenAi,
+        p if p.starts_with("/v1/messages") => auth::Api::Anthropic,
+        _ => auth::Api::Native,
+    };
+    let caller = match auth::authenticate(&shared.auth, req.headers()) {
+        Ok(c) => c,
+        Err(denied) => return auth::refuse(shared, denied, api, request_id),
+    };
+    match path.as_str() {
         "/metrics" => match method {
+            _ if caller.as_ref().is_some_and(|k| !k.metrics) => {
+                auth::refuse(shared, auth::Denied::Forbidden, api, request_id)
+            }
             Method::GET => {
                 let mut resp = Response::new(ResponseBody::Full(Full::new(Bytes::from(
                     shared.run.metrics.encode(),
@@ -185,27 +203,30 @@ async fn route(
             _ => method_not_allowed("GET", request_id),
         },
         "/v1/chat/completions" => match method {
-            Method::POST => openai_compat::chat_completions(shared, req, request_id).await,
+            Method::POST => openai_compat::chat_completions(shared, req, request_id, caller).await,
             _ => method_not_allowed("POST", request_id),
         },
         "/v1/messages" => match method {
-            Method::POST => anthropic_compat::messages(shared, req, request_id).await,
+            Method::POST => anthropic_compat::messages(shared, req, request_id, caller).await,
             _ => method_not_allowed("POST", request_id),
         },
         "/v1/messages/count_tokens" => match method {
-            Method::POST => anthropic_compat::count_tokens(shared, req, request_id).await,
+            Method::POST => anthropic_compat::count_tokens(shared, req, request_id, caller).await,
             _ => method_not_allowed("POST", request_id),
         },
         "/v1/models" => match method {
-            Method::GET => openai_compat::models(shared),
+            Method::GET => openai_compat::models(shared, caller.as_deref()),
             _ => method_not_allowed("GET", request_id),
         },
         "/v1/pipelines" => match method {
-            Method::GET => list_pipelines(shared),
+            Method::GET => list_pipelines(shared, caller.as_deref()),
             _ => method_not_allowed("GET", request_id),
         },
         p if p.starts_with("/v1/pipelines/") => {
             let name = &p["/v1/pipelines/".len()..];
+            if let Err(denied) = auth::may_call(caller.as_deref(), name) {
+                return auth::refuse(shared, denied, api, request_id);
+            }
             let Some(pipeline) = shared.pipelines.get(name).cloned() else {
                 return error_response(
                     StatusCode::NOT_FOUND,
@@ -218,7 +239,7 @@ async fn route(
             if method != Method::POST {
                 return method_not_allowed("POST", request_id);
             }
-            call_pipeline(shared, pipeline, req, request_id).await
+            call_pipeline(shared, pipeline, req, request_id, caller).await
         }
         _ => error_response(
             StatusCode::NOT_FOUND,
@@ -230,10 +251,11 @@ async fn route(
     }
 }
 
-fn list_pipelines(shared: &Shared) -> Response<ResponseBody> {
+fn list_pipelines(shared: &Shared, caller: Option<&crate::auth::ApiKey>) -> Response<ResponseBody> {
     let list: Vec<_> = shared
         .pipelines
         .values()
+        .filter(|p| auth::lists(caller, &p.name))
         .map(|p| {
             json!({
                 "name": p.name,
@@ -259,6 +281,7 @@ async fn call_pipeline(
     pipeline: Arc<Pipeline>,
     req: Request<Incoming>,
     request_id: &str,
+    caller: Option<Arc<crate::auth::ApiKey>>,
 ) -> Response<ResponseBody> {
     let body = match read_json_body(
         req,
@@ -269,14 +292,28 @@ async fn call_pipeline(
     {
         Ok(b) => b,
         Err(e) => {
-            run::record_invalid(&shared.run, &pipeline, request_id, e.code()).await;
+            run::record_invalid(
+                &shared.run,
+                &pipeline,
+                request_id,
+                e.code(),
+                caller.as_deref(),
+            )
+            .await;
             return error_response(e.status(), e.code(), &e.to_string(), None, request_id);
         }
     };
     let call = match request::parse(&body) {
         Ok(c) => c,
         Err(Invalid { field, message }) => {
-            run::record_invalid(&shared.run, &pipeline, request_id, "invalid_request").await;
+            run::record_invalid(
+                &shared.run,
+                &pipeline,
+                request_id,
+                "invalid_request",
+                caller.as_deref(),
+            )
+            .await;
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
@@ -297,6 +334,7 @@ async fn call_pipeline(
             request_id: request_id.to_string(),
             messages: call.messages,
             max_tokens: call.max_tokens,
+            caller,
             ..RunRequest::default()
         },
     );

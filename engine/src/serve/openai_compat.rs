@@ -5,6 +5,8 @@
 //! error shape; a failure after the stream started is a `data:` event with
 //! an `error` object, which the SDKs raise.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, BytesMut};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -13,6 +15,7 @@ use serde_json::{Value, json};
 use super::openai_request::{self, Invalid, invalid};
 use super::sse::EventBody;
 use super::{ResponseBody, Shared, json_response, read_json_body};
+use crate::auth::ApiKey;
 use crate::compile::Pipeline;
 use crate::provider::{Message, Params, ToolChoice, ToolSpec};
 use crate::run::{
@@ -35,10 +38,11 @@ fn openai_error(
 }
 
 /// `GET /v1/models`: the pipelines, as OpenAI models.
-pub(super) fn models(shared: &Shared) -> Response<ResponseBody> {
+pub(super) fn models(shared: &Shared, caller: Option<&ApiKey>) -> Response<ResponseBody> {
     let data: Vec<Value> = shared
         .pipelines
         .keys()
+        .filter(|name| super::auth::lists(caller, name))
         .map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "sluice"}))
         .collect();
     json_response(StatusCode::OK, json!({"object": "list", "data": data}))
@@ -157,6 +161,7 @@ pub(super) async fn chat_completions(
     shared: &Shared,
     req: Request<Incoming>,
     request_id: &str,
+    caller: Option<Arc<ApiKey>>,
 ) -> Response<ResponseBody> {
     let body = match read_json_body(
         req,
@@ -188,6 +193,9 @@ pub(super) async fn chat_completions(
             );
         }
     };
+    if let Err(denied) = super::auth::may_call(caller.as_deref(), &chat.model) {
+        return super::auth::refuse(shared, denied, super::auth::Api::OpenAi, request_id);
+    }
     let Some(pipeline) = shared.pipelines.get(&chat.model).cloned() else {
         return openai_error(
             StatusCode::NOT_FOUND,
@@ -207,6 +215,7 @@ pub(super) async fn chat_completions(
         max_tokens: chat.max_tokens,
         params: chat.params,
         tools: chat.tools,
+        caller,
     };
     if let Err(e) = check_with_pipeline(
         shared,
@@ -216,7 +225,14 @@ pub(super) async fn chat_completions(
         &run_request.messages,
         &|i| format!("tools[{i}].function.name"),
     ) {
-        run::record_invalid(&shared.run, &pipeline, request_id, "invalid_request").await;
+        run::record_invalid(
+            &shared.run,
+            &pipeline,
+            request_id,
+            "invalid_request",
+            run_request.caller.as_deref(),
+        )
+        .await;
         return openai_error(
             StatusCode::BAD_REQUEST,
             &e.message,

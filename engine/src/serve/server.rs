@@ -30,10 +30,25 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
+/// Safe by default: with no API key declared, anyone who reaches the port
+/// can spend every budget, so Sluice serves only on a loopback address
+/// unless `server.allow_unauthenticated: true` says otherwise.
+fn exposure_allowed(auth: &crate::auth::Auth, addr: SocketAddr) -> anyhow::Result<()> {
+    if auth.required() || addr.ip().is_loopback() || auth.allow_unauthenticated {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {addr} with no API keys: anyone who can reach it could spend every budget. \
+         Declare keys in settings.yaml (`sluice keys new NAME` makes one), listen on a loopback address \
+         (127.0.0.1), or set server.allow_unauthenticated: true if something in front of Sluice authenticates"
+    )
+}
+
 impl Server {
     /// Opens the ledger (recovering requests a dead instance left pending)
     /// and binds `addr` (use port 0 for any free port).
     pub async fn bind(catalog: Catalog, addr: SocketAddr) -> anyhow::Result<Server> {
+        exposure_allowed(&catalog.auth, addr)?;
         let ledger = Ledger::open(&catalog.storage)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the ledger: {e}"))?;
@@ -77,6 +92,7 @@ impl Server {
             listener,
             shared: Arc::new(Shared {
                 pipelines: catalog.pipelines,
+                auth: catalog.auth,
                 settings: catalog.server,
                 run,
                 max_connections,
