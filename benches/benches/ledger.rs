@@ -34,6 +34,7 @@ fn opening() -> Opening {
         model: "bench-model".into(),
         api_key: None,
         team: None,
+        rates: Vec::new(),
         reserve_micros: 700,
         scopes: vec![Scope {
             key: "pipeline:bench".into(),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::budget::Budget;
+use crate::budget::{Budget, RateLimit};
 
 /// What a digest looks like in the configuration.
 pub const HASH_PREFIX: &str = "sha256:";
@@ -37,6 +37,8 @@ pub struct ApiKey {
     pub pipelines: Access,
     /// The key's own budgets, then its team's.
     pub budgets: Vec<Budget>,
+    /// The key's own rate limit, then its team's.
+    pub rate_limits: Vec<RateLimit>,
     /// Whether it may read `/metrics`.
     pub metrics: bool,
 }
@@ -168,6 +170,7 @@ mod tests {
             owner: None,
             pipelines: Access::All,
             budgets: Vec::new(),
+            rate_limits: Vec::new(),
             metrics: false,
         })
     }
@@ -219,6 +222,7 @@ mod tests {
             owner: None,
             pipelines: Access::Only(BTreeSet::from(["a".to_string()])),
             budgets: Vec::new(),
+            rate_limits: Vec::new(),
             metrics: false,
         };
         assert!(k.may_call("a") && !k.may_call("b"));

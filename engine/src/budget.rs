@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{Diagnostic, RawBudget, RawKeyBudget, RawModel, RawPrice, Spanned};
+use crate::config::{
+    Diagnostic, RawBudget, RawKeyBudget, RawModel, RawPrice, RawRateLimit, Spanned,
+};
 use crate::ledger::money::usd_to_micros;
+use crate::ledger::rate::{REQUESTS, RateCharge, TOKENS};
 use crate::ledger::{Micros, Price, Scope};
 use crate::provider::Provider;
 use crate::tokens;
@@ -267,4 +270,75 @@ pub fn compile_key_budget(
         }
     }
     ok.then_some(out)
+}
+
+/// Requests and tokens per minute of one scope (`pipeline:NAME`,
+/// `key:NAME`, `team:NAME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub scope: String,
+    pub requests_per_minute: Option<i64>,
+    pub tokens_per_minute: Option<i64>,
+}
+
+impl RateLimit {
+    /// What a request that may use up to `tokens` takes from each bucket.
+    pub fn charges(&self, tokens: i64) -> impl Iterator<Item = RateCharge> + '_ {
+        let requests = self.requests_per_minute.map(|per_minute| RateCharge {
+            bucket: format!("{}{REQUESTS}", self.scope),
+            per_minute,
+            amount: 1,
+        });
+        let tokens = self.tokens_per_minute.map(|per_minute| RateCharge {
+            bucket: format!("{}{TOKENS}", self.scope),
+            per_minute,
+            amount: tokens,
+        });
+        requests.into_iter().chain(tokens)
+    }
+}
+
+/// The most a limit may be: its bucket, in minute-milliseconds, must fit
+/// an i64 with room to spare.
+const RATE_MAX: f64 = 1e12;
+
+pub fn compile_rate_limit(
+    file: &Path,
+    raw: &Spanned<RawRateLimit>,
+    scope: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<RateLimit> {
+    let mut ok = true;
+    let mut get = |v: &Option<Spanned<f64>>, what: &str| {
+        let v = v.as_ref()?;
+        if v.value >= 1.0 && v.value <= RATE_MAX && v.value.fract() == 0.0 {
+            Some(v.value as i64)
+        } else {
+            diags.push(Diagnostic::error(
+                file,
+                v.pos,
+                format!(
+                    "{what} must be a whole number between 1 and 1000000000000, found {}",
+                    v.value
+                ),
+            ));
+            ok = false;
+            None
+        }
+    };
+    let requests_per_minute = get(&raw.requests_per_minute, "requests_per_minute");
+    let tokens_per_minute = get(&raw.tokens_per_minute, "tokens_per_minute");
+    if raw.requests_per_minute.is_none() && raw.tokens_per_minute.is_none() {
+        diags.push(Diagnostic::error(
+            file,
+            raw.pos,
+            "a rate_limit needs requests_per_minute, tokens_per_minute or both",
+        ));
+        return None;
+    }
+    ok.then(|| RateLimit {
+        scope: scope.to_string(),
+        requests_per_minute,
+        tokens_per_minute,
+    })
 }

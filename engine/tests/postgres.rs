@@ -108,13 +108,19 @@ fn start_instance(dir: &std::path::Path) -> Instance {
 }
 
 fn post(addr: &str) -> u16 {
+    post_as(addr, None)
+}
+
+/// A request to `chat`, with `key` as its bearer token if given.
+fn post_as(addr: &str, key: Option<&str>) -> u16 {
     use std::io::{Read, Write};
     let body = r#"{"input":"hi","stream":false}"#;
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "POST /v1/pipelines/chat HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /v1/pipelines/chat HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -195,6 +201,94 @@ async fn two_instances_on_one_postgres_never_spend_past_a_shared_budget() {
     let _ = PathBuf::new();
 }
 
+/// Two instances on one Postgres share one key's rate limit and another
+/// key's budget: the pair admits the limit once, not once each, and the
+/// budget is never passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_a_keys_rate_limit_and_a_keys_budget() {
+    let Some((admin_url, url, name)) = fresh_database().await else {
+        return;
+    };
+    let mock = MockProvider::start(Script::single(Reply::text(&[" word"; 100])))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("sluice-pg-keys-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = |_| sluice::auth::new_secret().unwrap();
+    let (rated, budgeted) = (secret(0), secret(1));
+    let hash = |s: &str| sluice::auth::format_hash(&sluice::auth::digest(s));
+    std::fs::write(
+        dir.join("settings.yaml"),
+        format!(
+            "storage: \"{url}\"\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\nkeys:\n  rated: {{hash: \"{}\", pipelines: [chat], rate_limit: {{requests_per_minute: 40}}}}\n  budgeted: {{hash: \"{}\", pipelines: [chat], budget: {{daily_usd: 0.0232}}}}\n",
+            mock.base_url(),
+            hash(&rated),
+            hash(&budgeted)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("chat.yaml"),
+        "name: chat\nmodel: {provider: mock, name: gpt-4o-mini}\nsystem: Be brief.\nlimits: {max_tokens: 100}\n",
+    )
+    .unwrap();
+    let a = start_instance(&dir);
+    let b = start_instance(&dir);
+    let addrs = [a.addr.clone(), b.addr.clone()];
+    let started = std::time::Instant::now();
+    let mut threads = Vec::new();
+    for i in 0..400 {
+        let addr = addrs[i % 2].clone();
+        let key = if i % 4 < 2 {
+            rated.clone()
+        } else {
+            budgeted.clone()
+        };
+        threads.push(std::thread::spawn(move || {
+            (i % 4 < 2, post_as(&addr, Some(&key)))
+        }));
+    }
+    let results: Vec<(bool, u16)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let elapsed_ms = started.elapsed().as_millis() as usize;
+    drop(a);
+    drop(b);
+    let count = |rated: bool, status: u16| {
+        results
+            .iter()
+            .filter(|(r, s)| *r == rated && *s == status)
+            .count()
+    };
+    let rated_ok = count(true, 200);
+    assert_eq!(rated_ok + count(true, 429), 200, "{results:?}");
+    // A bucket of 40 a minute, full at the start: 40 at once, then one per
+    // 1.5 s of the run. Each instance counting alone would admit 80.
+    let bound = 40 + elapsed_ms * 40 / 60_000;
+    println!(
+        "postgres, two instances: rate limit 40/min admitted {rated_ok} in {elapsed_ms} ms (bound {bound})"
+    );
+    assert!(
+        (40..=bound).contains(&rated_ok),
+        "admitted {rated_ok}, bound {bound}"
+    );
+    let budget_ok = count(false, 200);
+    assert_eq!(budget_ok + count(false, 429), 200);
+    let ledger = Ledger::open(&url).await.unwrap();
+    let spend = ledger
+        .spend("key:budgeted", &money::utc_day(money::now_ms()))
+        .await
+        .unwrap();
+    println!(
+        "postgres, two instances: key budget 23200 µ$, spent {} µ$, admitted {budget_ok}",
+        spend.spent_micros
+    );
+    assert!(spend.spent_micros <= 23_200, "overshoot: {spend:?}");
+    assert!(budget_ok >= 50, "only {budget_ok} admitted");
+    assert_eq!(mock.journal().request_count(), rated_ok + budget_ok);
+    ledger.close().await;
+    drop_database(&admin_url, &name).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn ledger_semantics_hold_on_postgres() {
     let Some((admin_url, url, name)) = fresh_database().await else {
@@ -210,6 +304,7 @@ async fn ledger_semantics_hold_on_postgres() {
         model: "m".into(),
         api_key: None,
         team: None,
+        rates: Vec::new(),
         reserve_micros: reserve,
         scopes: vec![Scope {
             key: "global".into(),

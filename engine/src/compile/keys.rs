@@ -17,7 +17,8 @@ impl Cx {
         raw: &RawSettings,
         routes: &BTreeMap<String, (PathBuf, Pos)>,
     ) -> Auth {
-        let mut teams: BTreeMap<&str, Vec<Budget>> = BTreeMap::new();
+        let mut teams: BTreeMap<&str, (Vec<Budget>, Option<crate::budget::RateLimit>)> =
+            BTreeMap::new();
         for (name, team) in &raw.teams {
             if !auth::valid_name(&name.value) {
                 self.bad_name(file, name, "team");
@@ -29,7 +30,13 @@ impl Cx {
                 }
                 None => Vec::new(),
             };
-            teams.insert(&name.value, budgets);
+            let scope = format!("team:{}", name.value);
+            let rate = team
+                .value
+                .rate_limit
+                .as_ref()
+                .and_then(|r| budget::compile_rate_limit(file, r, &scope, &mut self.diags));
+            teams.insert(&name.value, (budgets, rate));
         }
         let mut keys: HashMap<[u8; 32], Arc<ApiKey>> = HashMap::new();
         let mut names_by_hash: HashMap<[u8; 32], &str> = HashMap::new();
@@ -66,9 +73,19 @@ impl Cx {
                 }
                 None => Vec::new(),
             };
+            let scope = format!("key:{}", name.value);
+            let mut rate_limits: Vec<_> = key
+                .rate_limit
+                .as_ref()
+                .and_then(|r| budget::compile_rate_limit(file, r, &scope, &mut self.diags))
+                .into_iter()
+                .collect();
             if let Some(team) = &key.team {
                 match teams.get(team.value.as_str()) {
-                    Some(team_budgets) => budgets.extend(team_budgets.iter().cloned()),
+                    Some((team_budgets, team_rate)) => {
+                        budgets.extend(team_budgets.iter().cloned());
+                        rate_limits.extend(team_rate.iter().cloned());
+                    }
                     None => {
                         let hint = crate::config::diag::suggest(&team.value, teams.keys().copied())
                             .map(|s| format!(" (did you mean \"{s}\"?)"))
@@ -93,6 +110,7 @@ impl Cx {
                         owner: key.owner.clone(),
                         pipelines,
                         budgets,
+                        rate_limits,
                         metrics: key.metrics.as_ref().is_some_and(|m| m.value),
                     }),
                 );

@@ -113,6 +113,8 @@ pub struct Pipeline {
     /// The model's price; always set when any budget applies.
     pub price: Option<Price>,
     pub budget: Option<Budget>,
+    /// Requests and tokens per minute, whoever calls.
+    pub rate_limit: Option<crate::budget::RateLimit>,
     /// Tried in order after the pipeline's own model failed every retry.
     pub fallbacks: Vec<ModelRef>,
     pub retries: RetryPolicy,

@@ -425,6 +425,15 @@ impl Cx {
         }
         let clients = self.client_rules(file, raw.clients, raw.model.temperature.as_ref());
         ok &= clients.is_some();
+        let rate_limit = match &raw.rate_limit {
+            Some(r) => {
+                let scope = format!("pipeline:{}", raw.name.value);
+                let compiled = budget::compile_rate_limit(file, r, &scope, &mut self.diags);
+                ok &= compiled.is_some();
+                compiled
+            }
+            None => None,
+        };
         let provider = provider?;
         if let Some(w) = &provider.missing_key
             && !self.diags.contains(w)
@@ -437,6 +446,7 @@ impl Cx {
         Some(Pipeline {
             price,
             budget,
+            rate_limit,
             fallbacks,
             retries,
             tools,

@@ -64,6 +64,7 @@ pub struct RawKey {
     pub owner: Option<String>,
     pub description: Option<String>,
     pub budget: Option<Spanned<RawKeyBudget>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
     /// Whether it may read `/metrics` (default false).
     pub metrics: Option<Spanned<bool>>,
 }
@@ -74,6 +75,18 @@ pub struct RawKey {
 pub struct RawTeam {
     pub description: Option<String>,
     pub budget: Option<Spanned<RawKeyBudget>>,
+    /// Shared by all the team's keys together.
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+}
+
+/// Requests and tokens per minute, shared by every instance on one ledger.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests_per_minute: Option<Spanned<f64>>,
+    /// Prompt and completion tokens; a request takes its worst case
+    /// (prompt + max_tokens) and gives back what it did not use.
+    pub tokens_per_minute: Option<Spanned<f64>>,
 }
 
 /// A key's or a team's budget: per UTC day, per UTC calendar month, or both.
@@ -186,6 +199,8 @@ pub struct RawPipeline {
     #[serde(default)]
     pub timeouts: RawTimeouts,
     pub budget: Option<Spanned<RawBudget>>,
+    /// Requests and tokens per minute, whoever calls.
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
     /// Retries of a failed call, before the first byte reaches the client.
     pub retries: Option<Spanned<RawRetries>>,
     /// Models tried in order when the pipeline's own model keeps failing.

@@ -18,6 +18,7 @@ fn refused(request_id: &str) -> Opening {
         model: "m".into(),
         api_key: None,
         team: None,
+        rates: Vec::new(),
         reserve_micros: 0,
         scopes: Vec::new(),
     }

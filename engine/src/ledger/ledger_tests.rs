@@ -11,6 +11,7 @@ fn opening(id: &str, reserve: Micros, scopes: &[(&str, Micros)]) -> Opening {
         model: "m".into(),
         api_key: None,
         team: None,
+        rates: Vec::new(),
         reserve_micros: reserve,
         scopes: scopes
             .iter()

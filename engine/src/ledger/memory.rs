@@ -7,13 +7,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use super::report::Row;
-use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend, period};
+use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend, period, rate};
 
 #[derive(Default)]
 struct State {
     requests: HashMap<String, (Row, String, Vec<String>)>,
     budgets: BTreeMap<(String, String), Spend>,
     alerts: BTreeSet<(String, String, i64)>,
+    buckets: HashMap<String, rate::BucketState>,
+    /// Each pending request's token buckets and the tokens it took.
+    rates: HashMap<String, (Vec<String>, i64)>,
 }
 
 #[derive(Default)]
@@ -67,7 +70,28 @@ impl MemStore {
         day: &str,
     ) -> Result<Admit, LedgerError> {
         let mut st = self.state();
-        // Check every scope first, then reserve on all: one lock, one step.
+        // Check every limit and scope first, then take from all: one lock,
+        // one step.
+        let mut taken = Vec::with_capacity(o.rates.len());
+        for charge in &o.rates {
+            let state = st
+                .buckets
+                .get(&charge.bucket)
+                .copied()
+                .unwrap_or(rate::BucketState {
+                    fill: 0,
+                    updated_ms: now,
+                });
+            match rate::take(state, charge, now) {
+                (Some(next), _) => taken.push((charge.bucket.clone(), next)),
+                (None, standing) => {
+                    return Ok(Admit::RateLimited {
+                        bucket: charge.bucket.clone(),
+                        standing,
+                    });
+                }
+            }
+        }
         for scope in &o.scopes {
             let s = st
                 .budgets
@@ -95,6 +119,15 @@ impl MemStore {
                 });
             add(&mut s.reserved_micros, o.reserve_micros);
         }
+        st.buckets.extend(taken);
+        let tokens = o.rates.iter().filter(|r| r.is_tokens());
+        st.rates.insert(
+            o.id.clone(),
+            (
+                tokens.clone().map(|r| r.bucket.clone()).collect(),
+                tokens.map(|r| r.amount).next().unwrap_or(0),
+            ),
+        );
         let mut row = new_row(o, now, day, "pending");
         row.reserved_micros = if o.scopes.is_empty() {
             0
@@ -163,6 +196,14 @@ impl MemStore {
             b.reserved_micros -= reserved;
             add(&mut b.spent_micros, charged);
             spends.push((scope, *b));
+        }
+        if let Some((buckets, tokens)) = st.rates.remove(id) {
+            let back = super::store::token_refund(s, tokens);
+            for bucket in buckets {
+                if let Some(b) = st.buckets.get_mut(&bucket) {
+                    b.fill = (b.fill - back).max(0);
+                }
+            }
         }
         Settled { day, spends }
     }

@@ -11,6 +11,7 @@
 mod memory;
 pub mod money;
 mod postgres;
+pub mod rate;
 pub mod report;
 mod sqlite;
 mod sqlite_file;
@@ -80,6 +81,8 @@ pub struct Opening {
     /// Upper bound of what the call may cost; reserved on every scope.
     pub reserve_micros: Micros,
     pub scopes: Vec<Scope>,
+    /// What the request takes from each rate limit that applies.
+    pub rates: Vec<rate::RateCharge>,
 }
 
 /// The answer to an opening.
@@ -91,6 +94,11 @@ pub enum Admit {
         scope: String,
         limit_micros: Micros,
         spent_micros: Micros,
+    },
+    /// The rate limit that cannot take the request now, and how it stands.
+    RateLimited {
+        bucket: String,
+        standing: rate::Standing,
     },
 }
 

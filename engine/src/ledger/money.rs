@@ -96,6 +96,20 @@ pub fn until_next_utc_midnight(ms: i64) -> Duration {
     Duration::from_millis((86_400_000 - into_day) as u64)
 }
 
+/// A unix time in milliseconds as RFC 3339 in UTC, to the second
+/// (`2027-01-30T12:00:00Z`).
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
+}
+
 /// Time left until the first day of the next UTC calendar month.
 pub fn until_next_utc_month(ms: i64) -> Duration {
     let today = ms.div_euclid(86_400_000);
@@ -135,6 +149,8 @@ mod tests {
             until_next_utc_midnight(1_798_761_599_000),
             Duration::from_secs(1)
         );
+        assert_eq!(rfc3339(1_798_761_599_999), "2026-12-31T23:59:59Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         // 2026-12-31T23:59:59Z, 2027-02-28T00:00:00Z, 2028-02-01T00:00:00Z.
         assert_eq!(
             until_next_utc_month(1_798_761_599_000),

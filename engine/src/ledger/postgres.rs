@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::report::Row as ReportRow;
 use super::store::*;
-use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend, period};
+use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend, period, rate};
 
 /// `?` -> `$1, $2, ...` for Postgres. Every statement is a constant of
 /// `store.rs`; values only ever travel as bound parameters.
@@ -183,6 +183,40 @@ pub(super) async fn open(
     day: &str,
 ) -> Result<Admit, LedgerError> {
     let mut tx = pool.begin().await?;
+    // Rate limits first: a request they refuse reserves nothing. The row
+    // is locked until the commit, so instances take turns on a bucket.
+    for charge in &o.rates {
+        sqlx::query(pg(INSERT_BUCKET))
+            .bind(&charge.bucket)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let r = sqlx::query(pg(SELECT_BUCKET_LOCKED))
+            .bind(&charge.bucket)
+            .fetch_one(&mut *tx)
+            .await?;
+        let state = rate::BucketState {
+            fill: r.try_get(0)?,
+            updated_ms: r.try_get(1)?,
+        };
+        match rate::take(state, charge, now) {
+            (Some(next), _) => {
+                sqlx::query(pg(UPDATE_BUCKET))
+                    .bind(next.fill)
+                    .bind(next.updated_ms)
+                    .bind(&charge.bucket)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            (None, standing) => {
+                tx.rollback().await?;
+                return Ok(Admit::RateLimited {
+                    bucket: charge.bucket.clone(),
+                    standing,
+                });
+            }
+        }
+    }
     for scope in &o.scopes {
         let day = period(&scope.key, day);
         sqlx::query(pg(INSERT_BUDGET_DAY))
@@ -214,6 +248,7 @@ pub(super) async fn open(
             });
         }
     }
+    let (rate_buckets, rate_tokens) = token_buckets(o);
     sqlx::query(pg(INSERT_REQUEST))
         .bind(&o.id)
         .bind(&o.request_id)
@@ -231,6 +266,8 @@ pub(super) async fn open(
         .bind(scope_list(o))
         .bind(&o.api_key)
         .bind(&o.team)
+        .bind(&rate_buckets)
+        .bind(rate_tokens)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -290,7 +327,18 @@ pub(super) async fn settle(
     let day: String = row.try_get("day")?;
     let reserved: i64 = row.try_get("reserved_micros")?;
     let scopes: String = row.try_get("budget_scopes")?;
+    let buckets: String = row.try_get("rate_buckets")?;
+    let tokens: i64 = row.try_get("rate_tokens")?;
     let (charged, anomaly) = charge(s, reserved, !scopes.is_empty());
+    let back = token_refund(s, tokens);
+    for bucket in buckets.split(',').filter(|b| !b.is_empty() && back > 0) {
+        sqlx::query(pg(REFUND_BUCKET))
+            .bind(back)
+            .bind(back)
+            .bind(bucket)
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::query(pg(SETTLE_REQUEST))
         .bind(s.status)
         .bind(now)

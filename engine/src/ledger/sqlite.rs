@@ -27,7 +27,7 @@ use super::store::{
     self, INSERT_BUDGET_DAY, INSERT_REJECTED, INSERT_REQUEST, RESERVE, SELECT_SPENT, SETTLE_BUDGET,
     SETTLE_REQUEST, UPSERT_INSTANCE,
 };
-use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend, period};
+use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend, period, rate};
 
 /// Most operations in one transaction: bounds how long the first of them
 /// waits for the commit.
@@ -300,6 +300,34 @@ impl SqliteStore {
     ) -> Result<Admit, LedgerError> {
         let (instance, o, day) = (instance.to_string(), o.clone(), day.to_string());
         self.call(move |c| {
+            // Rate limits first: a request they refuse reserves nothing.
+            for charge in &o.rates {
+                c.prepare_cached(store::INSERT_BUCKET)?
+                    .execute(params![charge.bucket, now])?;
+                let state =
+                    c.prepare_cached(store::SELECT_BUCKET)?
+                        .query_row([&charge.bucket], |r| {
+                            Ok(rate::BucketState {
+                                fill: r.get(0)?,
+                                updated_ms: r.get(1)?,
+                            })
+                        })?;
+                match rate::take(state, charge, now) {
+                    (Some(next), _) => {
+                        c.prepare_cached(store::UPDATE_BUCKET)?.execute(params![
+                            next.fill,
+                            next.updated_ms,
+                            charge.bucket
+                        ])?;
+                    }
+                    (None, standing) => {
+                        return Ok(Done::Undo(Admit::RateLimited {
+                            bucket: charge.bucket.clone(),
+                            standing,
+                        }));
+                    }
+                }
+            }
             for scope in &o.scopes {
                 let period = period(&scope.key, &day);
                 c.prepare_cached(INSERT_BUDGET_DAY)?
@@ -329,6 +357,7 @@ impl SqliteStore {
             } else {
                 o.reserve_micros
             };
+            let (rate_buckets, rate_tokens) = store::token_buckets(&o);
             c.prepare_cached(INSERT_REQUEST)?.execute(params![
                 o.id,
                 o.request_id,
@@ -342,6 +371,8 @@ impl SqliteStore {
                 store::scope_list(&o),
                 o.api_key,
                 o.team,
+                rate_buckets,
+                rate_tokens,
             ])?;
             Ok(Done::Keep(Admit::Admitted))
         })
@@ -391,12 +422,14 @@ impl SqliteStore {
                         r.get::<_, i64>(1)?,
                         r.get::<_, String>(2)?,
                         r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
                     ))
                 })
                 .optional()?;
             // Unknown, or already settled (or recovered as interrupted):
             // settling twice would count the money twice.
-            let Some((day, reserved, scopes, status)) = row else {
+            let Some((day, reserved, scopes, status, buckets, tokens)) = row else {
                 return Ok(Done::Keep(Settled::default()));
             };
             if status != "pending" {
@@ -433,6 +466,11 @@ impl SqliteStore {
                     },
                 )?;
                 spends.push((scope.to_string(), spend));
+            }
+            let back = store::token_refund(&s, tokens);
+            for bucket in buckets.split(',').filter(|b| !b.is_empty() && back > 0) {
+                c.prepare_cached(store::REFUND_BUCKET)?
+                    .execute(params![back, back, bucket])?;
             }
             Ok(Done::Keep(Settled { day, spends }))
         })

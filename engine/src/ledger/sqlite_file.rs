@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_request_id_and_usage_anomaly.sql"),
     include_str!("../../migrations/sqlite/0003_cache_tokens.sql"),
     include_str!("../../migrations/sqlite/0004_keys.sql"),
+    include_str!("../../migrations/sqlite/0005_rate_limits.sql"),
 ];
 
 /// Where `sqlite:PATH`, `sqlite://PATH` or `sqlite::memory:` points

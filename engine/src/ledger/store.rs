@@ -44,12 +44,27 @@ pub(super) const SELECT_SPENT: &str =
     "SELECT spent_micros FROM budget_days WHERE scope = ? AND day = ?";
 pub(super) const INSERT_REQUEST: &str = "INSERT INTO requests (id, request_id, instance, \
      started_at_ms, day, pipeline, provider, model, status, reserved_micros, budget_scopes, \
-     api_key, team) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)";
+     api_key, team, rate_buckets, rate_tokens) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)";
+/// A rate bucket exists before it is read (and locked, on Postgres), so
+/// that two first requests cannot both create it.
+pub(super) const INSERT_BUCKET: &str =
+    "INSERT INTO rate_buckets (bucket, fill, updated_ms) VALUES (?, 0, ?) ON CONFLICT DO NOTHING";
+pub(super) const SELECT_BUCKET: &str = "SELECT fill, updated_ms FROM rate_buckets WHERE bucket = ?";
+/// The same on Postgres, which locks the bucket's row until the commit.
+pub(super) const SELECT_BUCKET_LOCKED: &str =
+    "SELECT fill, updated_ms FROM rate_buckets WHERE bucket = ? FOR UPDATE";
+pub(super) const UPDATE_BUCKET: &str =
+    "UPDATE rate_buckets SET fill = ?, updated_ms = ? WHERE bucket = ?";
+/// Gives back tokens a request reserved and did not use (binds the amount
+/// twice, in minute-milliseconds, then the bucket); never below empty.
+pub(super) const REFUND_BUCKET: &str = "UPDATE rate_buckets SET fill = CASE WHEN fill > ? \
+     THEN fill - ? ELSE 0 END WHERE bucket = ?";
 pub(super) const INSERT_REJECTED: &str = "INSERT INTO requests (id, request_id, instance, \
      started_at_ms, ended_at_ms, day, pipeline, provider, model, status, error_code, duration_ms, \
      api_key, team) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT (id) DO NOTHING";
-pub(super) const SELECT_TO_SETTLE: &str =
-    "SELECT day, reserved_micros, budget_scopes, status FROM requests WHERE id = ?";
+pub(super) const SELECT_TO_SETTLE: &str = "SELECT day, reserved_micros, budget_scopes, status, \
+     rate_buckets, rate_tokens FROM requests WHERE id = ?";
 pub(super) const SELECT_PENDING_OF: &str = "SELECT id FROM requests \
      WHERE status = 'pending' AND instance = ?";
 pub(super) const SETTLE_REQUEST: &str = "UPDATE requests SET status = ?, ended_at_ms = ?, \
@@ -124,6 +139,29 @@ pub(super) fn charge(s: &Settlement, reserved: i64, scoped: bool) -> (i64, Optio
 /// `SELECT` of report rows `WHERE {filter}`.
 pub(super) fn select_rows(filter: &str) -> String {
     format!("SELECT {ROW_COLUMNS} FROM requests WHERE {filter}")
+}
+
+/// The token buckets of an opening, as the `rate_buckets` column keeps
+/// them, and the tokens it takes from each.
+pub(super) fn token_buckets(o: &Opening) -> (String, i64) {
+    let tokens: Vec<_> = o.rates.iter().filter(|r| r.is_tokens()).collect();
+    let names = tokens
+        .iter()
+        .map(|r| r.bucket.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    (names, tokens.first().map_or(0, |r| r.amount))
+}
+
+/// What settling `s` gives back to each token bucket of a row that took
+/// `reserved` tokens from it, in minute-milliseconds.
+pub(super) fn token_refund(s: &Settlement, reserved: i64) -> i64 {
+    let used = s.prompt_tokens.saturating_add(s.completion_tokens);
+    let used = i64::try_from(used).unwrap_or(i64::MAX);
+    reserved
+        .saturating_sub(used)
+        .max(0)
+        .saturating_mul(super::rate::WINDOW_MS)
 }
 
 /// The budget scopes of an opening, as the `budget_scopes` column keeps them.

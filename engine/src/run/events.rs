@@ -25,6 +25,9 @@ pub enum ErrorCode {
     TokenCeiling,
     #[serde(rename = "budget_exhausted")]
     BudgetExhausted,
+    /// A rate limit of the pipeline, the key or its team.
+    #[serde(rename = "rate_limited")]
+    RateLimited,
     #[serde(rename = "shutdown")]
     Shutdown,
     #[serde(rename = "internal")]
@@ -42,6 +45,7 @@ impl ErrorCode {
             Self::UpstreamRateLimited => "upstream_rate_limited",
             Self::TokenCeiling => "token_ceiling",
             Self::BudgetExhausted => "budget_exhausted",
+            Self::RateLimited => "rate_limited",
             Self::Shutdown => "shutdown",
             Self::Internal => "internal",
         }
@@ -212,6 +216,16 @@ pub struct Rejection {
     pub retry_after: Option<Duration>,
     /// More fields for the error body (e.g. which budget).
     pub details: Option<serde_json::Value>,
+    /// The rate limit that refused it, for the `x-ratelimit-*` headers.
+    pub rate_limit: Option<RateRefusal>,
+}
+
+/// A rate limit that refused a request: which kind, and how it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateRefusal {
+    /// `requests` or `tokens`.
+    pub kind: &'static str,
+    pub standing: crate::ledger::rate::Standing,
 }
 
 impl Rejection {
@@ -222,6 +236,7 @@ impl Rejection {
             upstream_status: None,
             retry_after: None,
             details: None,
+            rate_limit: None,
         }
     }
 }
@@ -243,6 +258,7 @@ pub enum Status {
     Ceiling,
     Interrupted,
     BudgetRejected,
+    RateLimited,
     Internal,
 }
 
@@ -255,6 +271,7 @@ impl Status {
             ErrorCode::Shutdown => Status::Interrupted,
             ErrorCode::Internal => Status::Internal,
             ErrorCode::BudgetExhausted => Status::BudgetRejected,
+            ErrorCode::RateLimited => Status::RateLimited,
             _ => Status::UpstreamError,
         }
     }
@@ -268,6 +285,7 @@ impl Status {
             Self::Ceiling => "ceiling",
             Self::Interrupted => "interrupted",
             Self::BudgetRejected => "budget_rejected",
+            Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
         }
     }

@@ -36,8 +36,8 @@ use tracing::{Instrument, error, info, warn};
 
 pub use channel::EventReceiver;
 pub use events::{
-    Admission, CountedBy, ErrorCode, Event, Rejection, StartEvent, Status, ToolCallDelta,
-    ToolCallEvent, ToolResultEvent, UsageReport,
+    Admission, CountedBy, ErrorCode, Event, RateRefusal, Rejection, StartEvent, Status,
+    ToolCallDelta, ToolCallEvent, ToolResultEvent, UsageReport,
 };
 use stream::{Ending, Out};
 
@@ -47,6 +47,7 @@ use crate::budget::{self, Budget, OnExhausted};
 use crate::compile::Pipeline;
 use crate::compile::clients::SystemRule;
 use crate::ledger::money::{format_usd, until_next_utc_midnight, until_next_utc_month};
+use crate::ledger::rate::{RateCharge, Standing};
 use crate::ledger::{Admit, Ledger, Opening, Price, new_row_id};
 use crate::metrics::{Metrics, PipelineLabels, RequestLabels};
 use crate::provider::{FinishReason, Message, Params, Provider, ProviderError, Role, ToolSpec};
@@ -247,6 +248,7 @@ pub async fn record_invalid(
     caller: Option<&ApiKey>,
 ) {
     let opening = Opening {
+        rates: Vec::new(),
         id: new_row_id(),
         request_id: request_id.to_string(),
         pipeline: pipeline.name.clone(),
@@ -347,6 +349,7 @@ fn rejection_for(e: &ProviderError) -> Rejection {
         upstream_status,
         retry_after,
         details: None,
+        rate_limit: None,
     }
 }
 
@@ -365,6 +368,7 @@ async fn open_in_ledger(
     choices: u32,
     budgets: &[&Budget],
     caller: Option<&ApiKey>,
+    rates: &[RateCharge],
 ) -> Result<Target, Rejection> {
     let mut target = Target {
         provider_name: pipeline.provider_name.clone(),
@@ -411,9 +415,13 @@ async fn open_in_ledger(
             team: caller.and_then(|k| k.team.clone()),
             reserve_micros: reserve,
             scopes: scopes.clone(),
+            rates: rates.to_vec(),
         };
         let exhausted = match cx.ledger.open_request(&opening).await {
             Ok(Admit::Admitted) => return Ok(target),
+            Ok(Admit::RateLimited { bucket, standing }) => {
+                return Err(rate_limited(cx, &opening, &bucket, standing).await);
+            }
             Ok(Admit::Exhausted {
                 scope,
                 limit_micros,
@@ -481,6 +489,48 @@ async fn open_in_ledger(
         }));
         return Err(r);
     }
+}
+
+/// Records a request a rate limit refused, and the client's answer: 429,
+/// when to try again, and how the limit stands.
+async fn rate_limited(
+    cx: &RunContext,
+    opening: &Opening,
+    bucket: &str,
+    standing: Standing,
+) -> Rejection {
+    if let Err(e) = cx
+        .ledger
+        .record_rejected(opening, Status::RateLimited.as_str(), "rate_limited")
+        .await
+    {
+        warn!(error = %e, "cannot record a rate-limited request");
+    }
+    let (scope, kind) = bucket.rsplit_once('/').unwrap_or((bucket, "requests"));
+    let kind = if kind == "tokens" {
+        "tokens"
+    } else {
+        "requests"
+    };
+    let message = match standing.retry_after_ms {
+        Some(_) => format!(
+            "the {scope} rate limit of {} {kind} per minute is reached; try again shortly",
+            standing.limit
+        ),
+        None => format!(
+            "this request may use more {kind} than the {scope} rate limit allows in a minute ({}); it can never be admitted",
+            standing.limit
+        ),
+    };
+    info!(bucket, "request refused by a rate limit");
+    let mut r = Rejection::new(ErrorCode::RateLimited, message);
+    r.retry_after = standing
+        .retry_after_ms
+        .map(|ms| Duration::from_millis(ms.max(0) as u64));
+    r.details =
+        Some(json!({"rate_limit": {"scope": scope, "kind": kind, "limit": standing.limit}}));
+    r.rate_limit = Some(RateRefusal { kind, standing });
+    r
 }
 
 async fn run(
@@ -557,6 +607,20 @@ async fn run(
         max_tokens = max_tokens.min(u32::try_from(share).unwrap_or(u32::MAX));
     }
     let caller = req.caller.as_deref();
+    // Rate limits take the request's worst case in tokens: its prompt and
+    // every completion it may generate (all rounds of a tool loop).
+    let worst_tokens = match pipeline.max_total_tokens {
+        Some(total) if !pipeline.tools.is_empty() => total,
+        _ => tokens::prompt_bound(counted)
+            .saturating_add(u64::from(max_tokens).saturating_mul(u64::from(choices))),
+    };
+    let worst_tokens = i64::try_from(worst_tokens).unwrap_or(i64::MAX);
+    let rates: Vec<RateCharge> = pipeline
+        .rate_limit
+        .iter()
+        .chain(caller.iter().flat_map(|k| k.rate_limits.iter()))
+        .flat_map(|r| r.charges(worst_tokens))
+        .collect();
     let budgets: Vec<&Budget> = pipeline
         .budget
         .iter()
@@ -585,6 +649,7 @@ async fn run(
         choices,
         &budgets,
         caller,
+        &rates,
     ))
     .await
     {

@@ -60,7 +60,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         c if c.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
         // The budget, or the provider's own rate limit: retry later.
-        ErrorCode::BudgetExhausted | ErrorCode::UpstreamRateLimited => {
+        ErrorCode::BudgetExhausted | ErrorCode::RateLimited | ErrorCode::UpstreamRateLimited => {
             StatusCode::TOO_MANY_REQUESTS
         }
         // Anthropic's "overloaded" (529): the SDKs retry it.
@@ -252,6 +252,12 @@ async fn answer(
         Ok(Admission::Rejected(r)) => {
             let mut resp = anthropic_error(status_of(r.code), &r.message, request_id);
             super::set_retry_after(&mut resp, r.retry_after);
+            super::set_rate_headers(
+                &mut resp,
+                r.rate_limit.as_ref(),
+                true,
+                shared.run.ledger.now_ms(),
+            );
             return resp;
         }
         Err(_) => {

@@ -53,6 +53,7 @@ fn status_of(code: ErrorCode) -> (StatusCode, &'static str) {
     match code {
         c if c.is_timeout() => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
         ErrorCode::BudgetExhausted => (StatusCode::TOO_MANY_REQUESTS, "insufficient_quota"),
+        ErrorCode::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
         ErrorCode::UpstreamRateLimited | ErrorCode::Shutdown => {
             (StatusCode::SERVICE_UNAVAILABLE, "server_error")
         }
@@ -62,10 +63,16 @@ fn status_of(code: ErrorCode) -> (StatusCode, &'static str) {
     }
 }
 
-fn rejection(r: &Rejection) -> Response<ResponseBody> {
+fn rejection(r: &Rejection, now_ms: i64) -> Response<ResponseBody> {
     let (status, kind) = status_of(r.code);
-    let mut resp = openai_error(status, &r.message, kind, None, Some(r.code.as_str()));
+    // OpenAI's own code for its rate limits, which clients look for.
+    let code = match r.code {
+        ErrorCode::RateLimited => "rate_limit_exceeded",
+        c => c.as_str(),
+    };
+    let mut resp = openai_error(status, &r.message, kind, None, Some(code));
     super::set_retry_after(&mut resp, r.retry_after);
+    super::set_rate_headers(&mut resp, r.rate_limit.as_ref(), false, now_ms);
     resp
 }
 
@@ -244,7 +251,7 @@ pub(super) async fn chat_completions(
     let admission = run::spawn(&shared.run, pipeline, run_request);
     let rx = match admission.await {
         Ok(Admission::Streaming(rx)) => rx,
-        Ok(Admission::Rejected(r)) => return rejection(&r),
+        Ok(Admission::Rejected(r)) => return rejection(&r, shared.run.ledger.now_ms()),
         Err(_) => {
             return openai_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
