@@ -3,6 +3,8 @@
 //! SSE stream as any client would.
 #![allow(dead_code)]
 
+pub mod chat;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
