@@ -113,14 +113,15 @@ async fn client_tools_through_an_anthropic_provider() {
 }
 
 const ROUND_TRIP: &str = r#"{"model":"chat","messages":[
-    {"role":"user","content":[{"type":"text","text":"Weather in Paris? "},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}}]},
+    {"role":"user","content":[{"type":"text","text":"Weather in Paris? "},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo=","detail":"high"}}]},
     {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},
     {"role":"tool","tool_call_id":"call_1","content":"sunny, 21 C"}],
     "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]}"#;
 
 #[tokio::test(start_paused = true)]
 async fn a_tool_round_trip_reaches_each_provider_in_its_own_shape() {
-    // OpenAI: the conversation as sent, image as a data URL part.
+    // OpenAI: the conversation as sent, image as a data URL part with
+    // its detail.
     let mock = MockProvider::start(Script::single(Reply::text(&["Sunny", "."])))
         .await
         .unwrap();
@@ -137,6 +138,7 @@ async fn a_tool_round_trip_reaches_each_provider_in_its_own_shape() {
         msgs[0]["content"][1]["image_url"]["url"],
         "data:image/png;base64,iVBORw0KGgo="
     );
+    assert_eq!(msgs[0]["content"][1]["image_url"]["detail"], "high");
     assert_eq!(msgs[1]["tool_calls"][0]["id"], "call_1");
     assert_eq!(
         msgs[1]["tool_calls"][0]["function"]["arguments"],
@@ -149,7 +151,8 @@ async fn a_tool_round_trip_reaches_each_provider_in_its_own_shape() {
     server.stop().await;
 
     // Anthropic: tool_use in the assistant turn, tool_result in a user
-    // turn, the image as a base64 source.
+    // turn, the image as a base64 source (no detail: Anthropic has no
+    // such field, and a block with an unknown one is refused).
     let mock = MockProvider::start(Script::single(Reply::anthropic_text(&["Sunny", "."])))
         .await
         .unwrap();

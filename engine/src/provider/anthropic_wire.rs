@@ -134,10 +134,15 @@ fn part_block(p: &Part) -> Option<Value> {
     match p {
         Part::Text(t) if t.is_empty() => None,
         Part::Text(t) => Some(json!({"type": "text", "text": t})),
-        Part::Image(Image::Url(url)) => {
-            Some(json!({"type": "image", "source": {"type": "url", "url": url}}))
-        }
-        Part::Image(Image::Base64 { media_type, data }) => Some(json!({
+        // OpenAI's `detail` is a hint Anthropic has no field for: left out.
+        Part::Image {
+            image: Image::Url(url),
+            ..
+        } => Some(json!({"type": "image", "source": {"type": "url", "url": url}})),
+        Part::Image {
+            image: Image::Base64 { media_type, data },
+            ..
+        } => Some(json!({
             "type": "image",
             "source": {"type": "base64", "media_type": media_type, "data": data},
         })),

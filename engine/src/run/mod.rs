@@ -549,7 +549,7 @@ async fn run(
     let images = prompt
         .iter()
         .flat_map(|m| &m.content)
-        .filter(|p| matches!(p, crate::provider::Part::Image(_)))
+        .filter(|p| matches!(p, crate::provider::Part::Image { .. }))
         .count() as u64;
     let reserve_counted = counted
         .saturating_add(images.saturating_mul(tokens::IMAGE_TOKENS_BOUND - tokens::IMAGE_TOKENS));

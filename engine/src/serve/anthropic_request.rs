@@ -526,8 +526,10 @@ fn message(m: &Value, i: usize, out: &mut Vec<Message>) -> Result<(), Invalid> {
                 if let Some(cc) = cache_control(o, &here)? {
                     turn.cache_control.push((turn.content.len() as u32, cc));
                 }
-                turn.content
-                    .push(Part::Image(image(o.get("source"), &here)?));
+                turn.content.push(Part::Image {
+                    image: image(o.get("source"), &here)?,
+                    detail: None,
+                });
             }
             (Role::User, "tool_result") => {
                 only(

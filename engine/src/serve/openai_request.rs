@@ -6,7 +6,7 @@
 use serde_json::{Map, Value};
 
 use crate::provider::{
-    Image, Message, Params, Part, ResponseFormat, Role, ToolCall, ToolChoice, ToolSpec,
+    Image, ImageDetail, Message, Params, Part, ResponseFormat, Role, ToolCall, ToolChoice, ToolSpec,
 };
 
 /// A validated chat-completions request.
@@ -495,7 +495,21 @@ fn content(v: &Value, at: &str, images: bool) -> Result<Vec<Part>, Invalid> {
                                 Some(&here),
                             ));
                         }
-                        Ok(Part::Image(Image::from_url(url)))
+                        let detail = match &p["image_url"]["detail"] {
+                            Value::Null => None,
+                            d => {
+                                Some(d.as_str().and_then(ImageDetail::parse).ok_or_else(|| {
+                                    invalid(
+                                        "image_url.detail must be \"auto\", \"low\" or \"high\"",
+                                        Some(&format!("{here}.image_url.detail")),
+                                    )
+                                })?)
+                            }
+                        };
+                        Ok(Part::Image {
+                            image: Image::from_url(url),
+                            detail,
+                        })
                     }
                     Some(other) => Err(invalid(
                         format!(

@@ -74,14 +74,20 @@ fn images_by_url_and_data_url() {
     let parts = &c.messages[0].content;
     assert_eq!(
         parts[1],
-        Part::Image(Image::Url("https://example.com/a.png".into()))
+        Part::Image {
+            image: Image::Url("https://example.com/a.png".into()),
+            detail: None
+        }
     );
     assert_eq!(
         parts[2],
-        Part::Image(Image::Base64 {
-            media_type: "image/png".into(),
-            data: "iVBORw0KGgo=".into()
-        })
+        Part::Image {
+            image: Image::Base64 {
+                media_type: "image/png".into(),
+                data: "iVBORw0KGgo=".into()
+            },
+            detail: Some(ImageDetail::Low)
+        }
     );
 }
 
@@ -114,6 +120,8 @@ fn refusals_name_the_field() {
         (r#"{"model":"p","messages":[{"role":"system","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#.to_string(), "messages[0].content[0]"),
         (r#"{"model":"p","messages":[{"role":"user","content":[{"type":"input_audio"}]}]}"#.to_string(), "messages[0].content[0]"),
         (r#"{"model":"p","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"file:///etc/passwd"}}]}]}"#.to_string(), "messages[0].content[0]"),
+        (r#"{"model":"p","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png","detail":"ultra"}}]}]}"#.to_string(), "messages[0].content[0].image_url.detail"),
+        (r#"{"model":"p","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png","detail":1}}]}]}"#.to_string(), "messages[0].content[0].image_url.detail"),
         (r#"{"model":"p","messages":[{"role":"tool","content":"x"}]}"#.to_string(), "messages[0].tool_call_id"),
         (r#"{"model":"p","messages":[{"role":"tool","tool_call_id":"nope","content":"x"}]}"#.to_string(), "messages[0].tool_call_id"),
         (r#"{"model":"p","messages":[{"role":"assistant","tool_calls":[{"type":"function"}]}]}"#.to_string(), "messages[0].tool_calls[0]"),
