@@ -139,3 +139,91 @@ async fn a_forced_tool_choice_applies_to_the_first_answer_only() {
     assert_eq!(sent[1].body["tool_choice"], "auto");
     server.stop().await;
 }
+
+/// An OpenAI stream whose one turn calls a tool whose name comes in
+/// `name_pieces` (the first with the call's id), then `arguments` in two
+/// pieces, and ends with `finish`.
+fn openai_call(id: &str, name_pieces: &[&str], arguments: &str, finish: &str) -> Reply {
+    let chunk = |delta: Value, finish: Option<&str>| {
+        let c = json!({"id": "chatcmpl-n", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {c}\n\n")
+    };
+    let mut out = chunk(json!({"role": "assistant", "content": null}), None);
+    for (k, piece) in name_pieces.iter().enumerate() {
+        let call = if k == 0 {
+            json!({"index": 0, "id": id, "type": "function", "function": {"name": piece, "arguments": ""}})
+        } else {
+            json!({"index": 0, "function": {"name": piece}})
+        };
+        out += &chunk(json!({ "tool_calls": [call] }), None);
+    }
+    let (a, b) = arguments.split_at(arguments.len() / 2);
+    for piece in [a, b] {
+        out += &chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+            None,
+        );
+    }
+    out += &chunk(json!({}), Some(finish));
+    out += "data: [DONE]\n\n";
+    Reply::recorded(out)
+}
+
+/// The anthropic `tool_use` recording (a call to `get_weather`), ending
+/// with `stop_reason`.
+fn anthropic_call_ending(stop_reason: &str) -> Reply {
+    let recorded = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/recorded/anthropic/tool_use.sse"),
+    )
+    .unwrap();
+    let ending = format!("\"stop_reason\":\"{stop_reason}\"");
+    let replaced = recorded.replace("\"stop_reason\":\"tool_use\"", &ending);
+    assert!(replaced.contains(&ending));
+    Reply::recorded(replaced)
+}
+
+#[tokio::test(start_paused = true)]
+async fn complete_client_calls_end_with_tool_calls_whatever_the_provider_calls_its_reason() {
+    // An OpenAI-compatible server's own word for the end of its turn.
+    let reply = || openai_call("call_w", &["get_weather"], r#"{"city":"Oslo"}"#, "eos");
+    let mock = MockProvider::start(Script::single(reply()).then(reply()).then(reply()))
+        .await
+        .unwrap();
+    let server = serve(&mock, "openai", "").await;
+    let body = format!(
+        r#"{{"model":"chat","stream":true,"messages":[{{"role":"user","content":"Oslo?"}}],"tools":[{WEATHER_TOOL}]}}"#
+    );
+    let streamed = chunks(chat(server.addr, &body).await).await;
+    assert_eq!(finish_reasons(&streamed), ["tool_calls"]);
+    let answer = body_json(chat(server.addr, &body.replace(r#""stream":true,"#, "")).await).await;
+    assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        answer["choices"][0]["message"]["tool_calls"][0]["function"],
+        json!({"name": "get_weather", "arguments": r#"{"city":"Oslo"}"#})
+    );
+    let body = json!({"model": "chat", "max_tokens": 50, "messages": [{"role": "user", "content": "Oslo?"}],
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]});
+    let message =
+        body_json(send(server.addr, post_json("/v1/messages", &body.to_string())).await).await;
+    assert_eq!(message["stop_reason"], "tool_use", "{message}");
+    assert_eq!(message["content"][0]["name"], "get_weather");
+    server.stop().await;
+
+    // A stop reason newer than Sluice, from an Anthropic provider.
+    let mock = MockProvider::start(Script::single(anthropic_call_ending("a_newer_reason")))
+        .await
+        .unwrap();
+    let server = serve(&mock, "anthropic", "").await;
+    let body = format!(
+        r#"{{"model":"chat","stream":true,"messages":[{{"role":"user","content":"Paris?"}}],"tools":[{WEATHER_TOOL}]}}"#
+    );
+    let streamed = chunks(chat(server.addr, &body).await).await;
+    assert_eq!(finish_reasons(&streamed), ["tool_calls"]);
+    assert_eq!(
+        tool_call_pieces(&streamed)[0]["function"]["name"],
+        "get_weather"
+    );
+    server.stop().await;
+}
