@@ -227,3 +227,98 @@ async fn complete_client_calls_end_with_tool_calls_whatever_the_provider_calls_i
     );
     server.stop().await;
 }
+
+/// The client's tools of the split-name tests: `get_weather`, and
+/// `lookup_`, a prefix of the pipeline's own `lookup_order`.
+const LOOKUP_PREFIX_TOOL: &str =
+    r#"{"type":"function","function":{"name":"lookup_","parameters":{"type":"object"}}}"#;
+
+#[tokio::test(start_paused = true)]
+async fn a_name_streamed_in_pieces_is_routed_on_the_whole_name() {
+    // The pipeline's tool, named in two pieces (the first of which is
+    // the client's tool): the pipeline runs it, and the model answers.
+    let mock = MockProvider::start(
+        Script::single(openai_call(
+            "call_a",
+            &["lookup_", "order"],
+            r#"{"order_id": 1}"#,
+            "tool_calls",
+        ))
+        .then(Reply::text(&["Shipped", "."]))
+        .then(openai_call(
+            "call_w",
+            &["get_", "weather"],
+            r#"{"city":"Oslo"}"#,
+            "tool_calls",
+        )),
+    )
+    .await
+    .unwrap();
+    let server = serve(&mock, "openai", SQL_TOOL).await;
+    let body = format!(
+        r#"{{"model":"chat","stream":true,"messages":[{{"role":"user","content":"Order 1?"}}],"tools":[{WEATHER_TOOL},{LOOKUP_PREFIX_TOOL}]}}"#
+    );
+    let streamed = chunks(chat(server.addr, &body).await).await;
+    assert!(tool_call_pieces(&streamed).is_empty(), "{streamed:#?}");
+    assert_eq!(finish_reasons(&streamed), ["stop"]);
+    let sent = mock.journal().requests();
+    assert_eq!(sent.len(), 2);
+    let turn = sent[1].body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m.get("tool_calls").is_some())
+        .unwrap();
+    assert_eq!(
+        turn["tool_calls"][0]["function"]["name"], "lookup_order",
+        "{turn}"
+    );
+
+    // The client's tool, named in two pieces: relayed once, whole.
+    let streamed = chunks(chat(server.addr, &body).await).await;
+    let pieces = tool_call_pieces(&streamed);
+    let named: Vec<&Value> = pieces
+        .iter()
+        .filter(|p| p["function"].get("name").is_some())
+        .collect();
+    assert_eq!(named.len(), 1, "{pieces:#?}");
+    assert_eq!(named[0]["function"]["name"], "get_weather");
+    assert_eq!(named[0]["id"], "call_w");
+    let arguments: String = pieces
+        .iter()
+        .map(|p| p["function"]["arguments"].as_str().unwrap())
+        .collect();
+    assert_eq!(arguments, r#"{"city":"Oslo"}"#);
+    assert_eq!(finish_reasons(&streamed), ["tool_calls"]);
+    assert_eq!(mock.journal().request_count(), 3);
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tool_name_past_256_bytes_is_a_malformed_upstream() {
+    let long = "n".repeat(200);
+    let mock = MockProvider::start(Script::single(openai_call(
+        "call_x",
+        &[&long, &long],
+        "{}",
+        "tool_calls",
+    )))
+    .await
+    .unwrap();
+    let server = serve(&mock, "openai", "").await;
+    let body = r#"{"model":"chat","stream":true,"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#;
+    let streamed = chunks(chat(server.addr, body).await).await;
+    assert!(tool_call_pieces(&streamed).is_empty(), "{streamed:#?}");
+    let error = streamed
+        .iter()
+        .find(|c| c.get("error").is_some())
+        .unwrap_or_else(|| panic!("no error in {streamed:#?}"));
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 256 bytes"),
+        "{error}"
+    );
+    server.stop().await;
+}

@@ -15,6 +15,7 @@
 //! ledger row opened before the call is settled at the end.
 
 mod attempts;
+mod calls;
 mod channel;
 mod conclude;
 mod events;
