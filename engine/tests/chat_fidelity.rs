@@ -97,6 +97,8 @@ async fn client_tools_through_an_anthropic_provider() {
     let sent = &mock.journal().requests()[0].body;
     assert_eq!(sent["system"], "Be brief.");
     assert_eq!(sent["tools"][0]["name"], "get_weather");
+    // The client's strict: Anthropic's strict tool use, the same field.
+    assert_eq!(sent["tools"][0]["strict"], true);
     assert_eq!(
         sent["tools"][0]["input_schema"]["required"],
         json!(["city"])

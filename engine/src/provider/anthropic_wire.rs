@@ -61,6 +61,11 @@ pub fn request_body(req: &ProviderRequest) -> Value {
             .iter()
             .map(|t| {
                 let mut tool = json!({"name": t.name, "description": t.description, "input_schema": t.parameters});
+                // Anthropic's strict tool use (structured outputs): the
+                // same promise as OpenAI's `strict`, under the same name.
+                if let Some(strict) = t.strict {
+                    tool["strict"] = json!(strict);
+                }
                 if let Some(cc) = &t.cache_control {
                     tool["cache_control"] = cc.clone();
                 }

@@ -418,6 +418,7 @@ fn tools(obj: &Map<String, Value>) -> Result<Vec<ToolSpec>, Invalid> {
                 "name",
                 "description",
                 "input_schema",
+                "strict",
                 "cache_control",
             ],
             &at,
@@ -458,7 +459,16 @@ fn tools(obj: &Map<String, Value>) -> Result<Vec<ToolSpec>, Invalid> {
             name: name.to_string(),
             description,
             parameters,
-            strict: None,
+            strict: match o.get("strict") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(b)) => Some(*b),
+                Some(_) => {
+                    return Err(invalid(
+                        format!("{at}.strict: must be a boolean"),
+                        Some(&format!("{at}.strict")),
+                    ));
+                }
+            },
             cache_control: cache_control(o, &at)?,
         });
     }

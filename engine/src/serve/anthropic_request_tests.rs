@@ -32,7 +32,7 @@ fn a_full_request_maps_to_the_seam() {
                 {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA="}}
             ]}
         ],
-        "tools": [{"name": "weather", "description": "d", "input_schema": {"type": "object"}}],
+        "tools": [{"name": "weather", "description": "d", "input_schema": {"type": "object"}, "strict": true}],
         "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
         "stop_sequences": ["END"], "temperature": 0.5, "top_p": 0.9, "top_k": 40,
         "metadata": {"user_id": "u1"},
@@ -69,6 +69,7 @@ fn a_full_request_maps_to_the_seam() {
     assert_eq!(r.params.stop, ["END"]);
     assert!(r.params.thinking.is_some());
     assert_eq!(r.tools[0].name, "weather");
+    assert_eq!(r.tools[0].strict, Some(true));
 }
 
 #[test]
@@ -107,6 +108,10 @@ fn refusals_name_the_field() {
         (
             serde_json::json!({"tools": [{"name": "a"}]}),
             "tools[0].input_schema",
+        ),
+        (
+            serde_json::json!({"tools": [{"name": "a", "input_schema": {}, "strict": "yes"}]}),
+            "tools[0].strict",
         ),
         (
             serde_json::json!({"tool_choice": {"type": "tool"}}),
