@@ -8,6 +8,7 @@ mod anthropic_compat;
 mod anthropic_request;
 mod conn;
 mod openai_compat;
+mod openai_messages;
 mod openai_request;
 mod request;
 mod server;
