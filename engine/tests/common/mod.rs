@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chat;
+pub mod sdk;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
