@@ -70,7 +70,7 @@ pub fn count_prompt(messages: &[Message]) -> u64 {
             let parts = m.content.iter().fold(4u64, |n, p| {
                 n.saturating_add(match p {
                     Part::Text(t) => count(t),
-                    Part::Image(_) => IMAGE_TOKENS,
+                    Part::Image { .. } => IMAGE_TOKENS,
                     Part::Thinking { text, .. } => count(text),
                     // Opaque to us; the provider decrypts and counts it.
                     Part::RedactedThinking(data) => (data.len() / 4) as u64,
@@ -114,7 +114,7 @@ fn message_bytes(m: &Message) -> usize {
     let parts = m.content.iter().fold(0usize, |n, p| {
         n.saturating_add(match p {
             Part::Text(t) | Part::Thinking { text: t, .. } => t.len(),
-            Part::Image(_) | Part::RedactedThinking(_) => 0,
+            Part::Image { .. } | Part::RedactedThinking(_) => 0,
         })
     });
     m.tool_calls

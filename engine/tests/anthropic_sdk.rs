@@ -5,21 +5,15 @@
 //! virtual environment as the `openai` package and sets both variables);
 //! without it the test says it was skipped and passes.
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::path::PathBuf;
-use std::time::Duration;
+mod common;
 
-use serde_json::{Value, json};
-use sluice::compile::compile_sources;
-use sluice::serve::RunningServer;
-use sluice_testkit::{Fault, MockProvider, Reply, Script};
+use common::sdk::*;
+use serde_json::json;
+use sluice_testkit::{Fault, Reply, Script};
 
-const WIRES: [&str; 2] = ["openai", "anthropic"];
-
+const PREAMBLE: &str = "Let me check.";
 const WORDS: [&str; 4] = ["Hello", " there", ",", " friend"];
 const ANSWER: [&str; 2] = ["It is sunny", " in Paris."];
-const WEATHER_ARGS: &str = r#"{"city":"Paris"}"#;
 
 /// The model each wire's mock names in its answers.
 fn provider_model(wire: &str) -> &'static str {
@@ -30,203 +24,62 @@ fn provider_model(wire: &str) -> &'static str {
     }
 }
 
-fn call_id(wire: &str) -> &'static str {
-    if wire == "openai" {
-        "call_sdk1"
-    } else {
-        "toolu_sdk1"
-    }
-}
-
-fn text_reply(wire: &str, words: &[&str]) -> Reply {
-    if wire == "openai" {
-        Reply::text(words)
-    } else {
-        Reply::anthropic_text(words)
-    }
-}
-
-/// One SSE event: named by its `type` (Anthropic), unnamed without (OpenAI).
-fn sse(data: Value) -> String {
-    match data["type"].as_str() {
-        Some(name) => format!("event: {name}\ndata: {data}\n\n"),
-        None => format!("data: {data}\n\n"),
-    }
-}
-
-const PREAMBLE: &str = "Let me check.";
-
 /// Text, then one get_weather call on `wire`, its arguments streamed 4
 /// bytes at a time.
 fn tool_call(wire: &str) -> Reply {
-    let id = call_id(wire);
-    let pieces: Vec<&str> = WEATHER_ARGS
-        .as_bytes()
-        .chunks(4)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    let mut out = String::new();
-    if wire == "openai" {
-        let chunk = |delta: Value, finish: Option<&str>| {
-            sse(
-                json!({"id": "chatcmpl-sdk", "object": "chat.completion.chunk", "created": 1,
-                "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
-            )
-        };
-        out += &chunk(json!({"role": "assistant", "content": PREAMBLE}), None);
-        out += &chunk(
-            json!({"tool_calls": [{"index": 0, "id": id, "type": "function",
-                "function": {"name": "get_weather", "arguments": ""}}]}),
-            None,
-        );
-        for p in pieces {
-            out += &chunk(
-                json!({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}),
-                None,
-            );
-        }
-        out += &chunk(json!({}), Some("tool_calls"));
-        out += &sse(
-            json!({"id": "chatcmpl-sdk", "object": "chat.completion.chunk", "created": 1,
-            "model": "gpt-4o-mini", "choices": [],
-            "usage": {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70}}),
-        );
-        out += "data: [DONE]\n\n";
-    } else {
-        out += &sse(
-            json!({"type": "message_start", "message": {"id": "msg_sdk", "type": "message",
-            "role": "assistant", "model": "claude-sonnet-4-20250514", "content": [], "stop_reason": null,
-            "usage": {"input_tokens": 50, "output_tokens": 1}}}),
-        );
-        out += &sse(json!({"type": "content_block_start", "index": 0,
-            "content_block": {"type": "text", "text": ""}}));
-        out += &sse(json!({"type": "content_block_delta", "index": 0,
-            "delta": {"type": "text_delta", "text": PREAMBLE}}));
-        out += &sse(json!({"type": "content_block_stop", "index": 0}));
-        out += &sse(json!({"type": "content_block_start", "index": 1,
-            "content_block": {"type": "tool_use", "id": id, "name": "get_weather", "input": {}}}));
-        for p in pieces {
-            out += &sse(json!({"type": "content_block_delta", "index": 1,
-                "delta": {"type": "input_json_delta", "partial_json": p}}));
-        }
-        out += &sse(json!({"type": "content_block_stop", "index": 1}));
-        out += &sse(
-            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
-            "usage": {"output_tokens": 20}}),
-        );
-        out += &sse(json!({"type": "message_stop"}));
-    }
-    Reply::recorded(out)
-}
-
-/// One mock per pipeline, so each journal holds exactly that pipeline's
-/// provider requests.
-struct Gateway {
-    mocks: HashMap<String, MockProvider>,
-    server: RunningServer,
-}
-
-impl Gateway {
-    /// `pipelines`: `(name, provider kind, script, max_tokens ceiling)`;
-    /// pipeline NAME runs on provider NAME, a mock playing `script`.
-    async fn start(pipelines: Vec<(String, &str, Script, u32)>) -> Gateway {
-        let mut mocks = HashMap::new();
-        let mut settings = String::from("storage: memory\nproviders:\n");
-        let mut files = Vec::new();
-        for (name, kind, script, ceiling) in pipelines {
-            let mock = MockProvider::start(script).await.unwrap();
-            settings += &format!(
-                "  {name}: {{kind: {kind}, base_url: \"{}\"}}\n",
-                mock.base_url()
-            );
-            files.push((
-                PathBuf::from(format!("{name}.yaml")),
-                format!(
-                    "name: {name}\nmodel: {{provider: {name}, name: the-model}}\nlimits: {{max_tokens: {ceiling}}}\n"
-                ),
-            ));
-            mocks.insert(name, mock);
-        }
-        let catalog = compile_sources(&(PathBuf::from("settings.yaml"), settings), &files)
-            .unwrap_or_else(|d| panic!("{d:#?}"));
-        let server = RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        Gateway { mocks, server }
-    }
-
-    /// The request bodies pipeline `name`'s provider received.
-    fn sent(&self, name: &str) -> Vec<Value> {
-        self.mocks[name]
-            .journal()
-            .requests()
-            .into_iter()
-            .map(|r| r.body)
-            .collect()
-    }
+    tool_stream(
+        wire,
+        PREAMBLE,
+        &[(&call_id(wire, 1), "get_weather", WEATHER_ARGS)],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_anthropic_python_sdk_over_both_wires() {
-    let Ok(python) = std::env::var("SLUICE_TEST_ANTHROPIC_PYTHON") else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: Anthropic SDK test (set SLUICE_TEST_ANTHROPIC_PYTHON to a python with `anthropic` installed)"
-        );
+    let Some(python) = env_or_skip(
+        "SLUICE_TEST_ANTHROPIC_PYTHON",
+        "Anthropic SDK test",
+        "a python with `anthropic` installed",
+    ) else {
         return;
     };
     let mut pipelines = Vec::new();
     for wire in WIRES {
-        pipelines.push((
+        pipelines.push(SdkPipeline::new(
             format!("{wire}-text"),
             wire,
             Script::single(text_reply(wire, &WORDS)),
-            200,
         ));
         let round = Script::single(tool_call(wire))
             .then(text_reply(wire, &ANSWER))
             .then(tool_call(wire))
             .then(text_reply(wire, &ANSWER));
-        pipelines.push((format!("{wire}-tools"), wire, round, 200));
+        pipelines.push(SdkPipeline::new(format!("{wire}-tools"), wire, round));
         // The provider's own in-stream error after two words: OpenAI's
         // `data: {"error": …}`, Anthropic's `event: error`.
         let after = if wire == "openai" { 3 } else { 5 };
-        pipelines.push((
+        pipelines.push(SdkPipeline::new(
             format!("{wire}-fail"),
             wire,
             Script::single(text_reply(wire, &WORDS).fault(Fault::ErrorEventAfter(after))),
-            200,
         ));
     }
-    pipelines.push((
-        "anthropic-thinking".to_string(),
-        "anthropic",
-        Script::single(Reply::fixture("anthropic/thinking.sse")),
+    pipelines.push(
+        SdkPipeline::new(
+            "anthropic-thinking",
+            "anthropic",
+            Script::single(Reply::fixture("anthropic/thinking.sse")),
+        )
         // Room for Anthropic's smallest thinking budget (1024).
-        1500,
-    ));
+        .ceiling(1500),
+    );
     let gw = Gateway::start(pipelines).await;
 
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/anthropic_client.py");
-    let base = format!("http://{}", gw.server.addr);
-    let mut cmd = tokio::process::Command::new(&python);
-    cmd.arg(&script).arg(&base).args(WIRES);
-    let output = tokio::time::timeout(Duration::from_secs(180), cmd.output())
-        .await
-        .expect("the SDK script finishes")
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "the SDK script failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let r: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "the script prints JSON ({e}):\n{}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    });
+    let script = sdk_script("anthropic_client.py");
+    let base = gw.root();
+    let mut args = vec![script.as_str(), base.as_str()];
+    args.extend(WIRES);
+    let r = run_json(&python, &args).await;
     println!("anthropic SDK results: {r:#}");
 
     for wire in WIRES {
@@ -278,7 +131,7 @@ async fn the_official_anthropic_python_sdk_over_both_wires() {
             );
             assert_eq!(
                 rt["call"],
-                json!({"id": call_id(wire), "name": "get_weather", "input": {"city": "Paris"}, "input_type": "dict"}),
+                json!({"id": call_id(wire, 1), "name": "get_weather", "input": {"city": "Paris"}, "input_type": "dict"}),
                 "{wire} {key}"
             );
             assert_eq!(rt["answer"], ANSWER.concat(), "{wire} {key}");
@@ -302,13 +155,13 @@ async fn the_official_anthropic_python_sdk_over_both_wires() {
                 assert_eq!(second["tools"][0]["function"]["name"], "get_weather");
                 assert_eq!(
                     messages[1],
-                    json!({"role": "assistant", "content": PREAMBLE, "tool_calls": [{"id": call_id(wire),
+                    json!({"role": "assistant", "content": PREAMBLE, "tool_calls": [{"id": call_id(wire, 1),
                         "type": "function", "function": {"name": "get_weather", "arguments": WEATHER_ARGS}}]}),
                     "{wire}"
                 );
                 assert_eq!(
                     messages[2],
-                    json!({"role": "tool", "tool_call_id": call_id(wire), "content": result}),
+                    json!({"role": "tool", "tool_call_id": call_id(wire, 1), "content": result}),
                     "{wire}"
                 );
             } else {
@@ -316,14 +169,14 @@ async fn the_official_anthropic_python_sdk_over_both_wires() {
                 assert_eq!(
                     messages[1],
                     json!({"role": "assistant", "content": [{"type": "text", "text": PREAMBLE},
-                        {"type": "tool_use", "id": call_id(wire),
+                        {"type": "tool_use", "id": call_id(wire, 1),
                         "name": "get_weather", "input": {"city": "Paris"}}]}),
                     "{wire}"
                 );
                 assert_eq!(
                     messages[2],
                     json!({"role": "user", "content": [{"type": "tool_result",
-                        "tool_use_id": call_id(wire), "content": result}]}),
+                        "tool_use_id": call_id(wire, 1), "content": result}]}),
                     "{wire}"
                 );
             }

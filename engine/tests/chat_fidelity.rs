@@ -6,72 +6,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-
+use common::chat::*;
 use common::*;
 use serde_json::{Value, json};
-use sluice::serve::RunningServer;
 use sluice_testkit::{MockProvider, Reply, Script};
-
-/// A server with one pipeline `chat` on a provider of `kind` at the mock;
-/// `extra` is appended to the pipeline (tools, say).
-async fn serve(mock: &MockProvider, kind: &str, extra: &str) -> RunningServer {
-    serve_chat(
-        mock,
-        kind,
-        "",
-        &format!("limits: {{max_tokens: 200}}\n{extra}"),
-    )
-    .await
-}
-
-const SQL_TOOL: &str = r#"tools:
-  - name: lookup_order
-    description: Look up one order by its id
-    parameters:
-      type: object
-      properties: {order_id: {type: integer, minimum: 1}}
-      required: [order_id]
-    sql: {database: shop, query: "SELECT id, status FROM orders WHERE id = :order_id"}
-"#;
-
-const WEATHER_TOOL: &str = r#"{"type":"function","function":{"name":"get_weather","description":"Weather in a city","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]},"strict":true}}"#;
-
-async fn chat(addr: std::net::SocketAddr, body: &str) -> http::Response<hyper::body::Incoming> {
-    send(addr, post_json("/v1/chat/completions", body)).await
-}
-
-/// Every `data:` payload of a streamed chat completion, `[DONE]` as a string.
-async fn chunks(resp: http::Response<hyper::body::Incoming>) -> Vec<Value> {
-    use http_body_util::BodyExt;
-    assert_eq!(resp.status(), 200);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    let mut parser = sluice::provider::sse::SseParser::new();
-    let mut events = Vec::new();
-    parser.push(&body, &mut events).unwrap();
-    parser.finish(&mut events);
-    events
-        .iter()
-        .map(|e| serde_json::from_str(&e.data).unwrap_or_else(|_| json!(e.data)))
-        .collect()
-}
-
-/// The tool-call pieces of a stream, in order.
-fn tool_call_pieces(chunks: &[Value]) -> Vec<Value> {
-    chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
-        .flat_map(|calls| calls.iter().cloned())
-        .collect()
-}
-
-fn finish_reasons(chunks: &[Value]) -> Vec<String> {
-    chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
-        .map(str::to_string)
-        .collect()
-}
 
 #[tokio::test(start_paused = true)]
 async fn client_tools_stream_back_piece_by_piece_with_every_parameter_sent() {
@@ -159,6 +97,8 @@ async fn client_tools_through_an_anthropic_provider() {
     let sent = &mock.journal().requests()[0].body;
     assert_eq!(sent["system"], "Be brief.");
     assert_eq!(sent["tools"][0]["name"], "get_weather");
+    // The client's strict: Anthropic's strict tool use, the same field.
+    assert_eq!(sent["tools"][0]["strict"], true);
     assert_eq!(
         sent["tools"][0]["input_schema"]["required"],
         json!(["city"])
@@ -175,14 +115,15 @@ async fn client_tools_through_an_anthropic_provider() {
 }
 
 const ROUND_TRIP: &str = r#"{"model":"chat","messages":[
-    {"role":"user","content":[{"type":"text","text":"Weather in Paris? "},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}}]},
+    {"role":"user","content":[{"type":"text","text":"Weather in Paris? "},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo=","detail":"high"}}]},
     {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},
     {"role":"tool","tool_call_id":"call_1","content":"sunny, 21 C"}],
     "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]}"#;
 
 #[tokio::test(start_paused = true)]
 async fn a_tool_round_trip_reaches_each_provider_in_its_own_shape() {
-    // OpenAI: the conversation as sent, image as a data URL part.
+    // OpenAI: the conversation as sent, image as a data URL part with
+    // its detail.
     let mock = MockProvider::start(Script::single(Reply::text(&["Sunny", "."])))
         .await
         .unwrap();
@@ -199,6 +140,7 @@ async fn a_tool_round_trip_reaches_each_provider_in_its_own_shape() {
         msgs[0]["content"][1]["image_url"]["url"],
         "data:image/png;base64,iVBORw0KGgo="
     );
+    assert_eq!(msgs[0]["content"][1]["image_url"]["detail"], "high");
     assert_eq!(msgs[1]["tool_calls"][0]["id"], "call_1");
     assert_eq!(
         msgs[1]["tool_calls"][0]["function"]["arguments"],
@@ -211,7 +153,8 @@ async fn a_tool_round_trip_reaches_each_provider_in_its_own_shape() {
     server.stop().await;
 
     // Anthropic: tool_use in the assistant turn, tool_result in a user
-    // turn, the image as a base64 source.
+    // turn, the image as a base64 source (no detail: Anthropic has no
+    // such field, and a block with an unknown one is refused).
     let mock = MockProvider::start(Script::single(Reply::anthropic_text(&["Sunny", "."])))
         .await
         .unwrap();
@@ -232,29 +175,6 @@ async fn a_tool_round_trip_reaches_each_provider_in_its_own_shape() {
         msgs[2],
         json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "sunny, 21 C"}]})
     );
-    server.stop().await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_non_streamed_answer_carries_the_tool_calls() {
-    let mock = MockProvider::start(Script::single(Reply::fixture("openai/tool_call.sse")))
-        .await
-        .unwrap();
-    let server = serve(&mock, "openai", "").await;
-    let body = format!(
-        r#"{{"model":"chat","messages":[{{"role":"user","content":"Weather in NYC?"}}],"tools":[{WEATHER_TOOL}]}}"#
-    );
-    let answer = body_json(chat(server.addr, &body).await).await;
-    let choice = &answer["choices"][0];
-    assert_eq!(choice["finish_reason"], "tool_calls");
-    assert_eq!(choice["message"]["content"], Value::Null);
-    assert_eq!(
-        choice["message"]["tool_calls"],
-        json!([{"id": "call_4XzlGBLtUe9dy3GVNV4jhq7h", "type": "function",
-                "function": {"name": "get_weather", "arguments": "{\"city\":\"New York City\"}"}}])
-    );
-    assert_eq!(answer["model"], "gpt-4o-2024-08-06");
-    assert_eq!(answer["usage"]["prompt_tokens"], 44);
     server.stop().await;
 }
 
@@ -312,14 +232,6 @@ async fn refusals_reach_the_client_in_every_shape() {
     server.stop().await;
 }
 
-async fn post_json_to(
-    addr: std::net::SocketAddr,
-    path: &str,
-    body: &str,
-) -> http::Response<hyper::body::Incoming> {
-    send(addr, post_json(path, body)).await
-}
-
 #[tokio::test(start_paused = true)]
 async fn what_a_provider_cannot_do_is_refused_by_name_before_any_call() {
     let mock = MockProvider::start(Script::single(Reply::anthropic_text(&["x"])))
@@ -372,87 +284,6 @@ async fn what_a_provider_cannot_do_is_refused_by_name_before_any_call() {
         mock.journal().requests()[0].body["tool_choice"],
         json!({"type": "tool", "name": "lookup_order"})
     );
-    server.stop().await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_tool_call_cut_by_max_tokens_is_never_run() {
-    // The recorded tool_use turn, but the provider stopped at max_tokens.
-    let recorded = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../fixtures/recorded/anthropic/tool_use.sse"),
-    )
-    .unwrap()
-    .replace(
-        "\"stop_reason\":\"tool_use\"",
-        "\"stop_reason\":\"max_tokens\"",
-    );
-    assert!(recorded.contains("max_tokens\""));
-    let tool = SQL_TOOL
-        .replace("lookup_order", "get_weather")
-        .replace("order_id", "location");
-    let mock = MockProvider::start(
-        Script::single(Reply::recorded(recorded.clone())).then(Reply::recorded(recorded)),
-    )
-    .await
-    .unwrap();
-    let server = serve(&mock, "anthropic", &tool).await;
-    let events = SseReader::new(
-        post_json_to(server.addr, "/v1/pipelines/chat", r#"{"input":"Paris?"}"#).await,
-    )
-    .collect()
-    .await;
-    assert_eq!(
-        find(&events, "done").unwrap().data["finish_reason"],
-        "length"
-    );
-    assert!(find(&events, "tool_result").is_none());
-    assert_eq!(mock.journal().request_count(), 1);
-
-    // Through the OpenAI route, a client's cut call: `length`, not `tool_calls`.
-    let server2 = serve(&mock, "anthropic", "").await;
-    let body = format!(
-        r#"{{"model":"chat","stream":true,"messages":[{{"role":"user","content":"Paris?"}}],"tools":[{WEATHER_TOOL}]}}"#
-    );
-    let streamed = chunks(chat(server2.addr, &body).await).await;
-    assert_eq!(finish_reasons(&streamed), ["length"]);
-    server.stop().await;
-    server2.stop().await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_turn_asking_for_client_and_pipeline_tools_returns_the_clients_only() {
-    let mock = MockProvider::start(Script::single(openai_tool_calls(&[
-        ("call_a", "lookup_order", r#"{"order_id": 1}"#),
-        ("call_b", "get_weather", r#"{"city": "Oslo"}"#),
-    ])))
-    .await
-    .unwrap();
-    let server = serve(&mock, "openai", SQL_TOOL).await;
-    let body = format!(
-        r#"{{"model":"chat","stream":true,"messages":[{{"role":"user","content":"x"}}],"tools":[{WEATHER_TOOL}]}}"#
-    );
-    let streamed = chunks(chat(server.addr, &body).await).await;
-    let pieces = tool_call_pieces(&streamed);
-    assert!(pieces.iter().all(|p| p["index"] == 0), "{pieces:#?}");
-    assert_eq!(pieces[0]["id"], "call_b");
-    assert_eq!(pieces[0]["function"]["name"], "get_weather");
-    let arguments: String = pieces
-        .iter()
-        .map(|p| p["function"]["arguments"].as_str().unwrap())
-        .collect();
-    assert_eq!(arguments, r#"{"city": "Oslo"}"#);
-    assert_eq!(finish_reasons(&streamed), ["tool_calls"]);
-    // The pipeline's call of that turn was not run: one model call.
-    assert_eq!(mock.journal().request_count(), 1);
-    let sent = &mock.journal().requests()[0].body;
-    let names: Vec<&str> = sent["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["lookup_order", "get_weather"]);
     server.stop().await;
 }
 
@@ -686,29 +517,6 @@ async fn an_endless_reasoning_signature_is_cut() {
     );
     let rows = server.ledger().rows_since(0).await.unwrap();
     assert_eq!(rows[0].status, "upstream_error");
-    server.stop().await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_forced_tool_choice_applies_to_the_first_answer_only() {
-    let mock = MockProvider::start(
-        Script::single(openai_tool_calls(&[(
-            "call_a",
-            "lookup_order",
-            r#"{"order_id": 1}"#,
-        )]))
-        .then(Reply::text(&["Shipped", "."])),
-    )
-    .await
-    .unwrap();
-    let server = serve(&mock, "openai", SQL_TOOL).await;
-    let body = r#"{"model":"chat","messages":[{"role":"user","content":"Order 1?"}],"tool_choice":"required"}"#;
-    let answer = body_json(chat(server.addr, body).await).await;
-    assert_eq!(answer["choices"][0]["message"]["content"], "Shipped.");
-    let sent = mock.journal().requests();
-    assert_eq!(sent[0].body["tool_choice"], "required");
-    // Kept, it would make the model call a tool every round.
-    assert_eq!(sent[1].body["tool_choice"], "auto");
     server.stop().await;
 }
 

@@ -353,6 +353,17 @@ async fn chat_completions_speaks_openai_errors() {
         "messages[0].tool_call_id"
     );
 
+    // OpenAI's own refusal, in its shape and words.
+    let resp = post_chat(r#"{"model":"chat","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body_json(resp).await,
+        serde_json::json!({"error": {
+            "message": "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            "type": "invalid_request_error", "param": "stream_options", "code": null,
+        }})
+    );
+
     let resp = post_chat(r#"{"model":"chat","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"max_tokens":5}"#).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let body = body_json(resp).await;

@@ -343,9 +343,11 @@ async fn the_clients_tool_use_streams_as_blocks_over_both_wires() {
         .await
         .unwrap();
     let server = serve(&mock, "openai", "").await;
+    let mut weather: Value = serde_json::from_str(WEATHER).unwrap();
+    weather["strict"] = json!(true);
     let body = json!({"model": "chat", "max_tokens": 50, "stream": true,
         "messages": [{"role": "user", "content": "Weather in NYC?"}],
-        "tools": [serde_json::from_str::<Value>(WEATHER).unwrap()],
+        "tools": [weather],
         "tool_choice": {"type": "any", "disable_parallel_tool_use": true}});
     let streamed = events(messages(server.addr, "/v1/messages", &body).await).await;
     let s = shape(&streamed);
@@ -366,6 +368,7 @@ async fn the_clients_tool_use_streams_as_blocks_over_both_wires() {
     assert_eq!(assembled["stop_reason"], "tool_use");
     let sent = &mock.journal().requests()[0].body;
     assert_eq!(sent["tools"][0]["function"]["name"], "get_weather");
+    assert_eq!(sent["tools"][0]["function"]["strict"], true);
     assert_eq!(sent["tool_choice"], "required");
     assert_eq!(sent["parallel_tool_calls"], false);
     server.stop().await;
@@ -388,6 +391,7 @@ async fn the_clients_tool_use_streams_as_blocks_over_both_wires() {
         sent["tool_choice"],
         json!({"type": "any", "disable_parallel_tool_use": true})
     );
+    assert_eq!(sent["tools"][0]["strict"], true);
     server.stop().await;
 }
 

@@ -6,77 +6,38 @@
 //! an Anthropic-wire provider. Without the variables the tests say they were
 //! skipped and pass.
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::path::PathBuf;
-use std::time::Duration;
+mod common;
 
+use common::sdk::*;
 use serde_json::{Value, json};
-use sluice::compile::compile_sources;
-use sluice::serve::RunningServer;
-use sluice_testkit::{Fault, MockProvider, Reply, Script};
+use sluice_testkit::{Fault, Reply, Script};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_openai_python_sdk_streams_and_fails_cleanly() {
-    let Ok(python) = std::env::var("SLUICE_TEST_OPENAI_PYTHON") else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: OpenAI SDK test (set SLUICE_TEST_OPENAI_PYTHON to a python with `openai` installed)"
-        );
+    let Some(python) = env_or_skip(
+        "SLUICE_TEST_OPENAI_PYTHON",
+        "OpenAI SDK test",
+        "a python with `openai` installed",
+    ) else {
         return;
     };
     let words = ["Hello", " there", ",", " friend"];
-    let chat = MockProvider::start(Script::single(Reply::text(&words)))
-        .await
-        .unwrap();
-    let slow = MockProvider::start(Script::single(Reply::text(&words).fault(
-        Fault::StallAfter {
-            events: 3,
-            duration: None,
-        },
-    )))
-    .await
-    .unwrap();
-    let settings = (
-        PathBuf::from("settings.yaml"),
-        format!(
-            "storage: memory\nproviders:\n  a: {{kind: openai, base_url: \"{}\"}}\n  b: {{kind: openai, base_url: \"{}\"}}\n",
-            chat.base_url(),
-            slow.base_url()
-        ),
-    );
-    let pipelines = [
-        (PathBuf::from("chat.yaml"), "name: chat\nmodel: {provider: a, name: gpt-4o-mini}\nlimits: {max_tokens: 64}\n".to_string()),
-        (
-            PathBuf::from("slow.yaml"),
-            "name: slow\nmodel: {provider: b, name: gpt-4o-mini}\nlimits: {max_tokens: 64}\ntimeouts: {first_token: 5s, idle: 1s, total: 20s}\n"
-                .to_string(),
-        ),
-    ];
-    let catalog = compile_sources(&settings, &pipelines).unwrap_or_else(|d| panic!("{d:#?}"));
-    let server = RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_client.py");
-    let base = format!("http://{}/v1", server.addr);
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(&python)
-            .arg(&script)
-            .arg(&base)
-            .output(),
-    )
-    .await
-    .expect("the SDK script finishes")
-    .expect("python runs");
-    assert!(
-        output.status.success(),
-        "the SDK script failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let r: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+    let gw = Gateway::start(vec![
+        SdkPipeline::new("chat", "openai", Script::single(Reply::text(&words))).ceiling(64),
+        SdkPipeline::new(
+            "slow",
+            "openai",
+            Script::single(Reply::text(&words).fault(Fault::StallAfter {
+                events: 3,
+                duration: None,
+            })),
+        )
+        .ceiling(64)
+        .extra("timeouts: {first_token: 5s, idle: 1s, total: 20s}\n"),
+    ])
+    .await;
+    let base = format!("{}/v1", gw.root());
+    let r = run_json(&python, &[&sdk_script("openai_client.py"), &base]).await;
     println!("openai SDK results: {r:#}");
     assert_eq!(r["non_streaming"]["text"], "Hello there, friend");
     assert_eq!(r["non_streaming"]["finish_reason"], "stop");
@@ -97,186 +58,10 @@ async fn the_official_openai_python_sdk_streams_and_fails_cleanly() {
     assert_eq!(r["unknown_model"]["raised"], "NotFoundError");
     assert_eq!(r["unknown_model"]["status"], 404);
     assert_eq!(r["unknown_model"]["code"], "model_not_found");
-    assert_eq!(r["models"], serde_json::json!(["chat", "slow"]));
-    server.stop().await;
+    assert_eq!(r["models"], json!(["chat", "slow"]));
+    gw.server.stop().await;
 }
 
-/// The wires every SDK check below runs over: each pipeline `WIRE-…` sits
-/// on a provider of that kind in one catalog.
-const WIRES: [&str; 2] = ["openai", "anthropic"];
-
-/// One OpenAI stream chunk event carrying `delta`.
-fn openai_chunk(delta: Value, finish: Option<&str>) -> String {
-    let c = json!({"id": "chatcmpl-sdk", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-    format!("data: {c}\n\n")
-}
-
-fn anthropic_event(data: Value) -> String {
-    format!(
-        "event: {}\ndata: {data}\n\n",
-        data["type"].as_str().unwrap()
-    )
-}
-
-/// `text` (may be empty) then `calls` `(id, name, arguments)` on `wire`,
-/// every argument text split in 4-byte pieces. Calls follow one another,
-/// as both providers stream them: OpenAI finishes index 0 before index 1
-/// starts (the SDKs' stream helpers count on it: a call is done when the
-/// next index appears), Anthropic gives each call its own `tool_use` block.
-fn tool_stream(wire: &str, text: &str, calls: &[(&str, &str, &str)]) -> Reply {
-    let pieces = |args: &str| -> Vec<String> {
-        args.as_bytes()
-            .chunks(4)
-            .map(|c| String::from_utf8(c.to_vec()).unwrap())
-            .collect()
-    };
-    let mut out = String::new();
-    if wire == "openai" {
-        out += &openai_chunk(json!({"role": "assistant", "content": text}), None);
-        for (i, (id, name, args)) in calls.iter().enumerate() {
-            out += &openai_chunk(
-                json!({"tool_calls": [{"index": i, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
-                None,
-            );
-            for piece in pieces(args) {
-                out += &openai_chunk(
-                    json!({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}),
-                    None,
-                );
-            }
-        }
-        out += &openai_chunk(json!({}), Some("tool_calls"));
-        out += "data: {\"id\":\"chatcmpl-sdk\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":50,\"completion_tokens\":20,\"total_tokens\":70}}\n\n";
-        out += "data: [DONE]\n\n";
-    } else {
-        out += &anthropic_event(
-            json!({"type": "message_start", "message": {"id": "msg_sdk", "type": "message",
-            "role": "assistant", "model": "claude-sonnet-4-20250514", "content": [], "stop_reason": null,
-            "usage": {"input_tokens": 50, "output_tokens": 1}}}),
-        );
-        let mut index = 0;
-        if !text.is_empty() {
-            out += &anthropic_event(
-                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-            );
-            out += &anthropic_event(
-                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
-            );
-            out += &anthropic_event(json!({"type": "content_block_stop", "index": 0}));
-            index = 1;
-        }
-        for (id, name, args) in calls {
-            out += &anthropic_event(json!({"type": "content_block_start", "index": index,
-                "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}));
-            for p in pieces(args) {
-                out += &anthropic_event(json!({"type": "content_block_delta", "index": index,
-                    "delta": {"type": "input_json_delta", "partial_json": p}}));
-            }
-            out += &anthropic_event(json!({"type": "content_block_stop", "index": index}));
-            index += 1;
-        }
-        out += &anthropic_event(
-            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
-            "usage": {"output_tokens": 20}}),
-        );
-        out += &anthropic_event(json!({"type": "message_stop"}));
-    }
-    Reply::recorded(out)
-}
-
-fn text_reply(wire: &str, words: &[&str]) -> Reply {
-    if wire == "openai" {
-        Reply::text(words)
-    } else {
-        Reply::anthropic_text(words)
-    }
-}
-
-/// One mock per pipeline, so each journal holds exactly that pipeline's
-/// provider requests.
-struct Gateway {
-    mocks: HashMap<String, MockProvider>,
-    server: RunningServer,
-}
-
-impl Gateway {
-    /// `pipelines`: `(name, provider kind, script)`; pipeline NAME runs
-    /// on provider NAME, a mock playing `script`.
-    async fn start(pipelines: Vec<(String, &str, Script)>) -> Gateway {
-        let mut mocks = HashMap::new();
-        let mut settings = String::from("storage: memory\nproviders:\n");
-        let mut files = Vec::new();
-        for (name, kind, script) in pipelines {
-            let mock = MockProvider::start(script).await.unwrap();
-            settings += &format!(
-                "  {name}: {{kind: {kind}, base_url: \"{}\"}}\n",
-                mock.base_url()
-            );
-            files.push((
-                PathBuf::from(format!("{name}.yaml")),
-                format!(
-                    "name: {name}\nmodel: {{provider: {name}, name: the-model}}\nlimits: {{max_tokens: 200}}\n"
-                ),
-            ));
-            mocks.insert(name, mock);
-        }
-        let catalog = compile_sources(&(PathBuf::from("settings.yaml"), settings), &files)
-            .unwrap_or_else(|d| panic!("{d:#?}"));
-        let server = RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        Gateway { mocks, server }
-    }
-
-    /// The request bodies pipeline `name`'s provider received.
-    fn sent(&self, name: &str) -> Vec<Value> {
-        self.mocks[name]
-            .journal()
-            .requests()
-            .into_iter()
-            .map(|r| r.body)
-            .collect()
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}/v1", self.server.addr)
-    }
-}
-
-/// Runs `program args…`, bounded, and parses the JSON it prints.
-async fn run_json(program: &str, args: &[&str]) -> Value {
-    let output = tokio::time::timeout(
-        Duration::from_secs(180),
-        tokio::process::Command::new(program).args(args).output(),
-    )
-    .await
-    .expect("the SDK script finishes")
-    .unwrap_or_else(|e| panic!("{program} runs: {e}"));
-    assert!(
-        output.status.success(),
-        "the SDK script failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "the script prints JSON ({e}):\n{}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
-}
-
-/// Ids as each provider spells them.
-fn call_id(wire: &str, n: u32) -> String {
-    if wire == "openai" {
-        format!("call_sdk{n}")
-    } else {
-        format!("toolu_sdk{n}")
-    }
-}
-
-const WEATHER_ARGS: &str = r#"{"city":"Paris"}"#;
 const TIME_ARGS: &str = r#"{"zone":"Europe/Paris"}"#;
 const REPORT: [&str; 4] = [
     r#"{"city":"Paris","#,
@@ -287,17 +72,17 @@ const REPORT: [&str; 4] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_sdk_helpers_work_over_both_wires() {
-    let Ok(python) = std::env::var("SLUICE_TEST_OPENAI_PYTHON") else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: OpenAI SDK helpers test (set SLUICE_TEST_OPENAI_PYTHON to a python with `openai` and `pydantic` installed)"
-        );
+    let Some(python) = env_or_skip(
+        "SLUICE_TEST_OPENAI_PYTHON",
+        "OpenAI SDK helpers test",
+        "a python with `openai` and `pydantic` installed",
+    ) else {
         return;
     };
     let mut pipelines = Vec::new();
     for wire in WIRES {
         let (a, b) = (call_id(wire, 1), call_id(wire, 2));
-        pipelines.push((
+        pipelines.push(SdkPipeline::new(
             format!("{wire}-stream"),
             wire,
             Script::single(tool_stream(
@@ -309,12 +94,12 @@ async fn the_openai_python_sdk_helpers_work_over_both_wires() {
                 ],
             )),
         ));
-        pipelines.push((
+        pipelines.push(SdkPipeline::new(
             format!("{wire}-parse"),
             wire,
             Script::single(text_reply(wire, &REPORT)),
         ));
-        pipelines.push((
+        pipelines.push(SdkPipeline::new(
             format!("{wire}-tools"),
             wire,
             Script::single(tool_stream(wire, "", &[(&a, "get_weather", WEATHER_ARGS)]))
@@ -322,9 +107,9 @@ async fn the_openai_python_sdk_helpers_work_over_both_wires() {
         ));
     }
     let gw = Gateway::start(pipelines).await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_tools.py");
-    let base = gw.base();
-    let mut args = vec![script.to_str().unwrap(), base.as_str()];
+    let script = sdk_script("openai_tools.py");
+    let base = format!("{}/v1", gw.root());
+    let mut args = vec![script.as_str(), base.as_str()];
     args.extend(WIRES);
     let r = run_json(&python, &args).await;
     println!("openai SDK helper results: {r:#}");
@@ -477,17 +262,17 @@ async fn the_openai_python_sdk_helpers_work_over_both_wires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_node_sdk_streams_tool_calls_over_both_wires() {
-    let Ok(dir) = std::env::var("SLUICE_TEST_OPENAI_NODE") else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: OpenAI Node SDK test (set SLUICE_TEST_OPENAI_NODE to engine/tests/sdk/node after `npm ci` there)"
-        );
+    let Some(dir) = env_or_skip(
+        "SLUICE_TEST_OPENAI_NODE",
+        "OpenAI Node SDK test",
+        "engine/tests/sdk/node after `npm ci` there",
+    ) else {
         return;
     };
     let mut pipelines = Vec::new();
     for wire in WIRES {
         let (a, b) = (call_id(wire, 1), call_id(wire, 2));
-        pipelines.push((
+        pipelines.push(SdkPipeline::new(
             format!("{wire}-node"),
             wire,
             Script::single(tool_stream(
@@ -501,9 +286,9 @@ async fn the_openai_node_sdk_streams_tool_calls_over_both_wires() {
         ));
     }
     let gw = Gateway::start(pipelines).await;
-    let script = PathBuf::from(&dir).join("openai_client.mjs");
-    let base = gw.base();
-    let mut args = vec![script.to_str().unwrap(), base.as_str()];
+    let script = format!("{dir}/openai_client.mjs");
+    let base = format!("{}/v1", gw.root());
+    let mut args = vec![script.as_str(), base.as_str()];
     args.extend(WIRES);
     let r = run_json("node", &args).await;
     println!("openai Node SDK results: {r:#}");

@@ -61,6 +61,11 @@ pub fn request_body(req: &ProviderRequest) -> Value {
             .iter()
             .map(|t| {
                 let mut tool = json!({"name": t.name, "description": t.description, "input_schema": t.parameters});
+                // Anthropic's strict tool use (structured outputs): the
+                // same promise as OpenAI's `strict`, under the same name.
+                if let Some(strict) = t.strict {
+                    tool["strict"] = json!(strict);
+                }
                 if let Some(cc) = &t.cache_control {
                     tool["cache_control"] = cc.clone();
                 }
@@ -134,10 +139,15 @@ fn part_block(p: &Part) -> Option<Value> {
     match p {
         Part::Text(t) if t.is_empty() => None,
         Part::Text(t) => Some(json!({"type": "text", "text": t})),
-        Part::Image(Image::Url(url)) => {
-            Some(json!({"type": "image", "source": {"type": "url", "url": url}}))
-        }
-        Part::Image(Image::Base64 { media_type, data }) => Some(json!({
+        // OpenAI's `detail` is a hint Anthropic has no field for: left out.
+        Part::Image {
+            image: Image::Url(url),
+            ..
+        } => Some(json!({"type": "image", "source": {"type": "url", "url": url}})),
+        Part::Image {
+            image: Image::Base64 { media_type, data },
+            ..
+        } => Some(json!({
             "type": "image",
             "source": {"type": "base64", "media_type": media_type, "data": data},
         })),

@@ -88,7 +88,7 @@ impl Message {
 
     /// Whether any part is not text.
     pub fn has_images(&self) -> bool {
-        self.content.iter().any(|p| matches!(p, Part::Image(_)))
+        self.content.iter().any(|p| matches!(p, Part::Image { .. }))
     }
 }
 
@@ -97,7 +97,12 @@ impl Message {
 #[serde(rename_all = "snake_case")]
 pub enum Part {
     Text(String),
-    Image(Image),
+    Image {
+        image: Image,
+        /// OpenAI's `image_url.detail`, when the client set it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<ImageDetail>,
+    },
     /// Reasoning from an earlier assistant turn, with the provider's
     /// signature (Anthropic asks for it back when thinking meets tools).
     Thinking {
@@ -116,6 +121,37 @@ pub enum Image {
     Url(String),
     /// Inline: the media type and base64 data (what a `data:` URL holds).
     Base64 { media_type: String, data: String },
+}
+
+/// How closely the model should look at an image (OpenAI's
+/// `image_url.detail`). A hint: the Anthropic Messages API has no
+/// equivalent, and its wire leaves it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageDetail {
+    Auto,
+    Low,
+    High,
+}
+
+impl ImageDetail {
+    /// `"auto"`, `"low"` or `"high"`; None for any other value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "low" => Some(Self::Low),
+            "high" => Some(Self::High),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Low => "low",
+            Self::High => "high",
+        }
+    }
 }
 
 impl Image {

@@ -132,7 +132,13 @@ fn content(m: &Message) -> Value {
         .iter()
         .filter_map(|p| match p {
             Part::Text(t) => Some(json!({"type": "text", "text": t})),
-            Part::Image(i) => Some(json!({"type": "image_url", "image_url": {"url": i.to_url()}})),
+            Part::Image { image, detail } => {
+                let mut url = json!({ "url": image.to_url() });
+                if let Some(d) = detail {
+                    url["detail"] = json!(d.as_str());
+                }
+                Some(json!({"type": "image_url", "image_url": url}))
+            }
             Part::Thinking { .. } | Part::RedactedThinking(_) => None,
         })
         .collect();

@@ -15,6 +15,7 @@
 //! ledger row opened before the call is settled at the end.
 
 mod attempts;
+mod calls;
 mod channel;
 mod conclude;
 mod events;
@@ -635,7 +636,7 @@ async fn run(
     let images = prompt
         .iter()
         .flat_map(|m| &m.content)
-        .filter(|p| matches!(p, crate::provider::Part::Image(_)))
+        .filter(|p| matches!(p, crate::provider::Part::Image { .. }))
         .count() as u64;
     let reserve_counted = counted
         .saturating_add(images.saturating_mul(tokens::IMAGE_TOKENS_BOUND - tokens::IMAGE_TOKENS));

@@ -12,8 +12,8 @@ use super::channel::EventSender;
 use super::events::{ErrorCode, Event, ToolCallDelta};
 use super::{RunContext, Tally};
 use crate::compile::Pipeline;
-use std::collections::BTreeMap;
 
+use super::calls::{Calls, Malformed};
 use crate::provider::{Chunk, ChunkStream, FinishReason, Part, ProviderError, ToolCall};
 use crate::tokens;
 
@@ -173,37 +173,13 @@ impl Choices {
     }
 }
 
-/// A tool call being assembled from stream fragments.
-#[derive(Default)]
-struct Partial {
-    id: Option<String>,
-    name: String,
-    arguments: String,
-    /// Its index among the client's calls, once its name said it goes
-    /// back to the client.
-    client_index: Option<u32>,
-}
-
-/// The id of call `index` (some compatible servers send none; the
-/// conversation still needs one to pair each result with its call).
-fn call_id(id: &Option<String>, index: u32) -> String {
-    id.clone().unwrap_or_else(|| format!("call_{index}"))
-}
-
-/// The calls of a round, in the order the provider indexed them, and
-/// which of them go back to the client.
-fn assemble(partials: BTreeMap<u32, Partial>) -> (Vec<ToolCall>, Vec<bool>) {
-    partials
-        .into_iter()
-        .map(|(index, p)| {
-            let call = ToolCall {
-                id: call_id(&p.id, index),
-                name: p.name,
-                arguments: p.arguments,
-            };
-            (call, p.client_index.is_some())
-        })
-        .unzip()
+/// Sends the client the pieces of its tool calls in `relay`, emptying it.
+/// Err: the client left.
+async fn relay_calls(out: &mut Out, relay: &mut Vec<ToolCallDelta>) -> Result<(), ()> {
+    for d in relay.drain(..) {
+        out.send(Event::ToolCallDelta(Box::new(d))).await?;
+    }
+    Ok(())
 }
 
 /// The ending of a round whose provider sent more opaque reasoning data
@@ -274,16 +250,19 @@ pub(super) async fn stream_round(
     let mut choices = Choices::new(n);
     let wants_logprobs = ask.params.logprobs || ask.params.top_logprobs.is_some();
     let mut logprobs_bytes: u64 = 0;
-    let mut partials: BTreeMap<u32, Partial> = BTreeMap::new();
+    let mut calls = Calls::default();
     let wants_tools = !pipeline.tools.is_empty();
-    let mut client_calls: u32 = 0;
+    let for_client = |name: &str| ask.is_for_client(name, pipeline);
+    // What the client is to be sent of its tool calls after a chunk
+    // (kept across chunks for its capacity).
+    let mut relay: Vec<ToolCallDelta> = Vec::new();
     // A finished round: the answer, or the tool calls the model asked for
     // (run by the tool loop, or reported when the pipeline has no tools).
-    let finished = |finish: FinishReason, said: Vec<Part>, partials: BTreeMap<u32, Partial>| {
-        if partials.is_empty() {
+    let finished = |finish: FinishReason, said: Vec<Part>, calls: Calls| {
+        if calls.is_empty() {
             RoundEnd::Ended(Ending::Finished(finish))
         } else {
-            let (calls, for_client) = assemble(partials);
+            let (calls, for_client) = calls.assemble();
             RoundEnd::ToolCalls {
                 calls,
                 for_client,
@@ -341,7 +320,7 @@ pub(super) async fn stream_round(
                             // The answer is complete; only the usage chunk
                             // or the terminator is missing.
                             debug!("upstream silent after finishing; usage will be estimated");
-                            return finished(reason, said, partials);
+                            return finished(reason, said, calls);
                         }
                         let (code, what, d) = if deadline == out.total_deadline {
                             (ErrorCode::TimeoutTotal, "the request", pipeline.timeouts.total)
@@ -359,7 +338,7 @@ pub(super) async fn stream_round(
                         Some(Ok(c)) => c,
                         Some(Err(ProviderError::Truncated)) | None if finish.is_some() => {
                             debug!("upstream ended without usage or terminator after finishing");
-                            return finished(finish.unwrap_or(FinishReason::Stop), said, partials);
+                            return finished(finish.unwrap_or(FinishReason::Stop), said, calls);
                         }
                         None => {
                             return RoundEnd::Ended(Ending::Failed {
@@ -400,7 +379,7 @@ pub(super) async fn stream_round(
         {
             drop(stream);
             debug!("provider kept generating after its finish reason; stream ended there");
-            return finished(reason.clone(), said, partials);
+            return finished(reason.clone(), said, calls);
         }
         last_chunk_at = Instant::now();
         match chunk {
@@ -535,8 +514,8 @@ pub(super) async fn stream_round(
                 name,
                 arguments,
             } => {
-                if !partials.contains_key(&index) {
-                    if partials.len() >= MAX_TOOL_CALLS {
+                if !calls.contains(index) {
+                    if calls.len() >= MAX_TOOL_CALLS {
                         drop(stream);
                         warn!(
                             max = MAX_TOOL_CALLS,
@@ -561,49 +540,36 @@ pub(super) async fn stream_round(
                     drop(stream);
                     return ceiling_cut(max_tokens, guard, "tool calls");
                 }
-                let p = partials.entry(index).or_default();
-                // Once relayed, a call keeps the id the client was given.
-                if id.is_some() && p.client_index.is_none() {
-                    p.id = id;
+                // A call for the client is relayed as it arrives, from the
+                // fragment that completes its name; the pipeline's own
+                // calls are only assembled here and run by the tool loop.
+                if let Err(Malformed(message)) =
+                    calls.push(index, id, name, arguments, &for_client, &mut relay)
+                {
+                    drop(stream);
+                    warn!(%message, "provider sent a malformed tool call; stream cut");
+                    return RoundEnd::Ended(Ending::Failed {
+                        code: ErrorCode::Upstream,
+                        message,
+                        finish: "error",
+                    });
                 }
-                let named_now = p.name.is_empty() && name.as_deref().is_some_and(|n| !n.is_empty());
-                if let Some(n) = name {
-                    p.name.push_str(&n);
-                }
-                p.arguments.push_str(&arguments);
-                // A call for the client is relayed as it arrives: from its
-                // first named fragment (with what came before it), then
-                // fragment by fragment. The pipeline's own calls are only
-                // assembled here and run by the tool loop.
-                let delta = match p.client_index {
-                    Some(i) if !arguments.is_empty() => Some(ToolCallDelta {
-                        index: i,
-                        id: None,
-                        name: None,
-                        arguments,
-                    }),
-                    None if named_now && ask.is_for_client(&p.name, pipeline) => {
-                        p.client_index = Some(client_calls);
-                        client_calls += 1;
-                        let id = call_id(&p.id, index);
-                        p.id = Some(id.clone());
-                        Some(ToolCallDelta {
-                            index: client_calls - 1,
-                            id: Some(id),
-                            name: Some(p.name.clone()),
-                            arguments: p.arguments.clone(),
-                        })
-                    }
-                    _ => None,
-                };
-                if let Some(d) = delta {
-                    if out.send(Event::ToolCallDelta(Box::new(d))).await.is_err() {
+                if !relay.is_empty() {
+                    if relay_calls(out, &mut relay).await.is_err() {
                         return RoundEnd::Ended(Ending::ClientClosed);
                     }
                     keepalive_at = Instant::now() + out.keepalive;
                 }
             }
-            Chunk::Finish(reason) if n == 1 => finish = Some(reason),
+            Chunk::Finish(reason) if n == 1 => {
+                // Every name is whole now: a client's call held for its
+                // name goes out before the answer ends.
+                calls.finish(&for_client, &mut relay);
+                if relay_calls(out, &mut relay).await.is_err() {
+                    return RoundEnd::Ended(Ending::ClientClosed);
+                }
+                finish = Some(reason);
+            }
             Chunk::Finish(reason) => {
                 if choices.is_done(choice) {
                     continue;
@@ -621,7 +587,7 @@ pub(super) async fn stream_round(
             Chunk::End => {
                 drop(stream);
                 return match finish {
-                    Some(reason) => finished(reason, said, partials),
+                    Some(reason) => finished(reason, said, calls),
                     None => RoundEnd::Ended(Ending::Failed {
                         code: ErrorCode::Upstream,
                         message: "the provider ended the stream without a finish reason".into(),

@@ -78,6 +78,24 @@ fn after_tools(params: &std::sync::Arc<Params>) -> std::sync::Arc<Params> {
     }
 }
 
+/// Whether the calls of a round are complete, so that they may run (or
+/// go back to the client as calls to run): the model finished asking for
+/// them. A call cut by the provider's max_tokens or a content filter is
+/// incomplete and never runs. A reason Sluice does not know (a compatible
+/// server's own word for the end of a turn) cut nothing it says, and
+/// calls whose arguments are whole JSON are taken as complete; arguments
+/// that are not say the call was cut all the same.
+fn calls_complete(finish: &FinishReason, calls: &[ToolCall]) -> bool {
+    match finish {
+        FinishReason::ToolCalls | FinishReason::Stop | FinishReason::StopSequence(_) => true,
+        FinishReason::Length | FinishReason::ContentFilter => false,
+        FinishReason::Other(_) => calls.iter().all(|c| {
+            c.arguments.trim().is_empty()
+                || serde_json::from_str::<serde::de::IgnoredAny>(&c.arguments).is_ok()
+        }),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn stream_body(
     cx: &RunContext,
@@ -105,13 +123,7 @@ pub(super) async fn stream_body(
                 finish,
             } => (calls, for_client, said, finish),
         };
-        // Calls are run (or handed to the client to run) only when the
-        // model finished asking for them: a call cut by the provider's
-        // max_tokens (or a content filter) is incomplete and never runs.
-        let complete = matches!(
-            finish,
-            FinishReason::ToolCalls | FinishReason::Stop | FinishReason::StopSequence(_)
-        );
+        let complete = calls_complete(&finish, &calls);
         let client_calls: Vec<ToolCall> = calls
             .iter()
             .zip(&for_client)
@@ -141,6 +153,9 @@ pub(super) async fn stream_body(
             {
                 return Ending::ClientClosed;
             }
+            // Complete calls for the client end the answer as OpenAI and
+            // Anthropic say it: `tool_calls` (`tool_use`), whatever name
+            // the provider gave its reason; cut ones say why they were cut.
             let reason = if complete {
                 FinishReason::ToolCalls
             } else {
@@ -281,5 +296,40 @@ pub(super) async fn stream_body(
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(arguments: &str) -> ToolCall {
+        ToolCall {
+            id: "c".into(),
+            name: "f".into(),
+            arguments: arguments.into(),
+        }
+    }
+
+    #[test]
+    fn calls_are_complete_unless_cut() {
+        let whole = [call(r#"{"city":"Oslo"}"#), call("")];
+        for reason in [
+            FinishReason::ToolCalls,
+            FinishReason::Stop,
+            FinishReason::StopSequence(None),
+            // A compatible server's own words for the end of a turn.
+            FinishReason::Other("eos".into()),
+            FinishReason::Other("end_turn".into()),
+        ] {
+            assert!(calls_complete(&reason, &whole), "{reason:?}");
+        }
+        for reason in [FinishReason::Length, FinishReason::ContentFilter] {
+            assert!(!calls_complete(&reason, &whole), "{reason:?}");
+        }
+        // An unknown reason with arguments cut in the middle: cut.
+        let cut = [call(r#"{"city":"Os"#)];
+        assert!(!calls_complete(&FinishReason::Other("abort".into()), &cut));
+        assert!(calls_complete(&FinishReason::ToolCalls, &cut));
     }
 }

@@ -117,7 +117,7 @@ pub(crate) fn prompt_bytes(prompt: &[Message]) -> u64 {
             n.saturating_add(match p {
                 Part::Text(t) | Part::Thinking { text: t, .. } => t.len() as u64,
                 Part::RedactedThinking(d) => d.len() as u64,
-                Part::Image(_) => crate::tokens::IMAGE_TOKENS_BOUND,
+                Part::Image { .. } => crate::tokens::IMAGE_TOKENS_BOUND,
             })
         });
         sum.saturating_add(content)

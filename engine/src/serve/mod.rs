@@ -9,6 +9,7 @@ mod anthropic_request;
 mod auth;
 mod conn;
 mod openai_compat;
+mod openai_messages;
 mod openai_request;
 mod request;
 mod server;

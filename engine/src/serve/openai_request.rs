@@ -5,9 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::provider::{
-    Image, Message, Params, Part, ResponseFormat, Role, ToolCall, ToolChoice, ToolSpec,
-};
+use crate::provider::{Message, Params, ResponseFormat, ToolChoice, ToolSpec};
 
 /// A validated chat-completions request.
 pub(super) struct ChatRequest {
@@ -170,7 +168,7 @@ pub(super) fn parse(body: &[u8]) -> Result<ChatRequest, Invalid> {
     let messages = items
         .iter()
         .enumerate()
-        .map(|(i, m)| message(m, i))
+        .map(|(i, m)| super::openai_messages::message(m, i))
         .collect::<Result<Vec<_>, _>>()?;
     // A tool result answers a call the conversation made.
     let mut called: std::collections::HashSet<&str> = std::collections::HashSet::new();
@@ -196,6 +194,13 @@ pub(super) fn parse(body: &[u8]) -> Result<ChatRequest, Invalid> {
     let stream = boolean(obj, "stream")?.unwrap_or(false);
     let include_usage = match obj.get("stream_options") {
         None | Some(Value::Null) => false,
+        // OpenAI's own rule, in its words.
+        Some(_) if !stream => {
+            return Err(invalid(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                Some("stream_options"),
+            ));
+        }
         Some(Value::Object(o)) => {
             for key in o.keys() {
                 if key != "include_usage" {
@@ -342,7 +347,17 @@ fn tools(obj: &Map<String, Value>) -> Result<Vec<ToolSpec>, Invalid> {
                 Some(&format!("{at}.type")),
             ));
         }
+        if let Some(o) = t.as_object() {
+            only(o, &["type", "function"], &at)?;
+        }
         let f = &t["function"];
+        if let Some(o) = f.as_object() {
+            only(
+                o,
+                &["name", "description", "parameters", "strict"],
+                &format!("{at}.function"),
+            )?;
+        }
         let name = f["name"].as_str().unwrap_or_default();
         if !valid_name(name) {
             return Err(invalid(
@@ -421,32 +436,90 @@ fn tool_choice(obj: &Map<String, Value>) -> Result<Option<ToolChoice>, Invalid> 
     })
 }
 
+/// The keys of `obj` (at `at`) that are not among `known`: the first is
+/// refused by name, as OpenAI refuses an unknown argument.
+fn only(obj: &Map<String, Value>, known: &[&str], at: &str) -> Result<(), Invalid> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(key) => Err(invalid(
+            format!("{at}.{key} is not supported"),
+            Some(&format!("{at}.{key}")),
+        )),
+    }
+}
+
 fn response_format(obj: &Map<String, Value>) -> Result<Option<ResponseFormat>, Invalid> {
     let Some(v) = obj.get("response_format").filter(|v| !v.is_null()) else {
         return Ok(None);
     };
     let field = Some("response_format");
+    let Some(o) = v.as_object() else {
+        return Err(invalid("response_format must be an object", field));
+    };
     Ok(Some(match v["type"].as_str() {
-        Some("text") => ResponseFormat::Text,
-        Some("json_object") => ResponseFormat::JsonObject,
+        Some("text") => {
+            only(o, &["type"], "response_format")?;
+            ResponseFormat::Text
+        }
+        Some("json_object") => {
+            only(o, &["type"], "response_format")?;
+            ResponseFormat::JsonObject
+        }
         Some("json_schema") => {
-            let s = &v["json_schema"];
-            let name = s["name"].as_str().filter(|n| valid_name(n)).ok_or_else(|| {
-                invalid(
-                    "json_schema.name is required: 1 to 64 characters of a-z, A-Z, 0-9, _ and -",
-                    field,
-                )
-            })?;
-            let schema = match &s["schema"] {
-                Value::Null => serde_json::json!({}),
-                o @ Value::Object(_) => o.clone(),
-                _ => return Err(invalid("json_schema.schema must be an object", field)),
+            only(o, &["type", "json_schema"], "response_format")?;
+            let at = "response_format.json_schema";
+            let Some(s) = v["json_schema"].as_object() else {
+                return Err(invalid(
+                    "response_format.json_schema must be an object (name, schema, description, strict)",
+                    Some(at),
+                ));
+            };
+            only(s, &["name", "description", "schema", "strict"], at)?;
+            let name = s
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| valid_name(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "json_schema.name is required: 1 to 64 characters of a-z, A-Z, 0-9, _ and -",
+                        Some("response_format.json_schema.name"),
+                    )
+                })?;
+            let schema = match s.get("schema") {
+                None | Some(Value::Null) => serde_json::json!({}),
+                Some(o @ Value::Object(_)) => o.clone(),
+                Some(_) => {
+                    return Err(invalid(
+                        "json_schema.schema must be an object",
+                        Some("response_format.json_schema.schema"),
+                    ));
+                }
+            };
+            let description = match s.get("description") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(d)) => Some(d.clone()),
+                Some(_) => {
+                    return Err(invalid(
+                        "json_schema.description must be a string",
+                        Some("response_format.json_schema.description"),
+                    ));
+                }
+            };
+            let strict = match s.get("strict") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(b)) => Some(*b),
+                Some(_) => {
+                    return Err(invalid(
+                        "json_schema.strict must be a boolean",
+                        Some("response_format.json_schema.strict"),
+                    ));
+                }
             };
             ResponseFormat::JsonSchema {
                 name: name.to_string(),
-                description: s["description"].as_str().map(str::to_string),
+                description,
                 schema,
-                strict: s["strict"].as_bool(),
+                strict,
             }
         }
         _ => {
@@ -456,165 +529,6 @@ fn response_format(obj: &Map<String, Value>) -> Result<Option<ResponseFormat>, I
             ));
         }
     }))
-}
-
-/// Text, or an array of parts. `images` says whether image parts may be
-/// among them (only in user messages, as in OpenAI's API).
-fn content(v: &Value, at: &str, images: bool) -> Result<Vec<Part>, Invalid> {
-    let field = format!("{at}.content");
-    match v {
-        Value::Null => Ok(Vec::new()),
-        Value::String(s) if s.is_empty() => Ok(Vec::new()),
-        Value::String(s) => Ok(vec![Part::Text(s.clone())]),
-        Value::Array(parts) => parts
-            .iter()
-            .enumerate()
-            .map(|(j, p)| {
-                let here = format!("{field}[{j}]");
-                match p["type"].as_str() {
-                    Some("text") => p["text"]
-                        .as_str()
-                        .map(|t| Part::Text(t.to_string()))
-                        .ok_or_else(|| invalid("a text part needs \"text\"", Some(&here))),
-                    Some("image_url") if images => {
-                        let url = p["image_url"]["url"].as_str().ok_or_else(|| {
-                            invalid("an image_url part needs image_url.url", Some(&here))
-                        })?;
-                        if !(url.starts_with("https://")
-                            || url.starts_with("http://")
-                            || url.starts_with("data:image/"))
-                        {
-                            return Err(invalid(
-                                "image_url.url must be an http(s) URL or a data:image/... URL",
-                                Some(&here),
-                            ));
-                        }
-                        if url.starts_with("data:") && !url.contains(";base64,") {
-                            return Err(invalid(
-                                "a data URL image must be base64 (data:image/png;base64,...)",
-                                Some(&here),
-                            ));
-                        }
-                        Ok(Part::Image(Image::from_url(url)))
-                    }
-                    Some(other) => Err(invalid(
-                        format!(
-                            "content parts of type \"{other}\" are not supported here (text{})",
-                            if images { ", image_url" } else { "" }
-                        ),
-                        Some(&here),
-                    )),
-                    None => Err(invalid("each content part needs a type", Some(&here))),
-                }
-            })
-            .collect(),
-        _ => Err(invalid(
-            "content must be a string or an array of content parts",
-            Some(&field),
-        )),
-    }
-}
-
-fn message(m: &Value, i: usize) -> Result<Message, Invalid> {
-    let at = format!("messages[{i}]");
-    let Some(obj) = m.as_object() else {
-        return Err(invalid("each message must be an object", Some(&at)));
-    };
-    let role = match obj.get("role").and_then(Value::as_str) {
-        Some("system" | "developer") => Role::System,
-        Some("user") => Role::User,
-        Some("assistant") => Role::Assistant,
-        Some("tool") => Role::Tool,
-        Some(other) => {
-            return Err(invalid(
-                format!(
-                    "unsupported role \"{other}\", expected system, developer, user, assistant or tool"
-                ),
-                Some(&format!("{at}.role")),
-            ));
-        }
-        None => {
-            return Err(invalid(
-                "each message needs a role",
-                Some(&format!("{at}.role")),
-            ));
-        }
-    };
-    let allowed: &[&str] = match role {
-        Role::Assistant => &["role", "content", "tool_calls", "refusal"],
-        Role::Tool => &["role", "content", "tool_call_id"],
-        _ => &["role", "content"],
-    };
-    for (key, value) in obj {
-        // `name` (a participant's name) has no equivalent on every
-        // provider; a null one is what some frameworks always send.
-        if !allowed.contains(&key.as_str()) && !value.is_null() {
-            return Err(invalid(
-                format!(
-                    "\"{key}\" is not supported on a {} message",
-                    role_name(role)
-                ),
-                Some(&format!("{at}.{key}")),
-            ));
-        }
-    }
-    let mut out = Message::new(role, "");
-    out.content = content(&m["content"], &at, role == Role::User)?;
-    match role {
-        Role::Assistant => {
-            // A refusal the model gave earlier is what it said.
-            if let Some(r) = m["refusal"].as_str().filter(|r| !r.is_empty())
-                && out.content.is_empty()
-            {
-                out.content.push(Part::Text(r.to_string()));
-            }
-            if let Some(calls) = m["tool_calls"].as_array() {
-                for (j, c) in calls.iter().enumerate() {
-                    let here = format!("{at}.tool_calls[{j}]");
-                    let (Some(id), Some(name)) = (c["id"].as_str(), c["function"]["name"].as_str())
-                    else {
-                        return Err(invalid(
-                            "a tool call needs id and function.name",
-                            Some(&here),
-                        ));
-                    };
-                    let arguments = match &c["function"]["arguments"] {
-                        Value::String(s) => s.clone(),
-                        Value::Null => String::new(),
-                        other => other.to_string(),
-                    };
-                    out.tool_calls.push(ToolCall {
-                        id: id.to_string(),
-                        name: name.to_string(),
-                        arguments,
-                    });
-                }
-            }
-        }
-        Role::Tool => {
-            let id = m["tool_call_id"].as_str().filter(|s| !s.is_empty());
-            out.tool_call_id = Some(
-                id.ok_or_else(|| {
-                    invalid(
-                        "a tool message needs the tool_call_id it answers",
-                        Some(&format!("{at}.tool_call_id")),
-                    )
-                })?
-                .to_string(),
-            );
-        }
-        _ => {}
-    }
-    Ok(out)
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::provider::{Image, ImageDetail, Part, Role};
 
 fn ok(body: &str) -> ChatRequest {
     match parse(body.as_bytes()) {
@@ -74,14 +75,20 @@ fn images_by_url_and_data_url() {
     let parts = &c.messages[0].content;
     assert_eq!(
         parts[1],
-        Part::Image(Image::Url("https://example.com/a.png".into()))
+        Part::Image {
+            image: Image::Url("https://example.com/a.png".into()),
+            detail: None
+        }
     );
     assert_eq!(
         parts[2],
-        Part::Image(Image::Base64 {
-            media_type: "image/png".into(),
-            data: "iVBORw0KGgo=".into()
-        })
+        Part::Image {
+            image: Image::Base64 {
+                media_type: "image/png".into(),
+                data: "iVBORw0KGgo=".into()
+            },
+            detail: Some(ImageDetail::Low)
+        }
     );
 }
 
@@ -114,13 +121,48 @@ fn refusals_name_the_field() {
         (r#"{"model":"p","messages":[{"role":"system","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#.to_string(), "messages[0].content[0]"),
         (r#"{"model":"p","messages":[{"role":"user","content":[{"type":"input_audio"}]}]}"#.to_string(), "messages[0].content[0]"),
         (r#"{"model":"p","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"file:///etc/passwd"}}]}]}"#.to_string(), "messages[0].content[0]"),
+        (r#"{"model":"p","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png","detail":"ultra"}}]}]}"#.to_string(), "messages[0].content[0].image_url.detail"),
+        (r#"{"model":"p","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png","detail":1}}]}]}"#.to_string(), "messages[0].content[0].image_url.detail"),
         (r#"{"model":"p","messages":[{"role":"tool","content":"x"}]}"#.to_string(), "messages[0].tool_call_id"),
         (r#"{"model":"p","messages":[{"role":"tool","tool_call_id":"nope","content":"x"}]}"#.to_string(), "messages[0].tool_call_id"),
         (r#"{"model":"p","messages":[{"role":"assistant","tool_calls":[{"type":"function"}]}]}"#.to_string(), "messages[0].tool_calls[0]"),
+        (r#"{"model":"p","messages":[{"role":"assistant","tool_calls":{"id":"c"}}]}"#.to_string(), "messages[0].tool_calls"),
+        (r#"{"model":"p","messages":[{"role":"assistant","tool_calls":"call_1"}]}"#.to_string(), "messages[0].tool_calls"),
+        (r#"{"model":"p","messages":[{"role":"assistant","tool_calls":[{"id":"c","type":"custom","function":{"name":"f"}}]}]}"#.to_string(), "messages[0].tool_calls[0].type"),
+        (r#"{"model":"p","messages":[{"role":"assistant","refusal":true}]}"#.to_string(), "messages[0].refusal"),
+        (format!(r#"{{"model":"p",{m},"stream_options":{{"include_usage":true}}}}"#), "stream_options"),
+        (format!(r#"{{"model":"p",{m},"stream":false,"stream_options":{{}}}}"#), "stream_options"),
+        (format!(r#"{{"model":"p",{m},"response_format":"json_object"}}"#), "response_format"),
+        (format!(r#"{{"model":"p",{m},"response_format":{{"type":"json_object","schema":{{}}}}}}"#), "response_format.schema"),
+        (format!(r#"{{"model":"p",{m},"response_format":{{"type":"json_schema"}}}}"#), "response_format.json_schema"),
+        (format!(r#"{{"model":"p",{m},"response_format":{{"type":"json_schema","json_schema":{{"name":"x","strict":"true"}}}}}}"#), "response_format.json_schema.strict"),
+        (format!(r#"{{"model":"p",{m},"response_format":{{"type":"json_schema","json_schema":{{"name":"x","description":5}}}}}}"#), "response_format.json_schema.description"),
+        (format!(r#"{{"model":"p",{m},"response_format":{{"type":"json_schema","json_schema":{{"name":"x","schemas":{{}}}}}}}}"#), "response_format.json_schema.schemas"),
+        (format!(r#"{{"model":"p",{m},"response_format":{{"type":"json_schema","json_schema":{{"name":"x","schema":[]}}}}}}"#), "response_format.json_schema.schema"),
+        (format!(r#"{{"model":"p",{m},"response_format":{{"type":"json_schema","json_schema":{{"schema":{{}}}}}}}}"#), "response_format.json_schema.name"),
+        (format!(r#"{{"model":"p",{m},"tools":[{{"type":"function","function":{{"name":"a","parametrs":{{}}}}}}]}}"#), "tools[0].function.parametrs"),
+        (format!(r#"{{"model":"p",{m},"tools":[{{"type":"function","function":{{"name":"a","strict":1}}}}]}}"#), "tools[0].function.strict"),
+        (format!(r#"{{"model":"p",{m},"tools":[{{"type":"function","name":"a","function":{{"name":"a"}}}}]}}"#), "tools[0].name"),
     ];
     for (body, field) in cases {
         assert_eq!(param_of(&body).as_deref(), Some(field), "{body}");
     }
+}
+
+#[test]
+fn stream_options_need_stream_and_say_so_in_openais_words() {
+    let body = r#"{"model":"p","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":true}}"#;
+    let Err(e) = parse(body.as_bytes()) else {
+        panic!("accepted");
+    };
+    assert_eq!(
+        e.message,
+        "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+    );
+    let c = ok(
+        r#"{"model":"p","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#,
+    );
+    assert!(c.stream && c.include_usage);
 }
 
 #[test]

@@ -3,6 +3,9 @@
 //! SSE stream as any client would.
 #![allow(dead_code)]
 
+pub mod chat;
+pub mod sdk;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
