@@ -282,3 +282,65 @@ async fn a_pipelines_limit_counts_every_key_and_messages_get_anthropics_headers(
     assert_eq!(mock.journal().request_count(), 2);
     server.stop().await;
 }
+
+/// The official Python SDKs against keys and a limit of one request a
+/// minute: a wrong key raises `AuthenticationError`, the request past the
+/// limit `RateLimitError`, with the `Retry-After` and limit headers each
+/// SDK reads. Runs when SLUICE_TEST_OPENAI_PYTHON names a python with
+/// `openai` and `anthropic` installed (CI sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdks_raise_their_own_errors_for_keys_and_limits() {
+    let Some(python) = common::sdk::env_or_skip(
+        "SLUICE_TEST_OPENAI_PYTHON",
+        "keys and rate limits through the Python SDKs",
+        "a python with `openai` and `anthropic` installed",
+    ) else {
+        return;
+    };
+    let mock = MockProvider::start(Script::single(Reply::text(&["ok"])))
+        .await
+        .unwrap();
+    let o = key("o", ", rate_limit: {requests_per_minute: 1}");
+    let a = key("a", ", rate_limit: {requests_per_minute: 1}");
+    let server = start(catalog(
+        &mock,
+        "memory",
+        &format!("keys:\n{}{}", o.entry, a.entry),
+        "",
+    ))
+    .await;
+    let base = format!("http://{}", server.addr);
+    let r = common::sdk::run_json(
+        &python,
+        &[
+            &common::sdk::sdk_script("keys_and_limits.py"),
+            &base,
+            &o.secret,
+            &a.secret,
+        ],
+    )
+    .await;
+    assert_eq!(
+        r["openai_wrong_key"]["raised"], "AuthenticationError",
+        "{r}"
+    );
+    assert_eq!(
+        r["anthropic_wrong_key"]["raised"], "AuthenticationError",
+        "{r}"
+    );
+    for first in ["openai_first", "anthropic_first"] {
+        assert!(r[first]["raised"].is_null(), "{first}: {r}");
+    }
+    for second in ["openai_second", "anthropic_second"] {
+        let e = &r[second];
+        assert_eq!(e["raised"], "RateLimitError", "{second}: {r}");
+        assert_eq!(e["status"], 429);
+        assert_eq!(e["retry_after"], "60", "{second}: {r}");
+        assert_eq!(e["retry_after_ms"], "60000");
+        assert_eq!(e["limit"], "1");
+        assert_eq!(e["remaining"], "0");
+    }
+    assert!(!r.to_string().contains(&o.secret) && !r.to_string().contains(&a.secret));
+    assert_eq!(mock.journal().request_count(), 2);
+    server.stop().await;
+}
