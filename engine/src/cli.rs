@@ -210,7 +210,16 @@ pub async fn serve(
     let server = Server::bind(catalog, addr).await?;
     let local = server.local_addr()?;
     tracing::info!(addr = %local, pipelines = ?names, "serving");
+    // SIGHUP or a changed file: compile again, swap in what is good.
+    let stop_watching = tokio_util::sync::CancellationToken::new();
+    let watcher = tokio::spawn(crate::serve::watch(
+        dir.to_path_buf(),
+        server.reload_handle(),
+        stop_watching.clone(),
+    ));
     server.run(shutdown_signal()).await;
+    stop_watching.cancel();
+    let _ = watcher.await;
     Ok(ExitCode::SUCCESS)
 }
 

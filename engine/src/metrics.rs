@@ -42,6 +42,12 @@ pub struct CostLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `failed` (the previous configuration kept).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthLabels {
     /// `missing`, `unknown` (401) or `forbidden` (403).
     pub reason: &'static str,
@@ -77,6 +83,9 @@ pub struct Metrics {
     pub budget_used: Family<ScopeLabels, Gauge<f64, AtomicU64>>,
     pub usage_anomalies: Family<AnomalyLabels, Counter>,
     pub auth_refusals: Family<AuthLabels, Counter>,
+    pub config_reloads: Family<ReloadLabels, Counter>,
+    /// The configuration served: 1 at start, one more per reload.
+    pub config_version: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -113,6 +122,19 @@ impl Metrics {
         let budget_used = Family::<ScopeLabels, Gauge<f64, AtomicU64>>::default();
         let usage_anomalies = Family::<AnomalyLabels, Counter>::default();
         let auth_refusals = Family::<AuthLabels, Counter>::default();
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        let config_version = Gauge::default();
+        config_version.set(1);
+        registry.register(
+            "config_reloads",
+            "Reloads of the configuration: ok, or failed (the previous one kept)",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "config_version",
+            "The configuration served: 1 at start, one more per reload",
+            config_version.clone(),
+        );
         registry.register(
             "requests",
             "Requests by pipeline, model and final status",
@@ -157,6 +179,8 @@ impl Metrics {
         Metrics {
             registry,
             auth_refusals,
+            config_reloads,
+            config_version,
             requests,
             tokens,
             cost_micros,

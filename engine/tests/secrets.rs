@@ -3,9 +3,10 @@
 //! request's `Authorization` (OpenAI) or `x-api-key` (Anthropic) header in
 //! a 401 body, a 500 body cut in the middle of the key, an in-stream error
 //! before and after the first token, and malformed stream data. Both client
-//! routes are called for every case; then every byte the client received,
+//! routes are called for every case, with the client's own API key (and
+//! some with a key nobody declared); then every byte the client received,
 //! every log line and the ledger's files are searched for any piece of
-//! either key. Real time, but bounded: every wait has a deadline.
+//! any of the four keys. Real time, but bounded: every wait has a deadline.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,6 +19,12 @@ use std::time::{Duration, Instant};
 /// The part of each key no echo may show any 10 bytes of.
 const OPENAI_SECRET: &str = "Qm4vT9xKp2Lw7RzN5bY1cH8dJ3fG6sA0eU";
 const ANTHROPIC_SECRET: &str = "Wn6yB3kVq8Zr1Lx5Tp9Md2Hc7Gf4Js0aPe";
+/// The client's key to Sluice (declared by its hash), and one nobody
+/// declared.
+const CLIENT_SECRET: &str =
+    "sk-sluice-5b0e3c1f9a7d2e4b6c8a0f1e3d5c7b9a2e4f6a8c0b1d3e5f7a9c2b4d6e8f0a1c";
+const WRONG_SECRET: &str =
+    "sk-sluice-0c9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b";
 
 fn openai_key() -> String {
     format!("sk-proj-{OPENAI_SECRET}")
@@ -198,8 +205,9 @@ fn pipelines(upstream: &str, ledger: &Path) -> PathBuf {
     std::fs::write(
         dir.join("settings.yaml"),
         format!(
-            "providers:\n  openai:\n    kind: openai\n    base_url: http://{upstream}/v1\n    api_key_env: ECHO_OPENAI_KEY\n  anthropic:\n    kind: anthropic\n    base_url: http://{upstream}/v1\n    api_key_env: ECHO_ANTHROPIC_KEY\nstorage: sqlite:{}\n",
-            ledger.display()
+            "providers:\n  openai:\n    kind: openai\n    base_url: http://{upstream}/v1\n    api_key_env: ECHO_OPENAI_KEY\n  anthropic:\n    kind: anthropic\n    base_url: http://{upstream}/v1\n    api_key_env: ECHO_ANTHROPIC_KEY\nstorage: sqlite:{}\nkeys:\n  app: {{hash: \"{}\", pipelines: [\"*\"]}}\n",
+            ledger.display(),
+            sluice::auth::format_hash(&sluice::auth::digest(CLIENT_SECRET))
         ),
     )
     .unwrap();
@@ -270,13 +278,14 @@ fn serve(dir: &Path) -> Served {
     Served { child, addr, lines }
 }
 
-/// A plain HTTP/1.1 POST; returns the whole response.
-fn post(addr: &str, path: &str, body: &str) -> String {
+/// A plain HTTP/1.1 POST with `auth` (a header line); returns the whole
+/// response.
+fn post(addr: &str, path: &str, auth: &str, body: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: t\r\n{auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -285,9 +294,11 @@ fn post(addr: &str, path: &str, body: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Every 10-byte piece of either key's secret part found in `text`.
+/// Every 10-byte piece of any key's secret part found in `text`.
 fn leaks(text: &str) -> Vec<String> {
-    [OPENAI_SECRET, ANTHROPIC_SECRET]
+    let client = &CLIENT_SECRET["sk-sluice-".len()..];
+    let wrong = &WRONG_SECRET["sk-sluice-".len()..];
+    [OPENAI_SECRET, ANTHROPIC_SECRET, client, wrong]
         .iter()
         .flat_map(|s| s.as_bytes().windows(10))
         .map(|w| String::from_utf8_lossy(w).into_owned())
@@ -343,8 +354,9 @@ fn an_upstream_that_echoes_the_key_leaks_it_nowhere() {
                     ),
                 ),
             ];
+            let auth = format!("Authorization: Bearer {CLIENT_SECRET}");
             for (path, body) in routes {
-                let resp = post(&served.addr, &path, &body);
+                let resp = post(&served.addr, &path, &auth, &body);
                 calls += 1;
                 // Each call failed with the provider's (scrubbed) words.
                 assert!(
@@ -353,6 +365,26 @@ fn an_upstream_that_echoes_the_key_leaks_it_nowhere() {
                 );
                 client.push_str(&resp);
             }
+        }
+    }
+    // A key nobody declared, each way of sending it, on each route.
+    for auth in [
+        format!("Authorization: Bearer {WRONG_SECRET}"),
+        format!("x-api-key: {WRONG_SECRET}"),
+    ] {
+        for path in [
+            "/v1/pipelines/openai-status-401",
+            "/v1/chat/completions",
+            "/v1/messages",
+        ] {
+            let resp = post(
+                &served.addr,
+                path,
+                &auth,
+                r#"{"model":"openai-status-401"}"#,
+            );
+            assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+            client.push_str(&resp);
         }
     }
     let logs = stop(served).join("\n");

@@ -183,6 +183,9 @@ async fn requests_by_status(port: u16) -> Vec<(String, u64)> {
 
 const DIRECT_BODY: &str = r#"{"model":"bench-model","stream":true,"stream_options":{"include_usage":true},"max_tokens":1024,"messages":[{"role":"user","content":"Say something."}]}"#;
 const SLUICE_BODY: &str = r#"{"input":"Say something."}"#;
+/// The API key clients of Sluice send with `--keys on`.
+const BENCH_KEY: &str =
+    "sk-sluice-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn direct_target(mock: &Mock, tokens: usize) -> Target {
     Target {
@@ -190,6 +193,7 @@ fn direct_target(mock: &Mock, tokens: usize) -> Target {
         addr: mock.addr,
         path: "/v1/chat/completions".into(),
         body: Bytes::from_static(DIRECT_BODY.as_bytes()),
+        auth: None,
         // role, tokens, finish, usage, [DONE]
         min_events: tokens as u32 + 4,
     }
@@ -201,6 +205,7 @@ fn sluice_target(port: u16, pipeline: &str, tokens: usize) -> Target {
         addr: ([127, 0, 0, 1], port).into(),
         path: format!("/v1/pipelines/{pipeline}"),
         body: Bytes::from_static(SLUICE_BODY.as_bytes()),
+        auth: None,
         // start, deltas, usage, done
         min_events: tokens as u32 + 3,
     }
@@ -216,8 +221,16 @@ async fn start_stack(
 ) -> Result<(Mock, Proc, u16), String> {
     let mock = Mock::start(&bins.mock, mock_spec, tmp.path.join("mock.log"))?;
     let dir = tmp.path.join("pipelines");
-    procs::write_pipelines(&dir, mock.addr, pipelines, opts.memory_ledger, opts.budget)
-        .map_err(|e| format!("pipelines: {e}"))?;
+    let key = opts.keys.then_some(BENCH_KEY);
+    procs::write_pipelines(
+        &dir,
+        mock.addr,
+        pipelines,
+        opts.memory_ledger,
+        opts.budget,
+        key,
+    )
+    .map_err(|e| format!("pipelines: {e}"))?;
     let port = procs::free_port().map_err(|e| format!("free port: {e}"))?;
     let mut sluice = procs::start_sluice(
         &bins.sluice,
@@ -302,7 +315,10 @@ async fn run_workload(spec: &Spec, bins: &Bins, opts: &Opts) -> Result<Workload,
     };
     let sluice_path = phase::Path {
         label: "sluice",
-        target: sluice_target(port, "bench", opts.tokens),
+        target: Target {
+            auth: opts.keys.then_some(BENCH_KEY),
+            ..sluice_target(port, "bench", opts.tokens)
+        },
         plan: sluice_plan,
         sluice: Some((&sluice, port)),
         mock: &mock.proc,
@@ -488,6 +504,7 @@ fn main() -> ExitCode {
     let setup = json!({
         "ledger": if opts.memory_ledger { "memory" } else { "sqlite" },
         "budget": opts.budget,
+        "keys": opts.keys,
         "metrics": true,
         "sluice_log": opts.sluice_log,
         "direct_connection": if opts.direct_reconnect { "new per request" } else { "keep-alive" },

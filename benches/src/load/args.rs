@@ -72,6 +72,9 @@ pub(crate) struct Opts {
     /// ledger, no budget, a new connection per direct request.
     pub(crate) memory_ledger: bool,
     pub(crate) budget: bool,
+    /// An API key on Sluice (sent by its clients) with a rate limit and a
+    /// budget of its own.
+    pub(crate) keys: bool,
     pub(crate) direct_reconnect: bool,
     /// HTTP/2 for the clients of Sluice: `None` = only when HTTP/1.1 would
     /// need more descriptors than RLIMIT_NOFILE allows (c10k).
@@ -96,6 +99,7 @@ pub(crate) const USAGE: &str = "\
 usage: load [--workload NAME[,NAME...]|all] [--requests R] [--concurrency C] [--tokens N]
             [--deadline-secs S] [--bin-dir DIR] [--sluice-log LEVEL] [--json-out FILE] [--keep-temp]
 experiments (not the benchmark's set-up): [--storage sqlite|memory] [--budget on|off]
+            [--keys on|off] (clients of Sluice send an API key that has a rate limit and a budget)
             [--direct-reconnect] (a new connection per direct request, connect timed)
             [--gap-ms MS] [--sluice-env NAME=VALUE]... [--warmup N] [--skip-direct]
             [--sluice-wrap 'CMD ARGS'] (e.g. 'heaptrack -o FILE'; CPU/RSS are then the wrapper's)
@@ -125,6 +129,7 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
         json_out: None,
         memory_ledger: false,
         budget: true,
+        keys: false,
         direct_reconnect: false,
         http2: None,
         nofile: 0,
@@ -205,6 +210,11 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
                 "memory" => o.memory_ledger = true,
                 v => return Err(format!("--storage {v:?}: expected sqlite or memory")),
             },
+            "--keys" => match value("--keys")?.as_str() {
+                "on" => o.keys = true,
+                "off" => o.keys = false,
+                v => return Err(format!("--keys {v:?}: expected on or off")),
+            },
             "--budget" => match value("--budget")?.as_str() {
                 "on" => o.budget = true,
                 "off" => o.budget = false,
@@ -223,6 +233,15 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if o.keys
+        && o.workloads
+            .iter()
+            .any(|w| matches!(w.as_str(), "cancel" | "soak" | "all"))
+    {
+        return Err(
+            "--keys on applies to the throughput workloads (c1, c50, c500, c10k) only".into(),
+        );
     }
     Ok(o)
 }

@@ -34,6 +34,8 @@ pub struct Target {
     pub addr: SocketAddr,
     pub path: String,
     pub body: Bytes,
+    /// An `Authorization: Bearer` token to send.
+    pub auth: Option<&'static str>,
     /// Events a complete stream has at least.
     pub min_events: u32,
 }
@@ -319,6 +321,10 @@ async fn one_request(
         Request::post(format!("http://{}{}", t.addr, t.path))
     } else {
         Request::post(&t.path).header(header::HOST, t.addr.to_string())
+    };
+    let req = match t.auth {
+        Some(key) => req.header(header::AUTHORIZATION, format!("Bearer {key}")),
+        None => req,
     };
     let req = req
         .header(header::CONTENT_TYPE, "application/json")

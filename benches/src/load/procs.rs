@@ -300,6 +300,7 @@ pub fn write_pipelines(
     pipelines: &[PipelineSpec],
     memory_ledger: bool,
     budget: bool,
+    key: Option<&str>,
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let ledger = if memory_ledger {
@@ -314,6 +315,16 @@ pub fn write_pipelines(
          storage: {ledger}\n\
          prices:\n  bench-model: {{input: 0.15, output: 0.60}}\n"
     );
+    // A key whose limits never refuse: what is measured is their cost.
+    let settings = match key {
+        Some(secret) => format!(
+            "{settings}keys:\n  bench:\n    hash: \"{}\"\n    pipelines: [\"*\"]\n    \
+             budget: {{daily_usd: 1000000, monthly_usd: 10000000}}\n    \
+             rate_limit: {{requests_per_minute: 1000000000, tokens_per_minute: 1000000000000}}\n",
+            sluice::auth::format_hash(&sluice::auth::digest(secret))
+        ),
+        None => settings,
+    };
     std::fs::write(dir.join("settings.yaml"), settings)?;
     for p in pipelines {
         let yaml = format!(

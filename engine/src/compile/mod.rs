@@ -115,6 +115,10 @@ pub struct Pipeline {
     pub budget: Option<Budget>,
     /// Requests and tokens per minute, whoever calls.
     pub rate_limit: Option<crate::budget::RateLimit>,
+    /// The budget every pipeline shares, as this configuration declares
+    /// it (each pipeline carries it, so a request runs under the budgets
+    /// of the configuration it started with, whatever is reloaded).
+    pub global_budget: Option<Budget>,
     /// Tried in order after the pipeline's own model failed every retry.
     pub fallbacks: Vec<ModelRef>,
     pub retries: RetryPolicy,
@@ -355,9 +359,10 @@ pub fn compile_sources(
             routes.insert(raw.name.value.clone(), (path.clone(), raw.name.pos));
         }
         // A duplicate is still checked, so its other problems show up now.
-        if let Some(p) = cx.pipeline(path, raw, &providers, &declared, &money)
+        if let Some(mut p) = cx.pipeline(path, raw, &providers, &declared, &money)
             && duplicate.is_none()
         {
+            p.global_budget = global_budget.clone();
             pipelines_out.insert(p.name.clone(), Arc::new(p));
         }
     }

@@ -447,6 +447,7 @@ impl Cx {
             price,
             budget,
             rate_limit,
+            global_budget: None,
             fallbacks,
             retries,
             tools,

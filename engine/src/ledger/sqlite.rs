@@ -98,11 +98,10 @@ fn writer(
         if !batch.is_empty() {
             run_batch(&conn, batch);
             on_batch();
-            if let Some(w) = wal.as_mut() {
-                w.after_batch(&conn);
-            }
+            let over = wal.as_mut().is_some_and(|w| w.after_batch(&conn));
             since_checkpoint += 1;
             if since_checkpoint >= CHECKPOINT_EVERY
+                && !over
                 && let Some(c) = &checkpointer
             {
                 // Full: one is asked for already.

@@ -158,10 +158,15 @@ pub(super) struct WalBound {
 }
 
 impl WalBound {
-    pub(super) fn after_batch(&mut self, conn: &Connection) {
+    /// Truncates the WAL if it is past its bound. Returns whether it still
+    /// is: the writer then asks for no passive checkpoint, which would
+    /// hold the checkpoint lock and make the next truncation fail too
+    /// (under CPU contention a passive checkpoint of 16 MB ran most of the
+    /// time, and the WAL grew to 28 MB).
+    pub(super) fn after_batch(&mut self, conn: &Connection) -> bool {
         let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         if size <= self.next_at {
-            return;
+            return size > WAL_LIMIT;
         }
         let _ = conn.busy_timeout(TRUNCATE_WAIT);
         // (busy, frames in the WAL, frames checkpointed): busy means a
@@ -172,7 +177,10 @@ impl WalBound {
         });
         let _ = conn.busy_timeout(BUSY_TIMEOUT);
         match done {
-            Ok(0) => self.next_at = WAL_LIMIT,
+            Ok(0) => {
+                self.next_at = WAL_LIMIT;
+                return false;
+            }
             Ok(_) => {
                 self.next_at = size + TRUNCATE_RETRY;
                 tracing::debug!(
@@ -185,5 +193,6 @@ impl WalBound {
                 tracing::warn!(error = %e, wal_bytes = size, "cannot truncate the ledger's WAL");
             }
         }
+        true
     }
 }

@@ -129,7 +129,6 @@ pub struct RunContext {
     pub force_stop: CancellationToken,
     pub tracker: tokio_util::task::TaskTracker,
     pub ledger: Arc<Ledger>,
-    pub global_budget: Option<Budget>,
     pub alerts: Alerts,
     pub metrics: Arc<Metrics>,
 }
@@ -170,7 +169,6 @@ struct Target {
 /// client set, and what every model that may answer can be sent
 /// ([`check_params`]). Err: the field at fault and why, for a 400.
 pub fn check_request(
-    cx: &RunContext,
     pipeline: &Pipeline,
     params: &Params,
     tools: &[ToolSpec],
@@ -195,21 +193,17 @@ pub fn check_request(
             ),
         ));
     }
-    check_params(cx, pipeline, params).map_err(|(f, m)| (f.to_string(), m))
+    check_params(pipeline, params).map_err(|(f, m)| (f.to_string(), m))
 }
 
 /// Whether every model that may answer `pipeline` (its own, its
 /// fallbacks, a budget's downgrade) can be sent `params`. Err names the
 /// first field one cannot take, and why, for a 400.
-pub fn check_params(
-    cx: &RunContext,
-    pipeline: &Pipeline,
-    params: &Params,
-) -> Result<(), (&'static str, String)> {
+pub fn check_params(pipeline: &Pipeline, params: &Params) -> Result<(), (&'static str, String)> {
     let downgrades = pipeline
         .budget
         .iter()
-        .chain(cx.global_budget.iter())
+        .chain(pipeline.global_budget.iter())
         .filter_map(|b| match &b.on_exhausted {
             OnExhausted::Downgrade(d) => Some((d.provider_name.as_str(), &d.provider)),
             OnExhausted::Reject => None,
@@ -625,7 +619,7 @@ async fn run(
     let budgets: Vec<&Budget> = pipeline
         .budget
         .iter()
-        .chain(cx.global_budget.iter())
+        .chain(pipeline.global_budget.iter())
         .chain(caller.iter().flat_map(|k| k.budgets.iter()))
         .collect();
 

@@ -126,14 +126,9 @@ async fn read(
             request_id,
         ));
     };
-    if let Err(e) = check_with_pipeline(
-        shared,
-        &pipeline,
-        &msg.tools,
-        &msg.params,
-        &msg.messages,
-        &|i| format!("tools[{i}].name"),
-    ) {
+    if let Err(e) = check_with_pipeline(&pipeline, &msg.tools, &msg.params, &msg.messages, &|i| {
+        format!("tools[{i}].name")
+    }) {
         run::record_invalid(
             &shared.run,
             &pipeline,

@@ -11,6 +11,7 @@ mod conn;
 mod openai_compat;
 mod openai_messages;
 mod openai_request;
+mod reload;
 mod request;
 mod server;
 pub mod sse;
@@ -39,6 +40,7 @@ use conn::{ConnBody, InFlight};
 /// The request-body validators, for the fuzz tests only.
 #[doc(hidden)]
 pub use openai_compat::fuzzing;
+pub use reload::{ReloadHandle, watch};
 pub(crate) use request::read_json_body;
 pub use request::{Invalid, PipelineCall};
 pub use server::{RunningServer, Server};
@@ -91,8 +93,12 @@ impl http_body::Body for ResponseBody {
     }
 }
 
-/// State shared by all connections.
+/// State shared by all connections, for one version of the
+/// configuration: a reload makes a new one (with the same `run`, the same
+/// settings) and swaps it in for the requests that come next.
 struct Shared {
+    /// Which configuration this is: 1 at start, one more per reload.
+    version: u64,
     pipelines: std::collections::BTreeMap<String, Arc<Pipeline>>,
     /// The API keys, and whether requests need one.
     auth: Arc<crate::auth::Auth>,
@@ -101,6 +107,8 @@ struct Shared {
     /// Connections served at once (`max_connections`, or derived from the
     /// descriptor limit).
     max_connections: usize,
+    /// How reloads went; the same for every version.
+    reloads: Arc<reload::Status>,
 }
 
 fn new_request_id(req: &Request<Incoming>) -> String {
@@ -134,6 +142,7 @@ async fn handle(
         route(&shared, req, &request_id).instrument(span).await
     };
     let headers = resp.headers_mut();
+    headers.insert("x-sluice-config", HeaderValue::from(shared.version));
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert("x-request-id", v);
     }
@@ -214,6 +223,13 @@ async fn route(
         "/v1/messages/count_tokens" => match method {
             Method::POST => anthropic_compat::count_tokens(shared, req, request_id, caller).await,
             _ => method_not_allowed("POST", request_id),
+        },
+        "/v1/config" => match method {
+            _ if caller.as_ref().is_some_and(|k| !k.metrics) => {
+                auth::refuse(shared, auth::Denied::Forbidden, api, request_id)
+            }
+            Method::GET => json_response(StatusCode::OK, shared.reloads.report(shared)),
+            _ => method_not_allowed("GET", request_id),
         },
         "/v1/models" => match method {
             Method::GET => openai_compat::models(shared, caller.as_deref()),

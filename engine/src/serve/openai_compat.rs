@@ -91,7 +91,6 @@ fn finish_reason(reason: &str) -> &str {
 /// equivalent for. `name_field` names a tool's name field in the
 /// client's API (shared with `/v1/messages`).
 pub(super) fn check_with_pipeline(
-    shared: &Shared,
     pipeline: &Pipeline,
     tools: &[ToolSpec],
     params: &Params,
@@ -144,7 +143,7 @@ pub(super) fn check_with_pipeline(
             Some("tool_choice"),
         ));
     }
-    run::check_request(&shared.run, pipeline, params, tools, messages)
+    run::check_request(pipeline, params, tools, messages)
         .map_err(|(field, message)| invalid(message, Some(&field)))
 }
 
@@ -225,7 +224,6 @@ pub(super) async fn chat_completions(
         caller,
     };
     if let Err(e) = check_with_pipeline(
-        shared,
         &pipeline,
         &run_request.tools,
         &run_request.params,

@@ -17,23 +17,26 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::conn::{self, ConnState, Watched};
+use super::reload::ReloadHandle;
 use super::{H1_MAX_BUF, H2_MAX_SEND_BUF, Shared, handle};
 use crate::alerts::Alerts;
 use crate::compile::Catalog;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::run::RunContext;
+use arc_swap::ArcSwap;
 
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
-    shared: Arc<Shared>,
+    /// The configuration served now; a reload swaps it.
+    live: Arc<ArcSwap<Shared>>,
 }
 
 /// Safe by default: with no API key declared, anyone who reaches the port
 /// can spend every budget, so Sluice serves only on a loopback address
 /// unless `server.allow_unauthenticated: true` says otherwise.
-fn exposure_allowed(auth: &crate::auth::Auth, addr: SocketAddr) -> anyhow::Result<()> {
+pub(crate) fn exposure_allowed(auth: &crate::auth::Auth, addr: SocketAddr) -> anyhow::Result<()> {
     if auth.required() || addr.ip().is_loopback() || auth.allow_unauthenticated {
         return Ok(());
     }
@@ -85,19 +88,33 @@ impl Server {
             tracker: tracker.clone(),
             alerts: Alerts::new(ledger.clone(), catalog.alert_webhook.as_deref(), tracker),
             ledger,
-            global_budget: catalog.global_budget,
             metrics: Arc::new(Metrics::new()),
         });
+        let bound = listener.local_addr()?;
+        let reloads = Arc::new(super::reload::Status::new(
+            &catalog,
+            bound,
+            run.ledger.now_ms(),
+        ));
         Ok(Server {
             listener,
-            shared: Arc::new(Shared {
+            live: Arc::new(ArcSwap::from_pointee(Shared {
+                version: 1,
                 pipelines: catalog.pipelines,
                 auth: catalog.auth,
                 settings: catalog.server,
                 run,
                 max_connections,
-            }),
+                reloads,
+            })),
         })
+    }
+
+    /// Swaps configurations into this server once it runs.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            live: self.live.clone(),
+        }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -108,7 +125,9 @@ impl Server {
     /// streams finish for up to the grace period, ends the rest with an
     /// `error` event, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { listener, shared } = self;
+        let Server { listener, live } = self;
+        // What does not change on reload: the settings, the request context.
+        let shared = live.load_full();
         let limits = shared.settings.connections;
         let mut gate = conn::Gate::new(shared.max_connections, limits.reserved_connections);
         // Tells every connection to finish what is in flight and close.
@@ -167,10 +186,12 @@ impl Server {
             let ticket = gate.admit();
             let state = ConnState::new(ticket.is_reserve());
             let service = {
-                let shared = shared.clone();
+                let live = live.clone();
                 let state = state.clone();
                 hyper::service::service_fn(move |req| {
-                    let shared = shared.clone();
+                    // The configuration live when the request arrives serves
+                    // it to the end.
+                    let shared = live.load_full();
                     let in_flight = state.request_started(req.version() == Version::HTTP_2);
                     // Boxed: hyper keeps a connection's (or an h2 stream's)
                     // service future inline for as long as it lives, and this
@@ -256,6 +277,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub struct RunningServer {
     pub addr: SocketAddr,
     ledger: Arc<Ledger>,
+    reload: ReloadHandle,
     shutdown: CancellationToken,
     join: tokio::task::JoinHandle<()>,
 }
@@ -264,16 +286,23 @@ impl RunningServer {
     pub async fn start(catalog: Catalog, addr: SocketAddr) -> anyhow::Result<RunningServer> {
         let server = Server::bind(catalog, addr).await?;
         let addr = server.local_addr()?;
-        let ledger = server.shared.run.ledger.clone();
+        let ledger = server.live.load().run.ledger.clone();
+        let reload = server.reload_handle();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let join = tokio::spawn(async move { server.run(token.cancelled_owned()).await });
         Ok(RunningServer {
             addr,
             ledger,
+            reload,
             shutdown,
             join,
         })
+    }
+
+    /// Swaps configurations into the running server.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
     }
 
     /// The server's ledger, e.g. to read a request's row in tests.
