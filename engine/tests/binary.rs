@@ -324,3 +324,61 @@ fn requests_cut_by_sigkill_are_recorded_as_interrupted_at_the_next_start() {
     );
     drop(again);
 }
+
+/// `sluice keys new` prints a secret and an entry that, pasted under
+/// `keys:`, declares a key that secret opens (and only its hash).
+#[test]
+fn keys_new_prints_a_secret_and_an_entry_to_paste() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["keys", "new", "ci-bot", "--pipelines", "demo"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let secret = text
+        .split_whitespace()
+        .find(|w| w.starts_with(sluice::auth::SECRET_PREFIX))
+        .expect("a secret");
+    assert_eq!(secret.len(), sluice::auth::SECRET_PREFIX.len() + 64);
+    let entry: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Paste this"))
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        !entry.contains(&secret[10..]),
+        "the entry holds the secret: {entry}"
+    );
+    let settings = (
+        std::path::PathBuf::from("settings.yaml"),
+        format!(
+            "providers:\n  replay: {{kind: replay, fixtures: {}/fixtures/recorded}}\nkeys:\n{entry}",
+            repo_root().display()
+        ),
+    );
+    let pipeline = (
+        std::path::PathBuf::from("demo.yaml"),
+        "name: demo\nmodel: {provider: replay, name: openai/text_stop.sse}\nlimits: {max_tokens: 64}\n".to_string(),
+    );
+    let catalog = sluice::compile::compile_sources(&settings, &[pipeline])
+        .unwrap_or_else(|d| panic!("{entry}\n{d:#?}"));
+    let key = catalog
+        .auth
+        .identify(secret)
+        .expect("the secret opens the key");
+    assert_eq!(key.name, "ci-bot");
+    assert!(key.may_call("demo") && !key.may_call("other"));
+    // Two runs never give the same secret.
+    let again = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["keys", "new", "ci-bot", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_ne!(v["secret"], secret);
+    assert_eq!(
+        v["hash"],
+        sluice::auth::format_hash(&sluice::auth::digest(v["secret"].as_str().unwrap()))
+    );
+}
