@@ -639,7 +639,8 @@ async fn errors_take_anthropics_shape() {
     let streamed = events(messages(server.addr, "/v1/messages", &streaming).await).await;
     let (name, last) = streamed.last().unwrap();
     assert_eq!(name, "error");
-    assert_eq!(last["error"]["type"], "api_error");
+    // The provider's own type of error, as Anthropic documents it.
+    assert_eq!(last["error"]["type"], "overloaded_error");
     assert!(
         last["error"]["message"]
             .as_str()

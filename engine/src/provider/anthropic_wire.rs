@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use super::sse::SseEvent;
 use super::{
-    Chunk, FinishReason, Image, Message, Params, Part, ProviderError, ProviderRequest, Role,
-    ToolChoice, Usage,
+    Chunk, ErrorKind, FinishReason, Image, Message, Params, Part, ProviderError, ProviderRequest,
+    Role, ToolChoice, Usage,
 };
 
 /// Longest summary of an in-stream error, in characters.
@@ -449,8 +449,16 @@ impl AnthropicDecoder {
             }
             "message_stop" => out.push(Chunk::End),
             "error" => {
-                let e: ErrorEvent = serde_json::from_str(data)
-                    .map_err(|_| ProviderError::InStream(one_line(data, SUMMARY_MAX)))?;
+                let e: ErrorEvent =
+                    serde_json::from_str(data).map_err(|_| ProviderError::InStream {
+                        message: one_line(data, SUMMARY_MAX),
+                        kind: None,
+                    })?;
+                let kind = e
+                    .error
+                    .as_ref()
+                    .and_then(|b| b.kind.as_deref())
+                    .and_then(ErrorKind::from_anthropic);
                 let summary = match e.error {
                     Some(ErrorBody {
                         kind: Some(k),
@@ -462,7 +470,10 @@ impl AnthropicDecoder {
                     }) => s.into_owned(),
                     _ => format!("unrecognized error event {data}"),
                 };
-                return Err(ProviderError::InStream(one_line(&summary, SUMMARY_MAX)));
+                return Err(ProviderError::InStream {
+                    message: one_line(&summary, SUMMARY_MAX),
+                    kind,
+                });
             }
             // Anthropic documents that new event types may appear.
             _ => {}

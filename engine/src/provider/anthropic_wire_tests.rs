@@ -235,26 +235,34 @@ fn usage_without_both_counts_is_not_reported() {
 #[test]
 fn in_stream_error_event() {
     let data = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
-    assert!(matches!(
-        decode_one(Some("error"), data),
-        Err(ProviderError::InStream(m)) if m == "overloaded_error: Overloaded"
-    ));
+    let overloaded = |r: Result<Vec<Chunk>, ProviderError>| match r {
+        Err(ProviderError::InStream { message, kind }) => {
+            assert_eq!(message, "overloaded_error: Overloaded");
+            assert_eq!(kind, Some(ErrorKind::Overloaded));
+        }
+        other => panic!("{other:?}"),
+    };
+    overloaded(decode_one(Some("error"), data));
     // Without an event name, the data's type says it is an error.
-    assert!(matches!(
-        decode_one(None, data),
-        Err(ProviderError::InStream(m)) if m == "overloaded_error: Overloaded"
-    ));
+    overloaded(decode_one(None, data));
     // Partial or unparseable error events are still errors, bounded.
     let only_type = r#"{"type":"error","error":{"type":"api_error"}}"#;
     assert!(matches!(
         decode_one(Some("error"), only_type),
-        Err(ProviderError::InStream(m)) if m == "api_error"
+        Err(ProviderError::InStream { message, kind: Some(ErrorKind::Api) }) if message == "api_error"
+    ));
+    // A type Anthropic does not document is text, not a kind.
+    let odd = r#"{"type":"error","error":{"type":"weird_error","message":"m"}}"#;
+    assert!(matches!(
+        decode_one(Some("error"), odd),
+        Err(ProviderError::InStream { message, kind: None }) if message == "weird_error: m"
     ));
     let long = format!("not json {}", "x\n".repeat(500));
     match decode_one(Some("error"), &long) {
-        Err(ProviderError::InStream(m)) => {
+        Err(ProviderError::InStream { message: m, kind }) => {
             assert!(m.chars().count() <= SUMMARY_MAX && !m.contains('\n'), "{m}");
             assert!(m.starts_with("not json x x"), "{m}");
+            assert_eq!(kind, None);
         }
         other => panic!("{other:?}"),
     }

@@ -431,6 +431,58 @@ pub enum Chunk {
     Logprobs(serde_json::Value),
 }
 
+/// The error types Anthropic documents (`error.type`). A provider's
+/// in-stream error of one of these keeps it, so that a Messages client
+/// sees the provider's own (`overloaded_error`, not a generic one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidRequest,
+    Authentication,
+    Billing,
+    Permission,
+    NotFound,
+    RequestTooLarge,
+    RateLimit,
+    Api,
+    Timeout,
+    Overloaded,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 10] = [
+        Self::InvalidRequest,
+        Self::Authentication,
+        Self::Billing,
+        Self::Permission,
+        Self::NotFound,
+        Self::RequestTooLarge,
+        Self::RateLimit,
+        Self::Api,
+        Self::Timeout,
+        Self::Overloaded,
+    ];
+
+    /// The kind Anthropic names `s`; None for any other text.
+    pub fn from_anthropic(s: &str) -> Option<ErrorKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request_error",
+            Self::Authentication => "authentication_error",
+            Self::Billing => "billing_error",
+            Self::Permission => "permission_error",
+            Self::NotFound => "not_found_error",
+            Self::RequestTooLarge => "request_too_large",
+            Self::RateLimit => "rate_limit_error",
+            Self::Api => "api_error",
+            Self::Timeout => "timeout_error",
+            Self::Overloaded => "overloaded_error",
+        }
+    }
+}
+
 /// Where a provider failure came from, for logs and for retry decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorSource {
@@ -455,8 +507,13 @@ pub enum ProviderError {
         /// A short, redacted summary of the provider's error body.
         message: String,
     },
-    #[error("provider sent an error in the stream: {0}")]
-    InStream(String),
+    #[error("provider sent an error in the stream: {message}")]
+    InStream {
+        message: String,
+        /// The error's type, when the provider named one of those
+        /// Anthropic documents.
+        kind: Option<ErrorKind>,
+    },
     #[error("provider sent malformed data: {0}")]
     Malformed(String),
     #[error("provider connection failed: {0}")]
@@ -471,7 +528,7 @@ impl ProviderError {
     pub fn source_kind(&self) -> ErrorSource {
         match self {
             Self::Connect(_) | Self::ConnectTimeout(_) | Self::Io(_) => ErrorSource::Network,
-            Self::Status { .. } | Self::InStream(_) | Self::Malformed(_) | Self::Truncated => {
+            Self::Status { .. } | Self::InStream { .. } | Self::Malformed(_) | Self::Truncated => {
                 ErrorSource::Upstream
             }
             Self::Config(_) => ErrorSource::Internal,
@@ -498,7 +555,10 @@ impl ProviderError {
                 retry_after,
                 message: scrub(message),
             },
-            Self::InStream(m) => Self::InStream(scrub(m)),
+            Self::InStream { message, kind } => Self::InStream {
+                message: scrub(message),
+                kind,
+            },
             Self::Malformed(m) => Self::Malformed(scrub(m)),
             Self::Io(m) => Self::Io(scrub(m)),
             Self::Config(m) => Self::Config(scrub(m)),
@@ -512,7 +572,16 @@ impl ProviderError {
         match self {
             Self::Connect(_) | Self::ConnectTimeout(_) | Self::Io(_) | Self::Truncated => true,
             Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
-            Self::InStream(_) | Self::Malformed(_) | Self::Config(_) => false,
+            Self::InStream { .. } | Self::Malformed(_) | Self::Config(_) => false,
+        }
+    }
+
+    /// The type the provider gave its in-stream error, when it is one
+    /// Anthropic documents.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Self::InStream { kind, .. } => *kind,
+            _ => None,
         }
     }
 }

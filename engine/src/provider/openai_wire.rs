@@ -292,7 +292,10 @@ impl OpenAiDecoder {
                     false,
                 ),
             };
-            return Err(ProviderError::InStream(summary));
+            return Err(ProviderError::InStream {
+                message: summary,
+                kind: None,
+            });
         }
         if chunk.choices.is_none() && chunk.usage.is_none() {
             return Err(malformed("chunk has neither choices nor usage", data));

@@ -46,7 +46,7 @@ fn classify(e: &ProviderError) -> Next {
         | ProviderError::Truncated => Next::Retry,
         // Before the first token, an in-stream error is the provider being
         // unavailable (Anthropic's overloaded_error arrives this way).
-        ProviderError::InStream(_) => Next::Retry,
+        ProviderError::InStream { .. } => Next::Retry,
         ProviderError::Malformed(_) => Next::Skip,
         ProviderError::Config(_) => Next::Skip,
     }

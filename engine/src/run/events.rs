@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::channel::EventReceiver;
+use crate::provider::ErrorKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ErrorCode {
@@ -123,6 +124,9 @@ pub enum Event {
     Error {
         code: ErrorCode,
         message: String,
+        /// The provider's own kind of error, when it named one of
+        /// Anthropic's (the Messages API shows it).
+        kind: Option<ErrorKind>,
     },
     /// The answer stopped on this one of the request's stop sequences
     /// (sent just before `Done`, whose reason is `stop`, when the provider
@@ -212,6 +216,8 @@ pub struct Rejection {
     pub retry_after: Option<Duration>,
     /// More fields for the error body (e.g. which budget).
     pub details: Option<serde_json::Value>,
+    /// The provider's own kind of error, when it named one of Anthropic's.
+    pub upstream_kind: Option<ErrorKind>,
 }
 
 impl Rejection {
@@ -222,6 +228,7 @@ impl Rejection {
             upstream_status: None,
             retry_after: None,
             details: None,
+            upstream_kind: None,
         }
     }
 }

@@ -339,6 +339,7 @@ fn rejection_for(e: &ProviderError) -> Rejection {
         upstream_status,
         retry_after,
         details: None,
+        upstream_kind: e.kind(),
     }
 }
 
@@ -729,14 +730,25 @@ async fn drive(
                 .await;
             (Status::Ok, reason, None)
         }
-        Ending::Failed {
-            code,
-            message,
-            finish,
-        } => {
+        ending @ (Ending::Failed { .. } | Ending::Upstream(_)) => {
+            let (code, message, finish, kind) = match ending {
+                Ending::Failed {
+                    code,
+                    message,
+                    finish,
+                } => (code, message, finish, None),
+                Ending::Upstream(e) => (ErrorCode::Upstream, e.to_string(), "error", e.kind()),
+                _ => unreachable!(),
+            };
             let status = Status::for_error(code);
             let _ = out.send(Event::Usage(Box::new(tally.usage()))).await;
-            let _ = out.send(Event::Error { code, message }).await;
+            let _ = out
+                .send(Event::Error {
+                    code,
+                    message,
+                    kind,
+                })
+                .await;
             let _ = out
                 .send(Event::Done {
                     finish_reason: finish.to_string(),

@@ -24,6 +24,9 @@ pub(super) enum Ending {
         message: String,
         finish: &'static str,
     },
+    /// The provider failed after the commit (its stream, or the call of a
+    /// later round): an `upstream` error that keeps the provider's kind.
+    Upstream(ProviderError),
     ClientClosed,
 }
 
@@ -371,11 +374,7 @@ pub(super) async fn stream_round(
                         Some(Err(e)) => {
                             drop(stream);
                             warn!(error = %e, source = ?e.source_kind(), "provider stream failed");
-                            return RoundEnd::Ended(Ending::Failed {
-                                code: ErrorCode::Upstream,
-                                message: e.to_string(),
-                                finish: "error",
-                            });
+                            return RoundEnd::Ended(Ending::Upstream(e));
                         }
                     },
                 }

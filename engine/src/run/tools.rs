@@ -250,11 +250,7 @@ pub(super) async fn stream_body(
             }
             Ok(Err(e)) => {
                 warn!(error = %e, round = round + 1, "provider call after tool results failed");
-                return Ending::Failed {
-                    code: ErrorCode::Upstream,
-                    message: e.to_string(),
-                    finish: "error",
-                };
+                return Ending::Upstream(e);
             }
             Err(_) => {
                 let (code, message) = if first_deadline == out.total_deadline {

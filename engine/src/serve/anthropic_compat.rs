@@ -20,6 +20,7 @@ use super::anthropic_request::{self, Endpoint, MessagesRequest};
 use super::openai_compat::check_with_pipeline;
 use super::sse::EventBody;
 use super::{ResponseBody, Shared, json_response, read_json_body};
+use crate::provider::ErrorKind;
 use crate::run::{
     self, Admission, ErrorCode, Event, EventReceiver, RunRequest, ToolCallDelta, UsageReport,
 };
@@ -27,11 +28,22 @@ use crate::tokens;
 
 /// An Anthropic-shaped error: `{"type":"error","error":{...},"request_id"}`.
 fn anthropic_error(status: StatusCode, message: &str, request_id: &str) -> Response<ResponseBody> {
+    anthropic_error_of(status, None, message, request_id)
+}
+
+/// [`anthropic_error`] of the provider's own kind, when it named one.
+fn anthropic_error_of(
+    status: StatusCode,
+    kind: Option<ErrorKind>,
+    message: &str,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let kind = kind.map_or_else(|| error_type(status), ErrorKind::as_str);
     json_response(
         status,
         json!({
             "type": "error",
-            "error": {"type": error_type(status), "message": message},
+            "error": {"type": kind, "message": message},
             "request_id": request_id,
         }),
     )
@@ -218,7 +230,8 @@ async fn answer(
     let rx = match admission.await {
         Ok(Admission::Streaming(rx)) => rx,
         Ok(Admission::Rejected(r)) => {
-            let mut resp = anthropic_error(status_of(r.code), &r.message, request_id);
+            let mut resp =
+                anthropic_error_of(status_of(r.code), r.upstream_kind, &r.message, request_id);
             super::set_retry_after(&mut resp, r.retry_after);
             return resp;
         }
@@ -247,18 +260,22 @@ async fn collect(
     let mut events = Vec::new();
     let mut failure = None;
     while let Some(ev) = rx.recv().await {
-        if let Event::Error { code, message } = &ev
+        if let Event::Error {
+            code,
+            message,
+            kind,
+        } = &ev
             && *code != ErrorCode::TokenCeiling
         {
-            failure = Some((*code, message.clone()));
+            failure = Some((*code, message.clone(), *kind));
         }
         encoder.on(ev, &mut events);
         for (_, data) in events.drain(..) {
             assembled.apply(data);
         }
     }
-    if let Some((code, message)) = failure {
-        return anthropic_error(status_of(code), &message, request_id);
+    if let Some((code, message, kind)) = failure {
+        return anthropic_error_of(status_of(code), kind, &message, request_id);
     }
     match assembled.message {
         Some(m) => json_response(StatusCode::OK, m),
@@ -515,9 +532,13 @@ impl MessagesEncoder {
                 code: ErrorCode::TokenCeiling,
                 ..
             } => {}
-            Event::Error { code, message } => {
+            Event::Error {
+                code,
+                message,
+                kind,
+            } => {
                 self.failed = true;
-                let kind = error_type(status_of(code));
+                let kind = kind.map_or_else(|| error_type(status_of(code)), ErrorKind::as_str);
                 out.push((
                     "error",
                     json!({"type": "error", "error": {"type": kind, "message": message}}),

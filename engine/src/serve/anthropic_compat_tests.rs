@@ -195,6 +195,7 @@ fn a_failure_is_an_error_event_and_nothing_after() {
         Event::Error {
             code: ErrorCode::TimeoutIdle,
             message: "silent".into(),
+            kind: None,
         },
         Event::Done {
             finish_reason: "error".into(),
@@ -212,6 +213,7 @@ fn a_failure_is_an_error_event_and_nothing_after() {
         Event::Error {
             code: ErrorCode::TokenCeiling,
             message: "cut".into(),
+            kind: None,
         },
         Event::Done {
             finish_reason: "length".into(),
@@ -219,6 +221,20 @@ fn a_failure_is_an_error_event_and_nothing_after() {
     ]);
     assert_eq!(events.last().unwrap()["type"], "message_stop");
     assert_eq!(m.unwrap()["stop_reason"], "max_tokens");
+    // The provider's own kind of error is kept (not api_error).
+    let (events, _) = run(vec![
+        start(),
+        Event::Delta("par".into()),
+        Event::Error {
+            code: ErrorCode::Upstream,
+            message: "provider sent an error in the stream: overloaded_error: Overloaded".into(),
+            kind: Some(crate::provider::ErrorKind::Overloaded),
+        },
+        Event::Done {
+            finish_reason: "error".into(),
+        },
+    ]);
+    assert_eq!(events.last().unwrap()["error"]["type"], "overloaded_error");
 }
 
 #[test]

@@ -386,7 +386,7 @@ async fn collect_response(mut rx: EventReceiver, request_id: &str) -> Response<R
             | Event::Logprobs(_)
             | Event::StopSequence(_) => {}
             Event::Usage(u) => usage = serde_json::to_value(u).unwrap_or_default(),
-            Event::Error { code, message } => error = Some((code, message)),
+            Event::Error { code, message, .. } => error = Some((code, message)),
             Event::Done { finish_reason } => finish = finish_reason,
             Event::KeepAlive => {}
         }

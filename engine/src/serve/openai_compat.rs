@@ -407,7 +407,7 @@ async fn collect(
                 }
             }
             Event::Usage(u) => usage = Some(*u),
-            Event::Error { code, message } => error = Some((code, message)),
+            Event::Error { code, message, .. } => error = Some((code, message)),
             Event::Done { finish_reason } => finish = finish_reason,
             _ => {}
         }
@@ -547,7 +547,7 @@ impl ChatEncoder {
                 self.chunk(buf, json!({ "tool_calls": [call] }), None);
             }
             Event::Usage(u) => self.usage = Some(*u),
-            Event::Error { code, message } if code != ErrorCode::TokenCeiling => {
+            Event::Error { code, message, .. } if code != ErrorCode::TokenCeiling => {
                 // The SDKs raise an APIError for a chunk carrying `error`.
                 self.failed = true;
                 let (_, kind) = status_of(code);
