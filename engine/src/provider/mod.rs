@@ -483,6 +483,40 @@ impl ErrorKind {
     }
 }
 
+impl Chunk {
+    /// The chunk with every secret of `secrets` (and echo of one) scrubbed
+    /// from what the provider names rather than generates: the model, a
+    /// finish reason of its own, the stop sequence it says matched, a
+    /// tool call's id. `http.rs` applies it to every chunk it decodes, so
+    /// that a provider echoing its key there shows it to nobody (the
+    /// model's name reaches every client as the start of the answer).
+    pub fn scrubbed(self, secrets: &secrets::Secrets) -> Self {
+        let scrub = |s: String| match secrets.scrub(&s) {
+            std::borrow::Cow::Borrowed(_) => s,
+            std::borrow::Cow::Owned(clean) => clean,
+        };
+        match self {
+            Chunk::Model(m) => Chunk::Model(scrub(m)),
+            Chunk::Finish(FinishReason::Other(r)) => Chunk::Finish(FinishReason::Other(scrub(r))),
+            Chunk::Finish(FinishReason::StopSequence(Some(s))) => {
+                Chunk::Finish(FinishReason::StopSequence(Some(scrub(s))))
+            }
+            Chunk::ToolCallDelta {
+                index,
+                id: Some(id),
+                name,
+                arguments,
+            } => Chunk::ToolCallDelta {
+                index,
+                id: Some(scrub(id)),
+                name,
+                arguments,
+            },
+            other => other,
+        }
+    }
+}
+
 /// Where a provider failure came from, for logs and for retry decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorSource {
