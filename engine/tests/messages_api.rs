@@ -845,8 +845,12 @@ async fn cache_control_reaches_an_anthropic_provider_and_is_refused_for_openai()
         .unwrap();
     let server = serve(&mock, "openai", "").await;
     let e = error_of(messages(server.addr, "/v1/messages", &cached()).await, 400).await;
+    // The first breakpoint, where the client put it.
     assert!(
-        e["message"].as_str().unwrap().starts_with("cache_control"),
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("tools[0].cache_control:"),
         "{e}"
     );
     assert_eq!(mock.journal().request_count(), 0);

@@ -44,7 +44,7 @@ use stream::{Ending, Out};
 use crate::alerts::Alerts;
 use crate::budget::{self, Budget, OnExhausted};
 use crate::compile::Pipeline;
-use crate::compile::clients::SystemRule;
+use crate::compile::clients::{FieldNames, SystemRule};
 use crate::ledger::money::{format_usd, until_next_utc_midnight};
 use crate::ledger::{Admit, Ledger, Opening, Price, new_row_id};
 use crate::metrics::{Metrics, PipelineLabels, RequestLabels};
@@ -162,17 +162,19 @@ struct Target {
 
 /// Whether `pipeline` can take a request: what its `clients:` rules let a
 /// client set, and what every model that may answer can be sent
-/// ([`check_params`]). Err: the field at fault and why, for a 400.
+/// ([`check_params`]). Err: the field at fault and why, for a 400, in the
+/// words of the client's API (`names`).
 pub fn check_request(
     cx: &RunContext,
     pipeline: &Pipeline,
     params: &Params,
     tools: &[ToolSpec],
     messages: &[Message],
+    names: &FieldNames,
 ) -> Result<(), (String, String)> {
     pipeline
         .clients
-        .check(&pipeline.name, params, tools, messages)?;
+        .check(&pipeline.name, params, tools, messages, names)?;
     // A tool loop per choice is not something Sluice runs, and the
     // client's calls of several answers could not be told apart.
     let n = params.choices();
@@ -183,23 +185,25 @@ pub fn check_request(
             "the request brings tools".to_string()
         };
         return Err((
-            "n".to_string(),
+            names.field("n"),
             format!(
                 "n = {n} cannot be combined with tools ({whose}): ask for one choice, or call a pipeline without tools"
             ),
         ));
     }
-    check_params(cx, pipeline, params).map_err(|(f, m)| (f.to_string(), m))
+    check_params(cx, pipeline, params, names)
 }
 
 /// Whether every model that may answer `pipeline` (its own, its
 /// fallbacks, a budget's downgrade) can be sent `params`. Err names the
-/// first field one cannot take, and why, for a 400.
+/// first field one cannot take (as `names` says the client sent it), and
+/// why, for a 400.
 pub fn check_params(
     cx: &RunContext,
     pipeline: &Pipeline,
     params: &Params,
-) -> Result<(), (&'static str, String)> {
+    names: &FieldNames,
+) -> Result<(), (String, String)> {
     let downgrades = pipeline
         .budget
         .iter()
@@ -220,8 +224,9 @@ pub fn check_params(
         if let Some(wire) = provider.wire()
             && let Some((field, why)) = params.unsupported_by(wire)
         {
+            let field = names.field(field);
             return Err((
-                field,
+                field.clone(),
                 format!(
                     "\"{field}\" cannot be honoured by pipeline \"{}\": its provider \"{name}\" speaks the {} API ({why})",
                     pipeline.name,

@@ -20,6 +20,7 @@ use super::anthropic_request::{self, Endpoint, MessagesRequest};
 use super::openai_compat::check_with_pipeline;
 use super::sse::EventBody;
 use super::{ResponseBody, Shared, json_response, read_json_body};
+use crate::compile::clients::FieldNames;
 use crate::provider::ErrorKind;
 use crate::run::{
     self, Admission, ErrorCode, Event, EventReceiver, RunRequest, ToolCallDelta, UsageReport,
@@ -131,13 +132,17 @@ async fn read(
             request_id,
         ));
     };
+    let names = FieldNames {
+        cache_control: msg.cache_control_at.clone(),
+        ..FieldNames::messages()
+    };
     if let Err(e) = check_with_pipeline(
         shared,
         &pipeline,
         &msg.tools,
         &msg.params,
         &msg.messages,
-        &|i| format!("tools[{i}].name"),
+        &names,
     ) {
         run::record_invalid(&shared.run, &pipeline, request_id, "invalid_request").await;
         let message = match &e.param {

@@ -19,6 +19,9 @@ pub(super) struct MessagesRequest {
     pub stream: bool,
     pub params: Params,
     pub tools: Vec<ToolSpec>,
+    /// Where the first prompt-cache breakpoint is, as the client sent it
+    /// (`tools[0].cache_control`), for a 400 about breakpoints.
+    pub cache_control_at: Option<String>,
 }
 
 /// Which endpoint the body was sent to.
@@ -211,6 +214,7 @@ pub(super) fn parse(body: &[u8], endpoint: Endpoint) -> Result<MessagesRequest, 
             Some("tool_choice.name"),
         ));
     }
+    let cache_control_at = params.cache_control.then(|| first_mark(obj)).flatten();
     Ok(MessagesRequest {
         model,
         messages,
@@ -218,6 +222,26 @@ pub(super) fn parse(body: &[u8], endpoint: Endpoint) -> Result<MessagesRequest, 
         stream,
         params,
         tools,
+        cache_control_at,
+    })
+}
+
+/// The path of the first `cache_control` of a request (tools, then
+/// system, then messages: the order Anthropic reads a prompt in).
+fn first_mark(obj: &Map<String, Value>) -> Option<String> {
+    let marked = |v: &Value| v.get("cache_control").is_some_and(|c| !c.is_null());
+    let blocks = |key: &str| {
+        obj.get(key)
+            .and_then(Value::as_array)
+            .and_then(|items| items.iter().position(marked))
+            .map(|i| format!("{key}[{i}].cache_control"))
+    };
+    blocks("tools").or_else(|| blocks("system")).or_else(|| {
+        let items = obj.get("messages")?.as_array()?;
+        items.iter().enumerate().find_map(|(i, m)| {
+            let j = m.get("content")?.as_array()?.iter().position(marked)?;
+            Some(format!("messages[{i}].content[{j}].cache_control"))
+        })
     })
 }
 

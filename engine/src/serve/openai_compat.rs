@@ -14,6 +14,7 @@ use super::openai_request::{self, Invalid, invalid};
 use super::sse::EventBody;
 use super::{ResponseBody, Shared, json_response, read_json_body};
 use crate::compile::Pipeline;
+use crate::compile::clients::FieldNames;
 use crate::provider::{Message, Params, ToolChoice, ToolSpec};
 use crate::run::{
     self, Admission, ErrorCode, Event, EventReceiver, Rejection, RunRequest, ToolCallDelta,
@@ -85,7 +86,7 @@ pub(super) fn check_with_pipeline(
     tools: &[ToolSpec],
     params: &Params,
     messages: &[Message],
-    name_field: &dyn Fn(usize) -> String,
+    names: &FieldNames,
 ) -> Result<(), Invalid> {
     for (i, t) in tools.iter().enumerate() {
         if pipeline.tools.iter().any(|own| own.name() == t.name) {
@@ -94,7 +95,7 @@ pub(super) fn check_with_pipeline(
                     "pipeline \"{}\" has a tool of its own named \"{}\"; give yours another name",
                     pipeline.name, t.name
                 ),
-                Some(&name_field(i)),
+                Some(&names.tool_name(i)),
             ));
         }
     }
@@ -116,24 +117,26 @@ pub(super) fn check_with_pipeline(
         ));
     }
     if no_tools && params.parallel_tool_calls.is_some() {
+        let field = names.field("parallel_tool_calls");
         return Err(invalid(
-            "parallel_tool_calls is only allowed when tools are offered",
-            Some("parallel_tool_calls"),
+            format!("{field} is only allowed when tools are offered"),
+            Some(&field),
         ));
     }
     if let Some(ToolChoice::Tool(name)) = &params.tool_choice
         && !tools.iter().any(|t| &t.name == name)
         && !pipeline.tools.iter().any(|t| t.name() == name)
     {
+        let field = names.chosen_tool();
         return Err(invalid(
             format!(
-                "tool_choice names \"{name}\", which is neither among the request's tools nor pipeline \"{}\"'s",
+                "{field} names \"{name}\", which is neither among the request's tools nor pipeline \"{}\"'s",
                 pipeline.name
             ),
-            Some("tool_choice"),
+            Some(field),
         ));
     }
-    run::check_request(&shared.run, pipeline, params, tools, messages)
+    run::check_request(&shared.run, pipeline, params, tools, messages, names)
         .map_err(|(field, message)| invalid(message, Some(&field)))
 }
 
@@ -214,7 +217,7 @@ pub(super) async fn chat_completions(
         &run_request.tools,
         &run_request.params,
         &run_request.messages,
-        &|i| format!("tools[{i}].function.name"),
+        &FieldNames::default(),
     ) {
         run::record_invalid(&shared.run, &pipeline, request_id, "invalid_request").await;
         return openai_error(
