@@ -271,10 +271,10 @@ async fn thinking_and_its_signature_from_an_anthropic_provider_reach_the_client(
     let mock = MockProvider::start(Script::single(thinking_reply()).then(thinking_reply()))
         .await
         .unwrap();
-    let server = serve(&mock, "anthropic", "").await;
-    let mut body = json!({"model": "chat", "max_tokens": 100, "stream": true,
+    let server = serve_chat(&mock, "anthropic", "", "limits: {max_tokens: 2000}\n").await;
+    let mut body = json!({"model": "chat", "max_tokens": 1100, "stream": true,
         "system": [{"type": "text", "text": "Be kind."}],
-        "thinking": {"type": "enabled", "budget_tokens": 64},
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
         "top_k": 5, "temperature": 1, "stop_sequences": ["###"], "metadata": {"user_id": "u-1"},
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Greet me"}]}]});
     let streamed = events(messages(server.addr, "/v1/messages", &body).await).await;
@@ -316,9 +316,9 @@ async fn thinking_and_its_signature_from_an_anthropic_provider_reach_the_client(
     let sent = &mock.journal().requests()[0].body;
     assert_eq!(
         sent["thinking"],
-        json!({"type": "enabled", "budget_tokens": 64})
+        json!({"type": "enabled", "budget_tokens": 1024})
     );
-    assert_eq!(sent["max_tokens"], 100);
+    assert_eq!(sent["max_tokens"], 1100);
     assert_eq!(sent["top_k"], 5);
     assert_eq!(sent["system"], "Be kind.");
     assert_eq!(sent["stop_sequences"], json!(["###"]));
@@ -692,26 +692,48 @@ async fn a_thinking_budget_must_fit_under_the_max_tokens_sent() {
     let text = e["message"].as_str().unwrap();
     assert!(text.starts_with("thinking.budget_tokens:"), "{e}");
     assert!(text.contains("\"chat\"") && text.contains("(200)"), "{e}");
+    assert_eq!(mock.journal().request_count(), 0);
+    server.stop().await;
+
+    let server = serve_chat(
+        &mock,
+        "anthropic",
+        "",
+        "limits: {max_tokens: 4000}
+",
+    )
+    .await;
     // Not under the client's own max_tokens, as Anthropic says.
     let e = error_of(
-        messages(server.addr, "/v1/messages", &ask(100, 100)).await,
+        messages(server.addr, "/v1/messages", &ask(1100, 1100)).await,
         400,
     )
     .await;
     assert_eq!(
         e["message"],
-        "thinking.budget_tokens: must be less than max_tokens (100)"
+        "thinking.budget_tokens: must be less than max_tokens (1100)"
+    );
+    // Below the 1,024 Anthropic's smallest budget.
+    let e = error_of(
+        messages(server.addr, "/v1/messages", &ask(1100, 1000)).await,
+        400,
+    )
+    .await;
+    let text = e["message"].as_str().unwrap();
+    assert!(
+        text.starts_with("thinking.budget_tokens:") && text.contains("at least 1024"),
+        "{e}"
     );
     assert_eq!(mock.journal().request_count(), 0);
 
     // A budget under what is sent goes through as given.
-    let whole = body_json(messages(server.addr, "/v1/messages", &ask(150, 128)).await).await;
+    let whole = body_json(messages(server.addr, "/v1/messages", &ask(1500, 1024)).await).await;
     assert_eq!(whole["content"][0]["type"], "thinking", "{whole}");
     let sent = &mock.journal().requests()[0].body;
-    assert_eq!(sent["max_tokens"], 150);
+    assert_eq!(sent["max_tokens"], 1500);
     assert_eq!(
         sent["thinking"],
-        json!({"type": "enabled", "budget_tokens": 128})
+        json!({"type": "enabled", "budget_tokens": 1024})
     );
     // count_tokens has no max_tokens: any budget is counted.
     let mut count = ask(1, 4096);

@@ -240,3 +240,154 @@ async fn a_400_names_the_field_as_the_messages_client_sent_it() {
     assert_eq!(mock.journal().request_count(), 0);
     server.stop().await;
 }
+
+/// An Anthropic stream of `blocks` (each a start block and its deltas).
+fn anthropic_stream(blocks: &[(Value, Vec<Value>)], stop_reason: &str, usage: Value) -> Reply {
+    let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut out = ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_up", "type": "message", "role": "assistant",
+            "model": "claude-x", "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}}),
+    );
+    for (i, (start, deltas)) in blocks.iter().enumerate() {
+        out += &ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": i, "content_block": start}),
+        );
+        for d in deltas {
+            out += &ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": i, "delta": d}),
+            );
+        }
+        out += &ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": i}),
+        );
+    }
+    out += &ev(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": usage}),
+    );
+    out += &ev("message_stop", json!({"type": "message_stop"}));
+    Reply::recorded(out)
+}
+
+/// A turn that thinks, then calls the pipeline's `lookup_order`, having
+/// generated `output` tokens (as the provider reports them).
+fn think_then_lookup(output: u64) -> Reply {
+    anthropic_stream(
+        &[
+            (
+                json!({"type": "thinking", "thinking": "", "signature": ""}),
+                vec![
+                    json!({"type": "thinking_delta", "thinking": "Look up order 1."}),
+                    json!({"type": "signature_delta", "signature": "EqQBCgIYAhIM"}),
+                ],
+            ),
+            (
+                json!({"type": "tool_use", "id": "toolu_1", "name": "lookup_order", "input": {}}),
+                vec![json!({"type": "input_json_delta", "partial_json": "{\"order_id\": 1}"})],
+            ),
+        ],
+        "tool_use",
+        json!({"input_tokens": 100, "output_tokens": output}),
+    )
+}
+
+fn thinking_ask(budget: u32) -> Value {
+    json!({"model": "chat", "max_tokens": 4000,
+        "thinking": {"type": "enabled", "budget_tokens": budget},
+        "messages": [{"role": "user", "content": "Where is order 1?"}]})
+}
+
+/// Anthropic refuses thinking with a forced tool choice: a 400 naming
+/// `tool_choice`, before any call, instead of the provider's refusal as a 502.
+#[tokio::test(start_paused = true)]
+async fn thinking_with_a_forced_tool_choice_is_refused_up_front() {
+    let mock = MockProvider::start(Script::single(Reply::anthropic_text(&["x"])))
+        .await
+        .unwrap();
+    let server = serve_chat(&mock, "anthropic", "", "limits: {max_tokens: 4000}\n").await;
+    for choice in [
+        json!({"type": "any"}),
+        json!({"type": "tool", "name": "get_weather"}),
+    ] {
+        let mut body = thinking_ask(1024);
+        body["tools"] = json!([weather()]);
+        body["tool_choice"] = choice;
+        refused_naming(server.addr, &body, "tool_choice").await;
+    }
+    assert_eq!(mock.journal().request_count(), 0);
+    // auto and none are what thinking takes.
+    for choice in [json!({"type": "auto"}), json!({"type": "none"})] {
+        let mut body = thinking_ask(1024);
+        body["tools"] = json!([weather()]);
+        body["tool_choice"] = choice;
+        assert_eq!(messages(server.addr, &body).await.status(), 200);
+    }
+    server.stop().await;
+}
+
+/// `max_total_tokens` lowers max_tokens round by round; the thinking
+/// budget follows it down (Anthropic wants it below max_tokens and keeps
+/// thinking on through a tool loop), and a round left with too little to
+/// think ends the answer as the token budget does.
+#[tokio::test(start_paused = true)]
+async fn a_squeezed_round_sends_a_thinking_budget_anthropic_takes() {
+    let answer = anthropic_stream(
+        &[(
+            json!({"type": "text", "text": ""}),
+            vec![json!({"type": "text_delta", "text": "Delivered."})],
+        )],
+        "end_turn",
+        json!({"input_tokens": 300, "output_tokens": 5}),
+    );
+    let mock = MockProvider::start(Script::single(think_then_lookup(50)).then(answer))
+        .await
+        .unwrap();
+    let limits = format!("limits: {{max_tokens: 4000, max_total_tokens: 2500}}\n{LOOKUP_TOOL}");
+    let server = serve_chat(&mock, "anthropic", "", &limits).await;
+    let whole = body_json(messages(server.addr, &thinking_ask(3000)).await).await;
+    assert_eq!(whole["stop_reason"], "end_turn", "{whole}");
+    let sent = mock.journal().requests();
+    assert_eq!(sent.len(), 2);
+    for (round, r) in sent.iter().enumerate() {
+        let max = r.body["max_tokens"].as_u64().unwrap();
+        let budget = r.body["thinking"]["budget_tokens"].as_u64().unwrap();
+        assert!(max < 2500, "round {round}: max_tokens {max}");
+        assert_eq!(budget, max - 1, "round {round}: {}", r.body);
+        assert_eq!(r.body["thinking"]["type"], "enabled");
+    }
+    // The second round hands the first's thinking back, signed.
+    assert_eq!(
+        sent[1].body["messages"][1]["content"][0]["type"],
+        "thinking"
+    );
+    server.stop().await;
+
+    // The first round used 1,500 tokens: another leaves under 1,025.
+    let mock = MockProvider::start(Script::single(think_then_lookup(1400)))
+        .await
+        .unwrap();
+    let server = serve_chat(&mock, "anthropic", "", &limits).await;
+    let whole = body_json(messages(server.addr, &thinking_ask(2000)).await).await;
+    assert_eq!(whole["stop_reason"], "max_tokens", "{whole}");
+    assert_eq!(mock.journal().request_count(), 1);
+    let rows = server.ledger().rows_since(0).await.unwrap();
+    assert_eq!(rows[0].error_code.as_deref(), Some("token_ceiling"));
+    server.stop().await;
+
+    // Too little for thinking in the first round already: a 400 before
+    // any call.
+    let mock = MockProvider::start(Script::single(think_then_lookup(50)))
+        .await
+        .unwrap();
+    let limits = format!("limits: {{max_tokens: 4000, max_total_tokens: 1000}}\n{LOOKUP_TOOL}");
+    let server = serve_chat(&mock, "anthropic", "", &limits).await;
+    let text = refused_naming(server.addr, &thinking_ask(2000), "thinking.budget_tokens").await;
+    assert!(text.contains("max_total_tokens"), "{text}");
+    assert_eq!(mock.journal().request_count(), 0);
+    server.stop().await;
+}

@@ -116,6 +116,38 @@ impl Ask {
     }
 }
 
+/// The smallest extended-thinking budget Anthropic takes.
+pub const THINKING_MIN_BUDGET: u64 = 1024;
+
+/// `params` for a model call that may generate `max_tokens`. Anthropic
+/// wants extended thinking's `budget_tokens` below `max_tokens`; a call
+/// that `max_total_tokens` squeezed under the client's budget thinks with
+/// what is left (`max_tokens - 1`). Thinking cannot be dropped instead: a
+/// turn that began with thinking must keep it through its tool rounds.
+/// With no budget Anthropic takes left (under 1,025 tokens), Err says so.
+pub(crate) fn fit_thinking(params: &Arc<Params>, max_tokens: u32) -> Result<Arc<Params>, String> {
+    let Some(thinking) = &params.thinking else {
+        return Ok(params.clone());
+    };
+    let Some(budget) = thinking["budget_tokens"].as_u64() else {
+        return Ok(params.clone());
+    };
+    let max = u64::from(max_tokens);
+    if budget < max {
+        return Ok(params.clone());
+    }
+    if max <= THINKING_MIN_BUDGET {
+        return Err(format!(
+            "thinking.budget_tokens: this model call may generate only {max_tokens} tokens of the pipeline's max_total_tokens, too few for extended thinking (a budget of at least {THINKING_MIN_BUDGET} tokens, below max_tokens)"
+        ));
+    }
+    let mut fitted = Params::clone(params);
+    if let Some(t) = fitted.thinking.as_mut() {
+        t["budget_tokens"] = serde_json::Value::from(max - 1);
+    }
+    Ok(Arc::new(fitted))
+}
+
 /// Shared by all requests of a server (each request task holds an `Arc`).
 pub struct RunContext {
     pub keepalive: Duration,
@@ -542,6 +574,23 @@ async fn run(
         }
         max_tokens = max_tokens.min(u32::try_from(share).unwrap_or(u32::MAX));
     }
+    // What the first call is sent: a thinking budget within max_tokens.
+    let params = match fit_thinking(&ask.params, max_tokens) {
+        Ok(p) => p,
+        Err(why) => {
+            let mut r = Rejection::new(ErrorCode::TokenCeiling, why);
+            r.details = Some(json!({"field": "thinking.budget_tokens"}));
+            Box::pin(record_invalid(
+                &cx,
+                &pipeline,
+                &req.request_id,
+                "token_ceiling",
+            ))
+            .await;
+            let _ = admit.send(Admission::Rejected(r));
+            return;
+        }
+    };
     let budgets: Vec<&Budget> = pipeline
         .budget
         .iter()
@@ -615,6 +664,7 @@ async fn run(
         &cx,
         &pipeline,
         &ask,
+        params,
         &candidates,
         &req.request_id,
         max_tokens,
@@ -644,6 +694,7 @@ async fn drive(
     cx: &RunContext,
     pipeline: &Pipeline,
     ask: &Ask,
+    params: Arc<Params>,
     candidates: &[Target],
     request_id: &str,
     max_tokens: u32,
@@ -659,6 +710,7 @@ async fn drive(
         cx,
         pipeline,
         ask,
+        params,
         candidates,
         &tally.prompt,
         max_tokens,

@@ -347,9 +347,12 @@ fn thinking(obj: &Map<String, Value>) -> Result<Option<Value>, Invalid> {
     match kind {
         Some("disabled") => Ok(None),
         Some("enabled") => {
-            if v["budget_tokens"].as_u64().is_none_or(|b| b < 1) {
+            let min = crate::run::THINKING_MIN_BUDGET;
+            if v["budget_tokens"].as_u64().is_none_or(|b| b < min) {
                 return Err(invalid(
-                    "thinking.budget_tokens: field required (a positive integer) when thinking is enabled",
+                    format!(
+                        "thinking.budget_tokens: field required when thinking is enabled (an integer of at least {min}, below max_tokens)"
+                    ),
                     Some("thinking.budget_tokens"),
                 ));
             }

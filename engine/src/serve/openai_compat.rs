@@ -116,6 +116,22 @@ pub(super) fn check_with_pipeline(
             Some("tool_choice"),
         ));
     }
+    // Anthropic takes extended thinking with tool_choice auto or none
+    // only: refused here, not as the provider's 400 relayed as a 502.
+    if params.thinking.is_some()
+        && matches!(
+            params.tool_choice,
+            Some(ToolChoice::Required | ToolChoice::Tool(_))
+        )
+    {
+        let field = names.field("tool_choice");
+        return Err(invalid(
+            format!(
+                "{field}: a forced tool choice cannot be combined with thinking; with thinking the model may only be left to choose (auto) or told to call none"
+            ),
+            Some(&field),
+        ));
+    }
     if no_tools && params.parallel_tool_calls.is_some() {
         let field = names.field("parallel_tool_calls");
         return Err(invalid(
