@@ -391,3 +391,125 @@ async fn a_squeezed_round_sends_a_thinking_budget_anthropic_takes() {
     assert_eq!(mock.journal().request_count(), 0);
     server.stop().await;
 }
+
+/// An OpenAI-compatible stream that sends text between two pieces of
+/// one call's arguments, and interleaves two calls.
+fn text_inside_calls() -> Reply {
+    let chunk = |delta: Value, finish: Option<&str>| {
+        let body = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {body}\n\n")
+    };
+    let call = |i: u32, id: Option<&str>, args: &str| {
+        let mut c = json!({"index": i, "function": {"arguments": args}});
+        if let Some(id) = id {
+            c["id"] = json!(id);
+            c["type"] = json!("function");
+            c["function"]["name"] = json!("get_weather");
+        }
+        chunk(json!({"tool_calls": [c]}), None)
+    };
+    let mut out = chunk(json!({"role": "assistant", "content": "Checking."}), None);
+    out += &call(0, Some("call_a"), "{\"city\":");
+    out += &chunk(json!({"content": " One moment."}), None);
+    out += &call(0, None, "\"Oslo\"}");
+    out += &call(1, Some("call_b"), "{\"ci");
+    out += &chunk(json!({"content": " And Rome."}), None);
+    out += &call(1, None, "ty\":\"Rome\"}");
+    out += &chunk(json!({}), Some("tool_calls"));
+    out += "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":50,\"completion_tokens\":20,\"total_tokens\":70}}\n\n";
+    out += "data: [DONE]\n\n";
+    Reply::recorded(out)
+}
+
+/// The message the events of a stream make, checked as the SDKs read
+/// it: one open block at a time, indexes from 0 up, deltas to the open
+/// block only, each input_json_delta kept.
+fn assemble(events: &[(String, Value)]) -> Value {
+    let mut m = Value::Null;
+    let mut inputs: std::collections::BTreeMap<usize, String> = Default::default();
+    let mut open: Option<usize> = None;
+    for (name, d) in events {
+        let i = d["index"].as_u64().unwrap_or(0) as usize;
+        match name.as_str() {
+            "message_start" => m = d["message"].clone(),
+            "content_block_start" => {
+                assert_eq!(open, None, "block {i} started while another is open");
+                assert_eq!(
+                    i,
+                    m["content"].as_array().unwrap().len(),
+                    "index out of order"
+                );
+                m["content"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(d["content_block"].clone());
+                open = Some(i);
+            }
+            "content_block_delta" => {
+                assert_eq!(open, Some(i), "delta for a block that is not open");
+                let delta = &d["delta"];
+                match delta["type"].as_str().unwrap() {
+                    "text_delta" => {
+                        let t = format!(
+                            "{}{}",
+                            m["content"][i]["text"].as_str().unwrap(),
+                            delta["text"].as_str().unwrap()
+                        );
+                        m["content"][i]["text"] = json!(t);
+                    }
+                    "input_json_delta" => inputs
+                        .entry(i)
+                        .or_default()
+                        .push_str(delta["partial_json"].as_str().unwrap()),
+                    other => panic!("unexpected delta {other}"),
+                }
+            }
+            "content_block_stop" => {
+                assert_eq!(open, Some(i));
+                open = None;
+                if let Some(j) = inputs.remove(&i) {
+                    m["content"][i]["input"] = serde_json::from_str(&j).unwrap();
+                }
+            }
+            "message_delta" => {
+                assert_eq!(open, None, "a block is left open");
+                m["stop_reason"] = d["delta"]["stop_reason"].clone();
+                m["stop_sequence"] = d["delta"]["stop_sequence"].clone();
+                for (k, v) in d["usage"].as_object().unwrap() {
+                    m["usage"][k] = v.clone();
+                }
+            }
+            _ => {}
+        }
+    }
+    m
+}
+
+/// Arguments that come after text for a call whose block is open reach
+/// the client whole, streamed or not; the text follows the calls.
+#[tokio::test(start_paused = true)]
+async fn text_between_argument_pieces_loses_no_argument() {
+    let mock = MockProvider::start(Script::single(text_inside_calls()))
+        .await
+        .unwrap();
+    let server = serve(&mock, "openai", "").await;
+    let mut body = with(json!({"tools": [weather()], "stream": true}));
+    let streamed = events(messages(server.addr, &body).await).await;
+    let assembled = assemble(&streamed);
+    assert_eq!(
+        assembled["content"],
+        json!([
+            {"type": "text", "text": "Checking."},
+            {"type": "tool_use", "id": "call_a", "name": "get_weather", "input": {"city": "Oslo"}},
+            {"type": "tool_use", "id": "call_b", "name": "get_weather", "input": {"city": "Rome"}},
+            {"type": "text", "text": " One moment. And Rome."},
+        ]),
+        "{streamed:#?}"
+    );
+    assert_eq!(assembled["stop_reason"], "tool_use");
+    body["stream"] = json!(false);
+    let whole = body_json(messages(server.addr, &body).await).await;
+    assert_eq!(whole, assembled);
+    server.stop().await;
+}

@@ -348,6 +348,9 @@ pub struct MessagesEncoder {
     /// open: (index, id, name, arguments so far), sent whole once the
     /// calls are over.
     held: Vec<(u32, String, String, String)>,
+    /// Text and reasoning that came while calls were in flight, sent
+    /// after them (see [`MessagesEncoder::tool_piece`]).
+    deferred: Vec<Event>,
     usage: Option<UsageReport>,
     /// The model refused (OpenAI's `refusal`): its words are text and the
     /// stop reason says so.
@@ -368,6 +371,7 @@ impl MessagesEncoder {
             next_index: 0,
             open: Open::None,
             held: Vec::new(),
+            deferred: Vec::new(),
             usage: None,
             refused: false,
             stop_sequence: None,
@@ -405,10 +409,18 @@ impl MessagesEncoder {
     }
 
     /// A piece of the client's tool calls. Providers may interleave the
-    /// pieces of parallel calls, which Messages blocks cannot: the first
-    /// call streams in its block as it comes, a call that starts while it
-    /// is open is held and sent whole (in one `input_json_delta`) when the
-    /// calls are over, so no piece is ever lost or misplaced.
+    /// pieces of parallel calls, and an OpenAI-compatible one may send
+    /// text between two pieces of one call, which Messages blocks cannot
+    /// show (a block, once closed, cannot take more): the first call
+    /// streams in its block as it comes, and that block stays open until
+    /// the answer ends, since more of its arguments may follow; a call
+    /// that starts while it is open is held and sent whole (in one
+    /// `input_json_delta`) after it; text and reasoning that come while
+    /// calls are in flight are deferred ([`MessagesEncoder::on`]) and sent
+    /// after the calls. So no piece is lost, repeated or misplaced, and
+    /// indexes only increase. What is held is bounded as the answer is:
+    /// the run cuts a round at its ceiling's guard (text, reasoning and
+    /// arguments counted together) and at 128 calls.
     fn tool_piece(&mut self, d: ToolCallDelta, out: &mut Out) {
         let ToolCallDelta {
             index,
@@ -418,7 +430,7 @@ impl MessagesEncoder {
         } = d;
         if let Some(id) = id {
             let name = name.unwrap_or_default();
-            if matches!(self.open, Open::ToolUse(_)) || !self.held.is_empty() {
+            if self.calls_in_flight() {
                 self.held.push((index, id, name, arguments));
                 return;
             }
@@ -431,11 +443,11 @@ impl MessagesEncoder {
             held.3.push_str(&arguments);
             return;
         } else if self.open != Open::ToolUse(index) {
-            // Only after text came between two pieces of one call, which
-            // no provider does.
+            // The run starts every call with its id: a piece of a call
+            // never started has no block to go to.
             warn!(
                 index,
-                "a tool call's arguments came after its block ended; dropped"
+                "arguments of a tool call that never started; dropped"
             );
             return;
         }
@@ -447,7 +459,14 @@ impl MessagesEncoder {
         }
     }
 
-    /// Ends the streamed call's block and sends the held calls whole.
+    /// Whether a call's block is open or calls are held: more arguments
+    /// may come for them.
+    fn calls_in_flight(&self) -> bool {
+        matches!(self.open, Open::ToolUse(_)) || !self.held.is_empty()
+    }
+
+    /// Ends the streamed call's block, sends the held calls whole, then
+    /// what was deferred behind them.
     fn flush_calls(&mut self, out: &mut Out) {
         if matches!(self.open, Open::ToolUse(_)) {
             self.close(out);
@@ -466,10 +485,12 @@ impl MessagesEncoder {
             }
             self.close(out);
         }
+        for ev in std::mem::take(&mut self.deferred) {
+            self.content(ev, out);
+        }
     }
 
     fn text(&mut self, text: String, out: &mut Out) {
-        self.flush_calls(out);
         if self.open != Open::Text {
             self.start(Open::Text, json!({"type": "text", "text": ""}), out);
         }
@@ -477,13 +498,44 @@ impl MessagesEncoder {
     }
 
     fn thinking_block(&mut self, out: &mut Out) {
-        self.flush_calls(out);
         if self.open != (Open::Thinking { signed: false }) {
             self.start(
                 Open::Thinking { signed: false },
                 json!({"type": "thinking", "thinking": "", "signature": ""}),
                 out,
             );
+        }
+    }
+
+    /// Text or reasoning, in its block (no call is in flight).
+    fn content(&mut self, ev: Event, out: &mut Out) {
+        match ev {
+            Event::Delta(text) => self.text(text, out),
+            Event::Refusal(text) => {
+                self.refused = true;
+                self.text(text, out);
+            }
+            Event::Reasoning(text) => {
+                self.thinking_block(out);
+                self.delta(json!({"type": "thinking_delta", "thinking": text}), out);
+            }
+            Event::ReasoningSignature(signature) => {
+                self.thinking_block(out);
+                self.delta(
+                    json!({"type": "signature_delta", "signature": signature}),
+                    out,
+                );
+                self.open = Open::Thinking { signed: true };
+            }
+            Event::RedactedReasoning(data) => {
+                self.start(
+                    Open::Thinking { signed: true },
+                    json!({"type": "redacted_thinking", "data": data}),
+                    out,
+                );
+                self.close(out);
+            }
+            _ => {}
         }
     }
 
@@ -504,31 +556,16 @@ impl MessagesEncoder {
                     }}),
                 ));
             }
-            Event::Delta(text) => self.text(text, out),
-            Event::Refusal(text) => {
-                self.refused = true;
-                self.text(text, out);
-            }
-            Event::Reasoning(text) => {
-                self.thinking_block(out);
-                self.delta(json!({"type": "thinking_delta", "thinking": text}), out);
-            }
-            Event::ReasoningSignature(signature) => {
-                self.thinking_block(out);
-                self.delta(
-                    json!({"type": "signature_delta", "signature": signature}),
-                    out,
-                );
-                self.open = Open::Thinking { signed: true };
-            }
-            Event::RedactedReasoning(data) => {
-                self.flush_calls(out);
-                self.start(
-                    Open::Thinking { signed: true },
-                    json!({"type": "redacted_thinking", "data": data}),
-                    out,
-                );
-                self.close(out);
+            ev @ (Event::Delta(_)
+            | Event::Refusal(_)
+            | Event::Reasoning(_)
+            | Event::ReasoningSignature(_)
+            | Event::RedactedReasoning(_)) => {
+                if self.calls_in_flight() {
+                    self.deferred.push(ev);
+                } else {
+                    self.content(ev, out);
+                }
             }
             Event::ToolCallDelta(d) => self.tool_piece(*d, out),
             Event::Usage(u) => self.usage = Some(*u),
@@ -542,6 +579,8 @@ impl MessagesEncoder {
                 message,
                 kind,
             } => {
+                // What came before the failure is the client's to see.
+                self.flush_calls(out);
                 self.failed = true;
                 let kind = kind.map_or_else(|| error_type(status_of(code)), ErrorKind::as_str);
                 out.push((

@@ -298,6 +298,61 @@ fn interleaved_parallel_calls_lose_no_piece() {
     );
 }
 
+/// An OpenAI-compatible provider may send text between two pieces of one
+/// call's arguments: the call's block stays open for the rest, and the
+/// text follows the calls.
+#[test]
+fn text_between_pieces_of_one_call_follows_the_calls() {
+    let (events, m) = run(vec![
+        start(),
+        Event::Delta("Checking.".into()),
+        call(0, Some("c0"), "{\"city\":"),
+        Event::Delta(" One moment.".into()),
+        call(0, None, "\"Oslo\"}"),
+        call(1, Some("c1"), "{\"city\":"),
+        Event::Reasoning("and Rome".into()),
+        call(1, None, "\"Rome\"}"),
+        Event::Done {
+            finish_reason: "tool_calls".into(),
+        },
+    ]);
+    let m = m.unwrap();
+    assert_eq!(
+        m["content"],
+        json!([
+            {"type": "text", "text": "Checking."},
+            {"type": "tool_use", "id": "c0", "name": "tool0", "input": {"city": "Oslo"}},
+            {"type": "tool_use", "id": "c1", "name": "tool1", "input": {"city": "Rome"}},
+            {"type": "text", "text": " One moment."},
+            {"type": "thinking", "thinking": "and Rome", "signature": ""},
+        ])
+    );
+    assert_eq!(
+        shape(&events),
+        [
+            "message_start",
+            "content_block_start:0",
+            "content_block_delta:0",
+            "content_block_stop:0",
+            "content_block_start:1",
+            "content_block_delta:1",
+            "content_block_delta:1",
+            "content_block_stop:1",
+            "content_block_start:2",
+            "content_block_delta:2",
+            "content_block_stop:2",
+            "content_block_start:3",
+            "content_block_delta:3",
+            "content_block_stop:3",
+            "content_block_start:4",
+            "content_block_delta:4",
+            "content_block_stop:4",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+}
+
 mod well_formed {
     use super::*;
     use proptest::prelude::*;
@@ -357,6 +412,64 @@ mod well_formed {
             let names: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
             prop_assert_eq!(&names[names.len() - 2..], ["message_delta", "message_stop"]);
             prop_assert_eq!(names[0], "message_start");
+        }
+
+        /// Whatever the order (text between two pieces of one call, calls
+        /// interleaved), every piece arrives once: each call's arguments
+        /// whole in its own block, all text and reasoning in order.
+        #[test]
+        fn no_piece_is_lost_or_repeated(body in proptest::collection::vec(event(), 0..32)) {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut evs = vec![start()];
+            let mut args: std::collections::BTreeMap<String, String> = Default::default();
+            let (mut text, mut reasoning) = (String::new(), String::new());
+            for ev in body {
+                let ev = match ev {
+                    Event::ToolCallDelta(d) => {
+                        let id = format!("c{}", d.index);
+                        args.entry(id.clone()).or_default().push_str(&d.arguments);
+                        let first = seen.insert(d.index);
+                        call(d.index, first.then_some(id.as_str()), &d.arguments)
+                    }
+                    ev => ev,
+                };
+                match &ev {
+                    Event::Delta(t) | Event::Refusal(t) => text.push_str(t),
+                    Event::Reasoning(t) => reasoning.push_str(t),
+                    _ => {}
+                }
+                evs.push(ev);
+            }
+            evs.push(Event::Done { finish_reason: "tool_calls".into() });
+            let (events, _) = run(evs);
+            let mut blocks: Vec<(String, String)> = Vec::new();
+            let (mut got_text, mut got_reasoning) = (String::new(), String::new());
+            for e in &events {
+                match e["type"].as_str().unwrap() {
+                    "content_block_start" => {
+                        let id = e["content_block"]["id"].as_str().unwrap_or_default();
+                        blocks.push((id.to_string(), String::new()));
+                    }
+                    "content_block_delta" => {
+                        let d = &e["delta"];
+                        match d["type"].as_str().unwrap() {
+                            "input_json_delta" => {
+                                let i = e["index"].as_u64().unwrap() as usize;
+                                blocks[i].1.push_str(d["partial_json"].as_str().unwrap());
+                            }
+                            "text_delta" => got_text.push_str(d["text"].as_str().unwrap()),
+                            "thinking_delta" => got_reasoning.push_str(d["thinking"].as_str().unwrap()),
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let calls: std::collections::BTreeMap<String, String> =
+                blocks.into_iter().filter(|(id, _)| !id.is_empty()).collect();
+            prop_assert_eq!(calls, args);
+            prop_assert_eq!(got_text, text);
+            prop_assert_eq!(got_reasoning, reasoning);
         }
     }
 }
