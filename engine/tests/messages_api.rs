@@ -311,7 +311,8 @@ async fn thinking_and_its_signature_from_an_anthropic_provider_reach_the_client(
     // The cached part of the prompt is reported apart, as Anthropic does.
     assert_eq!(
         assembled["usage"],
-        json!({"input_tokens": 5, "output_tokens": 14, "cache_read_input_tokens": 12, "cache_creation_input_tokens": 3})
+        json!({"input_tokens": 5, "output_tokens": 14, "cache_read_input_tokens": 12, "cache_creation_input_tokens": 3,
+               "cache_creation": {"ephemeral_5m_input_tokens": 3, "ephemeral_1h_input_tokens": 0}})
     );
     let sent = &mock.journal().requests()[0].body;
     assert_eq!(

@@ -52,6 +52,7 @@ macro_rules! report_row {
             usage_anomaly: r.try_get("usage_anomaly")?,
             cache_read_tokens: r.try_get("cache_read_tokens")?,
             cache_write_tokens: r.try_get("cache_write_tokens")?,
+            cache_write_1h_tokens: r.try_get("cache_write_1h_tokens")?,
         }
     }};
 }
@@ -300,6 +301,7 @@ pub(super) async fn settle(
         .bind(anomaly)
         .bind(stored_tokens(s.cache_read_tokens))
         .bind(stored_tokens(s.cache_write_tokens))
+        .bind(stored_tokens(s.cache_write_1h_tokens))
         .bind(id)
         .execute(&mut *tx)
         .await?;

@@ -34,6 +34,8 @@ pub struct Row {
     /// Of `prompt_tokens`, read from and written to the prompt cache.
     pub cache_read_tokens: i64,
     pub cache_write_tokens: i64,
+    /// Of `cache_write_tokens`, written for an hour.
+    pub cache_write_1h_tokens: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +202,7 @@ mod tests {
             usage_anomaly: None,
             cache_read_tokens: 0,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
         }
     }
 
@@ -250,6 +253,7 @@ mod extremes {
             usage_anomaly: Some("completion_tokens 18446744073709551615".into()),
             cache_read_tokens: 0,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
         };
         // A row written by an older Sluice that wrapped u64::MAX to -1.
         let wrapped = Row {
@@ -259,6 +263,7 @@ mod extremes {
             usage_anomaly: None,
             cache_read_tokens: 0,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
             ..base.clone()
         };
         let g = summarize(&[base.clone(), base, wrapped.clone()], GroupBy::Pipeline);

@@ -408,6 +408,7 @@ impl SqliteStore {
                 anomaly,
                 store::stored_tokens(s.cache_read_tokens),
                 store::stored_tokens(s.cache_write_tokens),
+                store::stored_tokens(s.cache_write_1h_tokens),
                 id,
             ])?;
             let mut spends = Vec::new();
@@ -570,6 +571,7 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
         usage_anomaly: r.get(18)?,
         cache_read_tokens: r.get(19)?,
         cache_write_tokens: r.get(20)?,
+        cache_write_1h_tokens: r.get(21)?,
     })
 }
 

@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_ledger.sql"),
     include_str!("../../migrations/sqlite/0002_request_id_and_usage_anomaly.sql"),
     include_str!("../../migrations/sqlite/0003_cache_tokens.sql"),
+    include_str!("../../migrations/sqlite/0004_cache_write_1h_tokens.sql"),
 ];
 
 /// Where `sqlite:PATH`, `sqlite://PATH` or `sqlite::memory:` points

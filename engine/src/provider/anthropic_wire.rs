@@ -253,6 +253,14 @@ struct WireUsage {
     output_tokens: Option<i128>,
     cache_creation_input_tokens: Option<i128>,
     cache_read_input_tokens: Option<i128>,
+    /// How the cache writes split by lifetime (5 minutes, an hour).
+    cache_creation: Option<CacheCreation>,
+}
+
+#[derive(Deserialize, Default)]
+struct CacheCreation {
+    ephemeral_5m_input_tokens: Option<i128>,
+    ephemeral_1h_input_tokens: Option<i128>,
 }
 
 #[derive(Deserialize)]
@@ -334,6 +342,8 @@ pub struct AnthropicDecoder {
     input_tokens: Option<i128>,
     cache_creation_tokens: Option<i128>,
     cache_read_tokens: Option<i128>,
+    /// The writes' split: (5 minutes, an hour), when reported.
+    cache_creation_split: Option<(i128, i128)>,
 }
 
 impl AnthropicDecoder {
@@ -434,7 +444,13 @@ impl AnthropicDecoder {
                     // Without both counts the usage is left to Sluice's
                     // estimate rather than reported as zero tokens.
                     if let (Some(input), Some(output)) = (self.input_tokens, usage.output_tokens) {
-                        let cache = [self.cache_creation_tokens, self.cache_read_tokens];
+                        // The writes: their total, or the sum of their
+                        // split when only that came.
+                        let split = self.cache_creation_split;
+                        let write = self
+                            .cache_creation_tokens
+                            .or(split.map(|(m5, h1)| m5.saturating_add(h1)));
+                        let cache = [write, self.cache_read_tokens];
                         out.push(Chunk::Usage(Usage {
                             prompt_tokens: cache
                                 .into_iter()
@@ -442,7 +458,8 @@ impl AnthropicDecoder {
                                 .fold(input, i128::saturating_add),
                             completion_tokens: output,
                             cache_read_tokens: self.cache_read_tokens.unwrap_or(0),
-                            cache_write_tokens: self.cache_creation_tokens.unwrap_or(0),
+                            cache_write_tokens: write.unwrap_or(0),
+                            cache_write_1h_tokens: split.map(|(_, h1)| h1),
                         }));
                     }
                 }
@@ -496,6 +513,14 @@ impl AnthropicDecoder {
             if value.is_some() {
                 *slot = value;
             }
+        }
+        if let Some(c) = &u.cache_creation
+            && (c.ephemeral_5m_input_tokens.is_some() || c.ephemeral_1h_input_tokens.is_some())
+        {
+            self.cache_creation_split = Some((
+                c.ephemeral_5m_input_tokens.unwrap_or(0),
+                c.ephemeral_1h_input_tokens.unwrap_or(0),
+            ));
         }
     }
 }

@@ -203,6 +203,7 @@ fn usage_adds_cache_tokens_and_takes_the_latest_counts() {
             completion_tokens,
             cache_read_tokens,
             cache_write_tokens: 100,
+            cache_write_1h_tokens: None,
         })
     };
     assert_eq!(out, [Chunk::Finish(FinishReason::Stop), cached(110, 5, 0)]);
@@ -212,6 +213,42 @@ fn usage_adds_cache_tokens_and_takes_the_latest_counts() {
     d.decode(&ev(Some("message_delta"), delta), &mut out)
         .unwrap();
     assert_eq!(out, [cached(115, 9, 3)]);
+}
+
+#[test]
+fn cache_writes_split_by_lifetime_are_kept() {
+    let usage = |prompt, write, write_1h| {
+        Chunk::Usage(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: 5,
+            cache_read_tokens: 0,
+            cache_write_tokens: write,
+            cache_write_1h_tokens: write_1h,
+        })
+    };
+    let run = |start: &str, delta: &str| {
+        let mut d = AnthropicDecoder::new();
+        let mut out = Vec::new();
+        d.decode(&ev(Some("message_start"), start), &mut out)
+            .unwrap();
+        d.decode(&ev(Some("message_delta"), delta), &mut out)
+            .unwrap();
+        out
+    };
+    let delta = r#"{"type":"message_delta","delta":{},"usage":{"output_tokens":5}}"#;
+    // Anthropic's shape: the total, and its split.
+    let start = r#"{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_creation_input_tokens":100,"cache_creation":{"ephemeral_5m_input_tokens":40,"ephemeral_1h_input_tokens":60},"output_tokens":1}}}"#;
+    assert_eq!(run(start, delta), [usage(110, 100, Some(60))]);
+    // The split alone: the total is its sum.
+    let start = r#"{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":30},"output_tokens":1}}}"#;
+    assert_eq!(run(start, delta), [usage(40, 30, Some(30))]);
+    // An empty split says nothing.
+    let start = r#"{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_creation_input_tokens":7,"cache_creation":{},"output_tokens":1}}}"#;
+    assert_eq!(run(start, delta), [usage(17, 7, None)]);
+    // A later split replaces an earlier one.
+    let start = r#"{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_creation_input_tokens":100,"cache_creation":{"ephemeral_5m_input_tokens":100,"ephemeral_1h_input_tokens":0},"output_tokens":1}}}"#;
+    let later = r#"{"type":"message_delta","delta":{},"usage":{"output_tokens":5,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":100}}}"#;
+    assert_eq!(run(start, later), [usage(110, 100, Some(100))]);
 }
 
 #[test]

@@ -233,6 +233,9 @@ pub struct Params {
     /// The messages or tools carry Anthropic prompt-caching breakpoints
     /// (`cache_control`), which only the Anthropic wire can send.
     pub cache_control: bool,
+    /// One of them asks for the one-hour cache (`ttl: "1h"`), whose writes
+    /// cost more: the reservation prices the prompt at that rate.
+    pub cache_control_1h: bool,
 }
 
 /// The API a provider speaks, which decides what it can be sent.
@@ -345,6 +348,10 @@ pub struct Usage {
     /// Of `prompt_tokens`, those written to the prompt cache (Anthropic
     /// `cache_creation_input_tokens`).
     pub cache_write_tokens: i128,
+    /// Of `cache_write_tokens`, those written for an hour (Anthropic
+    /// `cache_creation.ephemeral_1h_input_tokens`); None when the provider
+    /// did not say how its writes split.
+    pub cache_write_1h_tokens: Option<i128>,
 }
 
 /// Why the provider says the model stopped.

@@ -369,6 +369,7 @@ impl OpenAiDecoder {
                     .and_then(|d| d.cached_tokens)
                     .unwrap_or(0),
                 cache_write_tokens: 0,
+                cache_write_1h_tokens: None,
             }));
         }
         Ok(())

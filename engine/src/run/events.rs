@@ -78,6 +78,10 @@ pub struct UsageReport {
     pub cache_read_tokens: u64,
     #[serde(skip_serializing_if = "is_zero")]
     pub cache_write_tokens: u64,
+    /// Of `cache_write_tokens`, those written for an hour (priced at
+    /// `cache_write_1h`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_1h_tokens: u64,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -383,7 +383,8 @@ fn rejection_for(e: &ProviderError) -> Rejection {
 /// Records the request in the ledger before any provider call, reserving
 /// its worst-case cost on every budget that applies; downgrades to the
 /// cheaper model when the budget says so. Err is the client's answer.
-/// `choices` answers of up to `max_tokens` each are reserved for.
+/// `choices` answers of up to `max_tokens` each are reserved for, every
+/// prompt token at its dearest (an hour-long cache write when `one_hour`).
 #[allow(clippy::too_many_arguments)]
 async fn open_in_ledger(
     cx: &RunContext,
@@ -393,6 +394,7 @@ async fn open_in_ledger(
     prompt_counted: u64,
     max_tokens: u32,
     choices: u32,
+    one_hour: bool,
     budgets: &[&Budget],
 ) -> Result<Target, Rejection> {
     let mut target = Target {
@@ -423,9 +425,9 @@ async fn open_in_ledger(
                     // ceiling margin), billed at worst as output.
                     Some(total) if !pipeline.tools.is_empty() => {
                         let bound = tokens::completion_guard(total);
-                        p.cost(bound, 0).max(p.cost(0, bound))
+                        p.worst_input(one_hour).cost(bound, 0).max(p.cost(0, bound))
                     }
-                    _ => budget::reservation(&p, prompt_counted, max_tokens, choices),
+                    _ => budget::reservation(&p, prompt_counted, max_tokens, choices, one_hour),
                 })
                 .max()
                 .unwrap_or(0)
@@ -616,6 +618,7 @@ async fn run(
         reserve_counted,
         max_tokens,
         choices,
+        ask.params.cache_control_1h,
         &budgets,
     ))
     .await
@@ -649,6 +652,7 @@ async fn run(
             .collect()
     };
     let mut tally = Tally::new(started, prompt, counted, candidates[0].price);
+    tally.one_hour = ask.params.cache_control_1h;
     // What the provider may bill as completion: every choice's.
     tally.max_tokens = u64::from(max_tokens).saturating_mul(u64::from(choices));
     tally.tool_spec_bytes = usage_check::tool_spec_bytes(&ask.tools);

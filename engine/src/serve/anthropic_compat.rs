@@ -95,15 +95,23 @@ fn stop_reason(finish: &str, refused: bool) -> &'static str {
     }
 }
 
-/// Usage in Anthropic's terms: `input_tokens` excludes the cached part.
+/// Usage in Anthropic's terms: `input_tokens` excludes the cached part;
+/// cache writes split by lifetime (`cache_creation`) when there were any.
 fn usage_json(u: &UsageReport) -> Value {
     let cached = u.cache_read_tokens.saturating_add(u.cache_write_tokens);
-    json!({
+    let mut v = json!({
         "input_tokens": u.prompt_tokens.saturating_sub(cached),
         "output_tokens": u.completion_tokens,
         "cache_read_input_tokens": u.cache_read_tokens,
         "cache_creation_input_tokens": u.cache_write_tokens,
-    })
+    });
+    if u.cache_write_tokens > 0 {
+        v["cache_creation"] = json!({
+            "ephemeral_5m_input_tokens": u.cache_write_tokens.saturating_sub(u.cache_write_1h_tokens),
+            "ephemeral_1h_input_tokens": u.cache_write_1h_tokens,
+        });
+    }
+    v
 }
 
 /// Reads the body and finds the pipeline: the request, or the error answer.

@@ -23,6 +23,7 @@ fn usage() -> Event {
         cost_usd: "0".into(),
         cache_read_tokens: 60,
         cache_write_tokens: 10,
+        cache_write_1h_tokens: 4,
     }))
 }
 
@@ -118,7 +119,8 @@ fn thinking_then_text_then_tools_get_increasing_indexes() {
     assert_eq!(m["model"], "m-1");
     assert_eq!(
         m["usage"],
-        json!({"input_tokens": 30, "output_tokens": 9, "cache_read_input_tokens": 60, "cache_creation_input_tokens": 10})
+        json!({"input_tokens": 30, "output_tokens": 9, "cache_read_input_tokens": 60, "cache_creation_input_tokens": 10,
+               "cache_creation": {"ephemeral_5m_input_tokens": 6, "ephemeral_1h_input_tokens": 4}})
     );
 }
 

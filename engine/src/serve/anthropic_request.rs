@@ -95,7 +95,8 @@ fn only(obj: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), Inva
 }
 
 /// A block's `cache_control`, checked (`{"type": "ephemeral"}`, with an
-/// optional `ttl`) and kept as sent.
+/// optional `ttl` of `5m` or `1h`, the lifetimes Anthropic prices) and
+/// kept as sent.
 fn cache_control(obj: &Map<String, Value>, at: &str) -> Result<Option<Value>, Invalid> {
     let Some(v) = obj.get("cache_control").filter(|v| !v.is_null()) else {
         return Ok(None);
@@ -103,11 +104,7 @@ fn cache_control(obj: &Map<String, Value>, at: &str) -> Result<Option<Value>, In
     let here = format!("{at}.cache_control");
     let ok = v.as_object().is_some_and(|o| {
         o.get("type").and_then(Value::as_str) == Some("ephemeral")
-            && o.iter().all(|(k, x)| match k.as_str() {
-                "type" => true,
-                "ttl" => x.is_null() || x.as_str().is_some_and(|t| t.len() <= 16),
-                _ => false,
-            })
+            && o.keys().all(|k| k == "type" || k == "ttl")
     });
     if !ok {
         return Err(invalid(
@@ -115,7 +112,23 @@ fn cache_control(obj: &Map<String, Value>, at: &str) -> Result<Option<Value>, In
             Some(&here),
         ));
     }
+    match v.get("ttl") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) if t == "5m" || t == "1h" => {}
+        Some(_) => {
+            let field = format!("{here}.ttl");
+            return Err(invalid(
+                format!("{field}: must be \"5m\" or \"1h\""),
+                Some(&field),
+            ));
+        }
+    }
     Ok(Some(v.clone()))
+}
+
+/// Whether a kept `cache_control` asks for the one-hour cache.
+fn one_hour(cc: &Value) -> bool {
+    cc.get("ttl").and_then(Value::as_str) == Some("1h")
 }
 
 fn string<'a>(obj: &'a Map<String, Value>, key: &str, at: &str) -> Result<&'a str, Invalid> {
@@ -202,6 +215,11 @@ pub(super) fn parse(body: &[u8], endpoint: Endpoint) -> Result<MessagesRequest, 
     params.user = metadata(obj)?;
     params.cache_control = messages.iter().any(|m| !m.cache_control.is_empty())
         || tools.iter().any(|t| t.cache_control.is_some());
+    params.cache_control_1h = messages
+        .iter()
+        .flat_map(|m| m.cache_control.iter().map(|(_, cc)| cc))
+        .chain(tools.iter().filter_map(|t| t.cache_control.as_ref()))
+        .any(one_hour);
     params.thinking = thinking(obj)?;
     (params.tool_choice, params.parallel_tool_calls) = tool_choice(obj)?;
     if let Some(ToolChoice::Tool(name)) = &params.tool_choice
