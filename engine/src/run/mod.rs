@@ -14,6 +14,7 @@
 //! channel closes) or the server is forced to stop. Whatever happened, the
 //! ledger row opened before the call is settled at the end.
 
+mod ask;
 mod attempts;
 mod channel;
 mod conclude;
@@ -23,6 +24,8 @@ mod tally;
 mod tools;
 mod usage_check;
 
+pub(crate) use ask::{Ask, fit_thinking};
+pub use ask::{THINKING_MIN_BUDGET, check_params, check_request};
 pub(crate) use tally::Tally;
 
 use std::sync::Arc;
@@ -44,7 +47,7 @@ use stream::{Ending, Out};
 use crate::alerts::Alerts;
 use crate::budget::{self, Budget, OnExhausted};
 use crate::compile::Pipeline;
-use crate::compile::clients::{FieldNames, SystemRule};
+use crate::compile::clients::SystemRule;
 use crate::ledger::money::{format_usd, until_next_utc_midnight};
 use crate::ledger::{Admit, Ledger, Opening, Price, new_row_id};
 use crate::metrics::{Metrics, PipelineLabels, RequestLabels};
@@ -66,86 +69,6 @@ pub struct RunRequest {
     /// Tools the client brought: offered to the model beside the
     /// pipeline's, and their calls go back to the client.
     pub tools: Vec<ToolSpec>,
-}
-
-/// What every model call of a request sends besides its messages.
-pub(crate) struct Ask {
-    pub params: Arc<Params>,
-    /// The pipeline's tools, then the client's.
-    pub tools: Arc<[ToolSpec]>,
-}
-
-impl Ask {
-    fn new(pipeline: &Pipeline, params: Params, client_tools: Vec<ToolSpec>) -> Ask {
-        let mut params = params;
-        // Anthropic refuses a temperature with extended thinking: the
-        // pipeline's default does not apply then (a client's own is sent,
-        // and the provider's answer says what it thinks of it).
-        if params.temperature.is_none() && params.thinking.is_none() {
-            params.temperature = pipeline.temperature;
-        }
-        let tools: Arc<[ToolSpec]> = if client_tools.is_empty() {
-            pipeline.tool_specs.clone()
-        } else {
-            pipeline
-                .tool_specs
-                .iter()
-                .cloned()
-                .chain(client_tools)
-                .collect()
-        };
-        Ask {
-            params: Arc::new(params),
-            tools,
-        }
-    }
-
-    /// Whether a call of `name` goes back to the client: a tool the
-    /// client brought, or any tool when the pipeline runs none. A name
-    /// nobody declared is answered by the pipeline ("no such tool", so
-    /// the model can correct itself) when it has tools.
-    pub(crate) fn is_for_client(&self, name: &str, pipeline: &Pipeline) -> bool {
-        if pipeline.tools.is_empty() {
-            return true;
-        }
-        let client = self
-            .tools
-            .get(pipeline.tool_specs.len()..)
-            .unwrap_or_default();
-        client.iter().any(|t| t.name == name) && !pipeline.tools.iter().any(|t| t.name() == name)
-    }
-}
-
-/// The smallest extended-thinking budget Anthropic takes.
-pub const THINKING_MIN_BUDGET: u64 = 1024;
-
-/// `params` for a model call that may generate `max_tokens`. Anthropic
-/// wants extended thinking's `budget_tokens` below `max_tokens`; a call
-/// that `max_total_tokens` squeezed under the client's budget thinks with
-/// what is left (`max_tokens - 1`). Thinking cannot be dropped instead: a
-/// turn that began with thinking must keep it through its tool rounds.
-/// With no budget Anthropic takes left (under 1,025 tokens), Err says so.
-pub(crate) fn fit_thinking(params: &Arc<Params>, max_tokens: u32) -> Result<Arc<Params>, String> {
-    let Some(thinking) = &params.thinking else {
-        return Ok(params.clone());
-    };
-    let Some(budget) = thinking["budget_tokens"].as_u64() else {
-        return Ok(params.clone());
-    };
-    let max = u64::from(max_tokens);
-    if budget < max {
-        return Ok(params.clone());
-    }
-    if max <= THINKING_MIN_BUDGET {
-        return Err(format!(
-            "thinking.budget_tokens: this model call may generate only {max_tokens} tokens of the pipeline's max_total_tokens, too few for extended thinking (a budget of at least {THINKING_MIN_BUDGET} tokens, below max_tokens)"
-        ));
-    }
-    let mut fitted = Params::clone(params);
-    if let Some(t) = fitted.thinking.as_mut() {
-        t["budget_tokens"] = serde_json::Value::from(max - 1);
-    }
-    Ok(Arc::new(fitted))
 }
 
 /// Shared by all requests of a server (each request task holds an `Arc`).
@@ -190,84 +113,6 @@ struct Target {
     model: String,
     price: Option<Price>,
     downgraded_from: Option<String>,
-}
-
-/// Whether `pipeline` can take a request: what its `clients:` rules let a
-/// client set, and what every model that may answer can be sent
-/// ([`check_params`]). Err: the field at fault and why, for a 400, in the
-/// words of the client's API (`names`).
-pub fn check_request(
-    cx: &RunContext,
-    pipeline: &Pipeline,
-    params: &Params,
-    tools: &[ToolSpec],
-    messages: &[Message],
-    names: &FieldNames,
-) -> Result<(), (String, String)> {
-    pipeline
-        .clients
-        .check(&pipeline.name, params, tools, messages, names)?;
-    // A tool loop per choice is not something Sluice runs, and the
-    // client's calls of several answers could not be told apart.
-    let n = params.choices();
-    if n > 1 && (!tools.is_empty() || !pipeline.tools.is_empty()) {
-        let whose = if tools.is_empty() {
-            format!("pipeline \"{}\" has tools", pipeline.name)
-        } else {
-            "the request brings tools".to_string()
-        };
-        return Err((
-            names.field("n"),
-            format!(
-                "n = {n} cannot be combined with tools ({whose}): ask for one choice, or call a pipeline without tools"
-            ),
-        ));
-    }
-    check_params(cx, pipeline, params, names)
-}
-
-/// Whether every model that may answer `pipeline` (its own, its
-/// fallbacks, a budget's downgrade) can be sent `params`. Err names the
-/// first field one cannot take (as `names` says the client sent it), and
-/// why, for a 400.
-pub fn check_params(
-    cx: &RunContext,
-    pipeline: &Pipeline,
-    params: &Params,
-    names: &FieldNames,
-) -> Result<(), (String, String)> {
-    let downgrades = pipeline
-        .budget
-        .iter()
-        .chain(cx.global_budget.iter())
-        .filter_map(|b| match &b.on_exhausted {
-            OnExhausted::Downgrade(d) => Some((d.provider_name.as_str(), &d.provider)),
-            OnExhausted::Reject => None,
-        });
-    let models = std::iter::once((pipeline.provider_name.as_str(), &pipeline.provider))
-        .chain(
-            pipeline
-                .fallbacks
-                .iter()
-                .map(|f| (f.provider_name.as_str(), &f.provider)),
-        )
-        .chain(downgrades);
-    for (name, provider) in models {
-        if let Some(wire) = provider.wire()
-            && let Some((field, why)) = params.unsupported_by(wire)
-        {
-            let field = names.field(field);
-            return Err((
-                field.clone(),
-                format!(
-                    "\"{field}\" cannot be honoured by pipeline \"{}\": its provider \"{name}\" speaks the {} API ({why})",
-                    pipeline.name,
-                    wire.as_str()
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Records a request refused before any provider call (status

@@ -4,8 +4,10 @@
 //! SSE, and graceful shutdown. A request's work runs in `run`; this module
 //! only waits for its admission and forwards its events.
 
+mod anthropic_blocks;
 mod anthropic_compat;
 mod anthropic_request;
+mod anthropic_stream;
 mod conn;
 mod openai_compat;
 mod openai_request;
@@ -54,7 +56,7 @@ pub enum ResponseBody {
     /// `/v1/chat/completions` streaming: OpenAI chunks.
     Chat(sse::EventBody<openai_compat::ChatEncoder>),
     /// `/v1/messages` streaming: Anthropic's stream events.
-    Messages(sse::EventBody<anthropic_compat::MessagesEncoder>),
+    Messages(sse::EventBody<anthropic_stream::MessagesEncoder>),
 }
 
 impl http_body::Body for ResponseBody {
