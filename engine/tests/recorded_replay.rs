@@ -281,6 +281,8 @@ fn answer_of(chunks: &[Chunk]) -> Answer {
             // The recordings are of one choice; logprobs are checked by
             // the decoder's tests and chat_choices.rs.
             Chunk::Choice(_) | Chunk::Logprobs(_) => {}
+            // Where a call's block ends: the Messages encoder's concern.
+            Chunk::ToolCallEnd(_) => {}
         }
     }
     assert!(ended, "no end of stream in {chunks:?}");

@@ -286,6 +286,11 @@ struct ContentBlock<'a> {
 }
 
 #[derive(Deserialize)]
+struct BlockStop {
+    index: u32,
+}
+
+#[derive(Deserialize)]
 struct BlockDelta<'a> {
     index: u32,
     #[serde(borrow)]
@@ -339,6 +344,8 @@ struct ErrorBody<'a> {
 /// `message_start` so that the `message_delta` usage can be reported whole.
 #[derive(Debug, Default, Clone)]
 pub struct AnthropicDecoder {
+    /// The `tool_use` block being streamed, whose stop ends its call.
+    tool_block: Option<u32>,
     input_tokens: Option<i128>,
     cache_creation_tokens: Option<i128>,
     cache_read_tokens: Option<i128>,
@@ -363,8 +370,20 @@ impl AnthropicDecoder {
             }
         };
         match kind {
-            // Nothing to say, and their data is not worth parsing.
-            "ping" | "content_block_stop" => {}
+            // Nothing to say, and its data is not worth parsing.
+            "ping" => {}
+            // Only a tool call's block says something by ending: its
+            // arguments are whole. Any other stop (or one that does not
+            // parse, as none needed to before) says nothing.
+            "content_block_stop" => {
+                if let Some(block) = self.tool_block
+                    && let Ok(stop) = serde_json::from_str::<BlockStop>(data)
+                    && stop.index == block
+                {
+                    self.tool_block = None;
+                    out.push(Chunk::ToolCallEnd(block));
+                }
+            }
             "message_start" => {
                 let start: MessageStart = parse(data, "message_start")?;
                 self.remember(&start.message.usage.unwrap_or_default());
@@ -382,12 +401,15 @@ impl AnthropicDecoder {
                             out.push(Chunk::Delta(text.into_owned()));
                         }
                     }
-                    "tool_use" => out.push(Chunk::ToolCallDelta {
-                        index: start.index,
-                        id: block.id.map(Cow::into_owned),
-                        name: block.name.map(Cow::into_owned),
-                        arguments: String::new(),
-                    }),
+                    "tool_use" => {
+                        self.tool_block = Some(start.index);
+                        out.push(Chunk::ToolCallDelta {
+                            index: start.index,
+                            id: block.id.map(Cow::into_owned),
+                            name: block.name.map(Cow::into_owned),
+                            arguments: String::new(),
+                        });
+                    }
                     "redacted_thinking" => {
                         if let Some(data) = block.data.filter(|d| !d.is_empty()) {
                             out.push(Chunk::RedactedReasoning(data.into_owned()));

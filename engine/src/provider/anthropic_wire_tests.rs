@@ -134,6 +134,8 @@ fn recorded_tool_use() {
             tool(1, None, None, "on\": \"P"),
             tool(1, None, None, "ar"),
             tool(1, None, None, "is\"}"),
+            // Its block's stop: the call is whole.
+            Chunk::ToolCallEnd(1),
             Chunk::Finish(FinishReason::ToolCalls),
             usage(377, 65),
             Chunk::End,
@@ -147,6 +149,37 @@ fn recorded_tool_use() {
         })
         .collect();
     assert_eq!(args, r#"{"location": "Paris"}"#);
+}
+
+#[test]
+fn only_the_stop_of_a_tool_block_ends_a_call() {
+    let mut d = AnthropicDecoder::new();
+    let mut out = Vec::new();
+    let stop = |i: u32| format!(r#"{{"type":"content_block_stop","index":{i}}}"#);
+    let start =
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#;
+    d.decode(&ev(Some("content_block_start"), start), &mut out)
+        .unwrap();
+    d.decode(&ev(Some("content_block_stop"), &stop(0)), &mut out)
+        .unwrap();
+    assert_eq!(out, []);
+    let start = r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}"#;
+    d.decode(&ev(Some("content_block_start"), start), &mut out)
+        .unwrap();
+    out.clear();
+    // A stop of another block, or one that does not parse, says nothing.
+    d.decode(&ev(Some("content_block_stop"), &stop(0)), &mut out)
+        .unwrap();
+    d.decode(&ev(Some("content_block_stop"), "{not json"), &mut out)
+        .unwrap();
+    assert_eq!(out, []);
+    d.decode(&ev(Some("content_block_stop"), &stop(1)), &mut out)
+        .unwrap();
+    assert_eq!(out, [Chunk::ToolCallEnd(1)]);
+    // Once.
+    d.decode(&ev(Some("content_block_stop"), &stop(1)), &mut out)
+        .unwrap();
+    assert_eq!(out, [Chunk::ToolCallEnd(1)]);
 }
 
 #[test]

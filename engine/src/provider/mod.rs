@@ -415,6 +415,10 @@ pub enum Chunk {
         name: Option<String>,
         arguments: String,
     },
+    /// The tool call of this index has all its arguments (Anthropic's
+    /// `content_block_stop` of a `tool_use` block). OpenAI-compatible
+    /// streams never say: their calls end with the answer.
+    ToolCallEnd(u32),
     /// The model stopped; more chunks (usage) may follow.
     Finish(FinishReason),
     /// Usage for the whole call, as reported by the provider.

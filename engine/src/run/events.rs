@@ -122,6 +122,10 @@ pub enum Event {
     /// client brought, or any tool of a pipeline that runs none), relayed
     /// as it arrives. The complete call follows as [`Event::ToolCall`].
     ToolCallDelta(Box<ToolCallDelta>),
+    /// The client's call of this index has all its arguments: the
+    /// provider said so (Anthropic ends its block). Only the Messages
+    /// encoder uses it, to end the call's block before what follows.
+    ToolCallEnd(u32),
     ToolCall(Box<ToolCallEvent>),
     ToolResult(Box<ToolResultEvent>),
     Usage(Box<UsageReport>),

@@ -185,6 +185,8 @@ struct Partial {
     /// Its index among the client's calls, once its name said it goes
     /// back to the client.
     client_index: Option<u32>,
+    /// The provider said its arguments are whole ([`Chunk::ToolCallEnd`]).
+    ended: bool,
 }
 
 /// The id of call `index` (some compatible servers send none; the
@@ -528,6 +530,22 @@ pub(super) async fn stream_round(
                     finish: "error",
                 });
             }
+            // More of a call the provider said was whole: the client was
+            // told it ended, so this could only be lost or misplaced.
+            Chunk::ToolCallDelta { index, .. } if partials.get(&index).is_some_and(|p| p.ended) => {
+                drop(stream);
+                warn!(
+                    index,
+                    "provider sent more of a tool call it had ended; stream cut"
+                );
+                return RoundEnd::Ended(Ending::Failed {
+                    code: ErrorCode::Upstream,
+                    message:
+                        "the provider sent more of a tool call after ending it; the stream was cut"
+                            .into(),
+                    finish: "error",
+                });
+            }
             Chunk::ToolCallDelta {
                 index,
                 id,
@@ -600,6 +618,17 @@ pub(super) async fn stream_round(
                         return RoundEnd::Ended(Ending::ClientClosed);
                     }
                     keepalive_at = Instant::now() + out.keepalive;
+                }
+            }
+            Chunk::ToolCallEnd(index) => {
+                let Some(p) = partials.get_mut(&index) else {
+                    continue;
+                };
+                p.ended = true;
+                if let Some(i) = p.client_index
+                    && out.send(Event::ToolCallEnd(i)).await.is_err()
+                {
+                    return RoundEnd::Ended(Ending::ClientClosed);
                 }
             }
             Chunk::Finish(reason) if n == 1 => finish = Some(reason),

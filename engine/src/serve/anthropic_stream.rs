@@ -134,7 +134,9 @@ impl MessagesEncoder {
     /// text between two pieces of one call, which Messages blocks cannot
     /// show (a block, once closed, cannot take more): the first call
     /// streams in its block as it comes, and that block stays open until
-    /// the answer ends, since more of its arguments may follow; a call
+    /// the provider says the call is whole ([`Event::ToolCallEnd`], from
+    /// Anthropic) or the answer ends, since more of its arguments may
+    /// follow; a call
     /// that starts while it is open is held and sent whole (in one
     /// `input_json_delta`) after it; text and reasoning that come while
     /// calls are in flight are deferred ([`MessagesEncoder::on`]) and sent
@@ -289,6 +291,17 @@ impl MessagesEncoder {
                 }
             }
             Event::ToolCallDelta(d) => self.tool_piece(*d, out),
+            // The provider said the call is whole (an Anthropic provider,
+            // whose blocks come one after another): its block ends here,
+            // and what waited behind it follows in order.
+            Event::ToolCallEnd(index) => {
+                if self.open == Open::ToolUse(index) && self.held.is_empty() {
+                    self.close(out);
+                    for ev in std::mem::take(&mut self.deferred) {
+                        self.content(ev, out);
+                    }
+                }
+            }
             Event::Usage(u) => self.usage = Some(*u),
             // A cut at the ceiling is an answer: stop_reason max_tokens.
             Event::Error {

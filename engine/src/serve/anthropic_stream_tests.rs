@@ -355,6 +355,53 @@ fn text_between_pieces_of_one_call_follows_the_calls() {
     );
 }
 
+/// An Anthropic provider ends each call's block before the next block
+/// starts: what comes between two calls (reasoning, text) keeps its place.
+#[test]
+fn blocks_a_provider_ended_keep_their_order() {
+    let (events, m) = run(vec![
+        start(),
+        Event::Reasoning("first".into()),
+        Event::ReasoningSignature("s1".into()),
+        call(0, Some("c0"), "{}"),
+        Event::ToolCallEnd(0),
+        Event::Reasoning("between".into()),
+        Event::ReasoningSignature("s2".into()),
+        call(1, Some("c1"), "{\"a\":1}"),
+        Event::ToolCallEnd(1),
+        Event::Delta("after".into()),
+        Event::Done {
+            finish_reason: "tool_calls".into(),
+        },
+    ]);
+    let m = m.unwrap();
+    let kinds: Vec<&str> = m["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["thinking", "tool_use", "thinking", "tool_use", "text"]
+    );
+    assert_eq!(m["content"][2]["thinking"], "between");
+    assert_eq!(m["content"][3]["input"], json!({"a": 1}));
+    assert_eq!(shape(&events).last().unwrap(), "message_stop");
+    // An end for a call whose block is not the open one changes nothing.
+    let (_, m) = run(vec![
+        start(),
+        call(0, Some("c0"), "{\"a\":"),
+        Event::ToolCallEnd(3),
+        Event::Delta("held".into()),
+        call(0, None, "2}"),
+        Event::Done {
+            finish_reason: "tool_calls".into(),
+        },
+    ]);
+    assert_eq!(m.unwrap()["content"][0]["input"], json!({"a": 2}));
+}
+
 mod well_formed {
     use super::*;
     use proptest::prelude::*;
@@ -368,7 +415,32 @@ mod well_formed {
             "[a-z]{1,3}".prop_map(Event::RedactedReasoning),
             Just(Event::KeepAlive),
             (0u32..3, "[a-z]{0,3}").prop_map(|(i, a)| call(i, None, &a)),
+            (0u32..3).prop_map(Event::ToolCallEnd),
         ]
+    }
+
+    /// `body` as the run sends it: a call starts (with its id) the first
+    /// time its index appears, and nothing more of it follows its end.
+    fn as_the_run_sends(body: Vec<Event>) -> Vec<Event> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut ended = std::collections::BTreeSet::new();
+        let mut evs = vec![start()];
+        for ev in body {
+            match ev {
+                Event::ToolCallDelta(d) if ended.contains(&d.index) => {}
+                Event::ToolCallDelta(d) => {
+                    let first = seen.insert(d.index);
+                    let id = format!("c{}", d.index);
+                    evs.push(call(d.index, first.then_some(id.as_str()), &d.arguments));
+                }
+                Event::ToolCallEnd(i) if seen.contains(&i) && ended.insert(i) => {
+                    evs.push(Event::ToolCallEnd(i));
+                }
+                Event::ToolCallEnd(_) => {}
+                ev => evs.push(ev),
+            }
+        }
+        evs
     }
 
     proptest! {
@@ -377,18 +449,7 @@ mod well_formed {
         /// every block, and ends with message_delta and message_stop.
         #[test]
         fn any_run_makes_a_well_formed_stream(body in proptest::collection::vec(event(), 0..24)) {
-            // Calls start (with an id) the first time their index appears.
-            let mut seen = std::collections::BTreeSet::new();
-            let mut evs = vec![start()];
-            for ev in body {
-                let ev = match ev {
-                    Event::ToolCallDelta(d) if seen.insert(d.index) => {
-                        call(d.index, Some(&format!("c{}", d.index)), &d.arguments)
-                    }
-                    ev => ev,
-                };
-                evs.push(ev);
-            }
+            let mut evs = as_the_run_sends(body);
             evs.push(Event::Done { finish_reason: "stop".into() });
             let (events, _) = run(evs);
             let mut open: Option<u64> = None;
@@ -421,26 +482,19 @@ mod well_formed {
         /// whole in its own block, all text and reasoning in order.
         #[test]
         fn no_piece_is_lost_or_repeated(body in proptest::collection::vec(event(), 0..32)) {
-            let mut seen = std::collections::BTreeSet::new();
-            let mut evs = vec![start()];
+            let mut evs = as_the_run_sends(body);
             let mut args: std::collections::BTreeMap<String, String> = Default::default();
             let (mut text, mut reasoning) = (String::new(), String::new());
-            for ev in body {
-                let ev = match ev {
-                    Event::ToolCallDelta(d) => {
-                        let id = format!("c{}", d.index);
-                        args.entry(id.clone()).or_default().push_str(&d.arguments);
-                        let first = seen.insert(d.index);
-                        call(d.index, first.then_some(id.as_str()), &d.arguments)
-                    }
-                    ev => ev,
-                };
-                match &ev {
+            for ev in &evs {
+                match ev {
+                    Event::ToolCallDelta(d) => args
+                        .entry(format!("c{}", d.index))
+                        .or_default()
+                        .push_str(&d.arguments),
                     Event::Delta(t) | Event::Refusal(t) => text.push_str(t),
                     Event::Reasoning(t) => reasoning.push_str(t),
                     _ => {}
                 }
-                evs.push(ev);
             }
             evs.push(Event::Done { finish_reason: "tool_calls".into() });
             let (events, _) = run(evs);

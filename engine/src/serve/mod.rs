@@ -380,6 +380,7 @@ async fn collect_response(mut rx: EventReceiver, request_id: &str) -> Response<R
             Event::Delta(t) => text.push_str(&t),
             Event::Refusal(t) => refusal.push_str(&t),
             Event::ToolCallDelta(_)
+            | Event::ToolCallEnd(_)
             | Event::Reasoning(_)
             | Event::ReasoningSignature(_)
             | Event::RedactedReasoning(_)

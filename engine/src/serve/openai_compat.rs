@@ -603,8 +603,10 @@ impl ChatEncoder {
             // The pipeline's own tools run inside Sluice: the client sees
             // their effect in the answer. The client's calls came as
             // `ToolCallDelta`s.
-            // Reasoning is not part of Chat Completions' answer.
+            // Reasoning is not part of Chat Completions' answer, and a
+            // call's pieces need no end of their own.
             Event::ToolCall(_)
+            | Event::ToolCallEnd(_)
             | Event::ToolResult(_)
             | Event::Error { .. }
             | Event::Reasoning(_)

@@ -50,6 +50,7 @@ pub fn encode(ev: &Event, id: u64, buf: &mut BytesMut) {
         // (Nor do its requests ask for several choices or for logprobs.)
         // A matched stop sequence is `done` with `stop`.
         Event::ToolCallDelta(_)
+        | Event::ToolCallEnd(_)
         | Event::Reasoning(_)
         | Event::ReasoningSignature(_)
         | Event::RedactedReasoning(_)

@@ -349,3 +349,70 @@ pub async fn serve_chat(
         .await
         .expect("server starts")
 }
+
+/// A `/v1/messages` request with the headers an Anthropic SDK sends.
+pub async fn post_messages(addr: SocketAddr, body: &serde_json::Value) -> Response<Incoming> {
+    let mut req = post_json("/v1/messages", &body.to_string());
+    let h = req.headers_mut();
+    h.insert("anthropic-version", "2023-06-01".parse().unwrap());
+    h.insert("x-request-id", "req-fixed".parse().unwrap());
+    send(addr, req).await
+}
+
+/// The error object of an Anthropic-shaped error answer of `status`.
+pub async fn anthropic_error_of(resp: Response<Incoming>, status: u16) -> serde_json::Value {
+    assert_eq!(resp.status(), status);
+    let body = body_json(resp).await;
+    assert_eq!(body["type"], "error", "{body}");
+    body["error"].clone()
+}
+
+/// The shop database's `lookup_order` tool, as a pipeline declares it.
+pub const LOOKUP_TOOL: &str = r#"tools:
+  - name: lookup_order
+    description: Look up one order by its id
+    parameters:
+      type: object
+      properties: {order_id: {type: integer, minimum: 1}}
+      required: [order_id]
+    sql: {database: shop, query: "SELECT id, status FROM orders WHERE id = :order_id"}
+"#;
+
+/// An Anthropic stream of `blocks` (each a start block and its deltas),
+/// ended with `stop_reason` and `usage` (whose `input_tokens` the
+/// `message_start` announces).
+pub fn anthropic_reply(
+    blocks: &[(serde_json::Value, Vec<serde_json::Value>)],
+    stop_reason: &str,
+    usage: serde_json::Value,
+) -> Reply {
+    let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut out = ev(
+        "message_start",
+        serde_json::json!({"type": "message_start", "message": {"id": "msg_up", "type": "message", "role": "assistant",
+            "model": "claude-x", "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}}),
+    );
+    for (i, (start, deltas)) in blocks.iter().enumerate() {
+        out += &ev(
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": i, "content_block": start}),
+        );
+        for d in deltas {
+            out += &ev(
+                "content_block_delta",
+                serde_json::json!({"type": "content_block_delta", "index": i, "delta": d}),
+            );
+        }
+        out += &ev(
+            "content_block_stop",
+            serde_json::json!({"type": "content_block_stop", "index": i}),
+        );
+    }
+    out += &ev(
+        "message_delta",
+        serde_json::json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": usage}),
+    );
+    out += &ev("message_stop", serde_json::json!({"type": "message_stop"}));
+    Reply::recorded(out)
+}
