@@ -1,7 +1,9 @@
 //! `/v1/messages` where a client could be told something else than what
 //! happened: the provider's own kind of error, the fields a 400 names,
 //! tool-call arguments an OpenAI-compatible provider interleaves with
-//! text, thinking beside a forced tool choice or a squeezed max_tokens.
+//! text (or with other calls), an Anthropic provider's blocks in their
+//! order, thinking budgets beside the ceiling, a forced tool choice or a
+//! squeezed max_tokens.
 //! Paused clock, in-memory ledger, the testkit's mock provider.
 
 mod common;
@@ -363,70 +365,6 @@ fn text_inside_calls() -> Reply {
     Reply::recorded(out)
 }
 
-/// The message the events of a stream make, checked as the SDKs read
-/// it: one open block at a time, indexes from 0 up, deltas to the open
-/// block only, each input_json_delta kept.
-fn assemble(events: &[(String, Value)]) -> Value {
-    let mut m = Value::Null;
-    let mut inputs: std::collections::BTreeMap<usize, String> = Default::default();
-    let mut open: Option<usize> = None;
-    for (name, d) in events {
-        let i = d["index"].as_u64().unwrap_or(0) as usize;
-        match name.as_str() {
-            "message_start" => m = d["message"].clone(),
-            "content_block_start" => {
-                assert_eq!(open, None, "block {i} started while another is open");
-                assert_eq!(
-                    i,
-                    m["content"].as_array().unwrap().len(),
-                    "index out of order"
-                );
-                m["content"]
-                    .as_array_mut()
-                    .unwrap()
-                    .push(d["content_block"].clone());
-                open = Some(i);
-            }
-            "content_block_delta" => {
-                assert_eq!(open, Some(i), "delta for a block that is not open");
-                let delta = &d["delta"];
-                match delta["type"].as_str().unwrap() {
-                    "text_delta" => {
-                        let t = format!(
-                            "{}{}",
-                            m["content"][i]["text"].as_str().unwrap(),
-                            delta["text"].as_str().unwrap()
-                        );
-                        m["content"][i]["text"] = json!(t);
-                    }
-                    "input_json_delta" => inputs
-                        .entry(i)
-                        .or_default()
-                        .push_str(delta["partial_json"].as_str().unwrap()),
-                    other => panic!("unexpected delta {other}"),
-                }
-            }
-            "content_block_stop" => {
-                assert_eq!(open, Some(i));
-                open = None;
-                if let Some(j) = inputs.remove(&i) {
-                    m["content"][i]["input"] = serde_json::from_str(&j).unwrap();
-                }
-            }
-            "message_delta" => {
-                assert_eq!(open, None, "a block is left open");
-                m["stop_reason"] = d["delta"]["stop_reason"].clone();
-                m["stop_sequence"] = d["delta"]["stop_sequence"].clone();
-                for (k, v) in d["usage"].as_object().unwrap() {
-                    m["usage"][k] = v.clone();
-                }
-            }
-            _ => {}
-        }
-    }
-    m
-}
-
 /// Arguments that come after text for a call whose block is open reach
 /// the client whole, streamed or not; the text follows the calls.
 #[tokio::test(start_paused = true)]
@@ -437,7 +375,7 @@ async fn text_between_argument_pieces_loses_no_argument() {
     let server = serve(&mock, "openai", "").await;
     let mut body = with(json!({"tools": [weather()], "stream": true}));
     let streamed = events(post_messages(server.addr, &body).await).await;
-    let assembled = assemble(&streamed);
+    let assembled = assemble_message(&streamed);
     assert_eq!(
         assembled["content"],
         json!([
@@ -487,7 +425,7 @@ async fn text_between_an_anthropic_providers_calls_keeps_its_place() {
     let server = serve(&mock, "anthropic", "").await;
     let mut body = with(json!({"tools": [weather()], "stream": true}));
     let streamed = events(post_messages(server.addr, &body).await).await;
-    let assembled = assemble(&streamed);
+    let assembled = assemble_message(&streamed);
     assert_eq!(
         assembled["content"],
         json!([
@@ -538,5 +476,119 @@ async fn text_between_an_anthropic_providers_calls_keeps_its_place() {
     body["stream"] = json!(false);
     let e = anthropic_error_of(post_messages(server.addr, &body).await, 502).await;
     assert_eq!(e["type"], "api_error");
+    server.stop().await;
+}
+
+/// An Anthropic answer that thinks (signed), then says hello.
+fn thinking_then_text() -> Reply {
+    anthropic_reply(
+        &[
+            (
+                json!({"type": "thinking", "thinking": "", "signature": ""}),
+                vec![
+                    json!({"type": "thinking_delta", "thinking": "A greeting."}),
+                    json!({"type": "signature_delta", "signature": "EqQBCgIYAhIM"}),
+                ],
+            ),
+            (
+                json!({"type": "text", "text": ""}),
+                vec![json!({"type": "text_delta", "text": "Hello."})],
+            ),
+        ],
+        "end_turn",
+        json!({"input_tokens": 5, "output_tokens": 14}),
+    )
+}
+
+/// Anthropic refuses a thinking budget that is not below max_tokens, and
+/// the provider gets max_tokens clamped to the pipeline's ceiling: a
+/// budget that does not fit under what would be sent is a 400 naming it,
+/// before any call, instead of a request the provider refuses.
+#[tokio::test(start_paused = true)]
+async fn a_thinking_budget_must_fit_under_the_max_tokens_sent() {
+    let mock = MockProvider::start(Script::single(thinking_then_text()))
+        .await
+        .unwrap();
+    let server = serve(&mock, "anthropic", "").await;
+    let ask = |max_tokens: u32, budget: u32| {
+        json!({"model": "chat", "max_tokens": max_tokens,
+            "thinking": {"type": "enabled", "budget_tokens": budget},
+            "messages": [{"role": "user", "content": "hi"}]})
+    };
+    // Within the client's own max_tokens, but not under the ceiling (200).
+    let e = anthropic_error_of(post_messages(server.addr, &ask(2048, 1024)).await, 400).await;
+    assert_eq!(e["type"], "invalid_request_error");
+    let text = e["message"].as_str().unwrap();
+    assert!(text.starts_with("thinking.budget_tokens:"), "{e}");
+    assert!(text.contains("\"chat\"") && text.contains("(200)"), "{e}");
+    assert_eq!(mock.journal().request_count(), 0);
+    server.stop().await;
+
+    let server = serve_chat(&mock, "anthropic", "", "limits: {max_tokens: 4000}\n").await;
+    // Not under the client's own max_tokens, as Anthropic says.
+    let e = anthropic_error_of(post_messages(server.addr, &ask(1100, 1100)).await, 400).await;
+    assert_eq!(
+        e["message"],
+        "thinking.budget_tokens: must be less than max_tokens (1100)"
+    );
+    // Below the 1,024 Anthropic's smallest budget.
+    let e = anthropic_error_of(post_messages(server.addr, &ask(1100, 1000)).await, 400).await;
+    let text = e["message"].as_str().unwrap();
+    assert!(
+        text.starts_with("thinking.budget_tokens:") && text.contains("at least 1024"),
+        "{e}"
+    );
+    assert_eq!(mock.journal().request_count(), 0);
+
+    // A budget under what is sent goes through as given.
+    let whole = body_json(post_messages(server.addr, &ask(1500, 1024)).await).await;
+    assert_eq!(whole["content"][0]["type"], "thinking", "{whole}");
+    let sent = &mock.journal().requests()[0].body;
+    assert_eq!(sent["max_tokens"], 1500);
+    assert_eq!(
+        sent["thinking"],
+        json!({"type": "enabled", "budget_tokens": 1024})
+    );
+    // count_tokens has no max_tokens: any budget is counted.
+    let mut count = ask(1, 4096);
+    count.as_object_mut().unwrap().remove("max_tokens");
+    let n = body_json(
+        send(
+            server.addr,
+            post_json("/v1/messages/count_tokens", &count.to_string()),
+        )
+        .await,
+    )
+    .await;
+    assert!(n["input_tokens"].as_u64().unwrap() > 0, "{n}");
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn parallel_calls_interleaved_by_an_openai_provider_arrive_whole() {
+    let reply = openai_tool_calls(&[
+        ("call_a", "get_weather", r#"{"city":"Oslo"}"#),
+        ("call_b", "get_weather", r#"{"city":"Rome"}"#),
+    ]);
+    let mock = MockProvider::start(Script::single(reply.clone()).then(reply))
+        .await
+        .unwrap();
+    let server = serve(&mock, "openai", "").await;
+    let mut body = json!({"model": "chat", "max_tokens": 50, "stream": true,
+        "messages": [{"role": "user", "content": "Oslo and Rome?"}],
+        "tools": [weather()]});
+    let streamed = events(post_messages(server.addr, &body).await).await;
+    let assembled = assemble_message(&streamed);
+    assert_eq!(
+        assembled["content"],
+        json!([
+            {"type": "tool_use", "id": "call_a", "name": "get_weather", "input": {"city": "Oslo"}},
+            {"type": "tool_use", "id": "call_b", "name": "get_weather", "input": {"city": "Rome"}},
+        ])
+    );
+    assert_eq!(assembled["stop_reason"], "tool_use");
+    body["stream"] = json!(false);
+    let whole = body_json(post_messages(server.addr, &body).await).await;
+    assert_eq!(whole, assembled);
     server.stop().await;
 }

@@ -1,5 +1,6 @@
-//! What `/v1/messages` costs when a client uses Anthropic's prompt cache:
-//! one-hour writes (`ttl: "1h"`) priced at `cache_write_1h`, from the
+//! `/v1/messages` and Anthropic's prompt cache: breakpoints reach an
+//! Anthropic provider where the client put them (and are refused for an
+//! OpenAI one, naming the first), and what they cost: one-hour writes (`ttl: "1h"`) priced at `cache_write_1h`, from the
 //! split the provider reports (or as hour-long when it does not split
 //! them), recorded in the ledger and reserved at the hour's price; a
 //! lifetime Anthropic does not price is refused. Paused clock, in-memory
@@ -166,5 +167,77 @@ async fn a_tool_loop_reserves_its_token_budget_at_the_dearest_write() {
     assert_eq!(rows[0].reserved_micros, (bound * 125 + 99) / 100);
     // No cache_write_1h: twice the input price.
     assert_eq!(rows[1].reserved_micros, bound * 2);
+    server.stop().await;
+}
+
+/// A conversation with a cache breakpoint on every kind of block that
+/// takes one.
+fn cached() -> Value {
+    json!({"model": "chat", "max_tokens": 20,
+        "system": [{"type": "text", "text": "Long instructions."},
+                   {"type": "text", "text": "More.", "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object"},
+                   "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "Weather?"},
+                {"type": "text", "text": "In Paris.", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {},
+                 "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "Checking."}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny",
+                 "cache_control": {"type": "ephemeral"}}]}]})
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_control_reaches_an_anthropic_provider_and_is_refused_for_openai() {
+    let mock = MockProvider::start(Script::single(Reply::anthropic_text(&["Sunny"])))
+        .await
+        .unwrap();
+    let server = serve_chat(&mock, "anthropic", "", "limits: {max_tokens: 200}\n").await;
+    let resp = post_messages(server.addr, &cached()).await;
+    assert_eq!(resp.status(), 200);
+    let sent = &mock.journal().requests()[0].body;
+    let eph = json!({"type": "ephemeral"});
+    assert_eq!(
+        sent["system"],
+        json!([{"type": "text", "text": "Long instructions."},
+               {"type": "text", "text": "More.", "cache_control": eph}])
+    );
+    assert_eq!(
+        sent["tools"][0]["cache_control"],
+        json!({"type": "ephemeral", "ttl": "1h"})
+    );
+    let msgs = &sent["messages"];
+    assert_eq!(
+        msgs[0]["content"],
+        json!([{"type": "text", "text": "Weather?"},
+               {"type": "text", "text": "In Paris.", "cache_control": eph}])
+    );
+    // The text goes before the call (Sluice's order); the mark stays on the call.
+    assert_eq!(
+        msgs[1]["content"][0],
+        json!({"type": "text", "text": "Checking."})
+    );
+    assert_eq!(msgs[1]["content"][1]["cache_control"], eph);
+    assert_eq!(msgs[2]["content"][0]["cache_control"], eph);
+    server.stop().await;
+
+    let mock = MockProvider::start(Script::single(Reply::text(&["x"])))
+        .await
+        .unwrap();
+    let server = serve_chat(&mock, "openai", "", "limits: {max_tokens: 200}\n").await;
+    let e = anthropic_error_of(post_messages(server.addr, &cached()).await, 400).await;
+    // The first breakpoint, where the client put it.
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("tools[0].cache_control:"),
+        "{e}"
+    );
+    assert_eq!(mock.journal().request_count(), 0);
     server.stop().await;
 }

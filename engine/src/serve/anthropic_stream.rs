@@ -129,21 +129,21 @@ impl MessagesEncoder {
         ));
     }
 
-    /// A piece of the client's tool calls. Providers may interleave the
-    /// pieces of parallel calls, and an OpenAI-compatible one may send
-    /// text between two pieces of one call, which Messages blocks cannot
-    /// show (a block, once closed, cannot take more): the first call
-    /// streams in its block as it comes, and that block stays open until
-    /// the provider says the call is whole ([`Event::ToolCallEnd`], from
-    /// Anthropic) or the answer ends, since more of its arguments may
-    /// follow; a call
+    /// A piece of the client's tool calls. An OpenAI-compatible provider
+    /// may interleave the pieces of parallel calls, and send text between
+    /// two pieces of one call, which Messages blocks cannot show (a block,
+    /// once closed, cannot take more): the first call streams in its
+    /// block as it comes, and that block stays open until the provider
+    /// says the call is whole ([`Event::ToolCallEnd`], from Anthropic) or
+    /// the answer ends, since more of its arguments may follow; a call
     /// that starts while it is open is held and sent whole (in one
     /// `input_json_delta`) after it; text and reasoning that come while
     /// calls are in flight are deferred ([`MessagesEncoder::on`]) and sent
     /// after the calls. So no piece is lost, repeated or misplaced, and
     /// indexes only increase. What is held is bounded as the answer is:
     /// the run cuts a round at its ceiling's guard (text, reasoning and
-    /// arguments counted together) and at 128 calls.
+    /// arguments counted together), at 128 calls and at 256 KiB of
+    /// signatures.
     fn tool_piece(&mut self, d: ToolCallDelta, out: &mut Out) {
         let ToolCallDelta {
             index,

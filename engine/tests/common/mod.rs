@@ -416,3 +416,71 @@ pub fn anthropic_reply(
     out += &ev("message_stop", serde_json::json!({"type": "message_stop"}));
     Reply::recorded(out)
 }
+
+/// The message a client assembles from the events, as the SDKs do
+/// (message_delta's usage fields replace message_start's).
+pub fn assemble_message(events: &[(String, serde_json::Value)]) -> serde_json::Value {
+    let mut m = serde_json::Value::Null;
+    let mut json_input: std::collections::BTreeMap<usize, String> = Default::default();
+    let mut open: Option<usize> = None;
+    for (name, d) in events {
+        let i = d["index"].as_u64().unwrap_or(0) as usize;
+        match name.as_str() {
+            "message_start" => m = d["message"].clone(),
+            "content_block_start" => {
+                assert_eq!(open, None, "block {i} started while another is open");
+                assert_eq!(
+                    i,
+                    m["content"].as_array().unwrap().len(),
+                    "index out of order"
+                );
+                m["content"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(d["content_block"].clone());
+                open = Some(i);
+            }
+            "content_block_delta" => {
+                assert_eq!(open, Some(i), "delta for a block that is not open");
+                let b = &mut m["content"][i];
+                let delta = &d["delta"];
+                let mut add = |key: &str, more: &serde_json::Value| {
+                    let s = format!("{}{}", b[key].as_str().unwrap(), more.as_str().unwrap());
+                    b[key] = serde_json::json!(s);
+                };
+                match delta["type"].as_str().unwrap() {
+                    "text_delta" => add("text", &delta["text"]),
+                    "thinking_delta" => add("thinking", &delta["thinking"]),
+                    "signature_delta" => add("signature", &delta["signature"]),
+                    "input_json_delta" => json_input
+                        .entry(i)
+                        .or_default()
+                        .push_str(delta["partial_json"].as_str().unwrap()),
+                    other => panic!("unknown delta {other}"),
+                }
+            }
+            "content_block_stop" => {
+                assert_eq!(open, Some(i));
+                open = None;
+                if let Some(j) = json_input.remove(&i) {
+                    m["content"][i]["input"] = if j.is_empty() {
+                        serde_json::json!({})
+                    } else {
+                        serde_json::from_str(&j).unwrap()
+                    };
+                }
+            }
+            "message_delta" => {
+                assert_eq!(open, None, "a block is left open");
+                m["stop_reason"] = d["delta"]["stop_reason"].clone();
+                m["stop_sequence"] = d["delta"]["stop_sequence"].clone();
+                for (k, v) in d["usage"].as_object().unwrap() {
+                    m["usage"][k] = v.clone();
+                }
+            }
+            "message_stop" | "ping" => {}
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    m
+}
