@@ -51,6 +51,7 @@ fn settlement() -> Settlement {
         completion_tokens: 64,
         cache_read_tokens: 0,
         cache_write_tokens: 0,
+        cache_write_1h_tokens: 0,
         estimated: false,
         cost_micros: 40,
         ttft_ms: Some(1),

@@ -74,10 +74,18 @@ pub struct Downgrade {
 /// cuts the stream ([`tokens::completion_guard`]), so that settling never
 /// needs more than was reserved. A call of `n` choices may generate
 /// `n × max_tokens` (its guard is that of the product), and bills the
-/// prompt once.
-pub fn reservation(price: &Price, prompt_counted: u64, max_tokens: u32, n: u32) -> Micros {
+/// prompt once. Every prompt token is priced at the dearest it may be
+/// billed: a cache write, an hour-long one when the request holds a
+/// one-hour breakpoint (`one_hour`).
+pub fn reservation(
+    price: &Price,
+    prompt_counted: u64,
+    max_tokens: u32,
+    n: u32,
+    one_hour: bool,
+) -> Micros {
     let prompt_bound = tokens::prompt_bound(prompt_counted);
-    price.worst_input().cost(
+    price.worst_input(one_hour).cost(
         prompt_bound,
         tokens::completion_guard(u64::from(max_tokens).saturating_mul(u64::from(n.max(1)))),
     )
@@ -105,14 +113,21 @@ pub fn compile_prices(
         let output = get(&p.output, "output");
         let cached = p.cached_input.as_ref().map(|c| get(c, "cached_input"));
         let write = p.cache_write.as_ref().map(|c| get(c, "cache_write"));
+        let write_1h = p.cache_write_1h.as_ref().map(|c| get(c, "cache_write_1h"));
         if let (Some(input_per_m), Some(output_per_m)) = (input, output) {
+            let cache_write_per_m = write.flatten().unwrap_or(input_per_m);
             out.insert(
                 model.value.clone(),
                 Price {
                     input_per_m,
                     output_per_m,
                     cached_input_per_m: cached.flatten().unwrap_or(input_per_m),
-                    cache_write_per_m: write.flatten().unwrap_or(input_per_m),
+                    cache_write_per_m,
+                    // Anthropic bills an hour-long write at twice the input
+                    // price: the default, unless cache_write is dearer.
+                    cache_write_1h_per_m: write_1h
+                        .flatten()
+                        .unwrap_or(input_per_m.saturating_mul(2).max(cache_write_per_m)),
                 },
             );
         }

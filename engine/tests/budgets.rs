@@ -24,6 +24,7 @@ const PRICE: Price = Price {
     output_per_m: 2_000_000,
     cached_input_per_m: 1_000_000,
     cache_write_per_m: 1_000_000,
+    cache_write_1h_per_m: 2_000_000,
 };
 
 fn catalog(mock: &MockProvider, storage: &str, budget: &str, extra_settings: &str) -> Catalog {
@@ -49,7 +50,7 @@ fn reservation() -> i64 {
         Message::new(Role::System, "Be brief."),
         Message::new(Role::User, "hi"),
     ];
-    sluice::budget::reservation(&PRICE, sluice::tokens::count_prompt(&prompt), 100, 1)
+    sluice::budget::reservation(&PRICE, sluice::tokens::count_prompt(&prompt), 100, 1, false)
 }
 
 fn temp_db() -> (PathBuf, String) {

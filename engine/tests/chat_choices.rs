@@ -22,6 +22,7 @@ const PRICE: Price = Price {
     output_per_m: 2_000_000,
     cached_input_per_m: 1_000_000,
     cache_write_per_m: 1_000_000,
+    cache_write_1h_per_m: 2_000_000,
 };
 
 /// A server with one pipeline `chat` (max_tokens 50, priced, with a
@@ -106,7 +107,13 @@ fn ask_n(n: u32, stream: bool) -> Value {
 /// What Sluice reserves for `n` choices of `ask_n`'s prompt.
 fn reservation(n: u32) -> i64 {
     let prompt = [Message::new(Role::User, "Name a colour and a thing")];
-    sluice::budget::reservation(&PRICE, sluice::tokens::count_prompt(&prompt), MAX_TOKENS, n)
+    sluice::budget::reservation(
+        &PRICE,
+        sluice::tokens::count_prompt(&prompt),
+        MAX_TOKENS,
+        n,
+        false,
+    )
 }
 
 /// The request's ledger row, once settled.

@@ -60,6 +60,8 @@ struct Answer {
     completion_tokens: i128,
     cache_read_tokens: i128,
     cache_write_tokens: i128,
+    /// Of the writes, those for an hour, when the stream split them.
+    cache_write_1h_tokens: Option<i128>,
 }
 
 impl Answer {
@@ -156,6 +158,11 @@ fn expected(name: &str) -> Answer {
             input = int(&usage["input_tokens"]).unwrap_or(input);
             read = int(&usage["cache_read_input_tokens"]).unwrap_or(read);
             write = int(&usage["cache_creation_input_tokens"]).unwrap_or(write);
+            let split = &usage["cache_creation"];
+            if split.is_object() {
+                a.cache_write_1h_tokens =
+                    Some(int(&split["ephemeral_1h_input_tokens"]).unwrap_or(0));
+            }
             a.completion_tokens = int(&usage["output_tokens"]).unwrap_or(a.completion_tokens);
         }
         // Sluice's prompt count is every input token, cached ones included.
@@ -260,11 +267,13 @@ fn answer_of(chunks: &[Chunk]) -> Answer {
                 completion_tokens,
                 cache_read_tokens,
                 cache_write_tokens,
+                cache_write_1h_tokens,
             }) => {
                 a.prompt_tokens = *prompt_tokens;
                 a.completion_tokens = *completion_tokens;
                 a.cache_read_tokens = *cache_read_tokens;
                 a.cache_write_tokens = *cache_write_tokens;
+                a.cache_write_1h_tokens = *cache_write_1h_tokens;
             }
             Chunk::End => ended = true,
             // Checked by messages_api.rs, which relays them.
@@ -272,6 +281,8 @@ fn answer_of(chunks: &[Chunk]) -> Answer {
             // The recordings are of one choice; logprobs are checked by
             // the decoder's tests and chat_choices.rs.
             Chunk::Choice(_) | Chunk::Logprobs(_) => {}
+            // Where a call's block ends: the Messages encoder's concern.
+            Chunk::ToolCallEnd(_) => {}
         }
     }
     assert!(ended, "no end of stream in {chunks:?}");
@@ -491,6 +502,7 @@ fn visible(mut a: Answer) -> Answer {
     a.reasoning.clear();
     a.cache_read_tokens = 0;
     a.cache_write_tokens = 0;
+    a.cache_write_1h_tokens = None;
     a
 }
 

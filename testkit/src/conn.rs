@@ -528,6 +528,7 @@ impl Out<'_, '_> {
             Fault::AbsurdUsage { prompt, completion } => Some((*prompt, *completion)),
             _ => None,
         });
+        let echo_model = faults.contains(&Fault::EchoKeyModel);
         let replaced = hostile::replacement(faults, wire);
         let (mut source, flood) = match &reply.body {
             _ if replaced.is_some() => lazy(replaced.unwrap_or_else(|| unreachable!())),
@@ -609,6 +610,9 @@ impl Out<'_, '_> {
                 && event.windows(5).any(|w| w == b"usage")
             {
                 event = hostile::with_usage(&event, prompt, completion);
+            }
+            if echo_model && event.windows(5).any(|w| w == b"model") {
+                event = hostile::with_model(&event, &self.key);
             }
             match fragment {
                 Some(n) => {

@@ -390,6 +390,25 @@ pub(crate) fn key_echo_body(wire: Wire, status: u16, key: &str) -> Vec<u8> {
     }
 }
 
+/// `event` naming `key` as its model (see [`Fault::EchoKeyModel`]);
+/// events that name no model are returned as they are.
+pub(crate) fn with_model(event: &Bytes, key: &str) -> Bytes {
+    let Some(mut v) = sse::event_json(event) else {
+        return event.clone();
+    };
+    let slot = match v["type"].as_str() {
+        Some("message_start") => &mut v["message"],
+        _ => &mut v,
+    };
+    match slot.as_object_mut() {
+        Some(o) if o.contains_key("model") => {
+            o.insert("model".to_owned(), Value::from(key));
+            sse::replace_data(event, &v.to_string())
+        }
+        _ => event.clone(),
+    }
+}
+
 /// An in-stream error event whose message quotes the key header's value.
 pub(crate) fn key_echo_event(wire: Wire, key: &str) -> Bytes {
     let message = format!(

@@ -317,6 +317,11 @@ pub enum Fault {
     /// After N events, an in-stream error event whose message quotes the
     /// API key header, then the body ends (as `ErrorEventAfter`).
     EchoKeyEventAfter(usize),
+    /// The model the stream names is the API key header's value as
+    /// received: OpenAI's `model` on every chunk, Anthropic's
+    /// `message_start.message.model`, as a provider or proxy that echoes
+    /// credentials in the answer's metadata does.
+    EchoKeyModel,
     /// After the finish reason and usage, keep sending text deltas
     /// carrying `text`: `count` of them and then the terminator (`[DONE]`,
     /// `message_stop`), or with `None` forever and never the terminator.

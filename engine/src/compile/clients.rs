@@ -44,6 +44,88 @@ const NUMERIC: &[(&str, f64, f64)] = &[
 /// The numeric parameters that take whole numbers only.
 const WHOLE: &[&str] = &["top_k", "top_logprobs", "n"];
 
+/// The client API a request came in through: the fields a 400 names are
+/// that API's, as its client sent them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientApi {
+    /// OpenAI's Chat Completions, whose names [`PARAMS`] uses.
+    #[default]
+    ChatCompletions,
+    /// Anthropic's Messages.
+    Messages,
+}
+
+/// How the client of a request names the fields Sluice checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldNames {
+    pub api: ClientApi,
+    /// Where the request's first prompt-cache breakpoint sits, as the
+    /// client sent it (`system[1].cache_control`).
+    pub cache_control: Option<String>,
+}
+
+impl FieldNames {
+    pub fn messages() -> Self {
+        FieldNames {
+            api: ClientApi::Messages,
+            cache_control: None,
+        }
+    }
+
+    /// The request field of parameter `field` (its name in [`PARAMS`]),
+    /// or None when this API has no such field.
+    pub fn param(&self, field: &str) -> Option<&'static str> {
+        let known = PARAMS.iter().copied().find(|p| *p == field);
+        match self.api {
+            ClientApi::ChatCompletions => known,
+            ClientApi::Messages => match known? {
+                "stop" => Some("stop_sequences"),
+                "user" => Some("metadata.user_id"),
+                "parallel_tool_calls" => Some("tool_choice.disable_parallel_tool_use"),
+                p @ ("temperature" | "top_p" | "top_k" | "tool_choice" | "thinking") => Some(p),
+                _ => None,
+            },
+        }
+    }
+
+    /// A field a check names (a parameter, `tools`, `cache_control`), as
+    /// the client sent it; what this API has no name for keeps Sluice's.
+    pub fn field(&self, field: &str) -> String {
+        if field == "cache_control" {
+            return self
+                .cache_control
+                .clone()
+                .unwrap_or_else(|| field.to_string());
+        }
+        self.param(field).unwrap_or(field).to_string()
+    }
+
+    /// Message `i` of the prompt, a system one: the Messages API sends
+    /// its system prompt in the top-level `system`.
+    pub fn system_message(&self, i: usize) -> String {
+        match self.api {
+            ClientApi::ChatCompletions => format!("messages[{i}]"),
+            ClientApi::Messages => "system".to_string(),
+        }
+    }
+
+    /// The name of tool `i` of the request.
+    pub fn tool_name(&self, i: usize) -> String {
+        match self.api {
+            ClientApi::ChatCompletions => format!("tools[{i}].function.name"),
+            ClientApi::Messages => format!("tools[{i}].name"),
+        }
+    }
+
+    /// The tool a `tool_choice` names.
+    pub fn chosen_tool(&self) -> &'static str {
+        match self.api {
+            ClientApi::ChatCompletions => "tool_choice",
+            ClientApi::Messages => "tool_choice.name",
+        }
+    }
+}
+
 /// What a client's system messages do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SystemRule {
@@ -76,26 +158,30 @@ impl ClientRules {
         }
     }
 
-    /// Checks what a client set. Err: (the field at fault, why).
+    /// Checks what a client set. Err: (the field at fault, why), both
+    /// in the words of the client's API (`names`).
     pub fn check(
         &self,
         pipeline: &str,
         params: &Params,
         tools: &[ToolSpec],
         messages: &[Message],
+        names: &FieldNames,
     ) -> Result<(), (String, String)> {
         for field in set_fields(params) {
             if let Some(allowed) = &self.params
                 && !allowed.contains(&field)
             {
+                let may: Vec<&str> = allowed.iter().filter_map(|p| names.param(p)).collect();
+                let field = names.field(field);
                 return Err((
-                    field.to_string(),
+                    field.clone(),
                     format!(
                         "pipeline \"{pipeline}\" does not let clients set \"{field}\" (they may set: {})",
-                        if allowed.is_empty() {
+                        if may.is_empty() {
                             "nothing".to_string()
                         } else {
-                            allowed.join(", ")
+                            may.join(", ")
                         }
                     ),
                 ));
@@ -105,8 +191,19 @@ impl ClientRules {
             if let Some(v) = numeric(params, field)
                 && !(min..=max).contains(&v)
             {
+                // A request without `n` asks for one choice: a client of
+                // an API without `n` cannot ask for more.
+                if names.param(field).is_none() {
+                    return Err((
+                        "model".into(),
+                        format!(
+                            "pipeline \"{pipeline}\" answers with {min} to {max} choices ({field}), which this API cannot ask for; call another pipeline"
+                        ),
+                    ));
+                }
+                let field = names.field(field);
                 return Err((
-                    field.to_string(),
+                    field.clone(),
                     format!("pipeline \"{pipeline}\" allows {field} from {min} to {max}, not {v}"),
                 ));
             }
@@ -121,7 +218,7 @@ impl ClientRules {
             && let Some(i) = messages.iter().position(|m| m.role == Role::System)
         {
             return Err((
-                format!("messages[{i}]"),
+                names.system_message(i),
                 format!(
                     "pipeline \"{pipeline}\" has its own system prompt and does not let clients send one"
                 ),
@@ -332,7 +429,11 @@ mod tests {
             cache_control: None,
         }];
         let system = [Message::new(Role::System, "s")];
-        assert!(ClientRules::open().check("p", &p, &tools, &system).is_ok());
+        assert!(
+            ClientRules::open()
+                .check("p", &p, &tools, &system, &FieldNames::default())
+                .is_ok()
+        );
     }
 
     #[test]
@@ -344,7 +445,10 @@ mod tests {
             system: SystemRule::Forbid,
         };
         let field = |p: Params, tools: &[ToolSpec], m: &[Message]| {
-            rules.check("p", &p, tools, m).err().map(|(f, _)| f)
+            rules
+                .check("p", &p, tools, m, &FieldNames::default())
+                .err()
+                .map(|(f, _)| f)
         };
         let t = |v| Params {
             temperature: Some(v),
@@ -379,6 +483,63 @@ mod tests {
     }
 
     #[test]
+    fn a_messages_client_is_told_its_own_field_names() {
+        let names = FieldNames::messages();
+        let named: Vec<(&str, Option<&str>)> =
+            PARAMS.iter().map(|p| (*p, names.param(p))).collect();
+        assert_eq!(
+            named,
+            [
+                ("temperature", Some("temperature")),
+                ("top_p", Some("top_p")),
+                ("top_k", Some("top_k")),
+                ("stop", Some("stop_sequences")),
+                ("seed", None),
+                ("presence_penalty", None),
+                ("frequency_penalty", None),
+                ("logit_bias", None),
+                ("user", Some("metadata.user_id")),
+                ("logprobs", None),
+                ("top_logprobs", None),
+                ("n", None),
+                ("response_format", None),
+                ("tool_choice", Some("tool_choice")),
+                (
+                    "parallel_tool_calls",
+                    Some("tool_choice.disable_parallel_tool_use")
+                ),
+                ("thinking", Some("thinking")),
+            ]
+        );
+        // Chat Completions clients send Sluice's own names.
+        let chat = FieldNames::default();
+        assert!(PARAMS.iter().all(|p| chat.param(p) == Some(*p)));
+        assert_eq!(chat.system_message(2), "messages[2]");
+        assert_eq!(names.system_message(2), "system");
+
+        let rules = ClientRules {
+            params: Some(vec!["temperature", "stop", "seed"]),
+            system: SystemRule::Forbid,
+            ..ClientRules::open()
+        };
+        let user = Params {
+            user: Some("u".into()),
+            ..Params::default()
+        };
+        let (field, why) = rules.check("p", &user, &[], &[], &names).unwrap_err();
+        assert_eq!(field, "metadata.user_id");
+        assert_eq!(
+            why,
+            "pipeline \"p\" does not let clients set \"metadata.user_id\" (they may set: temperature, stop_sequences)"
+        );
+        let system = [Message::new(Role::System, "s")];
+        let (field, _) = rules
+            .check("p", &Params::default(), &[], &system, &names)
+            .unwrap_err();
+        assert_eq!(field, "system");
+    }
+
+    #[test]
     fn choices_and_logprobs_can_be_restricted() {
         let ask = |n: Option<u32>, logprobs: bool, top: Option<u32>| Params {
             n,
@@ -396,7 +557,9 @@ mod tests {
             bounds: vec![("n", 1.0, 2.0), ("top_logprobs", 0.0, 5.0)],
             ..ClientRules::open()
         };
-        let refused = |r: &ClientRules, p: Params| r.check("chat", &p, &[], &[]).err();
+        let refused = |r: &ClientRules, p: Params| {
+            r.check("chat", &p, &[], &[], &FieldNames::default()).err()
+        };
         assert_eq!(refused(&capped, ask(Some(2), true, Some(5))), None);
         let (field, why) = refused(&capped, ask(Some(3), false, None)).unwrap();
         assert_eq!(field, "n");

@@ -110,6 +110,10 @@ pub struct RawPrice {
     /// Input tokens written to the provider's prompt cache (default: the
     /// input price; Anthropic charges 1.25× input for 5-minute writes).
     pub cache_write: Option<Spanned<f64>>,
+    /// Input tokens written to the cache for an hour (`ttl: "1h"`;
+    /// default: twice the input price, as Anthropic charges, or
+    /// `cache_write` when that is dearer).
+    pub cache_write_1h: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

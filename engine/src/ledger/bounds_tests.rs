@@ -101,6 +101,7 @@ fn settlement(tokens: u64, cost: Micros, anomaly: Option<&str>) -> Settlement {
         completion_tokens: tokens,
         cache_read_tokens: 0,
         cache_write_tokens: 0,
+        cache_write_1h_tokens: 0,
         estimated: false,
         cost_micros: cost,
         ttft_ms: Some(1),

@@ -30,6 +30,7 @@ fn settlement(cost: Micros) -> Settlement {
         completion_tokens: 20,
         cache_read_tokens: 0,
         cache_write_tokens: 0,
+        cache_write_1h_tokens: 0,
         estimated: false,
         cost_micros: cost,
         ttft_ms: Some(5),

@@ -49,6 +49,7 @@ fn new_row(o: &Opening, now: i64, day: &str, status: &str) -> Row {
         cache_write_tokens: 0,
         api_key: o.api_key.clone(),
         team: o.team.clone(),
+        cache_write_1h_tokens: 0,
     }
 }
 
@@ -176,6 +177,7 @@ impl MemStore {
         row.completion_tokens = super::store::stored_tokens(s.completion_tokens);
         row.cache_read_tokens = super::store::stored_tokens(s.cache_read_tokens);
         row.cache_write_tokens = super::store::stored_tokens(s.cache_write_tokens);
+        row.cache_write_1h_tokens = super::store::stored_tokens(s.cache_write_1h_tokens);
         row.estimated = s.estimated;
         row.cost_micros = charged;
         row.usage_anomaly = anomaly;

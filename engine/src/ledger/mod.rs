@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use thiserror::Error;
 
-pub use money::{Micros, Price};
+pub use money::{CacheUse, Micros, Price};
 use store::Store;
 
 #[derive(Debug, Error)]
@@ -111,6 +111,8 @@ pub struct Settlement {
     /// Of `prompt_tokens`, read from and written to the prompt cache.
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
+    /// Of `cache_write_tokens`, written for an hour.
+    pub cache_write_1h_tokens: u64,
     pub estimated: bool,
     pub cost_micros: Micros,
     pub ttft_ms: Option<i64>,

@@ -29,9 +29,21 @@ pub struct Price {
     pub output_per_m: Micros,
     /// Input tokens read from the provider's prompt cache.
     pub cached_input_per_m: Micros,
-    /// Input tokens written to the prompt cache (Anthropic bills them
-    /// above the input price).
+    /// Input tokens written to the prompt cache for 5 minutes (Anthropic
+    /// bills them at 1.25 × input).
     pub cache_write_per_m: Micros,
+    /// Input tokens written to the prompt cache for an hour (a breakpoint
+    /// with `ttl: "1h"`; Anthropic bills them at 2 × input).
+    pub cache_write_1h_per_m: Micros,
+}
+
+/// Of a call's prompt tokens, those read from the provider's prompt cache
+/// and those written to it, `write_1h` of the writes for an hour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheUse {
+    pub read: u64,
+    pub write: u64,
+    pub write_1h: u64,
 }
 
 impl Price {
@@ -40,37 +52,44 @@ impl Price {
     /// `Micros::MAX` (each product fits an i128, their sum may not); a
     /// negative price (never compiled) counts as free.
     pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Micros {
-        self.cost_cached(prompt_tokens, completion_tokens, 0, 0)
+        self.cost_cached(prompt_tokens, completion_tokens, CacheUse::default())
     }
 
-    /// Cost of a call of which `cache_read` prompt tokens were read from
-    /// the provider's prompt cache and `cache_write` written to it (each
-    /// taken as at most what is left of the prompt), rounded up like
+    /// Cost of a call whose prompt used the provider's cache as `cache`
+    /// says (each figure taken as at most what is left of the prompt, the
+    /// hour-long writes as at most the writes), rounded up like
     /// [`Price::cost`].
     pub fn cost_cached(
         &self,
         prompt_tokens: u64,
         completion_tokens: u64,
-        cache_read: u64,
-        cache_write: u64,
+        cache: CacheUse,
     ) -> Micros {
-        let read = cache_read.min(prompt_tokens);
-        let write = cache_write.min(prompt_tokens - read);
+        let read = cache.read.min(prompt_tokens);
+        let write = cache.write.min(prompt_tokens - read);
+        let write_1h = cache.write_1h.min(write);
         let plain = prompt_tokens - read - write;
         let part = |tokens: u64, per_m: Micros| i128::from(tokens) * i128::from(per_m.max(0));
         let total = part(plain, self.input_per_m)
             .saturating_add(part(read, self.cached_input_per_m))
-            .saturating_add(part(write, self.cache_write_per_m))
+            .saturating_add(part(write - write_1h, self.cache_write_per_m))
+            .saturating_add(part(write_1h, self.cache_write_1h_per_m))
             .saturating_add(part(completion_tokens, self.output_per_m));
         let micros = total.saturating_add(999_999) / 1_000_000;
         Micros::try_from(micros).unwrap_or(Micros::MAX)
     }
 
     /// The dearest price a prompt token may have (written to the cache, or
-    /// not): what a reservation must assume.
-    pub fn worst_input(&self) -> Price {
+    /// not; for an hour when the request holds a one-hour breakpoint):
+    /// what a reservation must assume.
+    pub fn worst_input(&self, one_hour: bool) -> Price {
+        let write = if one_hour {
+            self.cache_write_per_m.max(self.cache_write_1h_per_m)
+        } else {
+            self.cache_write_per_m
+        };
         Price {
-            input_per_m: self.input_per_m.max(self.cache_write_per_m),
+            input_per_m: self.input_per_m.max(write),
             ..*self
         }
     }
@@ -176,6 +195,7 @@ mod tests {
             output_per_m: 600_000,
             cached_input_per_m: 0,
             cache_write_per_m: 0,
+            cache_write_1h_per_m: 0,
         };
         // 14 * 0.15 + 30 * 0.60 = 20.1 micro-dollars -> 21.
         assert_eq!(p.cost(14, 30), 21);
@@ -193,6 +213,7 @@ mod tests {
             output_per_m: Micros::MAX,
             cached_input_per_m: Micros::MAX,
             cache_write_per_m: Micros::MAX,
+            cache_write_1h_per_m: Micros::MAX,
         };
         assert_eq!(dearest.cost(u64::MAX, u64::MAX), Micros::MAX);
         assert_eq!(dearest.cost(u64::MAX, 0), Micros::MAX);
@@ -205,34 +226,65 @@ mod tests {
             output_per_m: -1,
             cached_input_per_m: 0,
             cache_write_per_m: 0,
+            cache_write_1h_per_m: 0,
         };
         assert_eq!(negative.cost(u64::MAX, u64::MAX), 0);
     }
 
     #[test]
     fn cached_prompt_tokens_are_priced_as_cached_reads_and_writes() {
-        // $3 input, $0.30 cache reads, $3.75 cache writes, $15 output.
+        // $3 input, $0.30 cache reads, $3.75 cache writes (5 minutes),
+        // $6 for an hour, $15 output.
         let p = Price {
             input_per_m: 3_000_000,
             output_per_m: 15_000_000,
             cached_input_per_m: 300_000,
             cache_write_per_m: 3_750_000,
+            cache_write_1h_per_m: 6_000_000,
+        };
+        let cache = |read, write, write_1h| CacheUse {
+            read,
+            write,
+            write_1h,
         };
         // 1,000 plain + 8,000 read + 1,000 written, 100 out:
         // 3,000 + 2,400 + 3,750 + 1,500 = 10,650 micro-dollars.
-        assert_eq!(p.cost_cached(10_000, 100, 8_000, 1_000), 10_650);
-        assert_eq!(p.cost_cached(10_000, 100, 0, 0), p.cost(10_000, 100));
-        // Reported cache figures never price more tokens than the prompt.
+        assert_eq!(p.cost_cached(10_000, 100, cache(8_000, 1_000, 0)), 10_650);
+        // The same writes for an hour: 6,000 instead of 3,750.
         assert_eq!(
-            p.cost_cached(100, 0, 1_000, 1_000),
-            p.cost_cached(100, 0, 100, 0)
+            p.cost_cached(10_000, 100, cache(8_000, 1_000, 1_000)),
+            12_900
+        );
+        // Split: 400 for 5 minutes (1,500), 600 for an hour (3,600).
+        assert_eq!(
+            p.cost_cached(10_000, 100, cache(8_000, 1_000, 600)),
+            3_000 + 2_400 + 1_500 + 3_600 + 1_500
         );
         assert_eq!(
-            p.cost_cached(100, 0, 40, 1_000),
-            p.cost_cached(100, 0, 40, 60)
+            p.cost_cached(10_000, 100, CacheUse::default()),
+            p.cost(10_000, 100)
         );
-        assert_eq!(p.cost_cached(u64::MAX, u64::MAX, u64::MAX, 0), Micros::MAX);
-        // A reservation assumes the dearest input: a cache write.
-        assert_eq!(p.worst_input().cost(1_000_000, 0), 3_750_000);
+        // Reported cache figures never price more tokens than the prompt,
+        // nor more hour-long writes than writes.
+        assert_eq!(
+            p.cost_cached(100, 0, cache(1_000, 1_000, 0)),
+            p.cost_cached(100, 0, cache(100, 0, 0))
+        );
+        assert_eq!(
+            p.cost_cached(100, 0, cache(40, 1_000, 0)),
+            p.cost_cached(100, 0, cache(40, 60, 0))
+        );
+        assert_eq!(
+            p.cost_cached(100, 0, cache(0, 60, 1_000)),
+            p.cost_cached(100, 0, cache(0, 60, 60))
+        );
+        assert_eq!(
+            p.cost_cached(u64::MAX, u64::MAX, cache(u64::MAX, 0, 0)),
+            Micros::MAX
+        );
+        // A reservation assumes the dearest input: a cache write, for an
+        // hour when the request asks for one.
+        assert_eq!(p.worst_input(false).cost(1_000_000, 0), 3_750_000);
+        assert_eq!(p.worst_input(true).cost(1_000_000, 0), 6_000_000);
     }
 }

@@ -54,6 +54,7 @@ macro_rules! report_row {
             cache_write_tokens: r.try_get("cache_write_tokens")?,
             api_key: r.try_get("api_key")?,
             team: r.try_get("team")?,
+            cache_write_1h_tokens: r.try_get("cache_write_1h_tokens")?,
         }
     }};
 }
@@ -355,6 +356,7 @@ pub(super) async fn settle(
         .bind(anomaly)
         .bind(stored_tokens(s.cache_read_tokens))
         .bind(stored_tokens(s.cache_write_tokens))
+        .bind(stored_tokens(s.cache_write_1h_tokens))
         .bind(id)
         .execute(&mut *tx)
         .await?;

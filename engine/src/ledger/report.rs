@@ -37,6 +37,8 @@ pub struct Row {
     /// The API key that called (its declared name) and its team.
     pub api_key: Option<String>,
     pub team: Option<String>,
+    /// Of `cache_write_tokens`, written for an hour.
+    pub cache_write_1h_tokens: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +214,7 @@ mod tests {
             cache_write_tokens: 0,
             api_key: None,
             team: None,
+            cache_write_1h_tokens: 0,
         }
     }
 
@@ -264,6 +267,7 @@ mod extremes {
             cache_write_tokens: 0,
             api_key: None,
             team: None,
+            cache_write_1h_tokens: 0,
         };
         // A row written by an older Sluice that wrapped u64::MAX to -1.
         let wrapped = Row {
@@ -273,6 +277,7 @@ mod extremes {
             usage_anomaly: None,
             cache_read_tokens: 0,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
             ..base.clone()
         };
         let g = summarize(&[base.clone(), base, wrapped.clone()], GroupBy::Pipeline);

@@ -451,6 +451,7 @@ impl SqliteStore {
                 anomaly,
                 store::stored_tokens(s.cache_read_tokens),
                 store::stored_tokens(s.cache_write_tokens),
+                store::stored_tokens(s.cache_write_1h_tokens),
                 id,
             ])?;
             let mut spends = Vec::new();
@@ -620,6 +621,7 @@ fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
         cache_write_tokens: r.get(20)?,
         api_key: r.get(21)?,
         team: r.get(22)?,
+        cache_write_1h_tokens: r.get(23)?,
     })
 }
 

@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_cache_tokens.sql"),
     include_str!("../../migrations/sqlite/0004_keys.sql"),
     include_str!("../../migrations/sqlite/0005_rate_limits.sql"),
+    include_str!("../../migrations/sqlite/0006_cache_write_1h_tokens.sql"),
 ];
 
 /// Where `sqlite:PATH`, `sqlite://PATH` or `sqlite::memory:` points

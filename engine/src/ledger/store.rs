@@ -70,7 +70,8 @@ pub(super) const SELECT_PENDING_OF: &str = "SELECT id FROM requests \
 pub(super) const SETTLE_REQUEST: &str = "UPDATE requests SET status = ?, ended_at_ms = ?, \
      provider = ?, model = ?, prompt_tokens = ?, completion_tokens = ?, estimated = ?, \
      cost_micros = ?, ttft_ms = ?, duration_ms = ?, tool_calls = ?, error_code = ?, \
-     usage_anomaly = ?, cache_read_tokens = ?, cache_write_tokens = ? WHERE id = ?";
+     usage_anomaly = ?, cache_read_tokens = ?, cache_write_tokens = ?, \
+     cache_write_1h_tokens = ? WHERE id = ?";
 /// Binds the reservation, the charge twice, the scope and the day. The
 /// charge never exceeds the reservation ([`charge`]), so the sum stays
 /// within the budget; the CASE keeps it an integer whatever is stored.
@@ -89,7 +90,7 @@ pub(super) const SELECT_BUDGET: &str =
 const ROW_COLUMNS: &str = "id, started_at_ms, ended_at_ms, day, pipeline, provider, model, status, \
      prompt_tokens, completion_tokens, estimated, reserved_micros, cost_micros, ttft_ms, duration_ms, \
      tool_calls, error_code, request_id, usage_anomaly, cache_read_tokens, cache_write_tokens, \
-     api_key, team";
+     api_key, team, cache_write_1h_tokens";
 
 /// The filter of [`select_rows`] for the rows of one request id.
 pub(super) const OF_REQUEST_ID: &str = "request_id = ? ORDER BY started_at_ms, id";

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use super::sse::SseEvent;
 use super::{
-    Chunk, FinishReason, Image, Message, Params, Part, ProviderError, ProviderRequest, Role,
-    ToolChoice, Usage,
+    Chunk, ErrorKind, FinishReason, Image, Message, Params, Part, ProviderError, ProviderRequest,
+    Role, ToolChoice, Usage,
 };
 
 /// Longest summary of an in-stream error, in characters.
@@ -263,6 +263,14 @@ struct WireUsage {
     output_tokens: Option<i128>,
     cache_creation_input_tokens: Option<i128>,
     cache_read_input_tokens: Option<i128>,
+    /// How the cache writes split by lifetime (5 minutes, an hour).
+    cache_creation: Option<CacheCreation>,
+}
+
+#[derive(Deserialize, Default)]
+struct CacheCreation {
+    ephemeral_5m_input_tokens: Option<i128>,
+    ephemeral_1h_input_tokens: Option<i128>,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +293,11 @@ struct ContentBlock<'a> {
     /// A `redacted_thinking` block's encrypted reasoning.
     #[serde(borrow)]
     data: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct BlockStop {
+    index: u32,
 }
 
 #[derive(Deserialize)]
@@ -341,9 +354,13 @@ struct ErrorBody<'a> {
 /// `message_start` so that the `message_delta` usage can be reported whole.
 #[derive(Debug, Default, Clone)]
 pub struct AnthropicDecoder {
+    /// The `tool_use` block being streamed, whose stop ends its call.
+    tool_block: Option<u32>,
     input_tokens: Option<i128>,
     cache_creation_tokens: Option<i128>,
     cache_read_tokens: Option<i128>,
+    /// The writes' split: (5 minutes, an hour), when reported.
+    cache_creation_split: Option<(i128, i128)>,
 }
 
 impl AnthropicDecoder {
@@ -363,8 +380,20 @@ impl AnthropicDecoder {
             }
         };
         match kind {
-            // Nothing to say, and their data is not worth parsing.
-            "ping" | "content_block_stop" => {}
+            // Nothing to say, and its data is not worth parsing.
+            "ping" => {}
+            // Only a tool call's block says something by ending: its
+            // arguments are whole. Any other stop (or one that does not
+            // parse, as none needed to before) says nothing.
+            "content_block_stop" => {
+                if let Some(block) = self.tool_block
+                    && let Ok(stop) = serde_json::from_str::<BlockStop>(data)
+                    && stop.index == block
+                {
+                    self.tool_block = None;
+                    out.push(Chunk::ToolCallEnd(block));
+                }
+            }
             "message_start" => {
                 let start: MessageStart = parse(data, "message_start")?;
                 self.remember(&start.message.usage.unwrap_or_default());
@@ -382,12 +411,15 @@ impl AnthropicDecoder {
                             out.push(Chunk::Delta(text.into_owned()));
                         }
                     }
-                    "tool_use" => out.push(Chunk::ToolCallDelta {
-                        index: start.index,
-                        id: block.id.map(Cow::into_owned),
-                        name: block.name.map(Cow::into_owned),
-                        arguments: String::new(),
-                    }),
+                    "tool_use" => {
+                        self.tool_block = Some(start.index);
+                        out.push(Chunk::ToolCallDelta {
+                            index: start.index,
+                            id: block.id.map(Cow::into_owned),
+                            name: block.name.map(Cow::into_owned),
+                            arguments: String::new(),
+                        });
+                    }
                     "redacted_thinking" => {
                         if let Some(data) = block.data.filter(|d| !d.is_empty()) {
                             out.push(Chunk::RedactedReasoning(data.into_owned()));
@@ -444,7 +476,13 @@ impl AnthropicDecoder {
                     // Without both counts the usage is left to Sluice's
                     // estimate rather than reported as zero tokens.
                     if let (Some(input), Some(output)) = (self.input_tokens, usage.output_tokens) {
-                        let cache = [self.cache_creation_tokens, self.cache_read_tokens];
+                        // The writes: their total, or the sum of their
+                        // split when only that came.
+                        let split = self.cache_creation_split;
+                        let write = self
+                            .cache_creation_tokens
+                            .or(split.map(|(m5, h1)| m5.saturating_add(h1)));
+                        let cache = [write, self.cache_read_tokens];
                         out.push(Chunk::Usage(Usage {
                             prompt_tokens: cache
                                 .into_iter()
@@ -452,15 +490,24 @@ impl AnthropicDecoder {
                                 .fold(input, i128::saturating_add),
                             completion_tokens: output,
                             cache_read_tokens: self.cache_read_tokens.unwrap_or(0),
-                            cache_write_tokens: self.cache_creation_tokens.unwrap_or(0),
+                            cache_write_tokens: write.unwrap_or(0),
+                            cache_write_1h_tokens: split.map(|(_, h1)| h1),
                         }));
                     }
                 }
             }
             "message_stop" => out.push(Chunk::End),
             "error" => {
-                let e: ErrorEvent = serde_json::from_str(data)
-                    .map_err(|_| ProviderError::InStream(one_line(data, SUMMARY_MAX)))?;
+                let e: ErrorEvent =
+                    serde_json::from_str(data).map_err(|_| ProviderError::InStream {
+                        message: one_line(data, SUMMARY_MAX),
+                        kind: None,
+                    })?;
+                let kind = e
+                    .error
+                    .as_ref()
+                    .and_then(|b| b.kind.as_deref())
+                    .and_then(ErrorKind::from_anthropic);
                 let summary = match e.error {
                     Some(ErrorBody {
                         kind: Some(k),
@@ -472,7 +519,10 @@ impl AnthropicDecoder {
                     }) => s.into_owned(),
                     _ => format!("unrecognized error event {data}"),
                 };
-                return Err(ProviderError::InStream(one_line(&summary, SUMMARY_MAX)));
+                return Err(ProviderError::InStream {
+                    message: one_line(&summary, SUMMARY_MAX),
+                    kind,
+                });
             }
             // Anthropic documents that new event types may appear.
             _ => {}
@@ -495,6 +545,14 @@ impl AnthropicDecoder {
             if value.is_some() {
                 *slot = value;
             }
+        }
+        if let Some(c) = &u.cache_creation
+            && (c.ephemeral_5m_input_tokens.is_some() || c.ephemeral_1h_input_tokens.is_some())
+        {
+            self.cache_creation_split = Some((
+                c.ephemeral_5m_input_tokens.unwrap_or(0),
+                c.ephemeral_1h_input_tokens.unwrap_or(0),
+            ));
         }
     }
 }

@@ -134,6 +134,8 @@ fn recorded_tool_use() {
             tool(1, None, None, "on\": \"P"),
             tool(1, None, None, "ar"),
             tool(1, None, None, "is\"}"),
+            // Its block's stop: the call is whole.
+            Chunk::ToolCallEnd(1),
             Chunk::Finish(FinishReason::ToolCalls),
             usage(377, 65),
             Chunk::End,
@@ -147,6 +149,37 @@ fn recorded_tool_use() {
         })
         .collect();
     assert_eq!(args, r#"{"location": "Paris"}"#);
+}
+
+#[test]
+fn only_the_stop_of_a_tool_block_ends_a_call() {
+    let mut d = AnthropicDecoder::new();
+    let mut out = Vec::new();
+    let stop = |i: u32| format!(r#"{{"type":"content_block_stop","index":{i}}}"#);
+    let start =
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#;
+    d.decode(&ev(Some("content_block_start"), start), &mut out)
+        .unwrap();
+    d.decode(&ev(Some("content_block_stop"), &stop(0)), &mut out)
+        .unwrap();
+    assert_eq!(out, []);
+    let start = r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}"#;
+    d.decode(&ev(Some("content_block_start"), start), &mut out)
+        .unwrap();
+    out.clear();
+    // A stop of another block, or one that does not parse, says nothing.
+    d.decode(&ev(Some("content_block_stop"), &stop(0)), &mut out)
+        .unwrap();
+    d.decode(&ev(Some("content_block_stop"), "{not json"), &mut out)
+        .unwrap();
+    assert_eq!(out, []);
+    d.decode(&ev(Some("content_block_stop"), &stop(1)), &mut out)
+        .unwrap();
+    assert_eq!(out, [Chunk::ToolCallEnd(1)]);
+    // Once.
+    d.decode(&ev(Some("content_block_stop"), &stop(1)), &mut out)
+        .unwrap();
+    assert_eq!(out, [Chunk::ToolCallEnd(1)]);
 }
 
 #[test]
@@ -203,6 +236,7 @@ fn usage_adds_cache_tokens_and_takes_the_latest_counts() {
             completion_tokens,
             cache_read_tokens,
             cache_write_tokens: 100,
+            cache_write_1h_tokens: None,
         })
     };
     assert_eq!(out, [Chunk::Finish(FinishReason::Stop), cached(110, 5, 0)]);
@@ -212,6 +246,42 @@ fn usage_adds_cache_tokens_and_takes_the_latest_counts() {
     d.decode(&ev(Some("message_delta"), delta), &mut out)
         .unwrap();
     assert_eq!(out, [cached(115, 9, 3)]);
+}
+
+#[test]
+fn cache_writes_split_by_lifetime_are_kept() {
+    let usage = |prompt, write, write_1h| {
+        Chunk::Usage(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: 5,
+            cache_read_tokens: 0,
+            cache_write_tokens: write,
+            cache_write_1h_tokens: write_1h,
+        })
+    };
+    let run = |start: &str, delta: &str| {
+        let mut d = AnthropicDecoder::new();
+        let mut out = Vec::new();
+        d.decode(&ev(Some("message_start"), start), &mut out)
+            .unwrap();
+        d.decode(&ev(Some("message_delta"), delta), &mut out)
+            .unwrap();
+        out
+    };
+    let delta = r#"{"type":"message_delta","delta":{},"usage":{"output_tokens":5}}"#;
+    // Anthropic's shape: the total, and its split.
+    let start = r#"{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_creation_input_tokens":100,"cache_creation":{"ephemeral_5m_input_tokens":40,"ephemeral_1h_input_tokens":60},"output_tokens":1}}}"#;
+    assert_eq!(run(start, delta), [usage(110, 100, Some(60))]);
+    // The split alone: the total is its sum.
+    let start = r#"{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":30},"output_tokens":1}}}"#;
+    assert_eq!(run(start, delta), [usage(40, 30, Some(30))]);
+    // An empty split says nothing.
+    let start = r#"{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_creation_input_tokens":7,"cache_creation":{},"output_tokens":1}}}"#;
+    assert_eq!(run(start, delta), [usage(17, 7, None)]);
+    // A later split replaces an earlier one.
+    let start = r#"{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_creation_input_tokens":100,"cache_creation":{"ephemeral_5m_input_tokens":100,"ephemeral_1h_input_tokens":0},"output_tokens":1}}}"#;
+    let later = r#"{"type":"message_delta","delta":{},"usage":{"output_tokens":5,"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":100}}}"#;
+    assert_eq!(run(start, later), [usage(110, 100, Some(100))]);
 }
 
 #[test]
@@ -235,26 +305,34 @@ fn usage_without_both_counts_is_not_reported() {
 #[test]
 fn in_stream_error_event() {
     let data = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
-    assert!(matches!(
-        decode_one(Some("error"), data),
-        Err(ProviderError::InStream(m)) if m == "overloaded_error: Overloaded"
-    ));
+    let overloaded = |r: Result<Vec<Chunk>, ProviderError>| match r {
+        Err(ProviderError::InStream { message, kind }) => {
+            assert_eq!(message, "overloaded_error: Overloaded");
+            assert_eq!(kind, Some(ErrorKind::Overloaded));
+        }
+        other => panic!("{other:?}"),
+    };
+    overloaded(decode_one(Some("error"), data));
     // Without an event name, the data's type says it is an error.
-    assert!(matches!(
-        decode_one(None, data),
-        Err(ProviderError::InStream(m)) if m == "overloaded_error: Overloaded"
-    ));
+    overloaded(decode_one(None, data));
     // Partial or unparseable error events are still errors, bounded.
     let only_type = r#"{"type":"error","error":{"type":"api_error"}}"#;
     assert!(matches!(
         decode_one(Some("error"), only_type),
-        Err(ProviderError::InStream(m)) if m == "api_error"
+        Err(ProviderError::InStream { message, kind: Some(ErrorKind::Api) }) if message == "api_error"
+    ));
+    // A type Anthropic does not document is text, not a kind.
+    let odd = r#"{"type":"error","error":{"type":"weird_error","message":"m"}}"#;
+    assert!(matches!(
+        decode_one(Some("error"), odd),
+        Err(ProviderError::InStream { message, kind: None }) if message == "weird_error: m"
     ));
     let long = format!("not json {}", "x\n".repeat(500));
     match decode_one(Some("error"), &long) {
-        Err(ProviderError::InStream(m)) => {
+        Err(ProviderError::InStream { message: m, kind }) => {
             assert!(m.chars().count() <= SUMMARY_MAX && !m.contains('\n'), "{m}");
             assert!(m.starts_with("not json x x"), "{m}");
+            assert_eq!(kind, None);
         }
         other => panic!("{other:?}"),
     }

@@ -479,7 +479,7 @@ impl<D: Decoder> UpstreamStream<D> {
         }
         for c in out {
             self.saw_end |= c == Chunk::End;
-            self.pending.push_back(c);
+            self.pending.push_back(c.scrubbed(&self.secrets));
         }
         self.events.clear();
     }

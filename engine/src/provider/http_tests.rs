@@ -240,7 +240,10 @@ fn an_in_stream_error_is_summarized_from_scrubbed_data() {
         data: r#"{"error":{"message":"overloaded"}}"#.into(),
         id: None,
     };
-    let first = ProviderError::InStream("first".into());
+    let first = ProviderError::InStream {
+        message: "first".into(),
+        kind: None,
+    };
     let kept = rebuilt_scrubbed(&mut decoder, &plain, first.clone(), &secrets);
     assert_eq!(kept.to_string(), first.to_string());
 }

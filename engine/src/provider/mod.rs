@@ -269,6 +269,9 @@ pub struct Params {
     /// The messages or tools carry Anthropic prompt-caching breakpoints
     /// (`cache_control`), which only the Anthropic wire can send.
     pub cache_control: bool,
+    /// One of them asks for the one-hour cache (`ttl: "1h"`), whose writes
+    /// cost more: the reservation prices the prompt at that rate.
+    pub cache_control_1h: bool,
 }
 
 /// The API a provider speaks, which decides what it can be sent.
@@ -381,6 +384,10 @@ pub struct Usage {
     /// Of `prompt_tokens`, those written to the prompt cache (Anthropic
     /// `cache_creation_input_tokens`).
     pub cache_write_tokens: i128,
+    /// Of `cache_write_tokens`, those written for an hour (Anthropic
+    /// `cache_creation.ephemeral_1h_input_tokens`); None when the provider
+    /// did not say how its writes split.
+    pub cache_write_1h_tokens: Option<i128>,
 }
 
 /// Why the provider says the model stopped.
@@ -444,6 +451,10 @@ pub enum Chunk {
         name: Option<String>,
         arguments: String,
     },
+    /// The tool call of this index has all its arguments (Anthropic's
+    /// `content_block_stop` of a `tool_use` block). OpenAI-compatible
+    /// streams never say: their calls end with the answer.
+    ToolCallEnd(u32),
     /// The model stopped; more chunks (usage) may follow.
     Finish(FinishReason),
     /// Usage for the whole call, as reported by the provider.
@@ -465,6 +476,92 @@ pub enum Chunk {
     /// `refusal` arrays), kept as the provider wrote them. Sent before the
     /// text it describes; only when the request asked for logprobs.
     Logprobs(serde_json::Value),
+}
+
+/// The error types Anthropic documents (`error.type`). A provider's
+/// in-stream error of one of these keeps it, so that a Messages client
+/// sees the provider's own (`overloaded_error`, not a generic one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidRequest,
+    Authentication,
+    Billing,
+    Permission,
+    NotFound,
+    RequestTooLarge,
+    RateLimit,
+    Api,
+    Timeout,
+    Overloaded,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 10] = [
+        Self::InvalidRequest,
+        Self::Authentication,
+        Self::Billing,
+        Self::Permission,
+        Self::NotFound,
+        Self::RequestTooLarge,
+        Self::RateLimit,
+        Self::Api,
+        Self::Timeout,
+        Self::Overloaded,
+    ];
+
+    /// The kind Anthropic names `s`; None for any other text.
+    pub fn from_anthropic(s: &str) -> Option<ErrorKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request_error",
+            Self::Authentication => "authentication_error",
+            Self::Billing => "billing_error",
+            Self::Permission => "permission_error",
+            Self::NotFound => "not_found_error",
+            Self::RequestTooLarge => "request_too_large",
+            Self::RateLimit => "rate_limit_error",
+            Self::Api => "api_error",
+            Self::Timeout => "timeout_error",
+            Self::Overloaded => "overloaded_error",
+        }
+    }
+}
+
+impl Chunk {
+    /// The chunk with every secret of `secrets` (and echo of one) scrubbed
+    /// from what the provider names rather than generates: the model, a
+    /// finish reason of its own, the stop sequence it says matched, a
+    /// tool call's id. `http.rs` applies it to every chunk it decodes, so
+    /// that a provider echoing its key there shows it to nobody (the
+    /// model's name reaches every client as the start of the answer).
+    pub fn scrubbed(self, secrets: &secrets::Secrets) -> Self {
+        let scrub = |s: String| match secrets.scrub(&s) {
+            std::borrow::Cow::Borrowed(_) => s,
+            std::borrow::Cow::Owned(clean) => clean,
+        };
+        match self {
+            Chunk::Model(m) => Chunk::Model(scrub(m)),
+            Chunk::Finish(FinishReason::Other(r)) => Chunk::Finish(FinishReason::Other(scrub(r))),
+            Chunk::Finish(FinishReason::StopSequence(Some(s))) => {
+                Chunk::Finish(FinishReason::StopSequence(Some(scrub(s))))
+            }
+            Chunk::ToolCallDelta {
+                index,
+                id: Some(id),
+                name,
+                arguments,
+            } => Chunk::ToolCallDelta {
+                index,
+                id: Some(scrub(id)),
+                name,
+                arguments,
+            },
+            other => other,
+        }
+    }
 }
 
 /// Where a provider failure came from, for logs and for retry decisions.
@@ -491,8 +588,13 @@ pub enum ProviderError {
         /// A short, redacted summary of the provider's error body.
         message: String,
     },
-    #[error("provider sent an error in the stream: {0}")]
-    InStream(String),
+    #[error("provider sent an error in the stream: {message}")]
+    InStream {
+        message: String,
+        /// The error's type, when the provider named one of those
+        /// Anthropic documents.
+        kind: Option<ErrorKind>,
+    },
     #[error("provider sent malformed data: {0}")]
     Malformed(String),
     #[error("provider connection failed: {0}")]
@@ -507,7 +609,7 @@ impl ProviderError {
     pub fn source_kind(&self) -> ErrorSource {
         match self {
             Self::Connect(_) | Self::ConnectTimeout(_) | Self::Io(_) => ErrorSource::Network,
-            Self::Status { .. } | Self::InStream(_) | Self::Malformed(_) | Self::Truncated => {
+            Self::Status { .. } | Self::InStream { .. } | Self::Malformed(_) | Self::Truncated => {
                 ErrorSource::Upstream
             }
             Self::Config(_) => ErrorSource::Internal,
@@ -534,7 +636,10 @@ impl ProviderError {
                 retry_after,
                 message: scrub(message),
             },
-            Self::InStream(m) => Self::InStream(scrub(m)),
+            Self::InStream { message, kind } => Self::InStream {
+                message: scrub(message),
+                kind,
+            },
             Self::Malformed(m) => Self::Malformed(scrub(m)),
             Self::Io(m) => Self::Io(scrub(m)),
             Self::Config(m) => Self::Config(scrub(m)),
@@ -548,7 +653,16 @@ impl ProviderError {
         match self {
             Self::Connect(_) | Self::ConnectTimeout(_) | Self::Io(_) | Self::Truncated => true,
             Self::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
-            Self::InStream(_) | Self::Malformed(_) | Self::Config(_) => false,
+            Self::InStream { .. } | Self::Malformed(_) | Self::Config(_) => false,
+        }
+    }
+
+    /// The type the provider gave its in-stream error, when it is one
+    /// Anthropic documents.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Self::InStream { kind, .. } => *kind,
+            _ => None,
         }
     }
 }

@@ -298,7 +298,10 @@ impl OpenAiDecoder {
                     false,
                 ),
             };
-            return Err(ProviderError::InStream(summary));
+            return Err(ProviderError::InStream {
+                message: summary,
+                kind: None,
+            });
         }
         if chunk.choices.is_none() && chunk.usage.is_none() {
             return Err(malformed("chunk has neither choices nor usage", data));
@@ -372,6 +375,7 @@ impl OpenAiDecoder {
                     .and_then(|d| d.cached_tokens)
                     .unwrap_or(0),
                 cache_write_tokens: 0,
+                cache_write_1h_tokens: None,
             }));
         }
         Ok(())

@@ -272,7 +272,7 @@ fn escaped_and_multibyte_text_is_decoded() {
 #[test]
 fn error_object_in_stream() {
     let data = r#"{"error": {"message": "The server had an error while processing your request.", "type": "server_error", "code": null}}"#;
-    let Err(ProviderError::InStream(msg)) = decode_one(data) else {
+    let Err(ProviderError::InStream { message: msg, .. }) = decode_one(data) else {
         panic!("expected InStream");
     };
     assert_eq!(
@@ -280,26 +280,29 @@ fn error_object_in_stream() {
         "server_error: The server had an error while processing your request."
     );
 
-    let Err(ProviderError::InStream(msg)) = decode_one(r#"{"error":"overloaded"}"#) else {
+    let Err(ProviderError::InStream { message: msg, .. }) = decode_one(r#"{"error":"overloaded"}"#)
+    else {
         panic!("expected InStream");
     };
     assert_eq!(msg, "overloaded");
 
     let long = "x".repeat(5000);
     let data = format!(r#"{{"error":{{"message":"{long}\nmore","type":"t"}}}}"#);
-    let Err(ProviderError::InStream(msg)) = decode_one(&data) else {
+    let Err(ProviderError::InStream { message: msg, .. }) = decode_one(&data) else {
         panic!("expected InStream");
     };
     assert_eq!(msg.chars().count(), 200);
     assert!(msg.starts_with("t: xxx") && msg.ends_with("..."));
 
-    let Err(ProviderError::InStream(msg)) = decode_one(r#"{"error":{"code":"rate_limit"}}"#) else {
+    let Err(ProviderError::InStream { message: msg, .. }) =
+        decode_one(r#"{"error":{"code":"rate_limit"}}"#)
+    else {
         panic!("expected InStream");
     };
     assert_eq!(msg, "rate_limit");
 
     // A number serde_json cannot hold still leaves an error an error.
-    let Err(ProviderError::InStream(msg)) =
+    let Err(ProviderError::InStream { message: msg, .. }) =
         decode_one(r#"{"error":{"message":"boom","retry_after":1e400}}"#)
     else {
         panic!("expected InStream");

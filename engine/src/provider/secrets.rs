@@ -3,9 +3,11 @@
 //!
 //! A provider (or a proxy in front of one) may quote the request's
 //! `Authorization` or `x-api-key` header in an error: a 401 body, a 500
-//! page, an in-stream error event. Whatever a provider sends back is
-//! scrubbed in `http.rs` before it becomes a [`super::ProviderError`], so
-//! rejections, logs and ledger rows only ever see scrubbed text.
+//! page, an in-stream error event; or in what a stream names: the model,
+//! a finish reason, a tool call's id. Whatever a provider sends back is
+//! scrubbed in `http.rs` before it becomes a [`super::ProviderError`] or
+//! one of those names ([`super::Chunk::scrubbed`]), so rejections, logs,
+//! ledger rows and the model a client is told only ever see scrubbed text.
 //!
 //! The threat is an upstream that echoes, not one that hides the key on
 //! purpose (that one has the key already). So what is matched is what

@@ -131,3 +131,36 @@ fn clones_share_the_set() {
     s.add_key(KEY);
     assert_eq!(provider_copy.scrub(KEY), REDACTED);
 }
+
+#[test]
+fn what_a_provider_names_in_a_stream_is_scrubbed_and_what_it_generates_is_not() {
+    use super::super::{Chunk, FinishReason};
+    let s = secrets();
+    let clean = |c: Chunk| c.scrubbed(&s);
+    assert_eq!(
+        clean(Chunk::Model(format!("Bearer {KEY}"))),
+        Chunk::Model("Bearer [redacted]".into())
+    );
+    assert_eq!(
+        clean(Chunk::Finish(FinishReason::Other(KEY.into()))),
+        Chunk::Finish(FinishReason::Other(REDACTED.into()))
+    );
+    assert_eq!(
+        clean(Chunk::Finish(FinishReason::StopSequence(Some(KEY.into())))),
+        Chunk::Finish(FinishReason::StopSequence(Some(REDACTED.into())))
+    );
+    let call = |id: &str| Chunk::ToolCallDelta {
+        index: 0,
+        id: Some(id.into()),
+        name: Some("f".into()),
+        arguments: "{}".into(),
+    };
+    assert_eq!(clean(call(KEY)), call(REDACTED));
+    // Ordinary names pass as they are.
+    for c in [
+        Chunk::Model("claude-sonnet-4-5-20250929".into()),
+        call("toolu_01A"),
+    ] {
+        assert_eq!(clean(c.clone()), c);
+    }
+}

@@ -46,7 +46,7 @@ fn classify(e: &ProviderError) -> Next {
         | ProviderError::Truncated => Next::Retry,
         // Before the first token, an in-stream error is the provider being
         // unavailable (Anthropic's overloaded_error arrives this way).
-        ProviderError::InStream(_) => Next::Retry,
+        ProviderError::InStream { .. } => Next::Retry,
         ProviderError::Malformed(_) => Next::Skip,
         ProviderError::Config(_) => Next::Skip,
     }
@@ -70,13 +70,14 @@ fn unit_random() -> f64 {
 }
 
 /// Tries candidates in order, each up to `retries.attempts` times, until
-/// one yields its first chunk. Returns the index of the candidate that
+/// one yields its first chunk (each sent `params`, fitted to `max_tokens`). Returns the index of the candidate that
 /// answered with its stream, first chunk and the model it named.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn first_chunk(
     cx: &RunContext,
     pipeline: &Pipeline,
     ask: &super::Ask,
+    params: std::sync::Arc<crate::provider::Params>,
     candidates: &[Target],
     prompt: &[Message],
     max_tokens: u32,
@@ -99,7 +100,7 @@ pub(super) async fn first_chunk(
             let preq = ProviderRequest {
                 model: target.model.clone(),
                 messages: prompt.to_vec(),
-                params: ask.params.clone(),
+                params: params.clone(),
                 max_tokens,
                 connect_timeout: t.connect.min(t.first_token),
                 tools: ask.tools.clone(),

@@ -31,6 +31,9 @@ struct Partial {
     routed: bool,
     /// Its index among the client's calls, once routed to the client.
     client_index: Option<u32>,
+    /// The provider said its arguments are whole (Anthropic's
+    /// `content_block_stop`): nothing more of it may come.
+    ended: bool,
 }
 
 /// The calls of one model call, by the provider's index.
@@ -118,6 +121,29 @@ impl Calls {
             });
         }
         Ok(())
+    }
+
+    /// The provider said call `index` is whole: its name is too, and it is
+    /// routed now if it was not. Returns its index among the client's
+    /// calls if it went to the client.
+    pub fn end(
+        &mut self,
+        index: u32,
+        for_client: &dyn Fn(&str) -> bool,
+        relay: &mut Vec<ToolCallDelta>,
+    ) -> Option<u32> {
+        if !self.partials.contains_key(&index) {
+            return None;
+        }
+        self.route(index, for_client, relay);
+        let p = self.partials.get_mut(&index)?;
+        p.ended = true;
+        p.client_index
+    }
+
+    /// Whether the provider said call `index` is whole.
+    pub fn ended(&self, index: u32) -> bool {
+        self.partials.get(&index).is_some_and(|p| p.ended)
     }
 
     /// The provider finished: the name being streamed is whole.

@@ -75,6 +75,7 @@ pub(super) async fn conclude(
         completion_tokens: usage.completion_tokens,
         cache_read_tokens: usage.cache_read_tokens,
         cache_write_tokens: usage.cache_write_tokens,
+        cache_write_1h_tokens: usage.cache_write_1h_tokens,
         estimated: usage.estimated,
         cost_micros: usage.cost_micros,
         ttft_ms: ttft.map(|d| d.as_millis() as i64),

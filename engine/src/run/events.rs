@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::channel::EventReceiver;
+use crate::provider::ErrorKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ErrorCode {
@@ -81,6 +82,10 @@ pub struct UsageReport {
     pub cache_read_tokens: u64,
     #[serde(skip_serializing_if = "is_zero")]
     pub cache_write_tokens: u64,
+    /// Of `cache_write_tokens`, those written for an hour (priced at
+    /// `cache_write_1h`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_1h_tokens: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -121,12 +126,19 @@ pub enum Event {
     /// client brought, or any tool of a pipeline that runs none), relayed
     /// as it arrives. The complete call follows as [`Event::ToolCall`].
     ToolCallDelta(Box<ToolCallDelta>),
+    /// The client's call of this index has all its arguments: the
+    /// provider said so (Anthropic ends its block). Only the Messages
+    /// encoder uses it, to end the call's block before what follows.
+    ToolCallEnd(u32),
     ToolCall(Box<ToolCallEvent>),
     ToolResult(Box<ToolResultEvent>),
     Usage(Box<UsageReport>),
     Error {
         code: ErrorCode,
         message: String,
+        /// The provider's own kind of error, when it named one of
+        /// Anthropic's (the Messages API shows it).
+        kind: Option<ErrorKind>,
     },
     /// The answer stopped on this one of the request's stop sequences
     /// (sent just before `Done`, whose reason is `stop`, when the provider
@@ -218,6 +230,8 @@ pub struct Rejection {
     pub details: Option<serde_json::Value>,
     /// The rate limit that refused it, for the `x-ratelimit-*` headers.
     pub rate_limit: Option<RateRefusal>,
+    /// The provider's own kind of error, when it named one of Anthropic's.
+    pub upstream_kind: Option<ErrorKind>,
 }
 
 /// A rate limit that refused a request: which kind, and how it stands.
@@ -237,6 +251,7 @@ impl Rejection {
             retry_after: None,
             details: None,
             rate_limit: None,
+            upstream_kind: None,
         }
     }
 }

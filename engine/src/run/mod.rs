@@ -14,6 +14,7 @@
 //! channel closes) or the server is forced to stop. Whatever happened, the
 //! ledger row opened before the call is settled at the end.
 
+mod ask;
 mod attempts;
 mod calls;
 mod channel;
@@ -24,6 +25,8 @@ mod tally;
 mod tools;
 mod usage_check;
 
+pub(crate) use ask::{Ask, fit_thinking};
+pub use ask::{THINKING_MIN_BUDGET, check_params, check_request};
 pub(crate) use tally::Tally;
 
 use std::sync::Arc;
@@ -74,54 +77,6 @@ pub struct RunRequest {
     pub caller: Option<Arc<ApiKey>>,
 }
 
-/// What every model call of a request sends besides its messages.
-pub(crate) struct Ask {
-    pub params: Arc<Params>,
-    /// The pipeline's tools, then the client's.
-    pub tools: Arc<[ToolSpec]>,
-}
-
-impl Ask {
-    fn new(pipeline: &Pipeline, params: Params, client_tools: Vec<ToolSpec>) -> Ask {
-        let mut params = params;
-        // Anthropic refuses a temperature with extended thinking: the
-        // pipeline's default does not apply then (a client's own is sent,
-        // and the provider's answer says what it thinks of it).
-        if params.temperature.is_none() && params.thinking.is_none() {
-            params.temperature = pipeline.temperature;
-        }
-        let tools: Arc<[ToolSpec]> = if client_tools.is_empty() {
-            pipeline.tool_specs.clone()
-        } else {
-            pipeline
-                .tool_specs
-                .iter()
-                .cloned()
-                .chain(client_tools)
-                .collect()
-        };
-        Ask {
-            params: Arc::new(params),
-            tools,
-        }
-    }
-
-    /// Whether a call of `name` goes back to the client: a tool the
-    /// client brought, or any tool when the pipeline runs none. A name
-    /// nobody declared is answered by the pipeline ("no such tool", so
-    /// the model can correct itself) when it has tools.
-    pub(crate) fn is_for_client(&self, name: &str, pipeline: &Pipeline) -> bool {
-        if pipeline.tools.is_empty() {
-            return true;
-        }
-        let client = self
-            .tools
-            .get(pipeline.tool_specs.len()..)
-            .unwrap_or_default();
-        client.iter().any(|t| t.name == name) && !pipeline.tools.iter().any(|t| t.name() == name)
-    }
-}
-
 /// Shared by all requests of a server (each request task holds an `Arc`).
 pub struct RunContext {
     pub keepalive: Duration,
@@ -163,74 +118,6 @@ struct Target {
     model: String,
     price: Option<Price>,
     downgraded_from: Option<String>,
-}
-
-/// Whether `pipeline` can take a request: what its `clients:` rules let a
-/// client set, and what every model that may answer can be sent
-/// ([`check_params`]). Err: the field at fault and why, for a 400.
-pub fn check_request(
-    pipeline: &Pipeline,
-    params: &Params,
-    tools: &[ToolSpec],
-    messages: &[Message],
-) -> Result<(), (String, String)> {
-    pipeline
-        .clients
-        .check(&pipeline.name, params, tools, messages)?;
-    // A tool loop per choice is not something Sluice runs, and the
-    // client's calls of several answers could not be told apart.
-    let n = params.choices();
-    if n > 1 && (!tools.is_empty() || !pipeline.tools.is_empty()) {
-        let whose = if tools.is_empty() {
-            format!("pipeline \"{}\" has tools", pipeline.name)
-        } else {
-            "the request brings tools".to_string()
-        };
-        return Err((
-            "n".to_string(),
-            format!(
-                "n = {n} cannot be combined with tools ({whose}): ask for one choice, or call a pipeline without tools"
-            ),
-        ));
-    }
-    check_params(pipeline, params).map_err(|(f, m)| (f.to_string(), m))
-}
-
-/// Whether every model that may answer `pipeline` (its own, its
-/// fallbacks, a budget's downgrade) can be sent `params`. Err names the
-/// first field one cannot take, and why, for a 400.
-pub fn check_params(pipeline: &Pipeline, params: &Params) -> Result<(), (&'static str, String)> {
-    let downgrades = pipeline
-        .budget
-        .iter()
-        .chain(pipeline.global_budget.iter())
-        .filter_map(|b| match &b.on_exhausted {
-            OnExhausted::Downgrade(d) => Some((d.provider_name.as_str(), &d.provider)),
-            OnExhausted::Reject => None,
-        });
-    let models = std::iter::once((pipeline.provider_name.as_str(), &pipeline.provider))
-        .chain(
-            pipeline
-                .fallbacks
-                .iter()
-                .map(|f| (f.provider_name.as_str(), &f.provider)),
-        )
-        .chain(downgrades);
-    for (name, provider) in models {
-        if let Some(wire) = provider.wire()
-            && let Some((field, why)) = params.unsupported_by(wire)
-        {
-            return Err((
-                field,
-                format!(
-                    "\"{field}\" cannot be honoured by pipeline \"{}\": its provider \"{name}\" speaks the {} API ({why})",
-                    pipeline.name,
-                    wire.as_str()
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Records a request refused before any provider call (status
@@ -345,13 +232,15 @@ fn rejection_for(e: &ProviderError) -> Rejection {
         retry_after,
         details: None,
         rate_limit: None,
+        upstream_kind: e.kind(),
     }
 }
 
 /// Records the request in the ledger before any provider call, reserving
 /// its worst-case cost on every budget that applies; downgrades to the
 /// cheaper model when the budget says so. Err is the client's answer.
-/// `choices` answers of up to `max_tokens` each are reserved for.
+/// `choices` answers of up to `max_tokens` each are reserved for, every
+/// prompt token at its dearest (an hour-long cache write when `one_hour`).
 #[allow(clippy::too_many_arguments)]
 async fn open_in_ledger(
     cx: &RunContext,
@@ -361,6 +250,7 @@ async fn open_in_ledger(
     prompt_counted: u64,
     max_tokens: u32,
     choices: u32,
+    one_hour: bool,
     budgets: &[&Budget],
     caller: Option<&ApiKey>,
     rates: &[RateCharge],
@@ -393,9 +283,9 @@ async fn open_in_ledger(
                     // ceiling margin), billed at worst as output.
                     Some(total) if !pipeline.tools.is_empty() => {
                         let bound = tokens::completion_guard(total);
-                        p.cost(bound, 0).max(p.cost(0, bound))
+                        p.worst_input(one_hour).cost(bound, 0).max(p.cost(0, bound))
                     }
-                    _ => budget::reservation(&p, prompt_counted, max_tokens, choices),
+                    _ => budget::reservation(&p, prompt_counted, max_tokens, choices, one_hour),
                 })
                 .max()
                 .unwrap_or(0)
@@ -616,6 +506,24 @@ async fn run(
         .chain(caller.iter().flat_map(|k| k.rate_limits.iter()))
         .flat_map(|r| r.charges(worst_tokens))
         .collect();
+    // What the first call is sent: a thinking budget within max_tokens.
+    let params = match fit_thinking(&ask.params, max_tokens) {
+        Ok(p) => p,
+        Err(why) => {
+            let mut r = Rejection::new(ErrorCode::TokenCeiling, why);
+            r.details = Some(json!({"field": "thinking.budget_tokens"}));
+            Box::pin(record_invalid(
+                &cx,
+                &pipeline,
+                &req.request_id,
+                "token_ceiling",
+                req.caller.as_deref(),
+            ))
+            .await;
+            let _ = admit.send(Admission::Rejected(r));
+            return;
+        }
+    };
     let budgets: Vec<&Budget> = pipeline
         .budget
         .iter()
@@ -642,6 +550,7 @@ async fn run(
         reserve_counted,
         max_tokens,
         choices,
+        ask.params.cache_control_1h,
         &budgets,
         caller,
         &rates,
@@ -678,6 +587,7 @@ async fn run(
             .collect()
     };
     let mut tally = Tally::new(started, prompt, counted, candidates[0].price);
+    tally.one_hour = ask.params.cache_control_1h;
     // What the provider may bill as completion: every choice's.
     tally.max_tokens = u64::from(max_tokens).saturating_mul(u64::from(choices));
     tally.tool_spec_bytes = usage_check::tool_spec_bytes(&ask.tools);
@@ -693,6 +603,7 @@ async fn run(
         &cx,
         &pipeline,
         &ask,
+        params,
         &candidates,
         &req.request_id,
         max_tokens,
@@ -723,6 +634,7 @@ async fn drive(
     cx: &RunContext,
     pipeline: &Pipeline,
     ask: &Ask,
+    params: Arc<Params>,
     candidates: &[Target],
     request_id: &str,
     max_tokens: u32,
@@ -738,6 +650,7 @@ async fn drive(
         cx,
         pipeline,
         ask,
+        params,
         candidates,
         &tally.prompt,
         max_tokens,
@@ -814,14 +727,25 @@ async fn drive(
                 .await;
             (Status::Ok, reason, None)
         }
-        Ending::Failed {
-            code,
-            message,
-            finish,
-        } => {
+        ending @ (Ending::Failed { .. } | Ending::Upstream(_)) => {
+            let (code, message, finish, kind) = match ending {
+                Ending::Failed {
+                    code,
+                    message,
+                    finish,
+                } => (code, message, finish, None),
+                Ending::Upstream(e) => (ErrorCode::Upstream, e.to_string(), "error", e.kind()),
+                _ => unreachable!(),
+            };
             let status = Status::for_error(code);
             let _ = out.send(Event::Usage(Box::new(tally.usage()))).await;
-            let _ = out.send(Event::Error { code, message }).await;
+            let _ = out
+                .send(Event::Error {
+                    code,
+                    message,
+                    kind,
+                })
+                .await;
             let _ = out
                 .send(Event::Done {
                     finish_reason: finish.to_string(),

@@ -24,6 +24,9 @@ pub(super) enum Ending {
         message: String,
         finish: &'static str,
     },
+    /// The provider failed after the commit (its stream, or the call of a
+    /// later round): an `upstream` error that keeps the provider's kind.
+    Upstream(ProviderError),
     ClientClosed,
 }
 
@@ -350,11 +353,7 @@ pub(super) async fn stream_round(
                         Some(Err(e)) => {
                             drop(stream);
                             warn!(error = %e, source = ?e.source_kind(), "provider stream failed");
-                            return RoundEnd::Ended(Ending::Failed {
-                                code: ErrorCode::Upstream,
-                                message: e.to_string(),
-                                finish: "error",
-                            });
+                            return RoundEnd::Ended(Ending::Upstream(e));
                         }
                     },
                 }
@@ -508,6 +507,22 @@ pub(super) async fn stream_round(
                     finish: "error",
                 });
             }
+            // More of a call the provider said was whole: the client was
+            // told it ended, so this could only be lost or misplaced.
+            Chunk::ToolCallDelta { index, .. } if calls.ended(index) => {
+                drop(stream);
+                warn!(
+                    index,
+                    "provider sent more of a tool call it had ended; stream cut"
+                );
+                return RoundEnd::Ended(Ending::Failed {
+                    code: ErrorCode::Upstream,
+                    message:
+                        "the provider sent more of a tool call after ending it; the stream was cut"
+                            .into(),
+                    finish: "error",
+                });
+            }
             Chunk::ToolCallDelta {
                 index,
                 id,
@@ -559,6 +574,19 @@ pub(super) async fn stream_round(
                         return RoundEnd::Ended(Ending::ClientClosed);
                     }
                     keepalive_at = Instant::now() + out.keepalive;
+                }
+            }
+            Chunk::ToolCallEnd(index) => {
+                // Its arguments are whole, and so is its name: a client's
+                // call held for its name goes out, then its end.
+                let ended = calls.end(index, &for_client, &mut relay);
+                if relay_calls(out, &mut relay).await.is_err() {
+                    return RoundEnd::Ended(Ending::ClientClosed);
+                }
+                if let Some(i) = ended
+                    && out.send(Event::ToolCallEnd(i)).await.is_err()
+                {
+                    return RoundEnd::Ended(Ending::ClientClosed);
                 }
             }
             Chunk::Finish(reason) if n == 1 => {

@@ -5,8 +5,8 @@ use tokio::time::Instant;
 
 use super::events::{CountedBy, UsageReport};
 use super::usage_check::{self, Anomaly, Checked, RoundFacts};
-use crate::ledger::Price;
 use crate::ledger::money::format_usd;
+use crate::ledger::{CacheUse, Price};
 use crate::provider::{Message, Usage};
 use crate::tokens;
 
@@ -137,7 +137,10 @@ pub(crate) struct Tally {
     pub(super) spent_prompt: u64,
     pub(super) spent_completion: u64,
     /// Finished rounds' prompt-cache reads and writes, as reported.
-    pub(super) spent_cache: (u64, u64),
+    pub(super) spent_cache: CacheUse,
+    /// The request holds a one-hour cache breakpoint: writes the provider
+    /// does not split by lifetime are billed as hour-long.
+    pub(super) one_hour: bool,
     /// Finished rounds whose usage Sluice counted, and those the provider
     /// reported.
     pub(super) rounds_estimated: u32,
@@ -171,7 +174,8 @@ impl Tally {
             prompt_counted,
             spent_prompt: 0,
             spent_completion: 0,
-            spent_cache: (0, 0),
+            spent_cache: CacheUse::default(),
+            one_hour: false,
             rounds_estimated: 0,
             rounds_reported: 0,
             spent_cost: 0,
@@ -233,14 +237,13 @@ impl Tally {
         }
         self.spent_prompt = self.spent_prompt.saturating_add(p);
         self.spent_completion = self.spent_completion.saturating_add(c);
-        let (read, write) = self.round_cache();
-        let round_cost = self
-            .price
-            .map_or(0, |price| price.cost_cached(p, c, read, write));
-        self.spent_cache = (
-            self.spent_cache.0.saturating_add(read),
-            self.spent_cache.1.saturating_add(write),
-        );
+        let cache = self.round_cache();
+        let round_cost = self.price.map_or(0, |price| price.cost_cached(p, c, cache));
+        self.spent_cache = CacheUse {
+            read: self.spent_cache.read.saturating_add(cache.read),
+            write: self.spent_cache.write.saturating_add(cache.write),
+            write_1h: self.spent_cache.write_1h.saturating_add(cache.write_1h),
+        };
         if estimated {
             self.rounds_estimated += 1;
         } else {
@@ -289,10 +292,22 @@ impl Tally {
 
     /// The round in progress's prompt-cache reads and writes, as the
     /// provider reported them (a negative or absurd figure counts as 0).
-    fn round_cache(&self) -> (u64, u64) {
+    /// Writes it did not split by lifetime, in a request that asked for
+    /// the one-hour cache, count as hour-long: never billed below cost.
+    fn round_cache(&self) -> CacheUse {
         let clamp = |n: i128| u64::try_from(n).unwrap_or(0);
-        self.provider_usage.map_or((0, 0), |u| {
-            (clamp(u.cache_read_tokens), clamp(u.cache_write_tokens))
+        self.provider_usage.map_or(CacheUse::default(), |u| {
+            let write = clamp(u.cache_write_tokens);
+            let write_1h = match u.cache_write_1h_tokens {
+                Some(n) => clamp(n),
+                None if self.one_hour => write,
+                None => 0,
+            };
+            CacheUse {
+                read: clamp(u.cache_read_tokens),
+                write,
+                write_1h: write_1h.min(write),
+            }
         })
     }
 
@@ -301,18 +316,26 @@ impl Tally {
         let (p, c, estimated) = current.unwrap_or((0, 0, true));
         let prompt_tokens = self.spent_prompt.saturating_add(p);
         let completion_tokens = self.spent_completion.saturating_add(c);
-        let (read, write) = self.round_cache();
+        let cache = self.round_cache();
         // Part of the prompt: never more than it, whatever was reported.
-        let cache_read_tokens = self.spent_cache.0.saturating_add(read).min(prompt_tokens);
+        let cache_read_tokens = self
+            .spent_cache
+            .read
+            .saturating_add(cache.read)
+            .min(prompt_tokens);
         let cache_write_tokens = self
             .spent_cache
-            .1
-            .saturating_add(write)
+            .write
+            .saturating_add(cache.write)
             .min(prompt_tokens - cache_read_tokens);
-        let cost_micros = self.spent_cost.saturating_add(
-            self.price
-                .map_or(0, |price| price.cost_cached(p, c, read, write)),
-        );
+        let cache_write_1h_tokens = self
+            .spent_cache
+            .write_1h
+            .saturating_add(cache.write_1h)
+            .min(cache_write_tokens);
+        let cost_micros = self
+            .spent_cost
+            .saturating_add(self.price.map_or(0, |price| price.cost_cached(p, c, cache)));
         let (by_sluice, by_provider) = match current {
             Some((_, _, true)) => (self.rounds_estimated + 1, self.rounds_reported),
             Some((_, _, false)) => (self.rounds_estimated, self.rounds_reported + 1),
@@ -333,6 +356,7 @@ impl Tally {
             cost_usd: format_usd(cost_micros),
             cache_read_tokens,
             cache_write_tokens,
+            cache_write_1h_tokens,
         }
     }
 }

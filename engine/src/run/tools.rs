@@ -239,11 +239,27 @@ pub(super) async fn stream_body(
                 max_tokens.min(u32::try_from(total - used - prompt_bound).unwrap_or(u32::MAX));
         }
 
+        // A squeezed call thinks with a smaller budget; one left too
+        // little to think at all ends the answer as the token budget does.
+        let params = match super::fit_thinking(&after_tools(&ask.params), max_tokens) {
+            Ok(p) => p,
+            Err(why) => {
+                info!(
+                    max_tokens,
+                    "too few tokens left for extended thinking in another round"
+                );
+                return Ending::Failed {
+                    code: ErrorCode::TokenCeiling,
+                    message: why,
+                    finish: "length",
+                };
+            }
+        };
         tally.max_tokens = u64::from(max_tokens);
         let preq = ProviderRequest {
             model: target.model.clone(),
             messages: tally.prompt.clone(),
-            params: after_tools(&ask.params),
+            params,
             max_tokens,
             connect_timeout: t.connect.min(t.first_token),
             tools: ask.tools.clone(),
@@ -265,11 +281,7 @@ pub(super) async fn stream_body(
             }
             Ok(Err(e)) => {
                 warn!(error = %e, round = round + 1, "provider call after tool results failed");
-                return Ending::Failed {
-                    code: ErrorCode::Upstream,
-                    message: e.to_string(),
-                    finish: "error",
-                };
+                return Ending::Upstream(e);
             }
             Err(_) => {
                 let (code, message) = if first_deadline == out.total_deadline {

@@ -118,6 +118,7 @@ fn a_tally_bills_each_round_within_its_bounds_and_keeps_the_reasons() {
         output_per_m: i64::MAX,
         cached_input_per_m: i64::MAX,
         cache_write_per_m: i64::MAX,
+        cache_write_1h_per_m: i64::MAX,
     };
     let mut tally = super::super::Tally::new(
         tokio::time::Instant::now(),

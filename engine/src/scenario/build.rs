@@ -524,6 +524,7 @@ impl Cx {
                 Fault::EchoKeyStatus(s.value as u16)
             }
             RawFault::EchoKeyEventAfter(n) => Fault::EchoKeyEventAfter(n.value as usize),
+            RawFault::EchoKeyModel => Fault::EchoKeyModel,
             RawFault::TextAfterFinish(d) => Fault::TextAfterFinish {
                 text: delta_text(d),
                 count: d.count.as_ref().map(|c| c.value as usize),

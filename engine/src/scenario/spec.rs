@@ -141,6 +141,8 @@ pub enum RawFault {
     EchoKeyStatus(Spanned<u64>),
     /// `echo_key_event_after: 3`
     EchoKeyEventAfter(Spanned<u64>),
+    /// `echo_key_model`
+    EchoKeyModel,
     /// `text_after_finish: {text: " more", count: 5}` (`count` omitted: forever)
     TextAfterFinish(RawDeltas),
     /// `slow_drip: {head: 1s, body: 10ms}`

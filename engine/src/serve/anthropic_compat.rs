@@ -5,43 +5,53 @@
 //! `/v1/pipelines/{name}`. Errors use Anthropic's error shape; a failure
 //! after the stream started is an `error` event, which the SDKs raise.
 //!
-//! One encoder turns run events into Messages stream events; a streaming
-//! answer writes them as SSE, and a non-streaming answer is those same
-//! events assembled into one `message` ([`Assembled`]), so the two cannot
-//! disagree.
+//! One encoder (`anthropic_stream.rs`) turns run events into Messages
+//! stream events; a streaming answer writes them as SSE, and a
+//! non-streaming answer is those same events assembled into one `message`
+//! ([`Assembled`]), so the two cannot disagree.
 
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::{Value, json};
-use tracing::warn;
+use serde_json::json;
 
 use super::anthropic_request::{self, Endpoint, MessagesRequest};
+use super::anthropic_stream::{Assembled, MessagesEncoder};
 use super::openai_compat::check_with_pipeline;
 use super::sse::EventBody;
 use super::{ResponseBody, Shared, json_response, read_json_body};
 use crate::auth::ApiKey;
-use crate::run::{
-    self, Admission, ErrorCode, Event, EventReceiver, RunRequest, ToolCallDelta, UsageReport,
-};
+use crate::compile::clients::FieldNames;
+use crate::provider::ErrorKind;
+use crate::run::{self, Admission, ErrorCode, Event, EventReceiver, RunRequest};
 use crate::tokens;
 
 /// An Anthropic-shaped error: `{"type":"error","error":{...},"request_id"}`.
 fn anthropic_error(status: StatusCode, message: &str, request_id: &str) -> Response<ResponseBody> {
+    anthropic_error_of(status, None, message, request_id)
+}
+
+/// [`anthropic_error`] of the provider's own kind, when it named one.
+fn anthropic_error_of(
+    status: StatusCode,
+    kind: Option<ErrorKind>,
+    message: &str,
+    request_id: &str,
+) -> Response<ResponseBody> {
+    let kind = kind.map_or_else(|| error_type(status), ErrorKind::as_str);
     json_response(
         status,
         json!({
             "type": "error",
-            "error": {"type": error_type(status), "message": message},
+            "error": {"type": kind, "message": message},
             "request_id": request_id,
         }),
     )
 }
 
 /// Anthropic's error type for an HTTP status.
-fn error_type(status: StatusCode) -> &'static str {
+pub(super) fn error_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 | 405 | 408 | 411 | 415 => "invalid_request_error",
         401 => "authentication_error",
@@ -56,7 +66,7 @@ fn error_type(status: StatusCode) -> &'static str {
 }
 
 /// The HTTP status of a Sluice error code on this route.
-fn status_of(code: ErrorCode) -> StatusCode {
+pub(super) fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         c if c.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
         // The budget, or the provider's own rate limit: retry later.
@@ -69,31 +79,6 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_GATEWAY,
     }
-}
-
-/// Sluice's finish reason (and whether the model refused) as Anthropic's
-/// `stop_reason`.
-fn stop_reason(finish: &str, refused: bool) -> &'static str {
-    match finish {
-        "stop" if refused => "refusal",
-        "length" | "tool_limit" => "max_tokens",
-        "tool_calls" => "tool_use",
-        "content_filter" => "refusal",
-        // The provider paused a long turn; the client continues it.
-        "pause_turn" => "pause_turn",
-        _ => "end_turn",
-    }
-}
-
-/// Usage in Anthropic's terms: `input_tokens` excludes the cached part.
-fn usage_json(u: &UsageReport) -> Value {
-    let cached = u.cache_read_tokens.saturating_add(u.cache_write_tokens);
-    json!({
-        "input_tokens": u.prompt_tokens.saturating_sub(cached),
-        "output_tokens": u.completion_tokens,
-        "cache_read_input_tokens": u.cache_read_tokens,
-        "cache_creation_input_tokens": u.cache_write_tokens,
-    })
 }
 
 /// Reads the body and finds the pipeline: the request, or the error answer.
@@ -126,9 +111,11 @@ async fn read(
             request_id,
         ));
     };
-    if let Err(e) = check_with_pipeline(&pipeline, &msg.tools, &msg.params, &msg.messages, &|i| {
-        format!("tools[{i}].name")
-    }) {
+    let names = FieldNames {
+        cache_control: msg.cache_control_at.clone(),
+        ..FieldNames::messages()
+    };
+    if let Err(e) = check_with_pipeline(&pipeline, &msg.tools, &msg.params, &msg.messages, &names) {
         run::record_invalid(
             &shared.run,
             &pipeline,
@@ -245,7 +232,8 @@ async fn answer(
     let rx = match admission.await {
         Ok(Admission::Streaming(rx)) => rx,
         Ok(Admission::Rejected(r)) => {
-            let mut resp = anthropic_error(status_of(r.code), &r.message, request_id);
+            let mut resp =
+                anthropic_error_of(status_of(r.code), r.upstream_kind, &r.message, request_id);
             super::set_retry_after(&mut resp, r.retry_after);
             super::set_rate_headers(
                 &mut resp,
@@ -280,18 +268,22 @@ async fn collect(
     let mut events = Vec::new();
     let mut failure = None;
     while let Some(ev) = rx.recv().await {
-        if let Event::Error { code, message } = &ev
+        if let Event::Error {
+            code,
+            message,
+            kind,
+        } = &ev
             && *code != ErrorCode::TokenCeiling
         {
-            failure = Some((*code, message.clone()));
+            failure = Some((*code, message.clone(), *kind));
         }
         encoder.on(ev, &mut events);
         for (_, data) in events.drain(..) {
             assembled.apply(data);
         }
     }
-    if let Some((code, message)) = failure {
-        return anthropic_error(status_of(code), &message, request_id);
+    if let Some((code, message, kind)) = failure {
+        return anthropic_error_of(status_of(code), kind, &message, request_id);
     }
     match assembled.message {
         Some(m) => json_response(StatusCode::OK, m),
@@ -342,350 +334,3 @@ pub(super) async fn count_tokens(
     };
     with_request_id(resp, request_id)
 }
-
-/// The content block being streamed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Open {
-    None,
-    Text,
-    /// `signed` once its signature came: more reasoning opens a new block.
-    Thinking {
-        signed: bool,
-    },
-    /// The client's tool call of this index.
-    ToolUse(u32),
-}
-
-/// Run events as Messages stream events (`message_start`, content blocks
-/// with increasing indexes, `message_delta`, `message_stop`).
-pub struct MessagesEncoder {
-    id: String,
-    model: String,
-    /// Index of the next content block.
-    next_index: u32,
-    open: Open,
-    /// The client's calls that started while another call's block was
-    /// open: (index, id, name, arguments so far), sent whole once the
-    /// calls are over.
-    held: Vec<(u32, String, String, String)>,
-    usage: Option<UsageReport>,
-    /// The model refused (OpenAI's `refusal`): its words are text and the
-    /// stop reason says so.
-    refused: bool,
-    /// The stop sequence the answer stopped on, when the provider said.
-    stop_sequence: Option<String>,
-    failed: bool,
-}
-
-/// One stream event: its name and data (the data's `type` is the name).
-type Out = Vec<(&'static str, Value)>;
-
-impl MessagesEncoder {
-    fn new(id: String, model: String) -> Self {
-        MessagesEncoder {
-            id,
-            model,
-            next_index: 0,
-            open: Open::None,
-            held: Vec::new(),
-            usage: None,
-            refused: false,
-            stop_sequence: None,
-            failed: false,
-        }
-    }
-
-    fn close(&mut self, out: &mut Out) {
-        if self.open != Open::None {
-            let index = self.next_index - 1;
-            out.push((
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": index}),
-            ));
-            self.open = Open::None;
-        }
-    }
-
-    /// Closes the open block and starts `block` as the next one.
-    fn start(&mut self, open: Open, block: Value, out: &mut Out) {
-        self.close(out);
-        out.push((
-            "content_block_start",
-            json!({"type": "content_block_start", "index": self.next_index, "content_block": block}),
-        ));
-        self.next_index += 1;
-        self.open = open;
-    }
-
-    fn delta(&self, delta: Value, out: &mut Out) {
-        out.push((
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": self.next_index - 1, "delta": delta}),
-        ));
-    }
-
-    /// A piece of the client's tool calls. Providers may interleave the
-    /// pieces of parallel calls, which Messages blocks cannot: the first
-    /// call streams in its block as it comes, a call that starts while it
-    /// is open is held and sent whole (in one `input_json_delta`) when the
-    /// calls are over, so no piece is ever lost or misplaced.
-    fn tool_piece(&mut self, d: ToolCallDelta, out: &mut Out) {
-        let ToolCallDelta {
-            index,
-            id,
-            name,
-            arguments,
-        } = d;
-        if let Some(id) = id {
-            let name = name.unwrap_or_default();
-            if matches!(self.open, Open::ToolUse(_)) || !self.held.is_empty() {
-                self.held.push((index, id, name, arguments));
-                return;
-            }
-            self.start(
-                Open::ToolUse(index),
-                json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
-                out,
-            );
-        } else if let Some(held) = self.held.iter_mut().find(|h| h.0 == index) {
-            held.3.push_str(&arguments);
-            return;
-        } else if self.open != Open::ToolUse(index) {
-            // Only after text came between two pieces of one call, which
-            // no provider does.
-            warn!(
-                index,
-                "a tool call's arguments came after its block ended; dropped"
-            );
-            return;
-        }
-        if !arguments.is_empty() {
-            self.delta(
-                json!({"type": "input_json_delta", "partial_json": arguments}),
-                out,
-            );
-        }
-    }
-
-    /// Ends the streamed call's block and sends the held calls whole.
-    fn flush_calls(&mut self, out: &mut Out) {
-        if matches!(self.open, Open::ToolUse(_)) {
-            self.close(out);
-        }
-        for (index, id, name, arguments) in std::mem::take(&mut self.held) {
-            self.start(
-                Open::ToolUse(index),
-                json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
-                out,
-            );
-            if !arguments.is_empty() {
-                self.delta(
-                    json!({"type": "input_json_delta", "partial_json": arguments}),
-                    out,
-                );
-            }
-            self.close(out);
-        }
-    }
-
-    fn text(&mut self, text: String, out: &mut Out) {
-        self.flush_calls(out);
-        if self.open != Open::Text {
-            self.start(Open::Text, json!({"type": "text", "text": ""}), out);
-        }
-        self.delta(json!({"type": "text_delta", "text": text}), out);
-    }
-
-    fn thinking_block(&mut self, out: &mut Out) {
-        self.flush_calls(out);
-        if self.open != (Open::Thinking { signed: false }) {
-            self.start(
-                Open::Thinking { signed: false },
-                json!({"type": "thinking", "thinking": "", "signature": ""}),
-                out,
-            );
-        }
-    }
-
-    pub(super) fn on(&mut self, ev: Event, out: &mut Out) {
-        match ev {
-            Event::Start(start) => {
-                // The model that answers, as its provider names it.
-                self.model = start.model;
-                out.push((
-                    "message_start",
-                    json!({"type": "message_start", "message": {
-                        "id": self.id, "type": "message", "role": "assistant", "model": self.model,
-                        "content": [], "stop_reason": null, "stop_sequence": null,
-                        // Sluice's estimate; the provider's count comes
-                        // with message_delta.
-                        "usage": {"input_tokens": start.prompt_tokens, "output_tokens": 0,
-                                  "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
-                    }}),
-                ));
-            }
-            Event::Delta(text) => self.text(text, out),
-            Event::Refusal(text) => {
-                self.refused = true;
-                self.text(text, out);
-            }
-            Event::Reasoning(text) => {
-                self.thinking_block(out);
-                self.delta(json!({"type": "thinking_delta", "thinking": text}), out);
-            }
-            Event::ReasoningSignature(signature) => {
-                self.thinking_block(out);
-                self.delta(
-                    json!({"type": "signature_delta", "signature": signature}),
-                    out,
-                );
-                self.open = Open::Thinking { signed: true };
-            }
-            Event::RedactedReasoning(data) => {
-                self.flush_calls(out);
-                self.start(
-                    Open::Thinking { signed: true },
-                    json!({"type": "redacted_thinking", "data": data}),
-                    out,
-                );
-                self.close(out);
-            }
-            Event::ToolCallDelta(d) => self.tool_piece(*d, out),
-            Event::Usage(u) => self.usage = Some(*u),
-            // A cut at the ceiling is an answer: stop_reason max_tokens.
-            Event::Error {
-                code: ErrorCode::TokenCeiling,
-                ..
-            } => {}
-            Event::Error { code, message } => {
-                self.failed = true;
-                let kind = error_type(status_of(code));
-                out.push((
-                    "error",
-                    json!({"type": "error", "error": {"type": kind, "message": message}}),
-                ));
-            }
-            Event::Done { finish_reason } => {
-                if self.failed {
-                    return;
-                }
-                self.flush_calls(out);
-                self.close(out);
-                let usage = self.usage.as_ref().map_or(Value::Null, usage_json);
-                let (reason, matched) = match self.stop_sequence.take() {
-                    Some(s) if finish_reason == "stop" && !self.refused => {
-                        ("stop_sequence", Value::String(s))
-                    }
-                    _ => (stop_reason(&finish_reason, self.refused), Value::Null),
-                };
-                out.push((
-                    "message_delta",
-                    json!({"type": "message_delta",
-                           "delta": {"stop_reason": reason, "stop_sequence": matched},
-                           "usage": usage}),
-                ));
-                out.push(("message_stop", json!({"type": "message_stop"})));
-            }
-            Event::KeepAlive => out.push(("ping", json!({"type": "ping"}))),
-            Event::StopSequence(s) => self.stop_sequence = Some(s),
-            // The pipeline's own tools run inside Sluice: the client sees
-            // their effect in the answer. The client's calls came as
-            // `ToolCallDelta`s.
-            Event::ToolCall(_) | Event::ToolResult(_) => {}
-            // The Messages API has neither `n` nor logprobs: its requests
-            // never ask for them.
-            Event::Choice(_) | Event::ChoiceDone { .. } | Event::Logprobs(_) => {}
-        }
-    }
-}
-
-impl super::sse::Encoder for MessagesEncoder {
-    fn encode(&mut self, ev: Event, buf: &mut BytesMut) {
-        let mut out = Vec::new();
-        self.on(ev, &mut out);
-        for (name, data) in out {
-            buf.put_slice(b"event: ");
-            buf.put_slice(name.as_bytes());
-            buf.put_slice(b"\ndata: ");
-            if serde_json::to_writer(buf.writer(), &data).is_err() {
-                buf.put_slice(b"{}");
-            }
-            buf.put_slice(b"\n\n");
-        }
-    }
-}
-
-/// A `message` assembled from stream events, as the SDKs assemble one.
-#[derive(Default)]
-struct Assembled {
-    message: Option<Value>,
-    /// Each tool_use block's streamed input JSON, by block index.
-    inputs: std::collections::BTreeMap<usize, String>,
-}
-
-impl Assembled {
-    fn apply(&mut self, ev: Value) {
-        if ev["type"] == "message_start" {
-            self.message = Some(ev["message"].clone());
-            return;
-        }
-        let Some(m) = self.message.as_mut() else {
-            return;
-        };
-        let index = ev["index"].as_u64().unwrap_or(0) as usize;
-        match ev["type"].as_str() {
-            Some("content_block_start") => {
-                if let Some(content) = m["content"].as_array_mut() {
-                    content.push(ev["content_block"].clone());
-                }
-            }
-            Some("content_block_delta") => {
-                let block = &mut m["content"][index];
-                let d = &ev["delta"];
-                // In place: rebuilding the string per delta was quadratic.
-                let append = |block: &mut Value, key: &str, more: &Value| {
-                    let more = more.as_str().unwrap_or_default();
-                    match &mut block[key] {
-                        Value::String(s) => s.push_str(more),
-                        slot => *slot = json!(more),
-                    }
-                };
-                match d["type"].as_str() {
-                    Some("text_delta") => append(block, "text", &d["text"]),
-                    Some("thinking_delta") => append(block, "thinking", &d["thinking"]),
-                    Some("signature_delta") => append(block, "signature", &d["signature"]),
-                    Some("input_json_delta") => self
-                        .inputs
-                        .entry(index)
-                        .or_default()
-                        .push_str(d["partial_json"].as_str().unwrap_or_default()),
-                    _ => {}
-                }
-            }
-            Some("content_block_stop") => {
-                if let Some(json) = self.inputs.remove(&index) {
-                    // What the model wrote; text when it is not JSON.
-                    m["content"][index]["input"] = match serde_json::from_str::<Value>(&json) {
-                        Ok(v) => v,
-                        Err(_) if json.trim().is_empty() => json!({}),
-                        Err(_) => json!(json),
-                    };
-                }
-            }
-            Some("message_delta") => {
-                m["stop_reason"] = ev["delta"]["stop_reason"].clone();
-                m["stop_sequence"] = ev["delta"]["stop_sequence"].clone();
-                if let Some(u) = ev["usage"].as_object() {
-                    for (k, v) in u {
-                        m["usage"][k] = v.clone();
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-#[cfg(test)]
-#[path = "anthropic_compat_tests.rs"]
-mod tests;

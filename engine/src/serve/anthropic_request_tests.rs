@@ -1,4 +1,8 @@
+//! Tests of `anthropic_request.rs` (and the blocks it reads with
+//! `anthropic_blocks.rs`).
+
 use super::*;
+use crate::provider::Part;
 
 fn parse_ok(v: Value) -> MessagesRequest {
     match parse(v.to_string().as_bytes(), Endpoint::Messages) {

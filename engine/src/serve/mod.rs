@@ -4,8 +4,10 @@
 //! SSE, and graceful shutdown. A request's work runs in `run`; this module
 //! only waits for its admission and forwards its events.
 
+mod anthropic_blocks;
 mod anthropic_compat;
 mod anthropic_request;
+mod anthropic_stream;
 mod auth;
 mod conn;
 mod openai_compat;
@@ -58,7 +60,7 @@ pub enum ResponseBody {
     /// `/v1/chat/completions` streaming: OpenAI chunks.
     Chat(sse::EventBody<openai_compat::ChatEncoder>),
     /// `/v1/messages` streaming: Anthropic's stream events.
-    Messages(sse::EventBody<anthropic_compat::MessagesEncoder>),
+    Messages(sse::EventBody<anthropic_stream::MessagesEncoder>),
 }
 
 impl http_body::Body for ResponseBody {
@@ -433,6 +435,7 @@ async fn collect_response(mut rx: EventReceiver, request_id: &str) -> Response<R
             Event::Delta(t) => text.push_str(&t),
             Event::Refusal(t) => refusal.push_str(&t),
             Event::ToolCallDelta(_)
+            | Event::ToolCallEnd(_)
             | Event::Reasoning(_)
             | Event::ReasoningSignature(_)
             | Event::RedactedReasoning(_)
@@ -441,7 +444,7 @@ async fn collect_response(mut rx: EventReceiver, request_id: &str) -> Response<R
             | Event::Logprobs(_)
             | Event::StopSequence(_) => {}
             Event::Usage(u) => usage = serde_json::to_value(u).unwrap_or_default(),
-            Event::Error { code, message } => error = Some((code, message)),
+            Event::Error { code, message, .. } => error = Some((code, message)),
             Event::Done { finish_reason } => finish = finish_reason,
             Event::KeepAlive => {}
         }

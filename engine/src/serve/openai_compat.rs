@@ -17,6 +17,7 @@ use super::sse::EventBody;
 use super::{ResponseBody, Shared, json_response, read_json_body};
 use crate::auth::ApiKey;
 use crate::compile::Pipeline;
+use crate::compile::clients::FieldNames;
 use crate::provider::{Message, Params, ToolChoice, ToolSpec};
 use crate::run::{
     self, Admission, ErrorCode, Event, EventReceiver, Rejection, RunRequest, ToolCallDelta,
@@ -95,7 +96,7 @@ pub(super) fn check_with_pipeline(
     tools: &[ToolSpec],
     params: &Params,
     messages: &[Message],
-    name_field: &dyn Fn(usize) -> String,
+    names: &FieldNames,
 ) -> Result<(), Invalid> {
     for (i, t) in tools.iter().enumerate() {
         if pipeline.tools.iter().any(|own| own.name() == t.name) {
@@ -104,7 +105,7 @@ pub(super) fn check_with_pipeline(
                     "pipeline \"{}\" has a tool of its own named \"{}\"; give yours another name",
                     pipeline.name, t.name
                 ),
-                Some(&name_field(i)),
+                Some(&names.tool_name(i)),
             ));
         }
     }
@@ -125,25 +126,43 @@ pub(super) fn check_with_pipeline(
             Some("tool_choice"),
         ));
     }
-    if no_tools && params.parallel_tool_calls.is_some() {
+    // Anthropic takes extended thinking with tool_choice auto or none
+    // only: refused here, not as the provider's 400 relayed as a 502.
+    if params.thinking.is_some()
+        && matches!(
+            params.tool_choice,
+            Some(ToolChoice::Required | ToolChoice::Tool(_))
+        )
+    {
+        let field = names.field("tool_choice");
         return Err(invalid(
-            "parallel_tool_calls is only allowed when tools are offered",
-            Some("parallel_tool_calls"),
+            format!(
+                "{field}: a forced tool choice cannot be combined with thinking; with thinking the model may only be left to choose (auto) or told to call none"
+            ),
+            Some(&field),
+        ));
+    }
+    if no_tools && params.parallel_tool_calls.is_some() {
+        let field = names.field("parallel_tool_calls");
+        return Err(invalid(
+            format!("{field} is only allowed when tools are offered"),
+            Some(&field),
         ));
     }
     if let Some(ToolChoice::Tool(name)) = &params.tool_choice
         && !tools.iter().any(|t| &t.name == name)
         && !pipeline.tools.iter().any(|t| t.name() == name)
     {
+        let field = names.chosen_tool();
         return Err(invalid(
             format!(
-                "tool_choice names \"{name}\", which is neither among the request's tools nor pipeline \"{}\"'s",
+                "{field} names \"{name}\", which is neither among the request's tools nor pipeline \"{}\"'s",
                 pipeline.name
             ),
-            Some("tool_choice"),
+            Some(field),
         ));
     }
-    run::check_request(pipeline, params, tools, messages)
+    run::check_request(pipeline, params, tools, messages, names)
         .map_err(|(field, message)| invalid(message, Some(&field)))
 }
 
@@ -228,7 +247,7 @@ pub(super) async fn chat_completions(
         &run_request.tools,
         &run_request.params,
         &run_request.messages,
-        &|i| format!("tools[{i}].function.name"),
+        &FieldNames::default(),
     ) {
         run::record_invalid(
             &shared.run,
@@ -428,7 +447,7 @@ async fn collect(
                 }
             }
             Event::Usage(u) => usage = Some(*u),
-            Event::Error { code, message } => error = Some((code, message)),
+            Event::Error { code, message, .. } => error = Some((code, message)),
             Event::Done { finish_reason } => finish = finish_reason,
             _ => {}
         }
@@ -568,7 +587,7 @@ impl ChatEncoder {
                 self.chunk(buf, json!({ "tool_calls": [call] }), None);
             }
             Event::Usage(u) => self.usage = Some(*u),
-            Event::Error { code, message } if code != ErrorCode::TokenCeiling => {
+            Event::Error { code, message, .. } if code != ErrorCode::TokenCeiling => {
                 // The SDKs raise an APIError for a chunk carrying `error`.
                 self.failed = true;
                 let (_, kind) = status_of(code);
@@ -605,8 +624,10 @@ impl ChatEncoder {
             // The pipeline's own tools run inside Sluice: the client sees
             // their effect in the answer. The client's calls came as
             // `ToolCallDelta`s.
-            // Reasoning is not part of Chat Completions' answer.
+            // Reasoning is not part of Chat Completions' answer, and a
+            // call's pieces need no end of their own.
             Event::ToolCall(_)
+            | Event::ToolCallEnd(_)
             | Event::ToolResult(_)
             | Event::Error { .. }
             | Event::Reasoning(_)

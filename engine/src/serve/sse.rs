@@ -50,6 +50,7 @@ pub fn encode(ev: &Event, id: u64, buf: &mut BytesMut) {
         // (Nor do its requests ask for several choices or for logprobs.)
         // A matched stop sequence is `done` with `stop`.
         Event::ToolCallDelta(_)
+        | Event::ToolCallEnd(_)
         | Event::Reasoning(_)
         | Event::ReasoningSignature(_)
         | Event::RedactedReasoning(_)
@@ -60,7 +61,7 @@ pub fn encode(ev: &Event, id: u64, buf: &mut BytesMut) {
         Event::ToolCall(call) => write_event(buf, "tool_call", id, call),
         Event::ToolResult(result) => write_event(buf, "tool_result", id, result),
         Event::Usage(u) => write_event::<UsageReport>(buf, "usage", id, u),
-        Event::Error { code, message } => write_event(
+        Event::Error { code, message, .. } => write_event(
             buf,
             "error",
             id,
@@ -190,6 +191,7 @@ mod tests {
             &Event::Error {
                 code: ErrorCode::TimeoutIdle,
                 message: "x".into(),
+                kind: None,
             },
             9,
             &mut buf,

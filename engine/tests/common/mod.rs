@@ -352,3 +352,138 @@ pub async fn serve_chat(
         .await
         .expect("server starts")
 }
+
+/// A `/v1/messages` request with the headers an Anthropic SDK sends.
+pub async fn post_messages(addr: SocketAddr, body: &serde_json::Value) -> Response<Incoming> {
+    let mut req = post_json("/v1/messages", &body.to_string());
+    let h = req.headers_mut();
+    h.insert("anthropic-version", "2023-06-01".parse().unwrap());
+    h.insert("x-request-id", "req-fixed".parse().unwrap());
+    send(addr, req).await
+}
+
+/// The error object of an Anthropic-shaped error answer of `status`.
+pub async fn anthropic_error_of(resp: Response<Incoming>, status: u16) -> serde_json::Value {
+    assert_eq!(resp.status(), status);
+    let body = body_json(resp).await;
+    assert_eq!(body["type"], "error", "{body}");
+    body["error"].clone()
+}
+
+/// The shop database's `lookup_order` tool, as a pipeline declares it.
+pub const LOOKUP_TOOL: &str = r#"tools:
+  - name: lookup_order
+    description: Look up one order by its id
+    parameters:
+      type: object
+      properties: {order_id: {type: integer, minimum: 1}}
+      required: [order_id]
+    sql: {database: shop, query: "SELECT id, status FROM orders WHERE id = :order_id"}
+"#;
+
+/// An Anthropic stream of `blocks` (each a start block and its deltas),
+/// ended with `stop_reason` and `usage` (whose `input_tokens` the
+/// `message_start` announces).
+pub fn anthropic_reply(
+    blocks: &[(serde_json::Value, Vec<serde_json::Value>)],
+    stop_reason: &str,
+    usage: serde_json::Value,
+) -> Reply {
+    let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut out = ev(
+        "message_start",
+        serde_json::json!({"type": "message_start", "message": {"id": "msg_up", "type": "message", "role": "assistant",
+            "model": "claude-x", "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}}),
+    );
+    for (i, (start, deltas)) in blocks.iter().enumerate() {
+        out += &ev(
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": i, "content_block": start}),
+        );
+        for d in deltas {
+            out += &ev(
+                "content_block_delta",
+                serde_json::json!({"type": "content_block_delta", "index": i, "delta": d}),
+            );
+        }
+        out += &ev(
+            "content_block_stop",
+            serde_json::json!({"type": "content_block_stop", "index": i}),
+        );
+    }
+    out += &ev(
+        "message_delta",
+        serde_json::json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": usage}),
+    );
+    out += &ev("message_stop", serde_json::json!({"type": "message_stop"}));
+    Reply::recorded(out)
+}
+
+/// The message a client assembles from the events, as the SDKs do
+/// (message_delta's usage fields replace message_start's).
+pub fn assemble_message(events: &[(String, serde_json::Value)]) -> serde_json::Value {
+    let mut m = serde_json::Value::Null;
+    let mut json_input: std::collections::BTreeMap<usize, String> = Default::default();
+    let mut open: Option<usize> = None;
+    for (name, d) in events {
+        let i = d["index"].as_u64().unwrap_or(0) as usize;
+        match name.as_str() {
+            "message_start" => m = d["message"].clone(),
+            "content_block_start" => {
+                assert_eq!(open, None, "block {i} started while another is open");
+                assert_eq!(
+                    i,
+                    m["content"].as_array().unwrap().len(),
+                    "index out of order"
+                );
+                m["content"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(d["content_block"].clone());
+                open = Some(i);
+            }
+            "content_block_delta" => {
+                assert_eq!(open, Some(i), "delta for a block that is not open");
+                let b = &mut m["content"][i];
+                let delta = &d["delta"];
+                let mut add = |key: &str, more: &serde_json::Value| {
+                    let s = format!("{}{}", b[key].as_str().unwrap(), more.as_str().unwrap());
+                    b[key] = serde_json::json!(s);
+                };
+                match delta["type"].as_str().unwrap() {
+                    "text_delta" => add("text", &delta["text"]),
+                    "thinking_delta" => add("thinking", &delta["thinking"]),
+                    "signature_delta" => add("signature", &delta["signature"]),
+                    "input_json_delta" => json_input
+                        .entry(i)
+                        .or_default()
+                        .push_str(delta["partial_json"].as_str().unwrap()),
+                    other => panic!("unknown delta {other}"),
+                }
+            }
+            "content_block_stop" => {
+                assert_eq!(open, Some(i));
+                open = None;
+                if let Some(j) = json_input.remove(&i) {
+                    m["content"][i]["input"] = if j.is_empty() {
+                        serde_json::json!({})
+                    } else {
+                        serde_json::from_str(&j).unwrap()
+                    };
+                }
+            }
+            "message_delta" => {
+                assert_eq!(open, None, "a block is left open");
+                m["stop_reason"] = d["delta"]["stop_reason"].clone();
+                m["stop_sequence"] = d["delta"]["stop_sequence"].clone();
+                for (k, v) in d["usage"].as_object().unwrap() {
+                    m["usage"][k] = v.clone();
+                }
+            }
+            "message_stop" | "ping" => {}
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    m
+}

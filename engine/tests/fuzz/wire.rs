@@ -248,7 +248,7 @@ fn openai_chunks_decode_to_values() {
         }
         if typed && has_error {
             prop_assert!(
-                matches!(res, Err(ProviderError::InStream(_))),
+                matches!(res, Err(ProviderError::InStream { .. })),
                 "an error chunk gave {res:?}"
             );
         }
@@ -439,7 +439,7 @@ fn anthropic_streams_decode_to_values() {
                 // Without its SSE name an event is what its `type` says.
                 "error" if sse_name.is_some() || as_str(get(&data, "type")) == Some("error") => {
                     prop_assert!(
-                        matches!(res, Err(ProviderError::InStream(_))),
+                        matches!(res, Err(ProviderError::InStream { .. })),
                         "an error event gave {res:?}"
                     )
                 }

@@ -23,6 +23,7 @@ fn usage() -> Event {
         cost_usd: "0".into(),
         cache_read_tokens: 60,
         cache_write_tokens: 10,
+        cache_write_1h_tokens: 4,
     }))
 }
 
@@ -118,7 +119,8 @@ fn thinking_then_text_then_tools_get_increasing_indexes() {
     assert_eq!(m["model"], "m-1");
     assert_eq!(
         m["usage"],
-        json!({"input_tokens": 30, "output_tokens": 9, "cache_read_input_tokens": 60, "cache_creation_input_tokens": 10})
+        json!({"input_tokens": 30, "output_tokens": 9, "cache_read_input_tokens": 60, "cache_creation_input_tokens": 10,
+               "cache_creation": {"ephemeral_5m_input_tokens": 6, "ephemeral_1h_input_tokens": 4}})
     );
 }
 
@@ -195,6 +197,7 @@ fn a_failure_is_an_error_event_and_nothing_after() {
         Event::Error {
             code: ErrorCode::TimeoutIdle,
             message: "silent".into(),
+            kind: None,
         },
         Event::Done {
             finish_reason: "error".into(),
@@ -212,6 +215,7 @@ fn a_failure_is_an_error_event_and_nothing_after() {
         Event::Error {
             code: ErrorCode::TokenCeiling,
             message: "cut".into(),
+            kind: None,
         },
         Event::Done {
             finish_reason: "length".into(),
@@ -219,6 +223,20 @@ fn a_failure_is_an_error_event_and_nothing_after() {
     ]);
     assert_eq!(events.last().unwrap()["type"], "message_stop");
     assert_eq!(m.unwrap()["stop_reason"], "max_tokens");
+    // The provider's own kind of error is kept (not api_error).
+    let (events, _) = run(vec![
+        start(),
+        Event::Delta("par".into()),
+        Event::Error {
+            code: ErrorCode::Upstream,
+            message: "provider sent an error in the stream: overloaded_error: Overloaded".into(),
+            kind: Some(crate::provider::ErrorKind::Overloaded),
+        },
+        Event::Done {
+            finish_reason: "error".into(),
+        },
+    ]);
+    assert_eq!(events.last().unwrap()["error"]["type"], "overloaded_error");
 }
 
 #[test]
@@ -282,6 +300,108 @@ fn interleaved_parallel_calls_lose_no_piece() {
     );
 }
 
+/// An OpenAI-compatible provider may send text between two pieces of one
+/// call's arguments: the call's block stays open for the rest, and the
+/// text follows the calls.
+#[test]
+fn text_between_pieces_of_one_call_follows_the_calls() {
+    let (events, m) = run(vec![
+        start(),
+        Event::Delta("Checking.".into()),
+        call(0, Some("c0"), "{\"city\":"),
+        Event::Delta(" One moment.".into()),
+        call(0, None, "\"Oslo\"}"),
+        call(1, Some("c1"), "{\"city\":"),
+        Event::Reasoning("and Rome".into()),
+        call(1, None, "\"Rome\"}"),
+        Event::Done {
+            finish_reason: "tool_calls".into(),
+        },
+    ]);
+    let m = m.unwrap();
+    assert_eq!(
+        m["content"],
+        json!([
+            {"type": "text", "text": "Checking."},
+            {"type": "tool_use", "id": "c0", "name": "tool0", "input": {"city": "Oslo"}},
+            {"type": "tool_use", "id": "c1", "name": "tool1", "input": {"city": "Rome"}},
+            {"type": "text", "text": " One moment."},
+            {"type": "thinking", "thinking": "and Rome", "signature": ""},
+        ])
+    );
+    assert_eq!(
+        shape(&events),
+        [
+            "message_start",
+            "content_block_start:0",
+            "content_block_delta:0",
+            "content_block_stop:0",
+            "content_block_start:1",
+            "content_block_delta:1",
+            "content_block_delta:1",
+            "content_block_stop:1",
+            "content_block_start:2",
+            "content_block_delta:2",
+            "content_block_stop:2",
+            "content_block_start:3",
+            "content_block_delta:3",
+            "content_block_stop:3",
+            "content_block_start:4",
+            "content_block_delta:4",
+            "content_block_stop:4",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+}
+
+/// An Anthropic provider ends each call's block before the next block
+/// starts: what comes between two calls (reasoning, text) keeps its place.
+#[test]
+fn blocks_a_provider_ended_keep_their_order() {
+    let (events, m) = run(vec![
+        start(),
+        Event::Reasoning("first".into()),
+        Event::ReasoningSignature("s1".into()),
+        call(0, Some("c0"), "{}"),
+        Event::ToolCallEnd(0),
+        Event::Reasoning("between".into()),
+        Event::ReasoningSignature("s2".into()),
+        call(1, Some("c1"), "{\"a\":1}"),
+        Event::ToolCallEnd(1),
+        Event::Delta("after".into()),
+        Event::Done {
+            finish_reason: "tool_calls".into(),
+        },
+    ]);
+    let m = m.unwrap();
+    let kinds: Vec<&str> = m["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["thinking", "tool_use", "thinking", "tool_use", "text"]
+    );
+    assert_eq!(m["content"][2]["thinking"], "between");
+    assert_eq!(m["content"][3]["input"], json!({"a": 1}));
+    assert_eq!(shape(&events).last().unwrap(), "message_stop");
+    // An end for a call whose block is not the open one changes nothing.
+    let (_, m) = run(vec![
+        start(),
+        call(0, Some("c0"), "{\"a\":"),
+        Event::ToolCallEnd(3),
+        Event::Delta("held".into()),
+        call(0, None, "2}"),
+        Event::Done {
+            finish_reason: "tool_calls".into(),
+        },
+    ]);
+    assert_eq!(m.unwrap()["content"][0]["input"], json!({"a": 2}));
+}
+
 mod well_formed {
     use super::*;
     use proptest::prelude::*;
@@ -295,7 +415,32 @@ mod well_formed {
             "[a-z]{1,3}".prop_map(Event::RedactedReasoning),
             Just(Event::KeepAlive),
             (0u32..3, "[a-z]{0,3}").prop_map(|(i, a)| call(i, None, &a)),
+            (0u32..3).prop_map(Event::ToolCallEnd),
         ]
+    }
+
+    /// `body` as the run sends it: a call starts (with its id) the first
+    /// time its index appears, and nothing more of it follows its end.
+    fn as_the_run_sends(body: Vec<Event>) -> Vec<Event> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut ended = std::collections::BTreeSet::new();
+        let mut evs = vec![start()];
+        for ev in body {
+            match ev {
+                Event::ToolCallDelta(d) if ended.contains(&d.index) => {}
+                Event::ToolCallDelta(d) => {
+                    let first = seen.insert(d.index);
+                    let id = format!("c{}", d.index);
+                    evs.push(call(d.index, first.then_some(id.as_str()), &d.arguments));
+                }
+                Event::ToolCallEnd(i) if seen.contains(&i) && ended.insert(i) => {
+                    evs.push(Event::ToolCallEnd(i));
+                }
+                Event::ToolCallEnd(_) => {}
+                ev => evs.push(ev),
+            }
+        }
+        evs
     }
 
     proptest! {
@@ -304,18 +449,7 @@ mod well_formed {
         /// every block, and ends with message_delta and message_stop.
         #[test]
         fn any_run_makes_a_well_formed_stream(body in proptest::collection::vec(event(), 0..24)) {
-            // Calls start (with an id) the first time their index appears.
-            let mut seen = std::collections::BTreeSet::new();
-            let mut evs = vec![start()];
-            for ev in body {
-                let ev = match ev {
-                    Event::ToolCallDelta(d) if seen.insert(d.index) => {
-                        call(d.index, Some(&format!("c{}", d.index)), &d.arguments)
-                    }
-                    ev => ev,
-                };
-                evs.push(ev);
-            }
+            let mut evs = as_the_run_sends(body);
             evs.push(Event::Done { finish_reason: "stop".into() });
             let (events, _) = run(evs);
             let mut open: Option<u64> = None;
@@ -341,6 +475,57 @@ mod well_formed {
             let names: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
             prop_assert_eq!(&names[names.len() - 2..], ["message_delta", "message_stop"]);
             prop_assert_eq!(names[0], "message_start");
+        }
+
+        /// Whatever the order (text between two pieces of one call, calls
+        /// interleaved), every piece arrives once: each call's arguments
+        /// whole in its own block, all text and reasoning in order.
+        #[test]
+        fn no_piece_is_lost_or_repeated(body in proptest::collection::vec(event(), 0..32)) {
+            let mut evs = as_the_run_sends(body);
+            let mut args: std::collections::BTreeMap<String, String> = Default::default();
+            let (mut text, mut reasoning) = (String::new(), String::new());
+            for ev in &evs {
+                match ev {
+                    Event::ToolCallDelta(d) => args
+                        .entry(format!("c{}", d.index))
+                        .or_default()
+                        .push_str(&d.arguments),
+                    Event::Delta(t) | Event::Refusal(t) => text.push_str(t),
+                    Event::Reasoning(t) => reasoning.push_str(t),
+                    _ => {}
+                }
+            }
+            evs.push(Event::Done { finish_reason: "tool_calls".into() });
+            let (events, _) = run(evs);
+            let mut blocks: Vec<(String, String)> = Vec::new();
+            let (mut got_text, mut got_reasoning) = (String::new(), String::new());
+            for e in &events {
+                match e["type"].as_str().unwrap() {
+                    "content_block_start" => {
+                        let id = e["content_block"]["id"].as_str().unwrap_or_default();
+                        blocks.push((id.to_string(), String::new()));
+                    }
+                    "content_block_delta" => {
+                        let d = &e["delta"];
+                        match d["type"].as_str().unwrap() {
+                            "input_json_delta" => {
+                                let i = e["index"].as_u64().unwrap() as usize;
+                                blocks[i].1.push_str(d["partial_json"].as_str().unwrap());
+                            }
+                            "text_delta" => got_text.push_str(d["text"].as_str().unwrap()),
+                            "thinking_delta" => got_reasoning.push_str(d["thinking"].as_str().unwrap()),
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let calls: std::collections::BTreeMap<String, String> =
+                blocks.into_iter().filter(|(id, _)| !id.is_empty()).collect();
+            prop_assert_eq!(calls, args);
+            prop_assert_eq!(got_text, text);
+            prop_assert_eq!(got_reasoning, reasoning);
         }
     }
 }
