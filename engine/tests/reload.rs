@@ -170,11 +170,42 @@ async fn a_good_configuration_is_swapped_in_a_broken_one_is_reported_and_never_s
     server.stop().await;
 }
 
-/// 500 streams open while the configuration is reloaded 20 times, good and
-/// broken in turn: every stream ends whole, each request was served by
-/// exactly one version (the model its provider call named is that
-/// version's), no broken version was ever served, and the key the last
-/// version revokes is refused afterwards.
+/// Writes version `v` of the configuration into `dir` as files (a broken
+/// one when `broken`: a pipeline with `max_tokens: 0`), and compiles the
+/// directory as a reload does.
+fn files(
+    dir: &Path,
+    mock: &MockProvider,
+    v: u32,
+    keys: &[&str],
+    broken: bool,
+) -> Result<Catalog, Vec<Diagnostic>> {
+    std::fs::write(
+        dir.join("settings.yaml"),
+        format!(
+            "storage: memory\nserver: {{shutdown_grace: 5s}}\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nkeys:\n{}",
+            mock.base_url(),
+            keys.concat()
+        ),
+    )
+    .unwrap();
+    let max_tokens = if broken { 0 } else { 100 };
+    std::fs::write(
+        dir.join("chat.yaml"),
+        format!(
+            "name: chat\nmodel: {{provider: mock, name: m{v}}}\nlimits: {{max_tokens: {max_tokens}}}\ntimeouts: {{first_token: 30s, idle: 30s, total: 60s}}\n"
+        ),
+    )
+    .unwrap();
+    sluice::compile::load_dir(dir)
+}
+
+/// 500 streams open while the pipelines directory is rewritten and
+/// reloaded 20 times, good and broken files in turn: every stream ends
+/// whole, each request was served by exactly one version (the model its
+/// provider call named is that version's), no broken version was ever
+/// served (a broken one names a model, `m100` and up, that no request
+/// saw), and the key the last version revokes is refused afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_open_streams_survive_twenty_reloads() {
     let mock = MockProvider::start(Script::single(
@@ -203,6 +234,12 @@ async fn five_hundred_open_streams_survive_twenty_reloads() {
             (i, got)
         }));
     }
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-reload500-{}-{}",
+        std::process::id(),
+        sluice::ledger::money::now_ms()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
     let mut good = 1;
     for n in 0..20 {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -214,14 +251,17 @@ async fn five_hundred_open_streams_survive_twenty_reloads() {
             } else {
                 vec![&keep, &gone]
             };
-            assert_eq!(
-                reload.apply(Ok(version(&mock, good, &keys))),
-                u64::from(good)
-            );
+            let compiled = files(&dir, &mock, good, &keys, false);
+            assert!(compiled.is_ok(), "{:?}", compiled.err());
+            assert_eq!(reload.apply(compiled), u64::from(good));
         } else {
-            assert_eq!(reload.apply(Err(broken())), u64::from(good));
+            // A broken file, whose model (`m100`+) no request may name.
+            let compiled = files(&dir, &mock, 100 + n, &[&keep, &gone], true);
+            assert!(compiled.is_err());
+            assert_eq!(reload.apply(compiled), u64::from(good));
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(good, 11);
     let mut served: HashMap<u64, usize> = HashMap::new();
     let mut version_of = HashMap::new();

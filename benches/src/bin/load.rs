@@ -146,7 +146,11 @@ async fn http_get(port: u16, path: &str) -> Result<String, String> {
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
-    let req = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n");
+    // The key of `--keys on` (which may read the metrics); a server
+    // without keys ignores it.
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nauthorization: Bearer {BENCH_KEY}\r\nconnection: close\r\n\r\n"
+    );
     tcp.write_all(req.as_bytes())
         .await
         .map_err(|e| e.to_string())?;

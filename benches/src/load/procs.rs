@@ -318,7 +318,7 @@ pub fn write_pipelines(
     // A key whose limits never refuse: what is measured is their cost.
     let settings = match key {
         Some(secret) => format!(
-            "{settings}keys:\n  bench:\n    hash: \"{}\"\n    pipelines: [\"*\"]\n    \
+            "{settings}keys:\n  bench:\n    hash: \"{}\"\n    pipelines: [\"*\"]\n    metrics: true\n    \
              budget: {{daily_usd: 1000000, monthly_usd: 10000000}}\n    \
              rate_limit: {{requests_per_minute: 1000000000, tokens_per_minute: 1000000000000}}\n",
             sluice::auth::format_hash(&sluice::auth::digest(secret))
