@@ -176,6 +176,24 @@ fn report_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<ReportRow>, LedgerE
     Ok(out)
 }
 
+/// The conditional reservation of `o` on `scope` for `day`: rows changed.
+async fn reserve(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    o: &Opening,
+    scope: &super::Scope,
+    day: &str,
+) -> Result<u64, LedgerError> {
+    Ok(sqlx::query(pg(RESERVE))
+        .bind(o.reserve_micros)
+        .bind(&scope.key)
+        .bind(day)
+        .bind(o.reserve_micros)
+        .bind(scope.limit_micros)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
+}
+
 pub(super) async fn open(
     pool: &PgPool,
     instance: &str,
@@ -187,15 +205,26 @@ pub(super) async fn open(
     // Rate limits first: a request they refuse reserves nothing. The row
     // is locked until the commit, so instances take turns on a bucket.
     for charge in &o.rates {
-        sqlx::query(pg(INSERT_BUCKET))
+        let locked = sqlx::query(pg(SELECT_BUCKET_LOCKED))
             .bind(&charge.bucket)
-            .bind(now)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-        let r = sqlx::query(pg(SELECT_BUCKET_LOCKED))
-            .bind(&charge.bucket)
-            .fetch_one(&mut *tx)
-            .await?;
+        let r = match locked {
+            Some(r) => r,
+            None => {
+                // The first request of this bucket (or one racing another
+                // instance's first, which the insert waits for).
+                sqlx::query(pg(INSERT_BUCKET))
+                    .bind(&charge.bucket)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(pg(SELECT_BUCKET_LOCKED))
+                    .bind(&charge.bucket)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+        };
         let state = rate::BucketState {
             fill: r.try_get(0)?,
             updated_ms: r.try_get(1)?,
@@ -220,20 +249,18 @@ pub(super) async fn open(
     }
     for scope in &o.scopes {
         let day = period(&scope.key, day);
-        sqlx::query(pg(INSERT_BUDGET_DAY))
-            .bind(&scope.key)
-            .bind(day)
-            .execute(&mut *tx)
-            .await?;
-        let done = sqlx::query(pg(RESERVE))
-            .bind(o.reserve_micros)
-            .bind(&scope.key)
-            .bind(day)
-            .bind(o.reserve_micros)
-            .bind(scope.limit_micros)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        // The period's row is made only when the reservation found none
+        // (or could not afford it); then it is tried once more, which
+        // also sees a row another instance has just committed.
+        let mut done = reserve(&mut tx, o, scope, day).await?;
+        if done == 0 {
+            sqlx::query(pg(INSERT_BUDGET_DAY))
+                .bind(&scope.key)
+                .bind(day)
+                .execute(&mut *tx)
+                .await?;
+            done = reserve(&mut tx, o, scope, day).await?;
+        }
         if done == 0 {
             let spent: i64 = sqlx::query(pg(SELECT_SPENT))
                 .bind(&scope.key)

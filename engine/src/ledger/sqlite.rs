@@ -300,17 +300,30 @@ impl SqliteStore {
         let (instance, o, day) = (instance.to_string(), o.clone(), day.to_string());
         self.call(move |c| {
             // Rate limits first: a request they refuse reserves nothing.
+            // A bucket is read first and created only when absent (the
+            // writer is alone: nothing comes in between).
             for charge in &o.rates {
-                c.prepare_cached(store::INSERT_BUCKET)?
-                    .execute(params![charge.bucket, now])?;
-                let state =
+                let read = |c: &Connection| {
                     c.prepare_cached(store::SELECT_BUCKET)?
                         .query_row([&charge.bucket], |r| {
                             Ok(rate::BucketState {
                                 fill: r.get(0)?,
                                 updated_ms: r.get(1)?,
                             })
-                        })?;
+                        })
+                        .optional()
+                };
+                let state = match read(c)? {
+                    Some(s) => s,
+                    None => {
+                        c.prepare_cached(store::INSERT_BUCKET)?
+                            .execute(params![charge.bucket, now])?;
+                        rate::BucketState {
+                            fill: 0,
+                            updated_ms: now,
+                        }
+                    }
+                };
                 match rate::take(state, charge, now) {
                     (Some(next), _) => {
                         c.prepare_cached(store::UPDATE_BUCKET)?.execute(params![
@@ -329,17 +342,24 @@ impl SqliteStore {
             }
             for scope in &o.scopes {
                 let period = period(&scope.key, &day);
-                c.prepare_cached(INSERT_BUDGET_DAY)?
-                    .execute(params![scope.key, period])?;
                 // The check and the reservation are one statement: a row
-                // is only updated if it can afford it.
-                let done = c.prepare_cached(RESERVE)?.execute(params![
-                    o.reserve_micros,
-                    scope.key,
-                    period,
-                    o.reserve_micros,
-                    scope.limit_micros
-                ])?;
+                // is only updated if it can afford it. The period's row is
+                // made only when the first request of the period finds none.
+                let reserve = |c: &Connection| {
+                    c.prepare_cached(RESERVE)?.execute(params![
+                        o.reserve_micros,
+                        scope.key,
+                        period,
+                        o.reserve_micros,
+                        scope.limit_micros
+                    ])
+                };
+                let mut done = reserve(c)?;
+                if done == 0 {
+                    c.prepare_cached(INSERT_BUDGET_DAY)?
+                        .execute(params![scope.key, period])?;
+                    done = reserve(c)?;
+                }
                 if done == 0 {
                     let spent: i64 = c
                         .prepare_cached(SELECT_SPENT)?

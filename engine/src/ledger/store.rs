@@ -46,8 +46,9 @@ pub(super) const INSERT_REQUEST: &str = "INSERT INTO requests (id, request_id, i
      started_at_ms, day, pipeline, provider, model, status, reserved_micros, budget_scopes, \
      api_key, team, rate_buckets, rate_tokens) \
      VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)";
-/// A rate bucket exists before it is read (and locked, on Postgres), so
-/// that two first requests cannot both create it.
+/// A rate bucket is made by the first request that finds none; on
+/// Postgres it is then read again, locked, so that two instances' first
+/// requests take turns on one row.
 pub(super) const INSERT_BUCKET: &str =
     "INSERT INTO rate_buckets (bucket, fill, updated_ms) VALUES (?, 0, ?) ON CONFLICT DO NOTHING";
 pub(super) const SELECT_BUCKET: &str = "SELECT fill, updated_ms FROM rate_buckets WHERE bucket = ?";
