@@ -30,10 +30,14 @@ const RECORDINGS: &[&str] = &[
     "openai/tool_call.sse",
     "openai/parallel_tool_calls.sse",
     "openai/refusal.sse",
+    "openai/reasoning_openrouter.sse",
     "anthropic/text.sse",
     "anthropic/tool_use.sse",
     "anthropic/thinking.sse",
     "anthropic/padded.sse",
+    "anthropic/parallel_tool_use.sse",
+    "anthropic/cache_write.sse",
+    "anthropic/cache_read.sse",
 ];
 
 fn path(name: &str) -> PathBuf {
@@ -75,11 +79,13 @@ impl Answer {
 
 /// `(event name, data)` of each event of the recording, split by the
 /// testkit's loader (which also checks the file is valid for its wire).
+/// Blocks of comments only (OpenRouter's `: OPENROUTER PROCESSING`) have
+/// no data and are no event.
 fn events(name: &str) -> Vec<(Option<String>, String)> {
     let rec = Recording::load(&path(name)).unwrap_or_else(|e| panic!("{e}"));
     rec.events
         .iter()
-        .map(|raw| {
+        .filter_map(|raw| {
             let text = std::str::from_utf8(raw).expect("utf-8");
             let (mut event, mut data) = (None, Vec::new());
             for line in text.lines() {
@@ -91,7 +97,7 @@ fn events(name: &str) -> Vec<(Option<String>, String)> {
                     _ => {}
                 }
             }
-            (event, data.join("\n"))
+            (!data.is_empty()).then(|| (event, data.join("\n")))
         })
         .collect()
 }
@@ -182,6 +188,11 @@ fn expected(name: &str) -> Answer {
                 let d = &choice["delta"];
                 a.text += d["content"].as_str().unwrap_or("");
                 a.refusal += d["refusal"].as_str().unwrap_or("");
+                // DeepSeek and vLLM name it `reasoning_content`, OpenRouter
+                // `reasoning`.
+                for field in ["reasoning_content", "reasoning"] {
+                    a.reasoning += d[field].as_str().unwrap_or("");
+                }
                 for call in d["tool_calls"].as_array().into_iter().flatten() {
                     let slot = call["index"].as_u64().unwrap() as usize;
                     let c = a.call_mut(slot);
@@ -432,9 +443,16 @@ fn answer_of_chat_stream(chunks: &[Value]) -> Answer {
         if c["usage"].is_object() {
             a.prompt_tokens = int(&c["usage"]["prompt_tokens"]).unwrap();
             a.completion_tokens = int(&c["usage"]["completion_tokens"]).unwrap();
+            a.cache_read_tokens = cached(&c["usage"]);
         }
     }
     a
+}
+
+/// Chat Completions' cache reads, `prompt_tokens_details.cached_tokens`
+/// (absent when there are none).
+fn cached(usage: &Value) -> i128 {
+    int(&usage["prompt_tokens_details"]["cached_tokens"]).unwrap_or(0)
 }
 
 fn answer_of_chat_json(v: &Value) -> Answer {
@@ -459,8 +477,16 @@ fn answer_of_chat_json(v: &Value) -> Answer {
         finish: choice["finish_reason"].as_str().unwrap().into(),
         prompt_tokens: int(&v["usage"]["prompt_tokens"]).unwrap(),
         completion_tokens: int(&v["usage"]["completion_tokens"]).unwrap(),
+        cache_read_tokens: cached(&v["usage"]),
         ..Answer::default()
     }
+}
+
+/// The cache figures of a pipeline's usage (each absent when zero).
+fn pipeline_cache(a: &mut Answer, usage: &Value) {
+    a.cache_read_tokens = int(&usage["cache_read_tokens"]).unwrap_or(0);
+    a.cache_write_tokens = int(&usage["cache_write_tokens"]).unwrap_or(0);
+    a.cache_write_1h_tokens = int(&usage["cache_write_1h_tokens"]);
 }
 
 /// What the pipeline's own events say; tool arguments come parsed, so the
@@ -486,6 +512,7 @@ fn answer_of_pipeline(events: &[(String, Value)]) -> (Answer, Vec<Value>) {
                 assert_eq!(data["estimated"], false, "{data}");
                 a.prompt_tokens = int(&data["prompt_tokens"]).unwrap();
                 a.completion_tokens = int(&data["completion_tokens"]).unwrap();
+                pipeline_cache(&mut a, data);
             }
             "done" => a.finish = data["finish_reason"].as_str().unwrap().into(),
             "error" => panic!("error event {data}"),
@@ -495,21 +522,29 @@ fn answer_of_pipeline(events: &[(String, Value)]) -> (Answer, Vec<Value>) {
     (a, args)
 }
 
-/// The answer as each surface can show it: chat completions have no
-/// reasoning and no cache figures; pipeline tool calls compare arguments
-/// as JSON.
-fn visible(mut a: Answer) -> Answer {
+/// The answer as Chat Completions can show it: no reasoning, and of the
+/// cache figures only the reads.
+fn chat_view(mut a: Answer) -> Answer {
     a.reasoning.clear();
-    a.cache_read_tokens = 0;
     a.cache_write_tokens = 0;
     a.cache_write_1h_tokens = None;
+    a
+}
+
+/// The answer as Sluice's pipeline API shows it: no reasoning, cache
+/// figures left out when zero (tool arguments are compared as JSON by the
+/// caller).
+fn pipeline_view(mut a: Answer) -> Answer {
+    a.reasoning.clear();
+    a.cache_write_1h_tokens = a.cache_write_1h_tokens.filter(|n| *n != 0);
     a
 }
 
 /// One recording through both surfaces, streamed and not, with `fault`
 /// applied to every upstream reply.
 async fn replay(name: &'static str, fault: Option<Fault>) {
-    let want = visible(expected(name));
+    let answer = expected(name);
+    let want = chat_view(answer.clone());
     let reply = || {
         let r = Reply::fixture(name);
         match &fault {
@@ -551,7 +586,7 @@ async fn replay(name: &'static str, fault: Option<Fault>) {
         .map(|s| (s.name, s.data))
         .collect();
     let (got, args) = answer_of_pipeline(&events);
-    let mut want_pipeline = want.clone();
+    let mut want_pipeline = pipeline_view(answer);
     let want_args: Vec<Value> = want_pipeline
         .calls
         .iter_mut()
@@ -567,7 +602,7 @@ async fn replay(name: &'static str, fault: Option<Fault>) {
     let resp = post(server.addr, &body).await;
     assert_eq!(resp.status(), 200, "{ctx}");
     let v = body_json(resp).await;
-    let got = Answer {
+    let mut got = Answer {
         model: v["model"].as_str().unwrap().into(),
         text: v["output"].as_str().unwrap().into(),
         refusal: v["refusal"].as_str().unwrap_or("").into(),
@@ -588,6 +623,7 @@ async fn replay(name: &'static str, fault: Option<Fault>) {
         completion_tokens: int(&v["usage"]["completion_tokens"]).unwrap(),
         ..Answer::default()
     };
+    pipeline_cache(&mut got, &v["usage"]);
     assert_eq!(got, want_pipeline, "pipeline json: {ctx}: {v}");
     let got_args: Vec<Value> = v["tool_calls"]
         .as_array()
