@@ -406,5 +406,11 @@ async fn the_binary_reloads_on_a_changed_file_and_on_sighup() {
     assert!(status.success());
     let r = wait_for(|r| r["version"] == 4).await;
     assert_eq!(r["last_reload"]["ok"], true);
+    // A file that is not configuration (a tool database beside it) changes
+    // nothing: a second passes, three times the settling delay.
+    std::fs::write(dir.join("shop.db-wal"), b"not yaml").unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, v, _) = call(addr, "/v1/config", "", None).await;
+    assert_eq!(v, 4);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -224,7 +224,11 @@ pub async fn watch(dir: PathBuf, handle: ReloadHandle, stop: CancellationToken) 
     let watcher = {
         let tx = tx.clone();
         notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if ev.is_ok_and(|e| !e.kind.is_access()) {
+            // Only what compiling reads: YAML files (a tool database kept
+            // beside them changes without being configuration).
+            let yaml =
+                |p: &Path| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+            if ev.is_ok_and(|e| !e.kind.is_access() && e.paths.iter().any(|p| yaml(p))) {
                 let _ = tx.try_send(());
             }
         })
