@@ -1,6 +1,6 @@
 //! Reloading the configuration without a restart.
 //!
-//! On SIGHUP, and when a file of the pipelines directory changes, the
+//! On SIGHUP, and when a YAML file of the pipelines directory changes, the
 //! whole directory is compiled again (off the async workers). A
 //! configuration with any error is not served: the previous one stays,
 //! and every diagnostic is logged, counted and shown by `GET /v1/config`.
