@@ -111,6 +111,62 @@ struct Shared {
     max_connections: usize,
     /// How reloads went; the same for every version.
     reloads: Arc<reload::Status>,
+    /// The last readiness probe; the same for every version.
+    ready: Arc<Readiness>,
+}
+
+/// `/readyz`: the ledger's answer to a write, kept for a second so that a
+/// flood of probes costs one write a second.
+#[derive(Default)]
+pub(crate) struct Readiness {
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
+}
+
+/// How long a readiness answer is reused, and how long the ledger has to
+/// answer a probe.
+const READY_FOR: Duration = Duration::from_secs(1);
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /readyz`: 200 when the configuration is loaded (it always is
+/// once serving) and the ledger takes a write; 503 with the reason
+/// otherwise.
+async fn readiness(shared: &Shared) -> Response<ResponseBody> {
+    let mut last = shared.ready.last.lock().await;
+    let fresh = last
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < READY_FOR)
+        .map(|(_, r)| r.clone());
+    let result = match fresh {
+        Some(r) => r,
+        None => {
+            let ledger = &shared.run.ledger;
+            let r = match tokio::time::timeout(READY_TIMEOUT, ledger.heartbeat()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!(
+                    "the ledger ({}) cannot be written: {e}",
+                    ledger.backend()
+                )),
+                Err(_) => Err(format!(
+                    "the ledger ({}) did not answer within {} s",
+                    ledger.backend(),
+                    READY_TIMEOUT.as_secs()
+                )),
+            };
+            *last = Some((tokio::time::Instant::now(), r.clone()));
+            r
+        }
+    };
+    drop(last);
+    match result {
+        Ok(()) => json_response(
+            StatusCode::OK,
+            json!({"status": "ready", "config_version": shared.version}),
+        ),
+        Err(reason) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "not_ready", "reason": reason, "config_version": shared.version}),
+        ),
+    }
 }
 
 fn new_request_id(req: &Request<Incoming>) -> String {
@@ -179,6 +235,12 @@ async fn route(
 ) -> Response<ResponseBody> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    if path == "/readyz" {
+        return match method {
+            Method::GET | Method::HEAD => readiness(shared).await,
+            _ => method_not_allowed("GET", request_id),
+        };
+    }
     if path == "/healthz" {
         return match method {
             Method::GET | Method::HEAD => json_response(StatusCode::OK, json!({"status": "ok"})),

@@ -168,6 +168,7 @@ impl ReloadHandle {
             run: old.run.clone(),
             max_connections: old.max_connections,
             reloads: status.clone(),
+            ready: old.ready.clone(),
         };
         self.live.store(Arc::new(next));
         metrics

@@ -106,6 +106,7 @@ impl Server {
                 run,
                 max_connections,
                 reloads,
+                ready: Default::default(),
             })),
         })
     }
