@@ -100,11 +100,6 @@ impl Auth {
         let (stored, key) = self.keys.get_key_value(&digest)?;
         bool::from(stored.ct_eq(&digest)).then(|| key.clone())
     }
-
-    /// Every declared key.
-    pub fn keys(&self) -> impl Iterator<Item = &Arc<ApiKey>> {
-        self.keys.values()
-    }
 }
 
 /// The SHA-256 digest of a secret.
