@@ -21,20 +21,7 @@ use sluice::ledger::{Ledger, money};
 use sluice::serve::{RunningServer, Server};
 use sluice_testkit::{MockProvider, Reply, Script};
 
-/// A key's secret and the entry that declares it.
-struct Key {
-    secret: String,
-    entry: String,
-}
-
-fn key(name: &str, rest: &str) -> Key {
-    let secret = auth::new_secret().unwrap();
-    let hash = auth::format_hash(&auth::digest(&secret));
-    Key {
-        entry: format!("  {name}: {{hash: \"{hash}\"{rest}}}\n"),
-        secret,
-    }
-}
+use common::{ApiKey as Key, api_key as key};
 
 /// Two pipelines, `chat` and `other`, on the mock; `extra` is appended to
 /// the settings (keys, teams, prices).

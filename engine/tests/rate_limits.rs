@@ -14,7 +14,6 @@ use bytes::Bytes;
 use common::*;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use sluice::auth;
 use sluice::compile::{Catalog, compile_sources};
 use sluice::provider::{Message, Role};
 use sluice::serve::RunningServer;
@@ -23,18 +22,9 @@ use sluice_testkit::{MockProvider, Reply, Script};
 /// 2027-01-30T12:00:00Z.
 const NOON: i64 = 1_801_310_400_000;
 
-struct Key {
-    secret: String,
-    entry: String,
-}
-
-fn key(name: &str, rest: &str) -> Key {
-    let secret = auth::new_secret().unwrap();
-    let hash = auth::format_hash(&auth::digest(&secret));
-    Key {
-        entry: format!("  {name}: {{hash: \"{hash}\", pipelines: [\"*\"]{rest}}}\n"),
-        secret,
-    }
+/// A key that may call every pipeline, with `rest` in its entry.
+fn key(name: &str, rest: &str) -> ApiKey {
+    api_key(name, &format!(", pipelines: [\"*\"]{rest}"))
 }
 
 /// One pipeline `chat` on the mock (max_tokens 100), with `pipeline_rest`

@@ -29,8 +29,7 @@ async fn readyz_says_whether_the_ledger_takes_writes() {
     let mock = MockProvider::start(Script::single(Reply::text(&["ok"])))
         .await
         .unwrap();
-    let hash =
-        sluice::auth::format_hash(&sluice::auth::digest(&sluice::auth::new_secret().unwrap()));
+    let key = api_key("k", ", pipelines: [\"*\"]");
     let dir = std::env::temp_dir().join(format!(
         "sluice-readyz-{}-{}",
         std::process::id(),
@@ -40,9 +39,10 @@ async fn readyz_says_whether_the_ledger_takes_writes() {
     let settings = (
         std::path::PathBuf::from("settings.yaml"),
         format!(
-            "storage: \"sqlite:{}/ledger.db\"\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nkeys:\n  k: {{hash: \"{hash}\", pipelines: [\"*\"]}}\n",
+            "storage: \"sqlite:{}/ledger.db\"\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nkeys:\n{}",
             dir.display(),
-            mock.base_url()
+            mock.base_url(),
+            key.entry
         ),
     );
     let catalog = compile_sources(&settings, &[pipeline("chat", 10, TIMEOUTS)]).unwrap();

@@ -16,20 +16,15 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use sluice::auth;
 use sluice::compile::{Catalog, compile_sources};
 use sluice::config::{Diagnostic, Pos};
 use sluice::serve::RunningServer;
 use sluice_testkit::{MockProvider, Reply, Script};
 
-/// A key's secret and its entry.
+/// A key's secret and its entry: every pipeline, and the metrics.
 fn key(name: &str) -> (String, String) {
-    let secret = auth::new_secret().unwrap();
-    let hash = auth::format_hash(&auth::digest(&secret));
-    (
-        secret,
-        format!("  {name}: {{hash: \"{hash}\", pipelines: [\"*\"], metrics: true}}\n"),
-    )
+    let k = api_key(name, ", pipelines: [\"*\"], metrics: true");
+    (k.secret, k.entry)
 }
 
 /// Version `v` of the configuration: pipeline `chat` calls model `m{v}`,

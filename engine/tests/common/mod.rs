@@ -156,6 +156,23 @@ pub async fn body_json(resp: Response<Incoming>) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("body is not JSON ({e}): {bytes:?}"))
 }
 
+/// A client API key for the settings: its secret, and the entry that
+/// declares it (`  NAME: {hash: "sha256:...", FIELDS}`) under `keys:`.
+/// `fields` follows the hash, starting with a comma.
+pub struct ApiKey {
+    pub secret: String,
+    pub entry: String,
+}
+
+pub fn api_key(name: &str, fields: &str) -> ApiKey {
+    let secret = sluice::auth::new_secret().unwrap();
+    let hash = sluice::auth::format_hash(&sluice::auth::digest(&secret));
+    ApiKey {
+        entry: format!("  {name}: {{hash: \"{hash}\"{fields}}}\n"),
+        secret,
+    }
+}
+
 /// An SSE event as the client saw it, with the (virtual) time it arrived.
 #[derive(Debug, Clone)]
 pub struct Seen {
