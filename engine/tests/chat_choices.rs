@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::chat::chunks;
 use common::*;
 use serde_json::{Value, json};
 use sluice::ledger::Price;
@@ -42,22 +43,7 @@ async fn serve_with(mock: &MockProvider, kind: &str, limits: &str, extra: &str) 
 }
 
 async fn chat(addr: std::net::SocketAddr, body: &Value) -> http::Response<hyper::body::Incoming> {
-    send(addr, post_json("/v1/chat/completions", &body.to_string())).await
-}
-
-/// Every `data:` payload of a streamed chat completion, `[DONE]` as a string.
-async fn chunks(resp: http::Response<hyper::body::Incoming>) -> Vec<Value> {
-    use http_body_util::BodyExt;
-    assert_eq!(resp.status(), 200);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    let mut parser = sluice::provider::sse::SseParser::new();
-    let mut events = Vec::new();
-    parser.push(&body, &mut events).unwrap();
-    parser.finish(&mut events);
-    events
-        .iter()
-        .map(|e| serde_json::from_str(&e.data).unwrap_or_else(|_| json!(e.data)))
-        .collect()
+    common::chat::chat(addr, &body.to_string()).await
 }
 
 fn sse(lines: &[String]) -> String {
