@@ -129,6 +129,25 @@ fn post_as(addr: &str, key: Option<&str>) -> u16 {
     out[9..12].parse().unwrap()
 }
 
+/// A pipelines directory for the two-instance tests: the ledger at `url`,
+/// the mock priced at $1/M prompt and $2/M completion tokens, `extra`
+/// appended to the settings, and the pipeline `chat` (max_tokens 100).
+fn write_pipelines(dir: &std::path::Path, url: &str, mock: &MockProvider, extra: &str) {
+    std::fs::write(
+        dir.join("settings.yaml"),
+        format!(
+            "storage: \"{url}\"\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\n{extra}",
+            mock.base_url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("chat.yaml"),
+        "name: chat\nmodel: {provider: mock, name: gpt-4o-mini}\nsystem: Be brief.\nlimits: {max_tokens: 100}\n",
+    )
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_postgres_never_spend_past_a_shared_budget() {
     let Some((admin_url, url, name)) = fresh_database().await else {
@@ -143,19 +162,12 @@ async fn two_instances_on_one_postgres_never_spend_past_a_shared_budget() {
     // reservation is ~460 µ$ (it covers the ceiling's guard, 214
     // completion tokens for max_tokens 100). The shared global budget
     // affords 50 reservations at once.
-    std::fs::write(
-        dir.join("settings.yaml"),
-        format!(
-            "storage: \"{url}\"\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\nbudgets:\n  global: {{daily_usd: 0.0232}}\n",
-            mock.base_url()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("chat.yaml"),
-        "name: chat\nmodel: {provider: mock, name: gpt-4o-mini}\nsystem: Be brief.\nlimits: {max_tokens: 100}\n",
-    )
-    .unwrap();
+    write_pipelines(
+        &dir,
+        &url,
+        &mock,
+        "budgets:\n  global: {daily_usd: 0.0232}\n",
+    );
     let a = start_instance(&dir);
     let b = start_instance(&dir);
     let addrs = [a.addr.clone(), b.addr.clone()];
@@ -214,24 +226,19 @@ async fn two_instances_share_a_keys_rate_limit_and_a_keys_budget() {
         .unwrap();
     let dir = std::env::temp_dir().join(format!("sluice-pg-keys-{}", uuid_like()));
     std::fs::create_dir_all(&dir).unwrap();
-    let secret = |_| sluice::auth::new_secret().unwrap();
-    let (rated, budgeted) = (secret(0), secret(1));
     let hash = |s: &str| sluice::auth::format_hash(&sluice::auth::digest(s));
-    std::fs::write(
-        dir.join("settings.yaml"),
-        format!(
-            "storage: \"{url}\"\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\nkeys:\n  rated: {{hash: \"{}\", pipelines: [chat], rate_limit: {{requests_per_minute: 40}}}}\n  budgeted: {{hash: \"{}\", pipelines: [chat], budget: {{daily_usd: 0.0232}}}}\n",
-            mock.base_url(),
+    let rated = sluice::auth::new_secret().unwrap();
+    let budgeted = sluice::auth::new_secret().unwrap();
+    write_pipelines(
+        &dir,
+        &url,
+        &mock,
+        &format!(
+            "keys:\n  rated: {{hash: \"{}\", pipelines: [chat], rate_limit: {{requests_per_minute: 40}}}}\n  budgeted: {{hash: \"{}\", pipelines: [chat], budget: {{daily_usd: 0.0232}}}}\n",
             hash(&rated),
             hash(&budgeted)
         ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("chat.yaml"),
-        "name: chat\nmodel: {provider: mock, name: gpt-4o-mini}\nsystem: Be brief.\nlimits: {max_tokens: 100}\n",
-    )
-    .unwrap();
+    );
     let a = start_instance(&dir);
     let b = start_instance(&dir);
     let addrs = [a.addr.clone(), b.addr.clone()];
