@@ -10,10 +10,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::StatusCode;
+use http_body_util::BodyExt;
 use sluice::auth;
 use sluice::compile::{Catalog, compile_sources};
 use sluice::ledger::report::{self, GroupBy};
@@ -49,33 +48,6 @@ async fn start(catalog: Catalog) -> RunningServer {
     RunningServer::start(catalog, SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .expect("server starts")
-}
-
-/// A request to `path` with `headers`; a body makes it a POST.
-fn request(path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Request<Full<Bytes>> {
-    let mut b = Request::builder()
-        .method(if body.is_some() { "POST" } else { "GET" })
-        .uri(path)
-        .header("host", "sluice.test")
-        .header("content-type", "application/json");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
-        .unwrap()
-}
-
-async fn call(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> (StatusCode, http::HeaderMap, serde_json::Value) {
-    let resp = send(addr, request(path, headers, body)).await;
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    (status, headers, json)
 }
 
 /// A body for each API, naming `model`.
@@ -142,7 +114,7 @@ async fn refusals_come_in_the_shape_of_the_api_called_and_reach_no_provider() {
             vec![("authorization", "Basic dXNlcjpwYXNz".to_string())],
         ] {
             let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let (status, head, json) = call(addr, &path, &h, Some(&body)).await;
+            let (status, head, json) = call_with(addr, &path, &h, Some(&body)).await;
             assert_eq!(
                 status,
                 StatusCode::UNAUTHORIZED,
@@ -166,16 +138,19 @@ async fn refusals_come_in_the_shape_of_the_api_called_and_reach_no_provider() {
     }
     assert_eq!(mock.journal().request_count(), 0);
     // Liveness stays open; the lists need a key.
-    assert_eq!(call(addr, "/healthz", &[], None).await.0, StatusCode::OK);
+    assert_eq!(
+        call_with(addr, "/healthz", &[], None).await.0,
+        StatusCode::OK
+    );
     for path in ["/v1/pipelines", "/v1/models", "/metrics", "/nowhere"] {
         assert_eq!(
-            call(addr, path, &[], None).await.0,
+            call_with(addr, path, &[], None).await.0,
             StatusCode::UNAUTHORIZED,
             "{path}"
         );
     }
     // A declared key gets through, either way of sending it.
-    let (status, _, json) = call(
+    let (status, _, json) = call_with(
         addr,
         "/v1/pipelines/chat",
         &[("x-api-key", &only_chat.secret)],
@@ -202,8 +177,8 @@ async fn a_key_that_may_not_call_a_pipeline_cannot_tell_whether_it_exists() {
     let auth_header = format!("Bearer {}", only_chat.secret);
     for ((route, exists), (_, missing)) in bodies("other").into_iter().zip(bodies("no-such")) {
         let h = [("authorization", auth_header.as_str())];
-        let a = call(addr, &path_for(route, "other"), &h, Some(&exists)).await;
-        let b = call(addr, &path_for(route, "no-such"), &h, Some(&missing)).await;
+        let a = call_with(addr, &path_for(route, "other"), &h, Some(&exists)).await;
+        let b = call_with(addr, &path_for(route, "no-such"), &h, Some(&missing)).await;
         assert_eq!(a.0, StatusCode::FORBIDDEN, "{route}: {}", a.2);
         assert_eq!(b.0, StatusCode::FORBIDDEN, "{route}: {}", b.2);
         assert_eq!(without_id(a.2.clone()), without_id(b.2), "{route}");
@@ -214,13 +189,13 @@ async fn a_key_that_may_not_call_a_pipeline_cannot_tell_whether_it_exists() {
         }
         // A key that may call anything learns what anyone with access could.
         let h = [("x-api-key", everything.secret.as_str())];
-        let c = call(addr, &path_for(route, "no-such"), &h, Some(&missing)).await;
+        let c = call_with(addr, &path_for(route, "no-such"), &h, Some(&missing)).await;
         assert_eq!(c.0, StatusCode::NOT_FOUND, "{route}: {}", c.2);
     }
     assert_eq!(mock.journal().request_count(), 0);
     // The lists show what the key may call.
     let h = [("authorization", auth_header.as_str())];
-    let (_, _, models) = call(addr, "/v1/models", &h, None).await;
+    let (_, _, models) = call_with(addr, "/v1/models", &h, None).await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
@@ -228,10 +203,10 @@ async fn a_key_that_may_not_call_a_pipeline_cannot_tell_whether_it_exists() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["chat"]);
-    let (_, _, list) = call(addr, "/v1/pipelines", &h, None).await;
+    let (_, _, list) = call_with(addr, "/v1/pipelines", &h, None).await;
     assert_eq!(list["pipelines"].as_array().unwrap().len(), 1);
     let h = [("x-api-key", everything.secret.as_str())];
-    let (_, _, list) = call(addr, "/v1/pipelines", &h, None).await;
+    let (_, _, list) = call_with(addr, "/v1/pipelines", &h, None).await;
     assert_eq!(list["pipelines"].as_array().unwrap().len(), 2);
     server.stop().await;
 }
@@ -247,7 +222,7 @@ async fn metrics_need_a_key_that_may_read_them_and_count_refusals_and_keys() {
     let server = start(catalog(&mock, "memory", &extra)).await;
     let addr = server.addr;
     let bearer = format!("Bearer {}", app.secret);
-    let (status, _, _) = call(
+    let (status, _, _) = call_with(
         addr,
         "/v1/pipelines/chat",
         &[("authorization", &bearer)],
@@ -255,8 +230,8 @@ async fn metrics_need_a_key_that_may_read_them_and_count_refusals_and_keys() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    call(addr, "/v1/pipelines/chat", &[], Some("{}")).await;
-    call(
+    call_with(addr, "/v1/pipelines/chat", &[], Some("{}")).await;
+    call_with(
         addr,
         "/v1/pipelines/other",
         &[("authorization", &bearer)],
@@ -264,14 +239,14 @@ async fn metrics_need_a_key_that_may_read_them_and_count_refusals_and_keys() {
     )
     .await;
     assert_eq!(
-        call(addr, "/metrics", &[("authorization", &bearer)], None)
+        call_with(addr, "/metrics", &[("authorization", &bearer)], None)
             .await
             .0,
         StatusCode::FORBIDDEN
     );
     let resp = send(
         addr,
-        request("/metrics", &[("x-api-key", &scraper.secret)], None),
+        request_with("/metrics", &[("x-api-key", &scraper.secret)], None),
     )
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -311,7 +286,7 @@ async fn rows_name_the_key_and_its_team_and_usage_groups_by_them() {
     let addr = server.addr;
     for (k, n) in [(&a, 2), (&b, 1), (&c, 1)] {
         for _ in 0..n {
-            let (status, _, json) = call(
+            let (status, _, json) = call_with(
                 addr,
                 "/v1/chat/completions",
                 &[("authorization", &format!("Bearer {}", k.secret))],
@@ -322,7 +297,7 @@ async fn rows_name_the_key_and_its_team_and_usage_groups_by_them() {
         }
     }
     // A refused body is a row of its key too.
-    call(
+    call_with(
         addr,
         "/v1/pipelines/chat",
         &[("x-api-key", &c.secret)],
@@ -425,7 +400,7 @@ async fn a_keys_daily_budget_holds_under_two_hundred_concurrent_requests() {
         tasks.push(tokio::spawn(async move {
             let resp = send(
                 addr,
-                request(
+                request_with(
                     "/v1/pipelines/chat",
                     &[("authorization", &bearer)],
                     Some(r#"{"input":"hi","stream":false}"#),
@@ -452,7 +427,7 @@ async fn a_keys_daily_budget_holds_under_two_hundred_concurrent_requests() {
         }
     }
     // Another key is not held back by it.
-    let (status, _, _) = call(
+    let (status, _, _) = call_with(
         addr,
         "/v1/pipelines/chat",
         &[("x-api-key", &free.secret)],
@@ -523,7 +498,7 @@ async fn a_teams_monthly_budget_is_shared_and_resets_with_the_month() {
     let ask = |k: &Key| {
         let h = format!("Bearer {}", k.secret);
         async move {
-            call(
+            call_with(
                 addr,
                 "/v1/pipelines/chat",
                 &[("authorization", &h)],

@@ -10,10 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, StatusCode};
 use sluice::compile::{Catalog, compile_sources};
 use sluice::provider::{Message, Role};
 use sluice::serve::RunningServer;
@@ -60,20 +58,8 @@ async fn call(
     secret: &str,
     body: &str,
 ) -> (StatusCode, HeaderMap, serde_json::Value) {
-    let req = Request::post(path)
-        .header("host", "sluice.test")
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {secret}"))
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    let resp = send(addr, req).await;
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        headers,
-        serde_json::from_slice(&bytes).unwrap_or_default(),
-    )
+    let bearer = format!("Bearer {secret}");
+    call_with(addr, path, &[("authorization", &bearer)], Some(body)).await
 }
 
 const NATIVE: &str = r#"{"input":"hi","stream":false}"#;

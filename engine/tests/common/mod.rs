@@ -156,6 +156,38 @@ pub async fn body_json(resp: Response<Incoming>) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("body is not JSON ({e}): {bytes:?}"))
 }
 
+/// A request to `path` with `headers`; a body makes it a POST.
+pub fn request_with(
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method(if body.is_some() { "POST" } else { "GET" })
+        .uri(path)
+        .header("host", "sluice.test")
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+        .unwrap()
+}
+
+/// Status, headers and JSON body (null when not JSON) of one request.
+pub async fn call_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (http::StatusCode, http::HeaderMap, serde_json::Value) {
+    let resp = send(addr, request_with(path, headers, body)).await;
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, headers, json)
+}
+
 /// A client API key for the settings: its secret, and the entry that
 /// declares it (`  NAME: {hash: "sha256:...", FIELDS}`) under `keys:`.
 /// `fields` follows the hash, starting with a comma.
