@@ -54,6 +54,13 @@ pub struct AuthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnClosedLabels {
+    /// `header_timeout`, `write_timeout` or `evicted` (a reserve
+    /// connection closed to make room).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AnomalyLabels {
     pub pipeline: String,
     pub model: String,
@@ -86,6 +93,12 @@ pub struct Metrics {
     pub config_reloads: Family<ReloadLabels, Counter>,
     /// The configuration served: 1 at start, one more per reload.
     pub config_version: Gauge,
+    /// Client connections open now, reserve ones included.
+    pub connections_open: Gauge,
+    /// Connections accepted past `max_connections`, into the reserve.
+    pub connections_over_capacity: Counter,
+    /// Connections the server closed on its own, by reason.
+    pub connections_closed: Family<ConnClosedLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -125,6 +138,24 @@ impl Metrics {
         let config_reloads = Family::<ReloadLabels, Counter>::default();
         let config_version = Gauge::default();
         config_version.set(1);
+        let connections_open = Gauge::default();
+        let connections_over_capacity = Counter::default();
+        let connections_closed = Family::<ConnClosedLabels, Counter>::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now, reserve ones included",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_over_capacity",
+            "Connections accepted past max_connections: they answer health checks only",
+            connections_over_capacity.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections closed by the server: header_timeout, write_timeout, evicted",
+            connections_closed.clone(),
+        );
         registry.register(
             "config_reloads",
             "Reloads of the configuration: ok, or failed (the previous one kept)",
@@ -178,6 +209,9 @@ impl Metrics {
         );
         Metrics {
             registry,
+            connections_open,
+            connections_over_capacity,
+            connections_closed,
             auth_refusals,
             config_reloads,
             config_version,

@@ -441,3 +441,72 @@ async fn twice_the_cap_of_idle_sockets_leaves_health_checks_answering() {
         .await;
     assert_eq!(text(&events), "One two");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped_at_the_write_timeout() {
+    const WRITE: Duration = Duration::from_secs(12);
+    let limits = format!(
+        ", write_timeout: {}s, max_connections: {CAP}, reserved_connections: {RESERVED}",
+        WRITE.as_secs()
+    );
+    // An endless stream, far from any ceiling: only the client holds it back.
+    let h = Harness::start_with(
+        Script::single(Reply::flood(" lorem")),
+        1_000_000,
+        "{first_token: 5s, idle: 5s, total: 600s}",
+        &limits,
+    )
+    .await;
+    // A small receive window so that the server's writes back up early.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut s = socket.connect(h.addr()).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let body = r#"{"input":"hi"}"#;
+    s.write_all(
+        format!(
+            "POST /v1/pipelines/chat HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("request sent");
+    let t0 = Instant::now();
+    // Reads nothing until well past the write timeout.
+    sleep(WRITE * 3).await;
+    // The server gave up on the socket: what it had queued can still be
+    // read, then the connection ends.
+    closed_at(&mut s).await;
+    let rows = h.server.ledger().rows_since(0).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "client_closed", "{:?}", rows[0]);
+    let took = Duration::from_millis(rows[0].duration_ms.unwrap_or(0) as u64);
+    assert!(
+        took >= WRITE && took <= WRITE + SLACK,
+        "settled {took:?} after the request, the write timeout is {WRITE:?}"
+    );
+    let metrics = send(
+        h.addr(),
+        Request::get("/metrics")
+            .header("host", "t")
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    let metrics = String::from_utf8(
+        metrics
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        metrics.contains(r#"sluice_connections_closed_total{reason="write_timeout"} 1"#),
+        "{metrics}"
+    );
+    assert!(t0.elapsed() >= WRITE);
+}

@@ -1,5 +1,6 @@
 //! The shared record of what the mock received and sent.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -64,8 +65,41 @@ struct Entry {
 
 #[derive(Default)]
 struct Inner {
-    entries: Mutex<Vec<Entry>>,
+    entries: Mutex<Entries>,
     changed: Notify,
+}
+
+/// The requests kept, oldest first, and how many older ones were let go.
+#[derive(Default)]
+struct Entries {
+    kept: VecDeque<Entry>,
+    /// The index of `kept[0]`: requests before it were dropped.
+    first: usize,
+    /// Most requests kept (`None`: all of them).
+    limit: Option<usize>,
+}
+
+impl Entries {
+    fn get(&self, i: usize) -> Option<&Entry> {
+        self.kept.get(i.checked_sub(self.first)?)
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut Entry> {
+        self.kept.get_mut(i.checked_sub(self.first)?)
+    }
+
+    /// Requests seen so far, dropped ones included.
+    fn len(&self) -> usize {
+        self.first + self.kept.len()
+    }
+
+    fn trim(&mut self) {
+        let Some(limit) = self.limit else { return };
+        while self.kept.len() > limit {
+            self.kept.pop_front();
+            self.first += 1;
+        }
+    }
 }
 
 /// A cheap, cloneable handle on the mock's request log.
@@ -83,16 +117,36 @@ impl std::fmt::Debug for Journal {
 }
 
 impl Journal {
-    /// A snapshot of all requests so far, in arrival order.
-    pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.lock().iter().map(|e| e.rec.clone()).collect()
+    /// Keeps only the last `n` requests (at least one) from now on, so a
+    /// mock serving millions of requests holds a bounded log. Indices stay
+    /// those of arrival order; older requests are gone from [`requests`]
+    /// and [`request`].
+    ///
+    /// [`requests`]: Journal::requests
+    /// [`request`]: Journal::request
+    pub fn keep_last(&self, n: usize) {
+        let mut e = self.lock();
+        e.limit = Some(n.max(1));
+        e.trim();
     }
 
-    /// A snapshot of request `i`, if it has arrived.
+    /// A snapshot of the requests kept (all of them unless
+    /// [`Journal::keep_last`] was called), in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.lock().kept.iter().map(|e| e.rec.clone()).collect()
+    }
+
+    /// The arrival index of the first request [`Journal::requests`] returns.
+    pub fn first_kept(&self) -> usize {
+        self.lock().first
+    }
+
+    /// A snapshot of request `i`, if it has arrived and is kept.
     pub fn request(&self, i: usize) -> Option<RecordedRequest> {
         self.lock().get(i).map(|e| e.rec.clone())
     }
 
+    /// Requests seen so far, whether kept or not.
     pub fn request_count(&self) -> usize {
         self.lock().len()
     }
@@ -136,7 +190,7 @@ impl Journal {
     async fn wait_until<T>(
         &self,
         timeout: Duration,
-        mut check: impl FnMut(&[Entry]) -> Option<T>,
+        mut check: impl FnMut(&Entries) -> Option<T>,
     ) -> Option<T> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -152,7 +206,7 @@ impl Journal {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
+    fn lock(&self) -> MutexGuard<'_, Entries> {
         self.inner
             .entries
             .lock()
@@ -166,10 +220,11 @@ impl Journal {
     pub(crate) fn push(&self, rec: RecordedRequest) -> usize {
         let i = {
             let mut e = self.lock();
-            e.push(Entry {
+            e.kept.push_back(Entry {
                 rec,
                 conn_done: false,
             });
+            e.trim();
             e.len() - 1
         };
         self.changed();
@@ -202,5 +257,54 @@ impl Journal {
             }
         }
         self.changed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(path: &str) -> RecordedRequest {
+        RecordedRequest {
+            method: "POST".into(),
+            path: path.into(),
+            headers: Vec::new(),
+            body: serde_json::Value::Null,
+            raw_body: bytes::Bytes::new(),
+            received_at: Instant::now(),
+            events_sent: 0,
+            bytes_sent: 0,
+            headers_sent_at: None,
+            last_event_at: None,
+            client_closed_at: None,
+            completed_at: None,
+            connection_closed_at: None,
+            connection: 0,
+            slot: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_limited_journal_keeps_the_last_requests_under_their_arrival_index() {
+        let j = Journal::default();
+        j.keep_last(3);
+        for i in 0..10 {
+            assert_eq!(j.push(rec(&format!("/{i}"))), i);
+        }
+        assert_eq!(j.request_count(), 10);
+        assert_eq!(j.first_kept(), 7);
+        let paths: Vec<_> = j.requests().into_iter().map(|r| r.path).collect();
+        assert_eq!(paths, ["/7", "/8", "/9"]);
+        assert!(j.request(6).is_none());
+        assert_eq!(j.request(8).unwrap().path, "/8");
+        // Updates and closes of dropped requests are ignored.
+        j.update(2, |r| r.events_sent = 5);
+        j.connection_done(&[2, 9], None);
+        assert!(
+            j.wait_reply_done(9, Duration::from_millis(1))
+                .await
+                .is_some()
+        );
+        assert!(j.wait_for_requests(10, Duration::from_millis(1)).await);
     }
 }

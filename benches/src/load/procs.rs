@@ -252,7 +252,8 @@ impl Mock {
         })
     }
 
-    /// The mock's journal: one JSON object per request, in arrival order.
+    /// The mock's journal: one JSON object per request kept (the mock keeps
+    /// the last 100,000), in arrival order; `i` is its arrival index.
     pub fn journal(&mut self) -> Result<Vec<serde_json::Value>, String> {
         writeln!(self.stdin, "journal")
             .and_then(|()| self.stdin.flush())

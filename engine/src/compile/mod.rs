@@ -79,6 +79,9 @@ pub struct ConnectionLimits {
     pub body_timeout: Duration,
     /// A connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
+    /// A connection whose client has taken no response byte for this long,
+    /// with bytes waiting to be sent, is closed.
+    pub write_timeout: Duration,
     /// `None`: derived from the descriptor limit when the server starts.
     pub max_connections: Option<usize>,
     /// Connections beyond the cap that still answer `/healthz` and
@@ -92,6 +95,7 @@ impl Default for ConnectionLimits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
+            write_timeout: Duration::from_secs(30),
             max_connections: None,
             reserved_connections: 64,
         }

@@ -55,6 +55,7 @@ impl Cx {
             ),
             (&s.body_timeout, "body_timeout", &mut limits.body_timeout),
             (&s.idle_timeout, "idle_timeout", &mut limits.idle_timeout),
+            (&s.write_timeout, "write_timeout", &mut limits.write_timeout),
         ] {
             if let Some(d) = raw.as_ref().and_then(|r| self.duration(file, r, what)) {
                 *slot = d;

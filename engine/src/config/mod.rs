@@ -163,6 +163,9 @@ pub struct RawServer {
     pub body_timeout: Option<Spanned<String>>,
     /// How long a keep-alive connection may stay open with no request.
     pub idle_timeout: Option<Spanned<String>>,
+    /// How long a response may wait for a client that reads nothing
+    /// before its connection is closed.
+    pub write_timeout: Option<Spanned<String>>,
     /// Most client connections served at once (default: from the
     /// descriptor limit, at most 10,000).
     pub max_connections: Option<Spanned<u64>>,

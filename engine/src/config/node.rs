@@ -58,8 +58,17 @@ pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
     // its default of 64 levels, a debug build overflows a 2 MiB thread
     // stack (`sluice test` threads, tokio workers) before the limit is
     // reached. 32 levels is far more than any config needs.
+    //
+    // The other limits bound what a file can make the parser do: aliases
+    // replay their anchor's events, so a few hundred bytes of nested
+    // aliases expand into millions of events at the defaults (seconds of
+    // CPU). A configuration holds hundreds of nodes, a large key list tens
+    // of thousands.
     let mut budget = serde_saphyr::Budget::default();
-    budget.max_depth = 32;
+    budget.max_depth = MAX_DEPTH;
+    budget.max_events = MAX_EVENTS;
+    budget.max_nodes = MAX_EVENTS / 2;
+    budget.max_recorded_anchor_events = MAX_EVENTS / 2;
     let options = serde_saphyr::options! {
         strict_booleans: true,
         leading_zero_numbers_as_strings: true,
@@ -80,11 +89,49 @@ pub fn parse(text: &str) -> Result<Node, (Pos, String)> {
                     col: l.column() as u32,
                 })
                 .unwrap_or(Pos::START);
-            Err((
-                pos,
-                format!("invalid yaml: {}", tidy_parser_message(&e.to_string())),
-            ))
+            let msg = match budget_breach(&e) {
+                Some(b) => describe_breach(b),
+                None => tidy_parser_message(&e.to_string()),
+            };
+            Err((pos, format!("invalid yaml: {msg}")))
         }
+    }
+}
+
+/// Deepest nesting of lists and mappings accepted.
+const MAX_DEPTH: usize = 32;
+/// Most parser events in one file, aliases expanded.
+const MAX_EVENTS: usize = 200_000;
+
+/// The limit a file broke, under the wrappers that add locations.
+fn budget_breach(mut e: &serde_saphyr::Error) -> Option<&serde_saphyr::budget::BudgetBreach> {
+    loop {
+        match e {
+            serde_saphyr::Error::AliasError { error, .. }
+            | serde_saphyr::Error::WithSnippet { error, .. } => e = error,
+            serde_saphyr::Error::Budget { breach, .. } => return Some(breach),
+            _ => return None,
+        }
+    }
+}
+
+/// A broken parser limit in words for the file's author.
+fn describe_breach(b: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    match b {
+        B::Depth { .. } => format!("lists and mappings nested deeper than {MAX_DEPTH} levels"),
+        B::Aliases { .. }
+        | B::AliasAnchorRatio { .. }
+        | B::RecordedAnchorEvents { .. }
+        | B::RecordedAnchorBytes { .. } => {
+            "aliases expand to more than a configuration can hold".into()
+        }
+        B::Events { .. } | B::Nodes { .. } => {
+            format!(
+                "more than {MAX_EVENTS} values (aliases expanded): too large for a configuration"
+            )
+        }
+        _ => "too large or too complex for a configuration file".into(),
     }
 }
 

@@ -68,3 +68,26 @@ fn syntax_errors_have_a_position() {
     assert_eq!(pos.line, 2);
     assert!(msg.starts_with("invalid yaml"), "{msg}");
 }
+
+#[test]
+fn parser_limits_are_refused_in_words_not_as_debug_output() {
+    let deep = format!("a: {}1{}", "[".repeat(40), "]".repeat(40));
+    let (pos, msg) = parse(&deep).unwrap_err();
+    assert_eq!(
+        msg, "invalid yaml: lists and mappings nested deeper than 32 levels",
+        "at {pos:?}"
+    );
+
+    // Nine levels of nine aliases: 387 million values from 366 bytes.
+    let mut bomb = "l0: &l0 [x, x, x, x, x, x, x, x, x]\n".to_string();
+    for l in 1..9 {
+        let refs = vec![format!("*l{}", l - 1); 9].join(", ");
+        bomb.push_str(&format!("l{l}: &l{l} [{refs}]\n"));
+    }
+    let (_, msg) = parse(&bomb).unwrap_err();
+    assert!(
+        msg.starts_with("invalid yaml: ") && !msg.contains('{') && !msg.contains("Events"),
+        "{msg}"
+    );
+    assert!(msg.contains("aliases") || msg.contains("values"), "{msg}");
+}

@@ -31,7 +31,7 @@ pub(super) const READ_CHUNK: usize = 8 * 1024;
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header lines in a response head.
 const MAX_HEADERS: usize = 128;
-/// Longest chunk extension or trailer section accepted.
+/// Longest extension on one chunk, or trailer section, accepted.
 const MAX_CHUNK_META: usize = 16 * 1024;
 
 /// The socket: plain TCP or rustls TLS over it.
@@ -421,7 +421,8 @@ pub(super) struct Chunked {
     /// The size being read, then the data left of the current chunk.
     size: u64,
     digits: u8,
-    /// Bytes of extensions and trailers seen, bounded by [`MAX_CHUNK_META`].
+    /// Bytes of the current chunk's extension, then of the trailers,
+    /// bounded by [`MAX_CHUNK_META`].
     meta: usize,
 }
 
@@ -471,6 +472,7 @@ impl Chunked {
                 }
                 (SizeLf, b'\n') => {
                     self.digits = 0;
+                    self.meta = 0;
                     if self.size == 0 { TrailerStart } else { Data }
                 }
                 (Size | SizeSpace | SizeLf, _) => return Err(ChunkError::Size),

@@ -93,6 +93,19 @@ fn malformed_chunked_framing_is_an_error() {
     assert_eq!(decode_split(&long_ext, &[]), Err(ChunkError::MetaTooLong));
 }
 
+#[test]
+fn the_extension_bound_is_per_chunk_not_per_body() {
+    // A stream with an extension on every chunk, far past the bound in
+    // total, decodes whole.
+    let ext = "x".repeat(MAX_CHUNK_META / 2);
+    let mut body = Vec::new();
+    for _ in 0..8 {
+        body.extend_from_slice(format!("2;{ext}\r\nok\r\n").as_bytes());
+    }
+    body.extend_from_slice(format!("0;{ext}\r\n\r\n").as_bytes());
+    assert_eq!(decode_split(&body, &[]).unwrap(), (b"ok".repeat(8), true));
+}
+
 proptest! {
     /// Any chunking of any data, cut into reads anywhere, decodes to the
     /// data and ends exactly once.

@@ -2,12 +2,14 @@
 //!
 //! Each connection task runs hyper's connection future under a watchdog
 //! ([`watch`]) with one timer: the header deadline while a request head is
-//! arriving, the idle deadline while no request is in flight, none while a
-//! request is being served (the body has its own deadline in
-//! `request::read_json_body`, the response its pipeline's deadlines). The
-//! watchdog learns of changes through [`ConnState`]: the socket wrapper
-//! ([`Watched`]) flags the first byte of a head, the service counts
-//! requests in and out ([`InFlight`]). Those are a few relaxed atomics per
+//! arriving, the idle deadline while no request is in flight, the write
+//! deadline while the socket takes no byte of a response (a client that
+//! stopped reading), none while a request is being served otherwise (the
+//! body has its own deadline in `request::read_json_body`, the response its
+//! pipeline's deadlines). The watchdog learns of changes through
+//! [`ConnState`]: the socket wrapper ([`Watched`]) flags the first byte of a
+//! head and a write refused or taken again, the service counts requests in
+//! and out ([`InFlight`]). Those are a few relaxed atomics per
 //! read and one wake-up per change, never a timer per read.
 //!
 //! On HTTP/2 the bytes between streams are frames (pings, settings, window
@@ -71,6 +73,9 @@ pub(super) struct ConnState {
     /// An HTTP/2 connection: frames between requests (pings, settings)
     /// are not the start of a head.
     h2: AtomicBool,
+    /// The socket refused a write (its send buffer is full) and has taken
+    /// no byte since: the client is not reading.
+    write_blocked: AtomicBool,
     /// A reserve connection: health paths only, one request.
     reserve: bool,
     changed: Notify,
@@ -92,6 +97,17 @@ impl ConnState {
     fn on_bytes(&self) {
         if !self.head.load(Relaxed) && self.in_flight.load(Relaxed) == 0 && !self.h2.load(Relaxed) {
             self.head.store(true, Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Called on every write: a relaxed load unless the socket's state
+    /// (refusing bytes or taking them) changed.
+    #[inline]
+    fn on_write<T>(&self, r: &Poll<io::Result<T>>) {
+        let blocked = r.is_pending();
+        if self.write_blocked.load(Relaxed) != blocked {
+            self.write_blocked.store(blocked, Relaxed);
             self.changed.notify_one();
         }
     }
@@ -193,7 +209,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.state.on_write(&r);
+        r
     }
 
     fn poll_write_vectored(
@@ -201,7 +220,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.state.on_write(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -209,7 +231,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.state.on_write(&r);
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -222,6 +247,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 enum Deadline {
     Header,
     Idle,
+    /// A response is waiting for a client that reads nothing.
+    Write,
     /// Graceful close started; drop the connection if it lingers.
     Close,
 }
@@ -230,6 +257,8 @@ enum Deadline {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Closed {
     HeaderTimeout,
+    /// The client took no response byte for `write_timeout`.
+    WriteTimeout,
     Evicted,
     /// A reserve connection that gave its one answer, or a graceful close
     /// that did not finish in time.
@@ -275,7 +304,12 @@ where
                     continue;
                 }
                 let now = Instant::now();
-                if state.in_flight.load(Relaxed) > 0 {
+                if state.write_blocked.load(Relaxed) {
+                    if deadline != Some(Deadline::Write) {
+                        sleep.as_mut().reset(now + limits.write_timeout);
+                        deadline = Some(Deadline::Write);
+                    }
+                } else if state.in_flight.load(Relaxed) > 0 {
                     deadline = None;
                 } else if state.reserve && state.requests.load(Relaxed) > 0 {
                     graceful(conn.as_mut());
@@ -303,6 +337,11 @@ where
                 // as the timer fired: never cut one that is in flight.
                 let busy = state.in_flight.load(Relaxed) > 0;
                 match deadline {
+                    // Nothing more can be sent to a client that reads
+                    // nothing: drop the connection and what it holds.
+                    Some(Deadline::Write) if state.write_blocked.load(Relaxed) => {
+                        return Err(Closed::WriteTimeout);
+                    }
                     // Nothing sensible can be answered to half a head.
                     Some(Deadline::Header) if !busy => return Err(Closed::HeaderTimeout),
                     Some(Deadline::Idle) if !busy => {

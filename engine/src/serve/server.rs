@@ -22,7 +22,7 @@ use super::{H1_MAX_BUF, H2_MAX_SEND_BUF, Shared, handle};
 use crate::alerts::Alerts;
 use crate::compile::Catalog;
 use crate::ledger::Ledger;
-use crate::metrics::Metrics;
+use crate::metrics::{ConnClosedLabels, Metrics};
 use crate::run::RunContext;
 use arc_swap::ArcSwap;
 
@@ -185,6 +185,11 @@ impl Server {
             };
             let _ = tcp.set_nodelay(true);
             let ticket = gate.admit();
+            let metrics = shared.run.metrics.clone();
+            if ticket.is_reserve() {
+                metrics.connections_over_capacity.inc();
+            }
+            metrics.connections_open.inc();
             let state = ConnState::new(ticket.is_reserve());
             let service = {
                 let live = live.clone();
@@ -225,8 +230,23 @@ impl Server {
                 match ended {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => debug!(%peer, error = %e, "connection ended with an error"),
-                    Err(why) => debug!(%peer, reason = ?why, "connection closed"),
+                    Err(why) => {
+                        debug!(%peer, reason = ?why, "connection closed");
+                        let reason = match why {
+                            conn::Closed::HeaderTimeout => Some("header_timeout"),
+                            conn::Closed::WriteTimeout => Some("write_timeout"),
+                            conn::Closed::Evicted => Some("evicted"),
+                            conn::Closed::Done => None,
+                        };
+                        if let Some(reason) = reason {
+                            metrics
+                                .connections_closed
+                                .get_or_create(&ConnClosedLabels { reason })
+                                .inc();
+                        }
+                    }
                 }
+                metrics.connections_open.dec();
                 drop(ticket);
             });
         }

@@ -25,8 +25,10 @@
 //! a plain answer and the one after it is back in step.
 //!
 //! The first line on stdout is the address it listens on (`127.0.0.1:PORT`).
+//! It keeps the last `--journal-limit` requests (default 100,000) in its
+//! journal, so a soak of millions of requests holds a bounded log.
 //! With `--control-stdin`, it reads commands from stdin: `journal` prints
-//! one JSON line per request seen (times in CLOCK_MONOTONIC nanoseconds,
+//! one JSON line per request kept (`i` is its arrival index) (times in CLOCK_MONOTONIC nanoseconds,
 //! comparable across processes of the machine) followed by `end`; `quit`
 //! or end of input exits, so the mock never outlives the process driving it.
 
@@ -53,11 +55,12 @@ struct Args {
     stall_after: Option<usize>,
     tool_pairs: Option<usize>,
     threads: Option<usize>,
+    journal_limit: usize,
     control_stdin: bool,
 }
 
 const USAGE: &str = "usage: sluice-mock [--listen 127.0.0.1:0] [--tokens N] [--gap-ms MS] [--usage] \
-[--stall-after N] [--tool-pairs N] [--threads N] [--control-stdin]";
+[--stall-after N] [--tool-pairs N] [--threads N] [--journal-limit N] [--control-stdin]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -68,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
         stall_after: None,
         tool_pairs: None,
         threads: None,
+        journal_limit: 100_000,
         control_stdin: false,
     };
     let mut it = std::env::args().skip(1);
@@ -104,6 +108,13 @@ fn parse_args() -> Result<Args, String> {
                 let v = value("--threads")?;
                 let n: usize = v.parse().map_err(|e| format!("--threads {v:?}: {e}"))?;
                 args.threads = Some(n.max(1));
+            }
+            "--journal-limit" => {
+                let v = value("--journal-limit")?;
+                let n: usize = v
+                    .parse()
+                    .map_err(|e| format!("--journal-limit {v:?}: {e}"))?;
+                args.journal_limit = n.max(1);
             }
             "--control-stdin" => args.control_stdin = true,
             "-h" | "--help" => {
@@ -194,7 +205,8 @@ impl Clock {
 }
 
 fn dump_journal(journal: &Journal, clock: &Clock, out: &mut impl Write) -> std::io::Result<()> {
-    for (i, r) in journal.requests().iter().enumerate() {
+    let first = journal.first_kept();
+    for (i, r) in (first..).zip(journal.requests().iter()) {
         let line = serde_json::json!({
             "i": i,
             "connection": r.connection,
@@ -241,6 +253,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    mock.journal().keep_last(args.journal_limit);
     let mut stdout = std::io::stdout().lock();
     if writeln!(stdout, "{}", mock.addr())
         .and_then(|()| stdout.flush())
