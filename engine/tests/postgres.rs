@@ -420,3 +420,227 @@ async fn ledger_semantics_hold_on_postgres() {
     l.close().await;
     drop_database(&admin_url, &name).await;
 }
+
+/// A Postgres server of the test's own (initdb on a temporary directory),
+/// so that the test can stop it and start it again under a running Sluice.
+struct OwnPostgres {
+    bin: PathBuf,
+    data: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl OwnPostgres {
+    /// `None` (with the reason printed) when the server binaries are not
+    /// on this machine.
+    fn init() -> Option<OwnPostgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .filter(|b| b.join("initdb").exists())
+                .max()
+        });
+        let Some(bin) = bin else {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: /readyz flip test (no /usr/lib/postgresql/*/bin/initdb)"
+            );
+            return None;
+        };
+        let dir = std::env::temp_dir().join(format!("sluice_pg_{}", uuid_like()));
+        let data = dir.join("data");
+        std::fs::create_dir_all(&dir).unwrap();
+        // Postgres refuses to run as root: the directory goes to `postgres`.
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres", dir.to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(ok.success(), "chown the data directory to postgres");
+        }
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let pg = OwnPostgres {
+            bin,
+            data,
+            dir,
+            port,
+        };
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                pg.data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        pg.start();
+        Some(pg)
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    fn stop(&self) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = Command::new(if is_root() { "runuser" } else { "true" })
+            .args(if is_root() {
+                vec!["-u", "postgres", "--"]
+            } else {
+                vec![]
+            })
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `GET /readyz`: its status and body.
+fn readyz(addr: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (out[9..12].parse().unwrap(), body)
+}
+
+/// Polls `/readyz` until it answers `status`, for at most `within` (real
+/// time: a real Postgres server stops and starts), and returns the body.
+fn readyz_becomes(addr: &str, status: u16, within: Duration) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        let (s, body) = readyz(addr);
+        if s == status {
+            return body;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "/readyz still answers {s} ({body}) after {within:?}, expected {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_postgres_server_down_and_back_up() {
+    if std::env::var("SLUICE_TEST_POSTGRES_URL").is_err() {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: /readyz flip test on Postgres (set SLUICE_TEST_POSTGRES_URL to run it)"
+        );
+        return;
+    }
+    let Some(pg) = OwnPostgres::init() else {
+        return;
+    };
+    let mock = MockProvider::start(Script::single(Reply::text(&["Hi"])))
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("sluice_readyz_{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    write_pipelines(&dir, &pg.url(), &mock, "");
+    let sluice = start_instance(&dir);
+    let addr = sluice.addr.clone();
+    let ready = tokio::task::spawn_blocking(move || {
+        let up = readyz_becomes(&addr, 200, Duration::from_secs(10));
+        assert!(up.contains(r#""status":"ready""#), "{up}");
+        assert_eq!(post(&addr), 200);
+
+        pg.stop();
+        let down = readyz_becomes(&addr, 503, Duration::from_secs(10));
+        assert!(
+            down.contains("postgres"),
+            "the reason names the ledger: {down}"
+        );
+        // A request meanwhile is refused, not left hanging.
+        assert_ne!(post(&addr), 200);
+
+        pg.start();
+        readyz_becomes(&addr, 200, Duration::from_secs(20));
+        assert_eq!(post(&addr), 200, "served again once Postgres is back");
+        pg
+    })
+    .await
+    .unwrap();
+    drop(sluice);
+    drop(ready);
+    let _ = std::fs::remove_dir_all(&dir);
+}
