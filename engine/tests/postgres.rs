@@ -7,22 +7,20 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+#[path = "common/skip.rs"]
+mod skip;
+
 use sluice::ledger::{Ledger, money};
 use sluice_testkit::{MockProvider, Reply, Script};
 use sqlx::Connection;
 
 /// A fresh database on the test server, dropped by the caller.
 async fn fresh_database() -> Option<(String, String, String)> {
-    let Ok(admin_url) = std::env::var("SLUICE_TEST_POSTGRES_URL") else {
-        // Written to the real stderr: the harness hides captured output of
-        // passing tests, and a skip must be visible.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: Postgres ledger test (set SLUICE_TEST_POSTGRES_URL to run it)"
-        );
-        return None;
-    };
+    let admin_url = skip::env_or_skip(
+        "SLUICE_TEST_POSTGRES_URL",
+        "Postgres ledger test",
+        "the URL of a Postgres server, e.g. postgres://postgres@127.0.0.1:5432/postgres",
+    )?;
     let name = format!("sluice_test_{}", uuid_like());
     let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
@@ -440,10 +438,10 @@ impl OwnPostgres {
                 .max()
         });
         let Some(bin) = bin else {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipped: /readyz flip test (no /usr/lib/postgresql/*/bin/initdb)"
+            skip::skipped(
+                "Postgres ledger test",
+                "SLUICE_TEST_POSTGRES_URL",
+                "a Postgres server's URL, with the server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin",
             );
             return None;
         };
@@ -600,12 +598,13 @@ fn readyz_becomes(addr: &str, status: u16, within: Duration) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_postgres_server_down_and_back_up() {
-    if std::env::var("SLUICE_TEST_POSTGRES_URL").is_err() {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: /readyz flip test on Postgres (set SLUICE_TEST_POSTGRES_URL to run it)"
-        );
+    if skip::env_or_skip(
+        "SLUICE_TEST_POSTGRES_URL",
+        "Postgres ledger test",
+        "the URL of a Postgres server, e.g. postgres://postgres@127.0.0.1:5432/postgres",
+    )
+    .is_none()
+    {
         return;
     }
     let Some(pg) = OwnPostgres::init() else {

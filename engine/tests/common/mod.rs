@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod sdk;
+pub mod skip;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -19,17 +19,7 @@ pub const WIRES: [&str; 2] = ["openai", "anthropic"];
 
 pub const WEATHER_ARGS: &str = r#"{"city":"Paris"}"#;
 
-/// The value of `var`, or None after saying on stderr that `what` was
-/// skipped for want of it (`hint` says what it should name).
-pub fn env_or_skip(var: &str, what: &str, hint: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) => Some(v),
-        Err(_) => {
-            let _ = writeln!(std::io::stderr(), "skipped: {what} (set {var} to {hint})");
-            None
-        }
-    }
-}
+pub use super::skip::env_or_skip;
 
 /// Call ids as each provider spells them.
 pub fn call_id(wire: &str, n: u32) -> String {
