@@ -4,7 +4,6 @@
 //! a gateway with one mock per pipeline, and running an SDK script.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ pub const WIRES: [&str; 2] = ["openai", "anthropic"];
 
 pub const WEATHER_ARGS: &str = r#"{"city":"Paris"}"#;
 
+#[allow(unused_imports)]
 pub use super::skip::env_or_skip;
 
 /// Call ids as each provider spells them.
