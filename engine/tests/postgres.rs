@@ -419,6 +419,30 @@ async fn ledger_semantics_hold_on_postgres() {
     drop_database(&admin_url, &name).await;
 }
 
+#[tokio::test]
+async fn a_postgres_ledger_from_a_newer_sluice_is_refused_by_name() {
+    let Some((admin_url, url, name)) = fresh_database().await else {
+        return;
+    };
+    Ledger::open(&url).await.unwrap().close().await;
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', true, '\\x00', 0)",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    c.close().await.unwrap();
+    let err = Ledger::open(&url).await.err().expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("the ledger's schema is at version 9999, newer than this Sluice knows"),
+        "{msg}"
+    );
+    drop_database(&admin_url, &name).await;
+}
+
 /// A Postgres server of the test's own (initdb on a temporary directory),
 /// so that the test can stop it and start it again under a running Sluice.
 struct OwnPostgres {

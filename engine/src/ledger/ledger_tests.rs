@@ -451,4 +451,24 @@ mod group_commit {
         l.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    #[tokio::test]
+    async fn a_ledger_from_a_newer_sluice_is_refused_by_name() {
+        let (dir, url) = temp_url();
+        std::fs::create_dir_all(&dir).unwrap();
+        let l = Ledger::open(&url).await.unwrap();
+        l.close().await;
+        {
+            let c = rusqlite::Connection::open(dir.join("ledger.db")).unwrap();
+            c.pragma_update(None, "user_version", 99).unwrap();
+        }
+        let err = Ledger::open(&url).await.err().expect("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("the ledger's schema is at version 99, newer than this Sluice knows")
+                && msg.contains("restore the ledger from a backup"),
+            "{msg}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

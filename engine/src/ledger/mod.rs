@@ -39,6 +39,12 @@ pub enum LedgerError {
     Closed,
     #[error("ledger migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the ledger's schema is at version {found}, newer than this Sluice knows (up to {known}): \
+         a newer Sluice upgraded it; run that version or a later one, or restore the ledger \
+         from a backup taken before the upgrade"
+    )]
+    NewerSchema { found: i64, known: i64 },
 }
 
 /// A budget a request must fit in: `global`, `pipeline:NAME`, `key:NAME`

@@ -76,7 +76,10 @@ pub(super) fn connect(url: &str) -> Result<(Connection, Option<Checkpointer>), L
     Ok((conn, checkpointer))
 }
 
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+/// Brings the schema up to date. A schema newer than this binary's is
+/// refused: writing rows a newer Sluice would misread is worse than not
+/// starting.
+fn migrate(conn: &Connection) -> Result<(), LedgerError> {
     let stored: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let mut applied = stored;
     if stored == 0 {
@@ -97,6 +100,13 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             )?;
             conn.pragma_update(None, "user_version", applied)?;
         }
+    }
+    let known = MIGRATIONS.len() as i64;
+    if applied > known {
+        return Err(LedgerError::NewerSchema {
+            found: applied,
+            known,
+        });
     }
     let applied = usize::try_from(applied).unwrap_or(0);
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {

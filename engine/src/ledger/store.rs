@@ -230,7 +230,15 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await?;
-            sqlx::migrate!("migrations/postgres").run(&pool).await?;
+            let migrator = sqlx::migrate!("migrations/postgres");
+            let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+            migrator.run(&pool).await.map_err(|e| match e {
+                // Applied by a newer Sluice: not this binary's to undo.
+                sqlx::migrate::MigrateError::VersionMissing(found) if found > known => {
+                    LedgerError::NewerSchema { found, known }
+                }
+                e => e.into(),
+            })?;
             return Ok(Store::Postgres(pool));
         }
         if !url.starts_with("sqlite:") {
