@@ -382,3 +382,112 @@ fn keys_new_prints_a_secret_and_an_entry_to_paste() {
         sluice::auth::format_hash(&sluice::auth::digest(v["secret"].as_str().unwrap()))
     );
 }
+
+/// One HTTP/1.1 request with `headers` (each `Name: value`); returns the
+/// status and the body.
+fn request(addr: &str, method: &str, path: &str, headers: &[String], body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (out[9..12].parse().unwrap(), body)
+}
+
+/// The deployment example as its container runs it: the binary started
+/// from another directory, with only the pipelines directory (`deploy/
+/// pipelines`, as shipped but for the provider's address and a real key)
+/// and the environment; the ledger where `SLUICE_STORAGE` says, nothing
+/// written beside the pipelines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deploy_example_serves_from_its_mounted_directory() {
+    let mock = MockProvider::start(Script::single(Reply::text(&["Hello", " team"])))
+        .await
+        .unwrap();
+    let root = tempdir();
+    let etc = root.join("etc-sluice");
+    std::fs::create_dir_all(&etc).unwrap();
+    for f in ["settings.yaml", "assistant.yaml"] {
+        std::fs::copy(repo_root().join("deploy/pipelines").join(f), etc.join(f)).unwrap();
+    }
+    let keys = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "keys",
+            "new",
+            "support-bot",
+            "--team",
+            "support",
+            "--pipelines",
+            "assistant",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let key: serde_json::Value = serde_json::from_slice(&keys.stdout).unwrap();
+    let settings = std::fs::read_to_string(etc.join("settings.yaml")).unwrap();
+    let placeholder = format!("sha256:{}", "0".repeat(64));
+    assert!(settings.contains(&placeholder));
+    let settings = settings
+        .replace(&placeholder, key["hash"].as_str().unwrap())
+        .replace("https://api.openai.com/v1", &mock.base_url());
+    std::fs::write(etc.join("settings.yaml"), settings).unwrap();
+    let shipped: Vec<_> = std::fs::read_dir(&etc)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+
+    let ledger = root.join("state/sluice.db");
+    let storage = format!("sqlite:{}", ledger.display());
+    let served = serve(
+        &etc,
+        &[
+            ("SLUICE_STORAGE", storage.as_str()),
+            ("OPENAI_API_KEY", "sk-deploy-test-0123456789"),
+            ("ANTHROPIC_API_KEY", "sk-ant-deploy-test-0123456789"),
+        ],
+        false,
+    );
+    let addr = served.addr.clone();
+    let secret = key["secret"].as_str().unwrap().to_string();
+    let outcome = tokio::task::spawn_blocking(move || {
+        assert_eq!(request(&addr, "GET", "/healthz", &[], "").0, 200);
+        let (status, body) = request(&addr, "GET", "/readyz", &[], "");
+        assert_eq!(status, 200, "{body}");
+        let ask = r#"{"input":"hi","stream":false}"#;
+        assert_eq!(
+            request(&addr, "POST", "/v1/pipelines/assistant", &[], ask).0,
+            401
+        );
+        request(
+            &addr,
+            "POST",
+            "/v1/pipelines/assistant",
+            &[format!("Authorization: Bearer {secret}")],
+            ask,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome.0, 200, "{}", outcome.1);
+    assert!(outcome.1.contains("Hello team"), "{}", outcome.1);
+    assert_eq!(mock.journal().requests()[0].body["model"], "gpt-4o-mini");
+    assert!(ledger.exists(), "the ledger is where SLUICE_STORAGE says");
+    let now: Vec<_> = std::fs::read_dir(&etc)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(now, shipped, "nothing is written beside the pipelines");
+    drop(served);
+    let _ = std::fs::remove_dir_all(root);
+}
