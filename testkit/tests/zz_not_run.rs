@@ -43,7 +43,7 @@ fn tests_that_did_not_run_are_listed_at_the_end() {
     let rule = "=".repeat(78);
     out.push_str(&format!(
         "\n{rule}\nNOT RUN: {total} test(s) passed without running, for want of a service.\n\
-         They run in CI; to run them here, set (see README, Testing):\n"
+         They run in CI; to run them here, set (see docs/testing.md):\n"
     ));
     for (var, (how, mut tests)) in by_var {
         tests.sort();
