@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chat;
+pub mod logs;
 pub mod sdk;
 
 use std::net::SocketAddr;
