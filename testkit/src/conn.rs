@@ -570,6 +570,7 @@ impl Out<'_, '_> {
                         Some(d) => tokio::time::sleep(d).await,
                         None => std::future::pending::<()>().await,
                     },
+                    Fault::HoldAfter { events, ref gate } if events == sent => gate.wait().await,
                     Fault::DisconnectAfter { events, reset } if events == sent => {
                         return Ok(Outcome::Disconnect { reset });
                     }

@@ -52,6 +52,7 @@
 mod anthropic;
 mod conn;
 mod fixture;
+mod gate;
 pub mod guide;
 mod hostile;
 mod http;
@@ -70,6 +71,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use fixture::{FixtureError, Recording, Wire, validate_dir};
+pub use gate::Gate;
 pub use inspect::{SentBeforeClose, ToolResult, lookup};
 pub use journal::{Journal, RecordedRequest};
 pub use script::{Body, Fault, Reply, Script, fixtures_dir};

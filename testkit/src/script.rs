@@ -250,6 +250,11 @@ pub enum Fault {
         events: usize,
         duration: Option<Duration>,
     },
+    /// After `events` events, go silent until the test opens `gate`, then
+    /// go on: holds a stream at a point of the test's choosing (e.g. until
+    /// a client has shown what it received so far). It waits on no clock:
+    /// under a paused one, time may jump to the client's deadlines meanwhile.
+    HoldAfter { events: usize, gate: crate::Gate },
     /// After `events` events, close the connection (without the terminating
     /// chunk): a clean FIN, or with `reset: true` a TCP RST (`SO_LINGER` 0).
     DisconnectAfter { events: usize, reset: bool },

@@ -6,7 +6,7 @@ use std::io::ErrorKind;
 use std::time::Duration;
 
 use common::{Client, T, json_events};
-use sluice_testkit::{Fault, MockProvider, Reply, Script};
+use sluice_testkit::{Fault, Gate, MockProvider, Reply, Script};
 use tokio::time::Instant;
 
 async fn start(reply: Reply) -> MockProvider {
@@ -126,6 +126,36 @@ async fn stall_forever_then_client_drop_is_recorded_at_once() {
     assert_eq!(rec.connection_closed_at, Some(closed));
     assert_eq!(rec.completed_at, None);
     assert_eq!(rec.events_sent, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_after_waits_for_its_gate_then_sends_the_rest() {
+    let gate = Gate::new();
+    let mock = start(Reply::text(&["a", "b", "c"]).fault(Fault::HoldAfter {
+        events: 2,
+        gate: gate.clone(),
+    }))
+    .await;
+    let journal = mock.journal();
+    let mut c = Client::connect(mock.addr()).await;
+    c.chat(true).await;
+    c.read_head().await.unwrap();
+    for _ in 0..2 {
+        c.read_chunk().await.unwrap().unwrap();
+    }
+    // Held, however long the test waits.
+    let next = tokio::time::timeout(Duration::from_secs(3600), c.read_chunk()).await;
+    assert!(next.is_err(), "a held stream sent something");
+    assert_eq!(journal.request(0).unwrap().events_sent, 2);
+
+    gate.open();
+    let rec = journal
+        .wait_reply_done(0, T)
+        .await
+        .expect("the rest is sent");
+    // Role, three words, finish, usage, [DONE].
+    assert_eq!(rec.events_sent, 7);
+    assert!(rec.completed_at.is_some());
 }
 
 #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@
 //! [`Catalog`] when there is no error.
 
 pub mod clients;
+pub mod cors;
 mod keys;
 mod pipeline;
 mod settings;
@@ -54,6 +55,9 @@ pub struct ServerSettings {
     pub keepalive: Duration,
     pub shutdown_grace: Duration,
     pub connections: ConnectionLimits,
+    /// Which web pages may call from a browser; `None`: no CORS header is
+    /// ever sent. The one server setting a reload applies.
+    pub cors: Option<Arc<cors::Cors>>,
 }
 
 impl Default for ServerSettings {
@@ -64,6 +68,7 @@ impl Default for ServerSettings {
             keepalive: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(10),
             connections: ConnectionLimits::default(),
+            cors: None,
         }
     }
 }

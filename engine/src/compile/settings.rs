@@ -67,6 +67,11 @@ impl Cx {
         if let Some(n) = self.count(file, &s.reserved_connections, "reserved_connections") {
             limits.reserved_connections = n;
         }
+        out.cors = s
+            .cors
+            .as_ref()
+            .and_then(|c| self.cors(file, c))
+            .map(Arc::new);
         out
     }
 

@@ -176,6 +176,29 @@ pub struct RawServer {
     /// false: Sluice refuses to, since anyone reaching it could spend
     /// every budget).
     pub allow_unauthenticated: Option<Spanned<bool>>,
+    /// Which web pages (origins) may call Sluice from a browser (default:
+    /// none).
+    pub cors: Option<Spanned<RawCors>>,
+}
+
+/// `server.cors`: cross-origin requests from browsers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// `scheme://host[:port]`, `scheme://*.domain[:port]`, or `"*"` alone.
+    #[serde(default)]
+    pub allowed_origins: Vec<Spanned<String>>,
+    /// Default `[GET, POST]`.
+    pub allowed_methods: Option<Vec<Spanned<String>>>,
+    /// Request headers pages may send (default: authorization,
+    /// content-type, x-api-key, x-request-id); `"*"` for any.
+    pub allowed_headers: Option<Vec<Spanned<String>>>,
+    /// Response headers pages may read (default: x-request-id).
+    pub exposed_headers: Option<Vec<Spanned<String>>>,
+    /// Whether pages may send cookies or TLS client certificates (default false).
+    pub allow_credentials: Option<Spanned<bool>>,
+    /// How long a browser may cache a preflight answer (default 10m).
+    pub max_age: Option<Spanned<String>>,
 }
 
 /// A provider. `kind` selects the wire format; which other keys apply

@@ -10,6 +10,7 @@ mod anthropic_request;
 mod anthropic_stream;
 mod auth;
 mod conn;
+mod cors;
 mod openai_compat;
 mod openai_messages;
 mod openai_request;
@@ -194,12 +195,19 @@ async fn handle(
     let request_id = new_request_id(&req);
     let span = tracing::info_span!("request", id = %request_id);
     let version = req.version();
+    // Before authentication: a browser's preflight carries no key.
+    let cors = shared.settings.cors.as_deref();
+    let preflight = cors::is_preflight(req.method(), req.headers());
+    let cross = span.in_scope(|| cors::check(cors, req.method(), req.uri().path(), req.headers()));
     let mut resp = if in_flight.reserve() && !conn::HEALTH_PATHS.contains(&req.uri().path()) {
         over_capacity(&request_id)
+    } else if preflight {
+        cors::preflight(cors, &cross, req.headers(), &request_id)
     } else {
         route(&shared, req, &request_id).instrument(span).await
     };
     let headers = resp.headers_mut();
+    cors::decorate(cors, &cross, preflight, headers);
     headers.insert("x-sluice-config", HeaderValue::from(shared.version));
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert("x-request-id", v);

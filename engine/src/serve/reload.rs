@@ -10,7 +10,8 @@
 //! (they hold its pipeline), budgets and rate buckets carry over (they
 //! live in the ledger), and a key that is gone is refused from its next
 //! request. What only a restart can change (the listen address, the
-//! ledger, server settings, the alert webhook) is reported, not applied.
+//! ledger, server settings but `server.cors`, the alert webhook) is
+//! reported, not applied.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -164,7 +165,12 @@ impl ReloadHandle {
             version,
             pipelines: catalog.pipelines,
             auth: catalog.auth,
-            settings: old.settings.clone(),
+            // Server settings wait for a restart, but for which pages may
+            // call from a browser.
+            settings: ServerSettings {
+                cors: catalog.server.cors.clone(),
+                ..old.settings.clone()
+            },
             run: old.run.clone(),
             max_connections: old.max_connections,
             reloads: status.clone(),

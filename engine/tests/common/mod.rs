@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chat;
+pub mod logs;
 pub mod sdk;
 pub mod skip;
 
