@@ -28,7 +28,7 @@ fn serve(dir: &std::path::Path, envs: &[(&str, &str)], json_logs: bool) -> Serve
     if json_logs {
         cmd.arg("--log-json");
     }
-    // The default ledger (data/sluice.db) goes into a fresh directory.
+    // A fresh working directory: nothing lands in the repository.
     cmd.args(["serve", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
         .current_dir(tempdir())
         .stdout(Stdio::null())

@@ -219,6 +219,36 @@ fn the_files_init_writes_are_valid() {
     }
 }
 
+/// Corners where a schema could easily be stricter than `compile`: a
+/// bare `0` pace, fractions and compound durations, keys left empty
+/// (null), whole numbers written as floats.
+#[test]
+fn corners_that_compile_are_valid() {
+    let schemas = Schemas::new();
+    let settings = (
+        PathBuf::from("settings.yaml"),
+        format!(
+            "providers:\n  replay: {{kind: replay, fixtures: {}/fixtures/recorded, pace: 0}}\n\
+             server: {{keepalive: 1.5s, idle_timeout: 1m 30s, listen:}}\n\
+             prices:\n  openai/text_stop.sse: {{input: 1, output: 2}}\n",
+            root().display()
+        ),
+    );
+    let pipeline = (
+        PathBuf::from("demo.yaml"),
+        "name: demo\nmodel: {provider: replay, name: openai/text_stop.sse, temperature:}\n\
+         limits: {max_tokens: 256.0}\ntimeouts: {total: 2m, idle: 1m30s}\n\
+         budget: {daily_usd: 1, on_exhausted:}\nclients: {system:}\n"
+            .to_string(),
+    );
+    sluice::compile::compile_sources(&settings, std::slice::from_ref(&pipeline))
+        .unwrap_or_else(|d| panic!("{d:#?}"));
+    for (path, text) in [settings, pipeline] {
+        let errors = schemas.check(&path, &text).unwrap();
+        assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+    }
+}
+
 /// Per fixture file (relative to `fixtures/invalid/`), whether
 /// `expected.txt` names an error in it.
 fn fixture_files() -> BTreeMap<String, bool> {

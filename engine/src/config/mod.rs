@@ -36,8 +36,9 @@ pub struct RawSettings {
     /// to this file), `postgres://...`, or `memory` (nothing kept).
     #[schemars(extend("default" = crate::compile::DEFAULT_STORAGE))]
     pub storage: Option<Spanned<String>>,
-    /// Like `storage`, but read from this environment variable (for URLs
-    /// that carry a password).
+    /// Like `storage` (a relative SQLite path is relative to this file
+    /// too), but read from this environment variable (for URLs that carry
+    /// a password).
     pub storage_env: Option<Spanned<String>>,
     /// Prices per million tokens, by model name.
     #[serde(default)]
@@ -171,7 +172,7 @@ pub struct RawBudget {
     pub alert_at: Vec<Spanned<f64>>,
     /// What a request gets once the day's budget is spent: `reject` (a
     /// 429 until midnight UTC) or `downgrade` (the cheaper model).
-    #[schemars(extend("enum" = ["reject", "downgrade"], "default" = "reject"))]
+    #[schemars(extend("enum" = ["reject", "downgrade", null], "default" = "reject"))]
     pub on_exhausted: Option<Spanned<String>>,
     /// The cheaper model used when `on_exhausted: downgrade`.
     pub downgrade_to: Option<RawModel>,
@@ -307,7 +308,7 @@ pub struct RawClients {
     pub tools: Option<Spanned<bool>>,
     /// What a client's system messages do: `append` (after the
     /// pipeline's own), `replace` (instead of it) or `forbid` (a 400).
-    #[schemars(extend("enum" = ["append", "replace", "forbid"], "default" = "append"))]
+    #[schemars(extend("enum" = ["append", "replace", "forbid", null], "default" = "append"))]
     pub system: Option<Spanned<String>>,
 }
 

@@ -73,9 +73,14 @@ impl<T: JsonSchema> JsonSchema for Spanned<T> {
 }
 
 /// What `compile` reads as a duration (`humantime`): numbers with units,
-/// e.g. `250ms`, `10s`, `2m`, `1h 30m`. The pattern accepts any unit
-/// word; `sluice check` names a unit it does not know.
+/// e.g. `250ms`, `1.5s`, `2m`, `1h 30m`, or a bare `0` (which only `pace`
+/// accepts: other durations must be longer than zero). The pattern
+/// follows humantime's grammar but accepts any unit word; `sluice check`
+/// names a unit it does not know.
 pub(crate) struct Duration;
+
+/// humantime's grammar, any unit word.
+pub(crate) const DURATION_PATTERN: &str = r"^\s*(0|([0-9][0-9\s]*(\.[0-9\s]*)?[A-Za-zµ]+\s*)+)\s*$";
 
 impl JsonSchema for Duration {
     fn schema_name() -> Cow<'static, str> {
@@ -83,9 +88,11 @@ impl JsonSchema for Duration {
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "type": "string",
-            "pattern": r"^\s*([0-9]+\s*[A-Za-zµ]+\s*)+$",
-            "description": "A duration: a whole number and a unit (ms, s, m, h, d), e.g. 250ms, 10s, 2m or 1h 30m.",
+            "anyOf": [
+                {"type": "string", "pattern": DURATION_PATTERN},
+                {"const": 0},
+            ],
+            "description": "A duration: numbers with units (ms, s, m, h, d), e.g. 250ms, 1.5s, 2m or 1h 30m.",
             "examples": ["250ms", "10s", "2m"],
         })
     }
@@ -134,6 +141,29 @@ mod tests {
         );
         let p = pipeline();
         assert_eq!(at(&p, "/$defs/RawTimeouts/properties/total/default"), "5m");
+    }
+
+    #[test]
+    fn the_duration_pattern_takes_what_humantime_takes() {
+        let pattern = fancy_regex::Regex::new(DURATION_PATTERN).unwrap();
+        for text in [
+            "250ms", "10s", "2m", "1h 30m", "1h30m", "1.5s", " 10s ", "0", "0s", "2 days",
+        ] {
+            assert!(humantime::parse_duration(text.trim()).is_ok(), "{text}");
+            assert!(pattern.is_match(text).unwrap(), "{text}");
+        }
+        for text in [
+            "10",
+            "ten seconds",
+            "30 seconds please",
+            "",
+            "s",
+            "-1s",
+            "1,5s",
+        ] {
+            assert!(humantime::parse_duration(text.trim()).is_err(), "{text}");
+            assert!(!pattern.is_match(text).unwrap(), "{text}");
+        }
     }
 
     #[test]
