@@ -315,7 +315,7 @@ impl RateLimit {
 
 /// The most a limit may be: its bucket, in minute-milliseconds, must fit
 /// an i64 with room to spare.
-const RATE_MAX: f64 = 1e12;
+pub(crate) const RATE_MAX: f64 = 1e12;
 
 pub fn compile_rate_limit(
     file: &Path,

@@ -61,6 +61,24 @@ pub enum Command {
     Test(TestArgs),
     /// Proxy requests to a provider and save each streamed answer with its timing.
     Record(RecordArgs),
+    /// Write a new pipelines directory (settings, a demo pipeline and its
+    /// recording) that `sluice serve DIR` serves at once.
+    Init {
+        #[arg(default_value = "pipelines")]
+        dir: PathBuf,
+        /// Replace files that are already there.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the JSON Schema of the settings file or of a pipeline file
+    /// (both, as one object, when neither is named), for editor completion.
+    Schema {
+        #[arg(value_enum)]
+        file: Option<SchemaFile>,
+        /// Write settings.schema.json and pipeline.schema.json into DIR instead.
+        #[arg(long, value_name = "DIR", conflicts_with = "file")]
+        out: Option<PathBuf>,
+    },
     /// API keys: `sluice keys new NAME` makes one.
     Keys {
         #[command(subcommand)]
@@ -131,6 +149,15 @@ pub struct RecordArgs {
     /// Stop after this many requests (default: until Ctrl-C).
     #[arg(long)]
     pub count: Option<usize>,
+}
+
+/// Which file's schema `sluice schema` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum SchemaFile {
+    /// settings.yaml.
+    Settings,
+    /// A pipeline file.
+    Pipeline,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -379,5 +406,57 @@ pub fn keys_new(name: &str, team: Option<&str>, pipelines: &[String], json: bool
     if let Some(team) = team {
         println!("    team: {team}");
     }
+    ExitCode::SUCCESS
+}
+
+/// `sluice init`: writes the directory, then says how to serve it.
+pub fn init(dir: &std::path::Path, force: bool) -> ExitCode {
+    match crate::init::write(dir, force) {
+        Ok(written) => {
+            for path in &written {
+                println!("wrote {}", path.display());
+            }
+            let dir = dir.display();
+            println!("\nServe it (no API key needed) with `sluice serve {dir}`, then:");
+            println!(
+                "  curl -N localhost:8080/v1/pipelines/demo -H 'content-type: application/json' -d '{{\"input\": \"hi\"}}'"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sluice schema`: prints one schema or both, or writes both into a folder.
+pub fn schema(file: Option<SchemaFile>, out: Option<&std::path::Path>) -> ExitCode {
+    use crate::config::schema;
+    if let Some(dir) = out {
+        for (name, value) in [
+            (schema::SETTINGS_SCHEMA_FILE, schema::settings()),
+            (schema::PIPELINE_SCHEMA_FILE, schema::pipeline()),
+        ] {
+            let path = dir.join(name);
+            let written = std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(&path, schema::to_text(&value)));
+            if let Err(e) = written {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            println!("wrote {}", path.display());
+        }
+        return ExitCode::SUCCESS;
+    }
+    let value = match file {
+        Some(SchemaFile::Settings) => schema::settings(),
+        Some(SchemaFile::Pipeline) => schema::pipeline(),
+        None => serde_json::json!({
+            "settings": schema::settings(),
+            "pipeline": schema::pipeline(),
+        }),
+    };
+    print!("{}", schema::to_text(&value));
     ExitCode::SUCCESS
 }

@@ -16,6 +16,7 @@
 //! - [`tokens`]: tokenizer counts for ceilings and estimated usage.
 //! - [`scenario`]: fault scenarios against the testkit's mock provider
 //!   (`sluice test`) and the recording proxy (`sluice record`).
+//! - [`init`]: `sluice init`, a new pipelines directory that serves at once.
 //! - [`cli`]: the `sluice` command line.
 
 pub mod alerts;
@@ -24,6 +25,7 @@ pub mod budget;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod init;
 pub mod ledger;
 pub mod metrics;
 pub mod provider;

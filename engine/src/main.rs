@@ -20,6 +20,8 @@ fn main() -> anyhow::Result<ExitCode> {
             rt.block_on(cli::usage(&dir, &since, by, json, storage))
         }
         Command::Test(test) => Ok(cli::test(&test)),
+        Command::Init { dir, force } => Ok(cli::init(&dir, force)),
+        Command::Schema { file, out } => Ok(cli::schema(file, out.as_deref())),
         Command::Keys {
             action:
                 cli::KeysAction::New {

@@ -28,7 +28,7 @@ fn serve(dir: &std::path::Path, envs: &[(&str, &str)], json_logs: bool) -> Serve
     if json_logs {
         cmd.arg("--log-json");
     }
-    // The default ledger (data/sluice.db) goes into a fresh directory.
+    // A fresh working directory: nothing lands in the repository.
     cmd.args(["serve", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
         .current_dir(tempdir())
         .stdout(Stdio::null())
@@ -90,13 +90,26 @@ fn repo_root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The repository's `pipelines/` copied into a fresh directory beside a
+/// link to `fixtures/`, so that what its settings name relative to
+/// themselves in `../data/` (the ledger, the shop database) lands there
+/// and not in the repository.
+fn repo_pipelines_copy() -> std::path::PathBuf {
+    let root = tempdir();
+    let dir = root.join("pipelines");
+    std::fs::create_dir(&dir).unwrap();
+    for entry in std::fs::read_dir(repo_root().join("pipelines")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    std::os::unix::fs::symlink(repo_root().join("fixtures"), root.join("fixtures")).unwrap();
+    dir
+}
+
 #[test]
 fn serves_the_demo_pipeline_with_no_api_key_and_exits_0_on_sigterm() {
-    let served = serve(
-        &repo_root().join("pipelines"),
-        &[("OPENAI_API_KEY", "")],
-        false,
-    );
+    let dir = repo_pipelines_copy();
+    let served = serve(&dir, &[("OPENAI_API_KEY", "")], false);
     let resp = post(
         &served.addr,
         "/v1/pipelines/demo",
@@ -116,6 +129,9 @@ fn serves_the_demo_pipeline_with_no_api_key_and_exits_0_on_sigterm() {
     assert!(resp.contains(r#""arguments":{"order_id":7}"#), "{resp}");
     assert!(resp.contains(r#""ok":true,"rows":1"#), "{resp}");
     assert!(resp.contains(r#"data: {"text":" delivered"}"#), "{resp}");
+    // `storage: sqlite:../data/sluice.db` is relative to the settings
+    // file, not to the working directory (another temporary directory).
+    assert!(dir.join("../data/sluice.db").is_file());
     let mut served = served;
     let child = &mut served.child;
     let status = Command::new("kill")
@@ -323,6 +339,54 @@ fn requests_cut_by_sigkill_are_recorded_as_interrupted_at_the_next_start() {
         spend.spent_micros
     );
     drop(again);
+}
+
+/// What `cargo install --path engine` gives: a `sluice` that, started
+/// anywhere, writes a pipelines directory with `init` and serves it from
+/// another working directory, its ledger beside its settings.
+#[test]
+fn init_writes_a_directory_that_serves_from_any_working_directory() {
+    let sluice = env!("CARGO_BIN_EXE_sluice");
+    let home = tempdir();
+    let out = Command::new(sluice)
+        .args(["init", "mine"])
+        .current_dir(&home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let dir = home.join("mine");
+    let served = serve(&dir, &[], false);
+    let resp = post(
+        &served.addr,
+        "/v1/pipelines/demo",
+        r#"{"input":"What is the weather?"}"#,
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("data: {\"text\":\" San\"}"), "{resp}");
+    assert!(resp.contains("event: done"), "{resp}");
+    drop(served);
+    assert!(dir.join("data/sluice.db").is_file());
+    // `sluice usage DIR`, from yet another directory, reads that ledger.
+    let usage = Command::new(sluice)
+        .args(["usage", dir.to_str().unwrap(), "--json"])
+        .current_dir(tempdir())
+        .output()
+        .unwrap();
+    assert!(usage.status.success(), "{usage:?}");
+    let report: serde_json::Value = serde_json::from_slice(&usage.stdout).unwrap();
+    assert_eq!(report["groups"][0]["key"], "demo", "{report}");
+    assert_eq!(report["groups"][0]["requests"], 1, "{report}");
+    // A second init leaves the directory alone.
+    let again = Command::new(sluice)
+        .args(["init", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("not overwriting") && stderr.contains("--force"),
+        "{stderr}"
+    );
 }
 
 /// `sluice keys new` prints a secret and an entry that, pasted under

@@ -41,6 +41,11 @@ const NUMERIC: &[(&str, f64, f64)] = &[
     ("n", 1.0, 128.0),
 ];
 
+/// The names of the numeric parameters, which `bounds` may name.
+pub(crate) fn numeric_params() -> Vec<&'static str> {
+    NUMERIC.iter().map(|(name, ..)| *name).collect()
+}
+
 /// The numeric parameters that take whole numbers only.
 const WHOLE: &[&str] = &["top_k", "top_logprobs", "n"];
 

@@ -45,7 +45,7 @@ pub struct Catalog {
     pub auth: Arc<crate::auth::Auth>,
 }
 
-/// The ledger's default place, relative to the working directory.
+/// The ledger's default place, relative to the settings file.
 pub const DEFAULT_STORAGE: &str = "sqlite:data/sluice.db";
 
 #[derive(Debug, Clone)]

@@ -280,6 +280,20 @@ impl Cx {
             },
             (None, None) => DEFAULT_STORAGE.to_string(),
         };
+        // Like every path in settings, a relative SQLite file is relative
+        // to the settings file (the default one too).
+        let base = file.parent().unwrap_or(Path::new(""));
+        let storage = match crate::ledger::resolve_sqlite_url(&storage, base) {
+            Some(resolved) => resolved,
+            None => {
+                self.error(
+                    file,
+                    Pos::START,
+                    "the settings file's folder is not valid UTF-8, so a relative storage path cannot be resolved; give an absolute sqlite:PATH",
+                );
+                storage
+            }
+        };
         // A Postgres URL may carry a password: scrubbed like an API key's
         // echo from what providers send back (the set is shared, so
         // providers compiled before this see it too).

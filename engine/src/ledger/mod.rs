@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use thiserror::Error;
 
 pub use money::{CacheUse, Micros, Price};
+pub use sqlite_file::resolve_sqlite_url;
 use store::Store;
 
 #[derive(Debug, Error)]

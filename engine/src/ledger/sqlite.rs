@@ -682,6 +682,8 @@ fn end_pending(c: &Connection, id: &str, status: &str, now: i64) -> rusqlite::Re
 #[cfg(test)]
 mod tests {
     use super::parse_url;
+    use crate::ledger::sqlite_file::resolve_sqlite_url;
+    use std::path::Path;
 
     #[test]
     fn urls_name_a_file_or_memory() {
@@ -690,5 +692,38 @@ mod tests {
         assert_eq!(parse_url("sqlite:///tmp/x.db"), Some("/tmp/x.db"));
         assert_eq!(parse_url("sqlite::memory:"), None);
         assert_eq!(parse_url("sqlite://x.db?mode=memory"), None);
+    }
+
+    #[test]
+    fn relative_files_resolve_against_the_settings_folder() {
+        let base = Path::new("/srv/pipelines");
+        let r = |url| resolve_sqlite_url(url, base).unwrap();
+        assert_eq!(
+            r("sqlite:data/sluice.db"),
+            "sqlite:/srv/pipelines/data/sluice.db"
+        );
+        assert_eq!(
+            r("sqlite://data/x.db?mode=rwc"),
+            "sqlite:/srv/pipelines/data/x.db?mode=rwc"
+        );
+        assert_eq!(
+            r("sqlite:../data/x.db"),
+            "sqlite:/srv/pipelines/../data/x.db"
+        );
+        for unchanged in [
+            "sqlite:///tmp/x.db",
+            "sqlite:/tmp/x.db",
+            "sqlite::memory:",
+            "sqlite://x.db?mode=memory",
+            "memory",
+            "postgres://u:p@h/db",
+        ] {
+            assert_eq!(r(unchanged), unchanged);
+        }
+        // A settings file in the working directory: nothing to join.
+        assert_eq!(
+            resolve_sqlite_url("sqlite:data/x.db", Path::new("")).unwrap(),
+            "sqlite:data/x.db"
+        );
     }
 }

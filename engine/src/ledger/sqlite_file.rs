@@ -45,6 +45,31 @@ pub(super) fn parse_url(url: &str) -> Option<&str> {
     (!memory).then_some(path)
 }
 
+/// `url` with a relative SQLite file path taken as relative to `base` (the
+/// settings file's folder) rather than to the working directory, so a
+/// pipelines directory keeps its ledger wherever it is served from. Other
+/// URLs (absolute paths, in memory, Postgres) come back unchanged; `None`
+/// when `base` is not valid UTF-8, since a URL is text.
+pub fn resolve_sqlite_url(url: &str, base: &Path) -> Option<String> {
+    if !url.starts_with("sqlite:") {
+        return Some(url.to_string());
+    }
+    let Some(path) = parse_url(url) else {
+        return Some(url.to_string());
+    };
+    if Path::new(path).is_absolute() || base.as_os_str().is_empty() {
+        return Some(url.to_string());
+    }
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let joined = base.join(path);
+    let joined = joined.to_str()?;
+    Some(if query.is_empty() {
+        format!("sqlite:{joined}")
+    } else {
+        format!("sqlite:{joined}?{query}")
+    })
+}
+
 /// Opens the connection and brings the schema up to date; for a file,
 /// starts its checkpointer.
 pub(super) fn connect(url: &str) -> Result<(Connection, Option<Checkpointer>), LedgerError> {

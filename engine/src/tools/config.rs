@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -16,12 +17,13 @@ use crate::config::diag::suggest;
 use crate::config::{Diagnostic, Pos, SETTINGS_FILE, Spanned};
 
 /// A database declared in `settings.yaml` under `databases: {NAME: ...}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDatabase {
     /// The SQLite file, relative to the settings file's folder.
     pub path: Spanned<String>,
-    /// Open read-only (the default) or read-write.
+    /// Open read-only, or read-write (tools may write rows, never the schema).
+    #[schemars(extend("default" = true))]
     pub read_only: Option<bool>,
     /// An SQL file, relative to the settings file's folder, run to create the
     /// database when `path` does not exist. Never run on an existing file.
@@ -29,28 +31,39 @@ pub struct RawDatabase {
 }
 
 /// One entry of a pipeline's `tools:` list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTool {
+    /// The name the model calls it by.
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9_-]{1,64}$"))]
     pub name: Spanned<String>,
+    /// What it does, for the model.
     pub description: String,
     /// JSON Schema (draft 2020-12) of the arguments; must be `type: object`.
+    #[schemars(with = "serde_json::Map<String, Value>")]
     pub parameters: Spanned<Value>,
+    /// The query it runs.
     pub sql: RawSql,
 }
 
-#[derive(Debug, Deserialize)]
+/// A fixed query; the model's arguments are only ever bound parameters.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSql {
+    /// A database declared under `databases` in settings.yaml.
     pub database: Spanned<String>,
     /// One statement; `:name`, `@name` or `$name` parameters are bound from
     /// the schema's properties of the same name.
     pub query: Spanned<String>,
-    /// Rows returned at most (default 50).
+    /// Rows returned at most (`truncated: true` when capped).
+    #[schemars(range(min = 1), extend("default" = DEFAULT_MAX_ROWS))]
     pub max_rows: Option<Spanned<u32>>,
-    /// How long the query may run (default 2s).
+    /// How long the query may run.
+    #[schemars(with = "Option<crate::config::schema::Duration>")]
+    #[schemars(extend("default" = crate::config::schema::duration_text(DEFAULT_TIMEOUT)))]
     pub timeout: Option<Spanned<String>>,
-    /// Serialized JSON bytes of the rows at most (default 64 KiB).
+    /// Serialized JSON bytes of the rows at most.
+    #[schemars(range(min = 1), extend("default" = DEFAULT_MAX_BYTES))]
     pub max_bytes: Option<Spanned<u32>>,
 }
 
