@@ -98,7 +98,10 @@ fn writer(
         if !batch.is_empty() {
             run_batch(&conn, batch);
             on_batch();
-            let over = wal.as_mut().is_some_and(|w| w.after_batch(&conn));
+            let checkpointing = checkpointer.as_ref().map(|c| &*c.running);
+            let over = wal
+                .as_mut()
+                .is_some_and(|w| w.after_batch(&conn, checkpointing));
             since_checkpoint += 1;
             if since_checkpoint >= CHECKPOINT_EVERY
                 && !over

@@ -150,6 +150,9 @@ fn migrate(conn: &Connection) -> Result<(), LedgerError> {
 pub(super) struct Checkpointer {
     pub(super) ask: std::sync::mpsc::SyncSender<()>,
     pub(super) thread: std::thread::JoinHandle<()>,
+    /// Held by the checkpointer while it checkpoints: the writer takes it
+    /// to wait for a passive checkpoint to end before it truncates.
+    pub(super) running: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Checkpointer {
@@ -157,10 +160,13 @@ impl Checkpointer {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
+        let running = std::sync::Arc::new(std::sync::Mutex::new(()));
+        let held = running.clone();
         let thread = std::thread::Builder::new()
             .name("sluice-ledger-checkpoint".into())
             .spawn(move || {
                 for () in asked {
+                    let _running = held.lock().unwrap_or_else(|p| p.into_inner());
                     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
                         tracing::warn!(error = %e, "ledger checkpoint failed");
@@ -168,7 +174,11 @@ impl Checkpointer {
                 }
             })
             .map_err(|e| LedgerError::Sqlite(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Checkpointer { ask, thread })
+        Ok(Checkpointer {
+            ask,
+            thread,
+            running,
+        })
     }
 }
 
@@ -196,14 +206,23 @@ pub(super) struct WalBound {
 impl WalBound {
     /// Truncates the WAL if it is past its bound. Returns whether it still
     /// is: the writer then asks for no passive checkpoint, which would
-    /// hold the checkpoint lock and make the next truncation fail too
-    /// (under CPU contention a passive checkpoint of 16 MB ran most of the
-    /// time, and the WAL grew to 28 MB).
-    pub(super) fn after_batch(&mut self, conn: &Connection) -> bool {
+    /// hold the checkpoint lock and make the next truncation fail too.
+    ///
+    /// A passive checkpoint already running is waited for (`checkpointing`,
+    /// held by the checkpointer while it runs) rather than raced: under CPU
+    /// contention one of 16 MB can take longer than any busy timeout, and
+    /// the writer, committing on meanwhile, grew the WAL to 27 MB. Waiting
+    /// stalls the writer only when it is past the bound: back-pressure.
+    pub(super) fn after_batch(
+        &mut self,
+        conn: &Connection,
+        checkpointing: Option<&std::sync::Mutex<()>>,
+    ) -> bool {
         let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         if size <= self.next_at {
             return size > WAL_LIMIT;
         }
+        let _idle = checkpointing.map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
         let _ = conn.busy_timeout(TRUNCATE_WAIT);
         // (busy, frames in the WAL, frames checkpointed): busy means a
         // reader kept an old snapshot, or the checkpointer thread was in
