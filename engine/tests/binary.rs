@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use sluice_testkit::{MockProvider, Reply, Script};
 
+#[path = "common/raw.rs"]
+mod raw;
+
 struct Served {
     child: Child,
     addr: String,
@@ -70,20 +73,9 @@ fn serve(dir: &std::path::Path, envs: &[(&str, &str)], json_logs: bool) -> Serve
     }
 }
 
-/// A plain HTTP/1.1 POST over std's TcpStream; returns the whole response.
+/// A plain HTTP/1.1 POST; returns the whole response.
 fn post(addr: &str, path: &str, body: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    raw::exchange(addr, "POST", path, &[], body)
 }
 
 fn repo_root() -> std::path::PathBuf {
@@ -447,26 +439,10 @@ fn keys_new_prints_a_secret_and_an_entry_to_paste() {
     );
 }
 
-/// One HTTP/1.1 request with `headers` (each `Name: value`); returns the
-/// status and the body.
-fn request(addr: &str, method: &str, path: &str, headers: &[String], body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (out[9..12].parse().unwrap(), body)
+/// One HTTP/1.1 request with `headers`; returns the status and the body.
+fn request(addr: &str, method: &str, path: &str, headers: &[&str], body: &str) -> (u16, String) {
+    let response = raw::exchange(addr, method, path, headers, body);
+    (raw::status(&response), raw::body(&response).to_string())
 }
 
 /// The deployment example as its container runs it: the binary started
@@ -537,7 +513,7 @@ async fn the_deploy_example_serves_from_its_mounted_directory() {
             &addr,
             "POST",
             "/v1/pipelines/assistant",
-            &[format!("Authorization: Bearer {secret}")],
+            &[&format!("Authorization: Bearer {secret}")],
             ask,
         )
     })

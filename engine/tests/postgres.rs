@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+#[path = "common/raw.rs"]
+mod raw;
 #[path = "common/skip.rs"]
 mod skip;
 
@@ -111,20 +113,16 @@ fn post(addr: &str) -> u16 {
 
 /// A request to `chat`, with `key` as its bearer token if given.
 fn post_as(addr: &str, key: Option<&str>) -> u16 {
-    use std::io::{Read, Write};
+    let auth = key.map(|k| format!("Authorization: Bearer {k}"));
+    let headers: Vec<&str> = auth.iter().map(String::as_str).collect();
     let body = r#"{"input":"hi","stream":false}"#;
-    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST /v1/pipelines/chat HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out[9..12].parse().unwrap()
+    raw::status(&raw::exchange(
+        addr,
+        "POST",
+        "/v1/pipelines/chat",
+        &headers,
+        body,
+    ))
 }
 
 /// A pipelines directory for the two-instance tests: the ledger at `url`,
@@ -586,21 +584,8 @@ fn is_root() -> bool {
 
 /// `GET /readyz`: its status and body.
 fn readyz(addr: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (out[9..12].parse().unwrap(), body)
+    let response = raw::exchange(addr, "GET", "/readyz", &[], "");
+    (raw::status(&response), raw::body(&response).to_string())
 }
 
 /// Polls `/readyz` until it answers `status`, for at most `within` (real

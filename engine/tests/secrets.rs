@@ -16,6 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+#[path = "common/raw.rs"]
+mod raw;
+
 /// The part of each key no echo may show any 10 bytes of.
 const OPENAI_SECRET: &str = "Qm4vT9xKp2Lw7RzN5bY1cH8dJ3fG6sA0eU";
 const ANTHROPIC_SECRET: &str = "Wn6yB3kVq8Zr1Lx5Tp9Md2Hc7Gf4Js0aPe";
@@ -281,17 +284,7 @@ fn serve(dir: &Path) -> Served {
 /// A plain HTTP/1.1 POST with `auth` (a header line); returns the whole
 /// response.
 fn post(addr: &str, path: &str, auth: &str, body: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: t\r\n{auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    String::from_utf8_lossy(&out).into_owned()
+    raw::exchange(addr, "POST", path, &[auth], body)
 }
 
 /// Every 10-byte piece of any key's secret part found in `text`.
