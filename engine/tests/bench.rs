@@ -565,7 +565,16 @@ fn binary_writes_a_report_that_compare_reads() {
     assert_eq!(key.as_deref(), Some("Bearer sk-from-env-0123456789"));
 
     let b = dir.join("b.json");
-    run(&b, &["--output-tokens", "4"]);
+    let page = dir.join("b.html");
+    run(
+        &b,
+        &["--output-tokens", "4", "--html", page.to_str().unwrap()],
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("TTFT distribution"),
+        "{html}"
+    );
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["bench", "compare"])
         .arg(&a)

@@ -104,6 +104,9 @@ pub struct RunArgs {
     /// Write the report as JSON to FILE (`-`: stdout, the table then goes to stderr).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write the report as one self-contained HTML page of plots to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -322,6 +325,13 @@ pub async fn bench(args: &BenchArgs) -> ExitCode {
             println!("report written to {}", p.display());
         }
         None => print!("{table}"),
+    }
+    if let Some(p) = &a.html {
+        if let Err(e) = std::fs::write(p, super::html::render(&report)) {
+            eprintln!("error: cannot write {}: {e}", p.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("page written to {}", p.display());
     }
     if report.steps.iter().any(|s| s.ok == 0) {
         eprintln!("error: a step had no successful request");

@@ -216,6 +216,19 @@ impl Hist {
             .clamp(self.min, self.max)
     }
 
+    /// [percentile, value / `scale`] at 0, 5, …, 95, 99, 99.9 and 100;
+    /// empty without samples.
+    pub fn distribution(&self, scale: f64) -> Vec<[f64; 2]> {
+        if self.n == 0 {
+            return Vec::new();
+        }
+        (0..20)
+            .map(|i| f64::from(i) * 5.0)
+            .chain([99.0, 99.9, 100.0])
+            .map(|q| [q, self.percentile(q) as f64 / scale])
+            .collect()
+    }
+
     /// The figures, each recorded unit divided by `scale` (1000 turns
     /// microseconds into milliseconds).
     pub fn stats(&self, scale: f64) -> Option<Stats> {
@@ -405,6 +418,8 @@ impl Tally {
             e2e_ms: self.e2e.stats(1000.0),
             send_lag_ms: self.lag.stats(1000.0),
             output_tokens_per_s_per_request: self.tps.stats(100.0),
+            ttft_distribution_ms: self.ttft.distribution(1000.0),
+            itl_distribution_ms: self.itl.distribution(1000.0),
             peak_in_flight,
             client_cpu: cpu,
             series: self.series.clone(),

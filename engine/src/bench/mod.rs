@@ -7,7 +7,8 @@
 //!   prompts, the seeded generator.
 //! - [`metrics`]: what a request measured and a step's aggregation (HDR
 //!   histograms, failures by cause, goodput, per-second series, CPU).
-//! - [`report`]: the JSON report and the table; [`compare`]: two reports
+//! - [`report`]: the JSON report and the table; [`html`]: the same as one
+//!   page of SVG plots; [`compare`]: two reports
 //!   side by side; [`progress`]: the live progress bar; [`command`]: the
 //!   command line.
 //!
@@ -45,6 +46,7 @@
 pub mod client;
 pub mod command;
 pub mod compare;
+pub mod html;
 pub mod metrics;
 pub mod progress;
 pub mod report;

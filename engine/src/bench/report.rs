@@ -127,6 +127,13 @@ pub struct StepReport {
     pub e2e_ms: Option<Stats>,
     pub send_lag_ms: Option<Stats>,
     pub output_tokens_per_s_per_request: Option<Stats>,
+    /// TTFT's distribution: [percentile, ms] at 0, 5, 10, …, 95, 99,
+    /// 99.9 and 100 (for `--html`'s plots).
+    #[serde(default)]
+    pub ttft_distribution_ms: Vec<[f64; 2]>,
+    /// ITL's distribution, at the same percentiles.
+    #[serde(default)]
+    pub itl_distribution_ms: Vec<[f64; 2]>,
     pub peak_in_flight: u64,
     pub client_cpu: Option<CpuReport>,
     pub series: Vec<Second>,
