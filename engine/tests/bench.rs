@@ -497,9 +497,12 @@ fn whole_answers_are_timed_end_to_end() {
         assert!(s.ttft_ms.is_none() && s.itl_ms.is_none() && s.tpot_ms.is_none());
         all(&s.e2e_ms, 2, 300.0);
         assert_eq!(s.output_tokens, 6);
-        let r = &mock.journal().requests()[0];
+        let reqs = mock.journal().requests();
+        let r = &reqs[0];
         assert_eq!(r.body["stream"], false);
         assert!(r.body.get("stream_options").is_none());
+        assert_eq!(r.header("accept"), Some("application/json"));
+        assert_eq!(reqs[1].connection, r.connection, "the connection is reused");
     });
 }
 
