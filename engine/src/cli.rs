@@ -79,6 +79,10 @@ pub enum Command {
         #[arg(long, value_name = "DIR", conflicts_with = "file")]
         out: Option<PathBuf>,
     },
+    /// Load an OpenAI Chat Completions or Anthropic Messages endpoint and
+    /// report TTFT, ITL, TPOT, E2E and throughput (`compare A.json B.json`:
+    /// two runs side by side).
+    Bench(Box<crate::bench::command::BenchArgs>),
     /// API keys: `sluice keys new NAME` makes one.
     Keys {
         #[command(subcommand)]

@@ -17,10 +17,13 @@
 //! - [`scenario`]: fault scenarios against the testkit's mock provider
 //!   (`sluice test`) and the recording proxy (`sluice record`).
 //! - [`init`]: `sluice init`, a new pipelines directory that serves at once.
+//! - [`bench`]: `sluice bench`, a load generator and latency report for
+//!   Chat Completions and Messages streaming endpoints.
 //! - [`cli`]: the `sluice` command line.
 
 pub mod alerts;
 pub mod auth;
+pub mod bench;
 pub mod budget;
 pub mod cli;
 pub mod compile;

@@ -37,6 +37,12 @@ fn main() -> anyhow::Result<ExitCode> {
                 .build()?;
             rt.block_on(cli::record(&record))
         }
+        Command::Bench(bench) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            Ok(rt.block_on(sluice::bench::command::bench(&bench)))
+        }
         Command::Serve { dir, listen } => {
             cli::init_logging(args.log_json);
             let rt = tokio::runtime::Builder::new_multi_thread()

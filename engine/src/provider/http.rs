@@ -127,11 +127,36 @@ impl Endpoint {
         &self.secrets
     }
 
+    /// Keeps up to `max_idle` idle connections instead of the default 256
+    /// (`sluice bench` keeps one per concurrent client).
+    pub fn with_max_idle(mut self, max_idle: usize) -> Self {
+        self.pool = Arc::new(Pool::with_limits(max_idle, super::pool::IDLE_LIMIT));
+        self
+    }
+
     /// A JSON POST to this endpoint that asks for an event stream. Names
     /// and values are checked header types, so nothing in them can break
     /// the request's framing.
     pub fn post(
         &self,
+        headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
+        body: Vec<u8>,
+    ) -> Outgoing {
+        self.post_accepting("text/event-stream", headers, body)
+    }
+
+    /// A JSON POST that asks for one JSON answer (for [`Endpoint::call`]).
+    pub fn post_json(
+        &self,
+        headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
+        body: Vec<u8>,
+    ) -> Outgoing {
+        self.post_accepting("application/json", headers, body)
+    }
+
+    fn post_accepting(
+        &self,
+        accept: &str,
         headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
         body: Vec<u8>,
     ) -> Outgoing {
@@ -141,7 +166,9 @@ impl Endpoint {
             &self.path,
             " HTTP/1.1\r\nhost: ",
             &self.authority,
-            "\r\ncontent-type: application/json\r\naccept: text/event-stream\r\n",
+            "\r\ncontent-type: application/json\r\naccept: ",
+            accept,
+            "\r\n",
         ] {
             bytes.extend_from_slice(part.as_bytes());
         }
@@ -262,6 +289,53 @@ impl Endpoint {
         drop(req);
         let head = conn.read_head().await?;
         Ok((conn, head))
+    }
+
+    /// Sends `req` on a pooled or new connection and returns the whole
+    /// body of a 2xx answer (a non-streaming call). An HTTP error status
+    /// becomes [`ProviderError::Status`] as in [`Endpoint::stream`]; a body
+    /// longer than `limit` bytes is [`ProviderError::Malformed`]. A
+    /// connection whose body was read to its end goes back to the pool.
+    pub async fn call(
+        &self,
+        req: Outgoing,
+        connect_timeout: Duration,
+        limit: usize,
+        summarize: fn(u16, &[u8]) -> String,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let secrets = &self.secrets;
+        let (mut conn, head) = self
+            .exchange(req, connect_timeout)
+            .await
+            .map_err(|e| e.scrubbed(secrets))?;
+        if !(200..300).contains(&head.status) {
+            let body = read_body(&mut conn, MAX_ERROR_BODY).await;
+            let body = secrets.scrub_bytes(&body);
+            let error = ProviderError::Status {
+                status: head.status,
+                retry_after: retry_after(&head.headers),
+                message: summarize(head.status, &body),
+            };
+            return Err(error.scrubbed(secrets));
+        }
+        let mut body = Vec::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_body(cx, &mut buf)).await {
+                Ok(Some(n)) => {
+                    if body.len() + n > limit {
+                        return Err(ProviderError::Malformed(format!(
+                            "response body longer than {limit} bytes"
+                        )));
+                    }
+                    body.extend_from_slice(&buf[..n]);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(e.scrubbed(secrets)),
+            }
+        }
+        self.pool.checkin(conn);
+        Ok(body)
     }
 
     /// Sends `req` on a new connection and returns the response status,

@@ -50,7 +50,7 @@ impl Pool {
         Self::with_limits(MAX_IDLE, IDLE_LIMIT)
     }
 
-    fn with_limits(max_idle: usize, idle_limit: Duration) -> Self {
+    pub(super) fn with_limits(max_idle: usize, idle_limit: Duration) -> Self {
         Pool {
             idle: Mutex::new(VecDeque::new()),
             max_idle,

@@ -1,0 +1,625 @@
+//! One benchmark request: its body for the OpenAI Chat Completions or the
+//! Anthropic Messages API, sent with Sluice's own provider client
+//! (`provider::http`: HTTP/1.1 keep-alive connections, plain or TLS, the
+//! same SSE parser and stream decoders the gateway uses), and timed chunk
+//! by chunk on tokio's clock (the real one in a run, the paused one in
+//! tests, where scripted timings come out exact).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::{HeaderName, HeaderValue, Uri};
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+
+use super::metrics::{Answer, CountedBy, Failure, Outcome};
+use super::workload::{Prompt, PromptContent};
+use crate::provider::anthropic_wire::{self, AnthropicDecoder};
+use crate::provider::http::Endpoint;
+use crate::provider::openai_wire::{self, OpenAiDecoder};
+use crate::provider::secrets::Secrets;
+use crate::provider::{Chunk, ProviderError};
+
+/// Which API the endpoint speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Api {
+    /// OpenAI Chat Completions (`…/chat/completions`).
+    Chat,
+    /// Anthropic Messages (`…/messages`).
+    Messages,
+}
+
+impl Api {
+    /// From the URL's path: `…/chat/completions` or `…/messages`.
+    pub fn detect(path: &str) -> Option<Api> {
+        let path = path.trim_end_matches('/');
+        if path.ends_with("/chat/completions") {
+            Some(Api::Chat)
+        } else if path.ends_with("/messages") {
+            Some(Api::Messages)
+        } else {
+            None
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Chat => "chat",
+            Api::Messages => "messages",
+        }
+    }
+
+    /// The environment variable an API key is read from by default.
+    pub fn key_env(self) -> &'static str {
+        match self {
+            Api::Chat => "OPENAI_API_KEY",
+            Api::Messages => "ANTHROPIC_API_KEY",
+        }
+    }
+}
+
+/// Most bytes of a non-streamed answer.
+const MAX_ANSWER: usize = 64 << 20;
+/// Streamed text kept to count tokens when the server reports no usage;
+/// past it the text is counted and dropped (a token cut at the seam is
+/// counted twice at most once per 256 KiB).
+const TEXT_KEPT: usize = 256 << 10;
+/// Longest failure message kept.
+const MAX_MESSAGE: usize = 300;
+
+/// What `sluice bench` needs to build a [`Target`].
+#[derive(Clone, Debug)]
+pub struct TargetOptions {
+    pub url: String,
+    /// `None`: detected from the URL's path.
+    pub api: Option<Api>,
+    pub model: String,
+    pub stream: bool,
+    /// `Name: value` headers, sent with every request.
+    pub headers: Vec<String>,
+    /// Sent as `Authorization: Bearer` (chat) or `x-api-key` (messages).
+    pub api_key: Option<String>,
+    /// Merged into every request body (e.g. `{"ignore_eos": true}`).
+    pub extra_body: Option<Map<String, Value>>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Idle connections kept for reuse: at least the concurrency.
+    pub max_idle: usize,
+}
+
+/// Where requests go and how they are made.
+pub struct Target {
+    pub api: Api,
+    pub model: String,
+    pub stream: bool,
+    pub timeout: Duration,
+    connect_timeout: Duration,
+    endpoint: Endpoint,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    extra_body: Option<Map<String, Value>>,
+    /// The URL without credentials or query, for reports.
+    pub display_url: String,
+}
+
+/// Headers the client writes itself; one given by the user would break
+/// the request's framing.
+const RESERVED: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "content-type",
+    "accept",
+    "connection",
+];
+
+impl Target {
+    pub fn new(o: TargetOptions) -> Result<Target, String> {
+        let uri: Uri = o
+            .url
+            .parse()
+            .map_err(|_| format!("invalid URL \"{}\"", redact_url(&o.url)))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => {
+                return Err(format!(
+                    "URL \"{}\" must start with http:// or https://",
+                    redact_url(&o.url)
+                ));
+            }
+        }
+        if uri.host().is_none() {
+            return Err(format!("URL \"{}\" has no host", redact_url(&o.url)));
+        }
+        let api = match o.api.or_else(|| Api::detect(uri.path())) {
+            Some(a) => a,
+            None => {
+                return Err(format!(
+                    "cannot tell the API from the path \"{}\": pass --api chat or --api messages",
+                    uri.path()
+                ));
+            }
+        };
+        let secrets = Secrets::new();
+        let mut headers = Vec::new();
+        for h in &o.headers {
+            let (name, value) = h.split_once(':').ok_or_else(|| {
+                format!(
+                    "invalid header \"{}\", expected \"Name: value\"",
+                    header_name_only(h)
+                )
+            })?;
+            let name = HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|_| format!("invalid header name \"{}\"", name.trim()))?;
+            if RESERVED.contains(&name.as_str()) {
+                return Err(format!("header \"{name}\" is set by sluice bench itself"));
+            }
+            let mut value = HeaderValue::from_str(value.trim()).map_err(|_| {
+                format!("the value of header \"{name}\" is not a valid header value")
+            })?;
+            value.set_sensitive(true);
+            // A header may carry a credential: never echo it in errors.
+            if value.len() >= 8 {
+                secrets.add_key(value.to_str().unwrap_or_default());
+            }
+            headers.push((name, value));
+        }
+        let has = |headers: &[(HeaderName, HeaderValue)], n: &str| {
+            headers.iter().any(|(name, _)| name.as_str() == n)
+        };
+        if let Some(key) = &o.api_key {
+            secrets.add_key(key);
+            let (name, value) = match api {
+                Api::Chat => ("authorization", format!("Bearer {key}")),
+                Api::Messages => ("x-api-key", key.clone()),
+            };
+            if !has(&headers, name) {
+                let mut v = HeaderValue::from_str(&value)
+                    .map_err(|_| "the API key is not a valid header value".to_string())?;
+                v.set_sensitive(true);
+                headers.push((HeaderName::from_static(name), v));
+            }
+        }
+        if api == Api::Messages && !has(&headers, "anthropic-version") {
+            headers.push((
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static("2023-06-01"),
+            ));
+        }
+        let endpoint = Endpoint::url(&uri)
+            .with_secrets(secrets)
+            .with_max_idle(o.max_idle.max(1));
+        Ok(Target {
+            api,
+            model: o.model,
+            stream: o.stream,
+            timeout: o.timeout,
+            connect_timeout: o.connect_timeout,
+            endpoint,
+            headers,
+            extra_body: o.extra_body,
+            display_url: redact_url(&o.url),
+        })
+    }
+
+    /// The JSON body of a request for `p`.
+    pub fn body(&self, p: &Prompt) -> Vec<u8> {
+        let mut messages: Vec<Value> = Vec::new();
+        if let (Api::Chat, Some(system)) = (self.api, &p.system) {
+            messages.push(json!({"role": "system", "content": system}));
+        }
+        match &p.content {
+            PromptContent::Text(t) => messages.push(json!({"role": "user", "content": t})),
+            PromptContent::Messages(m) => messages.extend(m.iter().cloned()),
+        }
+        let mut body = Map::new();
+        body.insert("model".into(), json!(self.model));
+        body.insert("messages".into(), Value::Array(messages));
+        body.insert("stream".into(), json!(self.stream));
+        match self.api {
+            Api::Chat => {
+                body.insert("max_completion_tokens".into(), json!(p.max_tokens));
+                if self.stream {
+                    // Usage comes in a last chunk only when asked for.
+                    body.insert("stream_options".into(), json!({"include_usage": true}));
+                }
+            }
+            Api::Messages => {
+                body.insert("max_tokens".into(), json!(p.max_tokens));
+                if let Some(system) = &p.system {
+                    body.insert("system".into(), json!(system));
+                }
+            }
+        }
+        if let Some(extra) = &self.extra_body {
+            for (k, v) in extra {
+                body.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::to_vec(&Value::Object(body)).unwrap_or_default()
+    }
+
+    /// Sends one request for `p`, meant to go at `scheduled`; chunk times
+    /// are bucketed by the second since `epoch` (the step's start).
+    pub async fn send(&self, p: &Prompt, scheduled: Instant, epoch: Instant) -> Outcome {
+        let body = self.body(p);
+        let sent = Instant::now();
+        let call = async {
+            if self.stream {
+                self.streamed(body, scheduled, epoch).await
+            } else {
+                self.whole(body, scheduled).await
+            }
+        };
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(Failure {
+                cause: "timeout".into(),
+                message: format!(
+                    "no complete answer within {}",
+                    humantime::format_duration(self.timeout)
+                ),
+            }),
+        };
+        Outcome {
+            scheduled,
+            sent,
+            ended: Instant::now(),
+            result,
+        }
+    }
+
+    async fn streamed(
+        &self,
+        body: Vec<u8>,
+        t0: Instant,
+        epoch: Instant,
+    ) -> Result<Answer, Failure> {
+        let req = self.endpoint.post(self.headers.iter().cloned(), body);
+        let stream = match self.api {
+            Api::Chat => {
+                self.endpoint
+                    .stream(
+                        req,
+                        self.connect_timeout,
+                        OpenAiDecoder::new(),
+                        openai_wire::summarize_error_body,
+                    )
+                    .await
+            }
+            Api::Messages => {
+                self.endpoint
+                    .stream(
+                        req,
+                        self.connect_timeout,
+                        AnthropicDecoder::new(),
+                        anthropic_wire::summarize_error_body,
+                    )
+                    .await
+            }
+        };
+        let mut stream = stream.map_err(failure)?;
+        let mut timing = ChunkTiming::new(t0, epoch);
+        let mut text = TextCount::default();
+        let mut usage: Option<(i128, i128)> = None;
+        let mut end = None;
+        while let Some(item) = stream.next().await {
+            let chunk = item.map_err(failure)?;
+            let now = Instant::now();
+            match chunk {
+                Chunk::Delta(t) | Chunk::Reasoning(t) | Chunk::Refusal(t) => {
+                    timing.content(now);
+                    text.push(&t);
+                }
+                Chunk::ToolCallDelta {
+                    name, arguments, ..
+                } if name.is_some() || !arguments.is_empty() => {
+                    timing.content(now);
+                    text.push(name.as_deref().unwrap_or_default());
+                    text.push(&arguments);
+                }
+                Chunk::Usage(u) => usage = Some((u.prompt_tokens, u.completion_tokens)),
+                Chunk::End => {
+                    end = Some(now);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        // Dropped at its end marker, the stream's connection goes back to
+        // the pool for the next request.
+        drop(stream);
+        let Some(end) = end else {
+            return Err(Failure {
+                cause: "incomplete".into(),
+                message: "the stream ended without its end marker".into(),
+            });
+        };
+        let Some(ttft) = timing.first else {
+            return Err(no_content());
+        };
+        let (output_tokens, counted_by) = match usage {
+            Some((_, c)) => (clamp(c), CountedBy::Server),
+            None => (text.finish(), CountedBy::Client),
+        };
+        Ok(Answer {
+            ttft: Some(ttft),
+            e2e: end.saturating_duration_since(t0),
+            itl: timing.gaps,
+            output_tokens,
+            counted_by,
+            prompt_tokens: usage.map(|(p, _)| clamp(p)),
+            chunk_seconds: timing.seconds,
+        })
+    }
+
+    async fn whole(&self, body: Vec<u8>, t0: Instant) -> Result<Answer, Failure> {
+        let req = self.endpoint.post_json(self.headers.iter().cloned(), body);
+        let summarize = match self.api {
+            Api::Chat => openai_wire::summarize_error_body,
+            Api::Messages => anthropic_wire::summarize_error_body,
+        };
+        let bytes = self
+            .endpoint
+            .call(req, self.connect_timeout, MAX_ANSWER, summarize)
+            .await
+            .map_err(failure)?;
+        let end = Instant::now();
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| Failure {
+            cause: "protocol".into(),
+            message: format!("the answer is not JSON: {e}"),
+        })?;
+        let (text, usage) = match self.api {
+            Api::Chat => {
+                let msg = &v["choices"][0]["message"];
+                let mut text = String::new();
+                for key in ["reasoning_content", "content", "refusal"] {
+                    if let Some(t) = msg[key].as_str() {
+                        text.push_str(t);
+                    }
+                }
+                for call in msg["tool_calls"].as_array().into_iter().flatten() {
+                    text.push_str(call["function"]["name"].as_str().unwrap_or_default());
+                    text.push_str(call["function"]["arguments"].as_str().unwrap_or_default());
+                }
+                let u = &v["usage"];
+                let usage = u["completion_tokens"]
+                    .as_u64()
+                    .map(|c| (u["prompt_tokens"].as_u64(), c));
+                (text, usage)
+            }
+            Api::Messages => {
+                let mut text = String::new();
+                for block in v["content"].as_array().into_iter().flatten() {
+                    for key in ["text", "thinking"] {
+                        if let Some(t) = block[key].as_str() {
+                            text.push_str(t);
+                        }
+                    }
+                    if block["type"] == "tool_use" {
+                        text.push_str(block["name"].as_str().unwrap_or_default());
+                        text.push_str(&block["input"].to_string());
+                    }
+                }
+                let u = &v["usage"];
+                let usage = u["output_tokens"]
+                    .as_u64()
+                    .map(|c| (u["input_tokens"].as_u64(), c));
+                (text, usage)
+            }
+        };
+        if text.is_empty() {
+            return Err(no_content());
+        }
+        let (output_tokens, counted_by, prompt_tokens) = match usage {
+            Some((p, c)) => (c, CountedBy::Server, p),
+            None => (crate::tokens::count(&text), CountedBy::Client, None),
+        };
+        Ok(Answer {
+            ttft: None,
+            e2e: end.saturating_duration_since(t0),
+            itl: Vec::new(),
+            output_tokens,
+            counted_by,
+            prompt_tokens,
+            chunk_seconds: Vec::new(),
+        })
+    }
+}
+
+/// When the content chunks of one answer arrived.
+struct ChunkTiming {
+    t0: Instant,
+    epoch: Instant,
+    first: Option<std::time::Duration>,
+    last: Option<Instant>,
+    gaps: Vec<Duration>,
+    seconds: Vec<(u32, u32)>,
+}
+
+impl ChunkTiming {
+    fn new(t0: Instant, epoch: Instant) -> Self {
+        ChunkTiming {
+            t0,
+            epoch,
+            first: None,
+            last: None,
+            gaps: Vec::new(),
+            seconds: Vec::new(),
+        }
+    }
+
+    fn content(&mut self, now: Instant) {
+        match self.last {
+            None => self.first = Some(now.saturating_duration_since(self.t0)),
+            Some(last) => self.gaps.push(now.saturating_duration_since(last)),
+        }
+        self.last = Some(now);
+        let sec =
+            u32::try_from(now.saturating_duration_since(self.epoch).as_secs()).unwrap_or(u32::MAX);
+        match self.seconds.last_mut() {
+            Some((s, n)) if *s == sec => *n += 1,
+            _ => self.seconds.push((sec, 1)),
+        }
+    }
+}
+
+/// Generated text, counted with the tokenizer only if the server reports
+/// no usage; bounded (see [`TEXT_KEPT`]).
+#[derive(Default)]
+struct TextCount {
+    text: String,
+    counted: u64,
+}
+
+impl TextCount {
+    fn push(&mut self, t: &str) {
+        if self.text.len() + t.len() > TEXT_KEPT {
+            self.counted += crate::tokens::count(&self.text);
+            self.text.clear();
+        }
+        self.text.push_str(t);
+    }
+
+    fn finish(&self) -> u64 {
+        self.counted + crate::tokens::count(&self.text)
+    }
+}
+
+fn clamp(v: i128) -> u64 {
+    v.clamp(0, i128::from(u64::MAX)) as u64
+}
+
+fn no_content() -> Failure {
+    Failure {
+        cause: "no_content".into(),
+        message: "the answer ended without any generated content".into(),
+    }
+}
+
+/// A provider error as a failure cause (the message is already scrubbed
+/// of the key and header values).
+fn failure(e: ProviderError) -> Failure {
+    let cause = match &e {
+        ProviderError::Connect(_) | ProviderError::ConnectTimeout(_) => "connect".to_string(),
+        ProviderError::Status { status, .. } => format!("http_{status}"),
+        ProviderError::InStream { .. } => "stream_error".into(),
+        ProviderError::Truncated => "incomplete".into(),
+        ProviderError::Io(_) => "connection".into(),
+        ProviderError::Malformed(_) => "protocol".into(),
+        ProviderError::Config(_) => "config".into(),
+    };
+    let mut message = e.to_string();
+    if message.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    Failure { cause, message }
+}
+
+/// `url` without credentials (`user:pass@`) or query (`?key=...`).
+pub fn redact_url(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or_default();
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            let host = authority.rsplit('@').next().unwrap_or_default();
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// The name part of a header argument, never its value.
+fn header_name_only(h: &str) -> &str {
+    h.split([':', '=']).next().unwrap_or_default().trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(url: &str) -> TargetOptions {
+        TargetOptions {
+            url: url.into(),
+            api: None,
+            model: "m".into(),
+            stream: true,
+            headers: vec![],
+            api_key: None,
+            extra_body: None,
+            timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            max_idle: 4,
+        }
+    }
+
+    #[test]
+    fn api_is_detected_from_the_path() {
+        assert_eq!(Api::detect("/v1/chat/completions"), Some(Api::Chat));
+        assert_eq!(Api::detect("/v1/messages/"), Some(Api::Messages));
+        assert_eq!(Api::detect("/v1/completions"), None);
+        let e = Target::new(opts("http://127.0.0.1:1/v1/completions"))
+            .err()
+            .unwrap();
+        assert!(e.contains("--api"), "{e}");
+    }
+
+    #[test]
+    fn bodies_ask_for_usage_and_the_output_length() {
+        let t = Target::new(TargetOptions {
+            extra_body: Some(json!({"ignore_eos": true}).as_object().unwrap().clone()),
+            ..opts("http://127.0.0.1:1/v1/chat/completions")
+        })
+        .unwrap();
+        let p = Prompt {
+            content: PromptContent::Text("hi".into()),
+            system: Some("be brief".into()),
+            max_tokens: 7,
+        };
+        let b: Value = serde_json::from_slice(&t.body(&p)).unwrap();
+        assert_eq!(b["stream_options"]["include_usage"], true);
+        assert_eq!(b["max_completion_tokens"], 7);
+        assert_eq!(b["messages"][0]["role"], "system");
+        assert_eq!(b["messages"][1]["content"], "hi");
+        assert_eq!(b["ignore_eos"], true);
+        let t = Target::new(opts("http://127.0.0.1:1/v1/messages")).unwrap();
+        let b: Value = serde_json::from_slice(&t.body(&p)).unwrap();
+        assert_eq!(b["max_tokens"], 7);
+        assert_eq!(b["system"], "be brief");
+        assert_eq!(b["messages"].as_array().unwrap().len(), 1);
+        assert!(b.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn bad_headers_and_urls_are_refused_without_echoing_values() {
+        let bad = |h: &str| {
+            Target::new(TargetOptions {
+                headers: vec![h.into()],
+                ..opts("http://127.0.0.1:1/v1/chat/completions")
+            })
+            .err()
+            .unwrap()
+        };
+        let e = bad("Content-Length: 3");
+        assert!(e.contains("content-length"), "{e}");
+        let e = bad("x-key=sk-secret-value");
+        assert!(!e.contains("sk-secret"), "{e}");
+        let e = bad("x-key: bad\u{1}value-secret");
+        assert!(!e.contains("secret"), "{e}");
+        assert_eq!(
+            redact_url("https://user:pw@api.example.com/v1/messages?key=s3cret"),
+            "https://api.example.com/v1/messages"
+        );
+        let e = Target::new(opts("ftp://u:pw@host/v1/messages"))
+            .err()
+            .unwrap();
+        assert!(!e.contains("pw"), "{e}");
+    }
+}

@@ -1,0 +1,285 @@
+//! `sluice bench`: a load generator for OpenAI Chat Completions and
+//! Anthropic Messages streaming endpoints (Sluice itself, a provider, any
+//! compatible server), usable from the command line and from Rust.
+//!
+//! - [`client`]: one request, sent and timed chunk by chunk.
+//! - [`workload`]: loads (closed loop, open loop), stops, lengths,
+//!   prompts, the seeded generator.
+//! - [`metrics`]: what a request measured and a step's aggregation (HDR
+//!   histograms, failures by cause, goodput, per-second series, CPU).
+//! - [`report`]: the JSON report and the table; [`html`]: the same as one
+//!   page of SVG plots; [`compare`]: two reports
+//!   side by side; [`progress`]: the live progress bar; [`command`]: the
+//!   command line.
+//!
+//! A run is a list of steps (one per concurrency or rate of a sweep); each
+//! step runs its warm-up (not measured), then its measured part, and ends
+//! when its requests are sent and every one of them has ended.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), String> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use sluice::bench::{self, Plan, client::{Target, TargetOptions}, workload::*};
+//! let target = Arc::new(Target::new(TargetOptions {
+//!     url: "http://127.0.0.1:8080/v1/chat/completions".into(),
+//!     api: None,
+//!     model: "demo".into(),
+//!     stream: true,
+//!     headers: vec![],
+//!     api_key: None,
+//!     extra_body: None,
+//!     timeout: Duration::from_secs(60),
+//!     connect_timeout: Duration::from_secs(5),
+//!     max_idle: 16,
+//! })?);
+//! let plan = Plan {
+//!     steps: vec![Load::Closed { concurrency: 16 }],
+//!     stop: Stop { requests: Some(500), duration: None },
+//!     ..Plan::default()
+//! };
+//! let steps = bench::run(target, &plan, None).await;
+//! println!("{:.1} tokens/s", steps[0].output_throughput);
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod command;
+pub mod compare;
+pub mod html;
+pub mod metrics;
+pub mod progress;
+pub mod report;
+pub mod workload;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use client::Target;
+use metrics::{Outcome, Slo, Tally};
+use progress::Progress;
+use report::{StepLoad, StepReport};
+use workload::{Lengths, Load, Prompt, PromptSource, Schedule, Stop};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// One step per concurrency or rate.
+    pub steps: Vec<Load>,
+    /// When each step's measured part ends.
+    pub stop: Stop,
+    /// Each step's warm-up, at the step's load; not measured.
+    pub warmup: Stop,
+    pub prompts: PromptSource,
+    pub output_tokens: Lengths,
+    pub slo: Slo,
+    pub seed: u64,
+    /// An open loop's cap on requests in flight (memory and sockets): a
+    /// request due while the cap is reached is sent late, and its latency
+    /// still counts from when it was due.
+    pub max_in_flight: usize,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan {
+            steps: vec![Load::Closed { concurrency: 1 }],
+            stop: Stop {
+                requests: Some(100),
+                duration: None,
+            },
+            warmup: Stop::none(),
+            prompts: PromptSource::Synthetic {
+                prompt_tokens: Lengths::Fixed(128),
+            },
+            output_tokens: Lengths::Fixed(128),
+            slo: Slo::default(),
+            seed: 0,
+            max_in_flight: 10_000,
+        }
+    }
+}
+
+/// A step's figures as they come in (read by the progress bar).
+pub struct Live {
+    tally: Mutex<Tally>,
+    pub sent: AtomicU64,
+    pub in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
+}
+
+impl Live {
+    fn new(epoch: Instant, slo: Slo) -> Live {
+        Live {
+            tally: Mutex::new(Tally::new(epoch, slo)),
+            sent: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            peak_in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// A poisoned lock only means a task panicked while adding; the tally
+    /// stays usable.
+    pub fn tally(&self) -> MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn send(&self, target: &Target, p: &Prompt, scheduled: Instant, epoch: Instant) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_in_flight.fetch_max(n, Ordering::Relaxed);
+        let o: Outcome = target.send(p, scheduled, epoch).await;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.tally().add(&o);
+    }
+}
+
+/// Runs every step of `plan` against `target`, one after the other.
+pub async fn run(target: Arc<Target>, plan: &Plan, progress: Option<&Progress>) -> Vec<StepReport> {
+    let mut reports = Vec::new();
+    for (i, load) in plan.steps.iter().enumerate() {
+        let seed = plan.seed.wrapping_add(i as u64);
+        let count = plan
+            .stop
+            .requests
+            .map_or(workload::PROMPT_POOL, |n| n as usize);
+        let prompts = Arc::new(workload::make_prompts(
+            &plan.prompts,
+            plan.output_tokens,
+            count,
+            seed,
+        ));
+        if !plan.warmup.is_empty() {
+            if let Some(p) = progress {
+                p.start(&format!("{load} warm-up"), plan.warmup);
+            }
+            let live = Arc::new(Live::new(Instant::now(), plan.slo));
+            let ticker = progress.map(|p| p.follow(live.clone()));
+            drive(
+                &target,
+                *load,
+                plan.warmup,
+                &prompts,
+                &live,
+                seed,
+                plan.max_in_flight,
+            )
+            .await;
+            if let Some(t) = ticker {
+                t.abort();
+            }
+        }
+        if let Some(p) = progress {
+            p.start(&load.to_string(), plan.stop);
+        }
+        let cpu_before = metrics::cpu_times();
+        let wall = std::time::Instant::now();
+        let live = Arc::new(Live::new(Instant::now(), plan.slo));
+        let ticker = progress.map(|p| p.follow(live.clone()));
+        drive(
+            &target,
+            *load,
+            plan.stop,
+            &prompts,
+            &live,
+            seed,
+            plan.max_in_flight,
+        )
+        .await;
+        if let Some(t) = ticker {
+            t.abort();
+        }
+        let cpu = metrics::cpu_report(cpu_before, metrics::cpu_times(), wall.elapsed());
+        let mut report = live.tally().report(
+            live.sent.load(Ordering::Relaxed),
+            live.peak_in_flight.load(Ordering::Relaxed),
+            cpu,
+        );
+        report.load = StepLoad {
+            kind: load.kind().into(),
+            value: load.value(),
+        };
+        if let Some(p) = progress {
+            p.finish(&report);
+        }
+        reports.push(report);
+    }
+    reports
+}
+
+/// Sends the requests of one step (or warm-up) and waits for all of them.
+/// The step's epoch (`live`'s tally) is its start.
+async fn drive(
+    target: &Arc<Target>,
+    load: Load,
+    stop: Stop,
+    prompts: &Arc<Vec<Prompt>>,
+    live: &Arc<Live>,
+    seed: u64,
+    max_in_flight: usize,
+) {
+    if stop.is_empty() || prompts.is_empty() {
+        return;
+    }
+    let epoch = live.tally().epoch;
+    let deadline = stop.duration.map(|d| epoch + d);
+    let limit = stop.requests.unwrap_or(u64::MAX);
+    match load {
+        Load::Closed { concurrency } => {
+            let next = Arc::new(AtomicU64::new(0));
+            let mut clients = JoinSet::new();
+            for _ in 0..concurrency.max(1) {
+                let (target, prompts, live, next) =
+                    (target.clone(), prompts.clone(), live.clone(), next.clone());
+                clients.spawn(async move {
+                    loop {
+                        let now = Instant::now();
+                        if deadline.is_some_and(|d| now >= d) {
+                            break;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= limit {
+                            break;
+                        }
+                        let p = &prompts[(i % prompts.len() as u64) as usize];
+                        live.send(&target, p, now, epoch).await;
+                    }
+                });
+            }
+            while clients.join_next().await.is_some() {}
+        }
+        Load::Open { rate, arrivals } => {
+            // Each request is due at its scheduled time, whatever happened
+            // to the ones before: the schedule never waits for the server.
+            let mut schedule = Schedule::new(rate, arrivals, seed);
+            let permits = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
+            let mut requests = JoinSet::new();
+            let mut due = epoch;
+            let mut i = 0u64;
+            while i < limit && deadline.is_none_or(|d| due < d) {
+                tokio::time::sleep_until(due).await;
+                // At the cap, this waits: the request goes late, and its
+                // lateness is part of its latency.
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let (target, prompts, live) = (target.clone(), prompts.clone(), live.clone());
+                let p = (i % prompts.len() as u64) as usize;
+                let scheduled = due;
+                requests.spawn(async move {
+                    live.send(&target, &prompts[p], scheduled, epoch).await;
+                    drop(permit);
+                });
+                // Finished tasks are reaped as we go, so a long run holds
+                // only the requests in flight.
+                while requests.try_join_next().is_some() {}
+                i += 1;
+                due += schedule.next_gap();
+            }
+            while requests.join_next().await.is_some() {}
+        }
+    }
+}
