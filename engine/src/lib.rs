@@ -16,6 +16,8 @@
 //! - [`tokens`]: tokenizer counts for ceilings and estimated usage.
 //! - [`scenario`]: fault scenarios against the testkit's mock provider
 //!   (`sluice test`) and the recording proxy (`sluice record`).
+//! - [`telemetry`]: OpenTelemetry traces of each request, exported over
+//!   OTLP/HTTP in the background.
 //! - [`cli`]: the `sluice` command line.
 
 pub mod alerts;
@@ -30,5 +32,6 @@ pub mod provider;
 pub mod run;
 pub mod scenario;
 pub mod serve;
+pub mod telemetry;
 pub mod tokens;
 pub mod tools;

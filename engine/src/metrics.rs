@@ -1,6 +1,6 @@
 //! Prometheus metrics (`GET /metrics`): requests, tokens, cost, time to
 //! first token, stream duration, active streams, budget use and provider
-//! usage that could not be believed.
+//! usage that could not be believed, and trace spans dropped.
 
 use std::sync::atomic::AtomicU64;
 
@@ -63,6 +63,13 @@ pub struct AnomalyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `queue_full` (the export queue could not take it) or
+    /// `export_failed` (its export failed or timed out).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PipelineLabels {
     pub pipeline: String,
 }
@@ -86,6 +93,8 @@ pub struct Metrics {
     pub config_reloads: Family<ReloadLabels, Counter>,
     /// The configuration served: 1 at start, one more per reload.
     pub config_version: Gauge,
+    /// Finished spans that never reached the collector, by reason.
+    pub trace_spans_dropped: Family<DropLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -125,6 +134,12 @@ impl Metrics {
         let config_reloads = Family::<ReloadLabels, Counter>::default();
         let config_version = Gauge::default();
         config_version.set(1);
+        let trace_spans_dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Finished trace spans that were not exported: queue_full or export_failed",
+            trace_spans_dropped.clone(),
+        );
         registry.register(
             "config_reloads",
             "Reloads of the configuration: ok, or failed (the previous one kept)",
@@ -189,6 +204,7 @@ impl Metrics {
             active_streams,
             budget_used,
             usage_anomalies,
+            trace_spans_dropped,
         }
     }
 

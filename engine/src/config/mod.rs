@@ -6,6 +6,7 @@
 
 pub mod diag;
 pub mod node;
+mod telemetry;
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,7 @@ use serde::Deserialize;
 
 pub use diag::{Diagnostic, Pos, Severity};
 pub use node::Spanned;
+pub use telemetry::RawTelemetry;
 
 /// The name of the shared settings file inside a pipelines directory.
 pub const SETTINGS_FILE: &str = "settings.yaml";
@@ -47,6 +49,8 @@ pub struct RawSettings {
     /// Teams that keys belong to, by name.
     #[serde(default)]
     pub teams: BTreeMap<Spanned<String>, Spanned<RawTeam>>,
+    /// Traces over OTLP (see `telemetry.rs`).
+    pub telemetry: Option<Spanned<RawTelemetry>>,
 }
 
 /// An API key: `sluice keys new NAME` prints the secret once and this

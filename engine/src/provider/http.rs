@@ -135,13 +135,28 @@ impl Endpoint {
         headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
         body: Vec<u8>,
     ) -> Outgoing {
+        self.post_as("application/json", "text/event-stream", headers, body)
+    }
+
+    /// A POST of `body` as `content_type`, accepting `accept`.
+    pub fn post_as(
+        &self,
+        content_type: &str,
+        accept: &str,
+        headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
+        body: Vec<u8>,
+    ) -> Outgoing {
         let mut bytes = Vec::with_capacity(256 + body.len());
         for part in [
             "POST ",
             &self.path,
             " HTTP/1.1\r\nhost: ",
             &self.authority,
-            "\r\ncontent-type: application/json\r\naccept: text/event-stream\r\n",
+            "\r\ncontent-type: ",
+            content_type,
+            "\r\naccept: ",
+            accept,
+            "\r\n",
         ] {
             bytes.extend_from_slice(part.as_bytes());
         }
