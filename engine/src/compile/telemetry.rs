@@ -39,7 +39,10 @@ fn http_url(s: &str) -> Option<Uri> {
 
 /// `base` with `/v1/traces` appended to its path.
 fn traces_url(base: &str) -> Option<Uri> {
-    http_url(&format!("{}{TRACES_PATH}", base.trim().trim_end_matches('/')))
+    http_url(&format!(
+        "{}{TRACES_PATH}",
+        base.trim().trim_end_matches('/')
+    ))
 }
 
 impl Cx {
@@ -55,7 +58,8 @@ impl Cx {
         let pos = raw.map_or(Pos::START, |r| r.pos);
         let empty = RawTelemetry::default();
         let t = raw.map_or(&empty, |r| &r.value);
-        let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let disabled =
+            env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
         if t.enabled.as_ref().is_some_and(|e| !e.value) || disabled {
             return None;
         }
@@ -169,7 +173,9 @@ impl Cx {
             .as_ref()
             .and_then(|d| self.duration(file, d, "batch_delay"))
             .unwrap_or(Duration::from_secs(5));
-        let queue_size = self.count(file, &t.queue_size, "queue_size").unwrap_or(2048);
+        let queue_size = self
+            .count(file, &t.queue_size, "queue_size")
+            .unwrap_or(2048);
         let batch_size = self.count(file, &t.batch_size, "batch_size").unwrap_or(512);
         if let Some(b) = &t.batch_size
             && batch_size > queue_size
@@ -208,25 +214,30 @@ impl Cx {
     ) -> Vec<(HeaderName, HeaderValue)> {
         let mut out: Vec<(HeaderName, HeaderValue)> = Vec::new();
         // Problems are reported at the header's name, or at its value.
-        let mut add = |cx: &mut Cx, (name_at, at): (Pos, Pos), name: &str, value: &str, from: &str| {
-            let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) else {
-                cx.error(file, name_at, format!("invalid header name \"{name}\" in {from}"));
-                return;
+        let mut add =
+            |cx: &mut Cx, (name_at, at): (Pos, Pos), name: &str, value: &str, from: &str| {
+                let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) else {
+                    cx.error(
+                        file,
+                        name_at,
+                        format!("invalid header name \"{name}\" in {from}"),
+                    );
+                    return;
+                };
+                let Ok(mut value) = HeaderValue::from_str(value.trim()) else {
+                    cx.error(
+                        file,
+                        at,
+                        format!("the value of header {name} in {from} is not a valid header value"),
+                    );
+                    return;
+                };
+                value.set_sensitive(true);
+                if !out.iter().any(|(n, _)| *n == name) {
+                    cx.secrets.add_key(value.to_str().unwrap_or_default());
+                    out.push((name, value));
+                }
             };
-            let Ok(mut value) = HeaderValue::from_str(value.trim()) else {
-                cx.error(
-                    file,
-                    at,
-                    format!("the value of header {name} in {from} is not a valid header value"),
-                );
-                return;
-            };
-            value.set_sensitive(true);
-            if !out.iter().any(|(n, _)| *n == name) {
-                cx.secrets.add_key(value.to_str().unwrap_or_default());
-                out.push((name, value));
-            }
-        };
         for (name, value) in &t.headers {
             let at = (name.pos, value.pos);
             add(self, at, &name.value, &value.value, "telemetry.headers");

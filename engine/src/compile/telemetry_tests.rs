@@ -52,15 +52,15 @@ fn off_without_a_section_or_an_endpoint_in_the_environment() {
         compile(NOTHING, &[env[0], ("OTEL_SDK_DISABLED", "true")]),
         Ok(None)
     );
-    assert_eq!(
-        compile("telemetry: {enabled: false}\n", &env),
-        Ok(None)
-    );
+    assert_eq!(compile("telemetry: {enabled: false}\n", &env), Ok(None));
 }
 
 #[test]
 fn the_standard_environment_alone_turns_traces_on() {
-    let s = on(NOTHING, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]);
+    let s = on(
+        NOTHING,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")],
+    );
     assert_eq!(s.endpoint, "http://collector:4318/v1/traces");
     assert_eq!(s.service_name, "sluice");
     assert_eq!(s.sampling, Sampling::ALWAYS);
@@ -74,7 +74,10 @@ fn the_standard_environment_alone_turns_traces_on() {
         NOTHING,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://traces.example:443/in"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://traces.example:443/in",
+            ),
             ("OTEL_SERVICE_NAME", "gateway"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
             ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
@@ -164,7 +167,9 @@ fn bad_values_are_errors_at_their_place() {
     let errors = |yaml: &str, env: &[(&str, &str)]| compile(yaml, env).unwrap_err();
     assert_eq!(
         errors("telemetry:\n  endpoint: ftp://x\n", &[]),
-        ["2:13: invalid telemetry endpoint, expected the collector's http:// or https:// URL such as http://localhost:4318"]
+        [
+            "2:13: invalid telemetry endpoint, expected the collector's http:// or https:// URL such as http://localhost:4318"
+        ]
     );
     assert_eq!(
         errors("telemetry:\n  sample_ratio: 1.5\n", &[]),
@@ -193,33 +198,52 @@ fn bad_values_are_errors_at_their_place() {
     let env = |k, v| [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), (k, v)];
     assert_eq!(
         errors(NOTHING, &env("OTEL_TRACES_SAMPLER", "jaeger_remote")),
-        ["1:1: environment variable OTEL_TRACES_SAMPLER is \"jaeger_remote\", expected always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio"]
+        [
+            "1:1: environment variable OTEL_TRACES_SAMPLER is \"jaeger_remote\", expected always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio"
+        ]
     );
     assert_eq!(
         errors(
             "storage: memory\ntelemetry: {}\n",
-            &[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "2")]
+            &[
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "2")
+            ]
         ),
         ["2:12: environment variable OTEL_TRACES_SAMPLER_ARG must be a number between 0 and 1"]
     );
     assert_eq!(
         errors(NOTHING, &env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")),
-        ["1:1: environment variable OTEL_EXPORTER_OTLP_PROTOCOL is \"grpc\"; Sluice exports traces as http/protobuf only"]
+        [
+            "1:1: environment variable OTEL_EXPORTER_OTLP_PROTOCOL is \"grpc\"; Sluice exports traces as http/protobuf only"
+        ]
     );
     assert_eq!(
-        errors(NOTHING, &env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")),
-        ["1:1: environment variable OTEL_EXPORTER_OTLP_TRACES_COMPRESSION is \"gzip\"; Sluice exports traces uncompressed (none)"]
+        errors(
+            NOTHING,
+            &env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")
+        ),
+        [
+            "1:1: environment variable OTEL_EXPORTER_OTLP_TRACES_COMPRESSION is \"gzip\"; Sluice exports traces uncompressed (none)"
+        ]
     );
     assert_eq!(
         errors(NOTHING, &env("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")),
-        ["1:1: environment variable OTEL_EXPORTER_OTLP_TIMEOUT must be a whole number of milliseconds, more than 0"]
+        [
+            "1:1: environment variable OTEL_EXPORTER_OTLP_TIMEOUT must be a whole number of milliseconds, more than 0"
+        ]
     );
     assert_eq!(
         errors(NOTHING, &env("OTEL_EXPORTER_OTLP_HEADERS", "novalue")),
-        ["1:1: environment variable OTEL_EXPORTER_OTLP_HEADERS holds an entry without '=' (expected name=value,...)"]
+        [
+            "1:1: environment variable OTEL_EXPORTER_OTLP_HEADERS holds an entry without '=' (expected name=value,...)"
+        ]
     );
     assert_eq!(
-        errors(NOTHING, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]),
+        errors(
+            NOTHING,
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]
+        ),
         ["1:1: environment variable OTEL_EXPORTER_OTLP_ENDPOINT is not an http:// or https:// URL"]
     );
 }

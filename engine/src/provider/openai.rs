@@ -65,9 +65,10 @@ impl Provider for OpenAiProvider {
             let body = serde_json::to_vec(&openai_wire::request_body(&request, true))
                 .map_err(|e| ProviderError::Config(format!("cannot encode request: {e}")))?;
             let headers = auth.map(|v| (header::AUTHORIZATION, v));
-            let req = self
-                .endpoint
-                .post(headers.into_iter().chain(request.trace_headers.clone()), body);
+            let req = self.endpoint.post(
+                headers.into_iter().chain(request.trace_headers.clone()),
+                body,
+            );
             self.endpoint
                 .stream(
                     req,

@@ -13,10 +13,10 @@ use super::events::{ErrorCode, Event, ToolCallEvent, ToolResultEvent};
 use super::stream::{Ending, Out, RoundEnd, stream_round};
 use super::{RunContext, Tally, Target};
 use crate::compile::Pipeline;
-use crate::telemetry::CallInfo;
 use crate::provider::{
     Chunk, ChunkStream, FinishReason, Message, Params, ProviderRequest, Role, ToolCall, ToolChoice,
 };
+use crate::telemetry::CallInfo;
 use crate::tokens;
 use crate::tools::ToolOutcome;
 
@@ -127,7 +127,9 @@ pub(super) async fn stream_body(
         if tally.trace.is_on() {
             // The model call that asked for tools is over.
             let usage = tally.round();
-            tally.trace.call_end(Some(finish.as_str()), Some(usage), None);
+            tally
+                .trace
+                .call_end(Some(finish.as_str()), Some(usage), None);
         }
         let complete = calls_complete(&finish, &calls);
         let client_calls: Vec<ToolCall> = calls
@@ -311,7 +313,9 @@ pub(super) async fn stream_body(
                     crate::provider::ProviderError::Status { status, .. } => Some(*status),
                     _ => None,
                 };
-                tally.trace.call_failed(ErrorCode::Upstream.as_str(), status);
+                tally
+                    .trace
+                    .call_failed(ErrorCode::Upstream.as_str(), status);
                 return Ending::Upstream(e);
             }
             Err(_) => {

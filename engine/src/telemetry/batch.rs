@@ -73,6 +73,17 @@ impl BatchProcessor {
         dropped: Family<DropLabels, Counter>,
     ) -> anyhow::Result<BatchProcessor> {
         exporter.set_resource(resource);
+        // One at a time: the family's guard lives to the end of a statement.
+        let queue_full = dropped
+            .get_or_create(&DropLabels {
+                reason: "queue_full",
+            })
+            .clone();
+        let export_failed = dropped
+            .get_or_create(&DropLabels {
+                reason: "export_failed",
+            })
+            .clone();
         let queue = Arc::new(Queue {
             spans: Mutex::new(Vec::with_capacity(settings.queue_size)),
             capacity: settings.queue_size,
@@ -80,16 +91,8 @@ impl BatchProcessor {
             wake: Mutex::new(Wake::default()),
             work: Condvar::new(),
             done: Condvar::new(),
-            queue_full: dropped
-                .get_or_create(&DropLabels {
-                    reason: "queue_full",
-                })
-                .clone(),
-            export_failed: dropped
-                .get_or_create(&DropLabels {
-                    reason: "export_failed",
-                })
-                .clone(),
+            queue_full,
+            export_failed,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -185,6 +188,16 @@ fn export_loop<E: SpanExporter>(
     delay: Duration,
     timeout: Duration,
 ) {
+    // Whatever happens here (a panic included), those waiting learn the
+    // thread is gone.
+    struct Exited<'a>(&'a Queue);
+    impl Drop for Exited<'_> {
+        fn drop(&mut self) {
+            lock(&self.0.wake).exited = true;
+            self.0.done.notify_all();
+        }
+    }
+    let _exited = Exited(queue);
     // Swapped with the queue each round, so neither allocates again.
     let mut taken: Vec<SpanData> = Vec::with_capacity(queue.capacity);
     let mut failing = false;
@@ -205,7 +218,8 @@ fn export_loop<E: SpanExporter>(
         while !taken.is_empty() {
             let n = taken.len().min(queue.batch_size);
             let batch: Vec<SpanData> = taken.drain(..n).collect();
-            let result = runtime.block_on(tokio::time::timeout(timeout, exporter.export(batch)));
+            let result = runtime
+                .block_on(async { tokio::time::timeout(timeout, exporter.export(batch)).await });
             match result {
                 Ok(Ok(())) => {
                     if failing {
@@ -239,6 +253,4 @@ fn export_loop<E: SpanExporter>(
         }
     }
     let _ = exporter.shutdown();
-    lock(&queue.wake).exited = true;
-    queue.done.notify_all();
 }

@@ -151,8 +151,7 @@ impl Telemetry {
     /// an absent or malformed one starts a new trace.
     pub fn incoming(&self, headers: &HeaderMap) -> Incoming {
         let parent = if headers.contains_key("traceparent") {
-            TraceContextPropagator::new()
-                .extract(&opentelemetry_http::HeaderExtractor(headers))
+            TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers))
         } else {
             Context::new()
         };
@@ -169,5 +168,4 @@ impl Telemetry {
             tracing::warn!(error = %e, "the last traces could not be exported");
         }
     }
-
 }

@@ -8,9 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderName, HeaderValue};
 use opentelemetry::propagation::{Injector, TextMapPropagator};
-use opentelemetry::trace::{
-    Span as _, SpanKind, Status, TraceContextExt, Tracer as _,
-};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, Span};
@@ -167,8 +165,7 @@ impl<'a> Outcome<'a> {
     /// `error.type`: the error code, or the status of a request that ended
     /// otherwise than `ok` without one (a client that left).
     fn error_type(&self) -> Option<&str> {
-        self.error
-            .or((self.status != "ok").then_some(self.status))
+        self.error.or((self.status != "ok").then_some(self.status))
     }
 }
 
@@ -448,7 +445,10 @@ impl ToolSpan {
             span.set_attribute(kv("sluice.tool.truncated", true));
         }
         if !ok {
-            span.set_attribute(kv("sluice.tool.error", error.unwrap_or("error").to_string()));
+            span.set_attribute(kv(
+                "sluice.tool.error",
+                error.unwrap_or("error").to_string(),
+            ));
             fail(&mut span, "tool_error");
         }
         span.end();
