@@ -34,11 +34,13 @@ use sluice::compile::compile_sources;
 use sluice::serve::RunningServer;
 use sluice_testkit::{Fault, MockProvider, Reply, Script};
 
-/// One export as received: its request headers and its spans, each with
-/// its resource's `service.name`.
+/// An export's spans, each with its resource's `service.name`.
+type Spans = Vec<(String, Span)>;
+
+/// The exports as received: each one's request headers and spans.
 #[derive(Default)]
 struct Received {
-    exports: Vec<(HashMap<String, String>, Vec<(String, Span)>)>,
+    exports: Vec<(HashMap<String, String>, Spans)>,
 }
 
 /// An OTLP/HTTP collector on 127.0.0.1:0, on a thread and runtime of its
@@ -452,13 +454,15 @@ async fn retries_and_a_fallback_are_one_client_span_each() {
 
     let spans = collector.spans();
     let (root, calls) = tree(&spans);
-    let seen: Vec<(
+    // (name, attempt, fallback, error.type, HTTP status) of each call.
+    type Call = (
         String,
         Option<i64>,
         Option<i64>,
         Option<String>,
         Option<i64>,
-    )> = calls
+    );
+    let seen: Vec<Call> = calls
         .iter()
         .map(|c| {
             (

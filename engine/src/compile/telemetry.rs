@@ -204,7 +204,8 @@ impl Cx {
 
     /// The file's `headers` and `headers_env`, then those of
     /// `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS` that the file does not name.
-    /// Every value is a secret: scrubbed like an API key, never echoed.
+    /// No value is echoed; those from the environment are secrets,
+    /// scrubbed like an API key from what providers send back.
     fn trace_headers(
         &mut self,
         file: &Path,
@@ -234,7 +235,6 @@ impl Cx {
                 };
                 value.set_sensitive(true);
                 if !out.iter().any(|(n, _)| *n == name) {
-                    cx.secrets.add_key(value.to_str().unwrap_or_default());
                     out.push((name, value));
                 }
             };
@@ -244,7 +244,10 @@ impl Cx {
         }
         for (name, var) in &t.headers_env {
             match env(&var.value) {
-                Some(v) => add(self, (name.pos, var.pos), &name.value, &v, &var.value),
+                Some(v) => {
+                    self.secrets.add_key(&v);
+                    add(self, (name.pos, var.pos), &name.value, &v, &var.value)
+                }
                 None => self.error(
                     file,
                     var.pos,
@@ -273,7 +276,10 @@ impl Cx {
                     continue;
                 };
                 match percent_decode(value) {
-                    Some(v) => add(self, (pos, pos), name, &v, var),
+                    Some(v) => {
+                        self.secrets.add_key(&v);
+                        add(self, (pos, pos), name, &v, var)
+                    }
                     None => self.error(
                         file,
                         pos,
