@@ -19,6 +19,8 @@
 //! - [`init`]: `sluice init`, a new pipelines directory that serves at once.
 //! - [`bench`]: `sluice bench`, a load generator and latency report for
 //!   Chat Completions and Messages streaming endpoints.
+//! - [`telemetry`]: OpenTelemetry traces of each request, exported over
+//!   OTLP/HTTP in the background.
 //! - [`cli`]: the `sluice` command line.
 
 pub mod alerts;
@@ -35,5 +37,6 @@ pub mod provider;
 pub mod run;
 pub mod scenario;
 pub mod serve;
+pub mod telemetry;
 pub mod tokens;
 pub mod tools;

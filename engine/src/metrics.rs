@@ -1,6 +1,6 @@
 //! Prometheus metrics (`GET /metrics`): requests, tokens, cost, time to
 //! first token, stream duration, active streams, budget use and provider
-//! usage that could not be believed.
+//! usage that could not be believed, and trace spans dropped.
 
 use std::sync::atomic::AtomicU64;
 
@@ -70,6 +70,13 @@ pub struct AnomalyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `queue_full` (the export queue could not take it) or
+    /// `export_failed` (its export failed or timed out).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PipelineLabels {
     pub pipeline: String,
 }
@@ -99,6 +106,8 @@ pub struct Metrics {
     pub connections_over_capacity: Counter,
     /// Connections the server closed on its own, by reason.
     pub connections_closed: Family<ConnClosedLabels, Counter>,
+    /// Finished spans that never reached the collector, by reason.
+    pub trace_spans_dropped: Family<DropLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -155,6 +164,12 @@ impl Metrics {
             "connections_closed",
             "Connections closed by the server: header_timeout, write_timeout, evicted",
             connections_closed.clone(),
+        );
+        let trace_spans_dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Finished trace spans that were not exported: queue_full or export_failed",
+            trace_spans_dropped.clone(),
         );
         registry.register(
             "config_reloads",
@@ -223,6 +238,7 @@ impl Metrics {
             active_streams,
             budget_used,
             usage_anomalies,
+            trace_spans_dropped,
         }
     }
 

@@ -33,6 +33,8 @@ mod args;
 mod cancel;
 #[path = "../load/client.rs"]
 mod client;
+#[path = "../load/collector.rs"]
+mod collector;
 #[path = "../load/phase.rs"]
 mod phase;
 #[path = "../load/procs.rs"]
@@ -185,6 +187,18 @@ async fn requests_by_status(port: u16) -> Vec<(String, u64)> {
     by.into_iter().collect()
 }
 
+/// The sum of a counter's series in `/metrics`.
+async fn metric_sum(port: u16, name: &str) -> u64 {
+    let Ok(text) = http_get(port, "/metrics").await else {
+        return 0;
+    };
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 const DIRECT_BODY: &str = r#"{"model":"bench-model","stream":true,"stream_options":{"include_usage":true},"max_tokens":1024,"messages":[{"role":"user","content":"Say something."}]}"#;
 const SLUICE_BODY: &str = r#"{"input":"Say something."}"#;
 /// The API key clients of Sluice send with `--keys on`.
@@ -226,6 +240,14 @@ async fn start_stack(
     let mock = Mock::start(&bins.mock, mock_spec, tmp.path.join("mock.log"))?;
     let dir = tmp.path.join("pipelines");
     let key = opts.keys.then_some(BENCH_KEY);
+    let traces_to = match opts.tracing {
+        true => Some(
+            collector::Collector::start()
+                .map_err(|e| format!("trace collector: {e}"))?
+                .addr,
+        ),
+        false => None,
+    };
     procs::write_pipelines(
         &dir,
         mock.addr,
@@ -233,6 +255,7 @@ async fn start_stack(
         opts.memory_ledger,
         opts.budget,
         key,
+        traces_to,
     )
     .map_err(|e| format!("pipelines: {e}"))?;
     let port = procs::free_port().map_err(|e| format!("free port: {e}"))?;
@@ -361,6 +384,16 @@ async fn run_workload(spec: &Spec, bins: &Bins, opts: &Opts) -> Result<Workload,
     };
     drop(relay);
     let sluice_metrics = requests_by_status(port).await;
+    if opts.tracing {
+        let dropped = metric_sum(port, "sluice_trace_spans_dropped_total").await;
+        let r = &collector::RECEIVED;
+        println!(
+            "{}: tracing on: {} exports ({} KB) received so far, {dropped} spans dropped (sluice_trace_spans_dropped_total)",
+            spec.name,
+            r.exports.load(std::sync::atomic::Ordering::Relaxed),
+            r.bytes.load(std::sync::atomic::Ordering::Relaxed) / 1024,
+        );
+    }
     drop(sluice);
     drop(mock);
     drop(direct_mock);
@@ -509,15 +542,17 @@ fn main() -> ExitCode {
         "ledger": if opts.memory_ledger { "memory" } else { "sqlite" },
         "budget": opts.budget,
         "keys": opts.keys,
+        "tracing": opts.tracing,
         "metrics": true,
         "sluice_log": opts.sluice_log,
         "direct_connection": if opts.direct_reconnect { "new per request" } else { "keep-alive" },
         "tokens": opts.tokens,
     });
     println!(
-        "setup: ledger {}, budget {}, Sluice log level {}, direct clients {}",
+        "setup: ledger {}, budget {}, tracing {}, Sluice log level {}, direct clients {}",
         setup["ledger"].as_str().unwrap_or(""),
         if opts.budget { "on" } else { "off" },
+        if opts.tracing { "on" } else { "off" },
         opts.sluice_log,
         setup["direct_connection"].as_str().unwrap_or("")
     );

@@ -75,6 +75,9 @@ pub(crate) struct Opts {
     /// An API key on Sluice (sent by its clients) with a rate limit and a
     /// budget of its own.
     pub(crate) keys: bool,
+    /// Sluice exports traces (every request sampled) to a collector in
+    /// this process that discards them.
+    pub(crate) tracing: bool,
     pub(crate) direct_reconnect: bool,
     /// HTTP/2 for the clients of Sluice: `None` = only when HTTP/1.1 would
     /// need more descriptors than RLIMIT_NOFILE allows (c10k).
@@ -100,6 +103,7 @@ usage: load [--workload NAME[,NAME...]|all] [--requests R] [--concurrency C] [--
             [--deadline-secs S] [--bin-dir DIR] [--sluice-log LEVEL] [--json-out FILE] [--keep-temp]
 experiments (not the benchmark's set-up): [--storage sqlite|memory] [--budget on|off]
             [--keys on|off] (clients of Sluice send an API key that has a rate limit and a budget)
+            [--tracing on|off] (Sluice exports OTLP traces to a collector here that discards them)
             [--direct-reconnect] (a new connection per direct request, connect timed)
             [--gap-ms MS] [--sluice-env NAME=VALUE]... [--warmup N] [--skip-direct]
             [--sluice-wrap 'CMD ARGS'] (e.g. 'heaptrack -o FILE'; CPU/RSS are then the wrapper's)
@@ -130,6 +134,7 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
         memory_ledger: false,
         budget: true,
         keys: false,
+        tracing: false,
         direct_reconnect: false,
         http2: None,
         nofile: 0,
@@ -215,6 +220,11 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
                 "off" => o.keys = false,
                 v => return Err(format!("--keys {v:?}: expected on or off")),
             },
+            "--tracing" => match value("--tracing")?.as_str() {
+                "on" => o.tracing = true,
+                "off" => o.tracing = false,
+                v => return Err(format!("--tracing {v:?}: expected on or off")),
+            },
             "--budget" => match value("--budget")?.as_str() {
                 "on" => o.budget = true,
                 "off" => o.budget = false,
@@ -234,14 +244,16 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    if o.keys
-        && o.workloads
-            .iter()
-            .any(|w| matches!(w.as_str(), "cancel" | "soak" | "all"))
-    {
-        return Err(
-            "--keys on applies to the throughput workloads (c1, c50, c500, c10k) only".into(),
-        );
+    for (on, flag) in [(o.keys, "--keys"), (o.tracing, "--tracing")] {
+        if on
+            && o.workloads
+                .iter()
+                .any(|w| matches!(w.as_str(), "cancel" | "soak" | "all"))
+        {
+            return Err(format!(
+                "{flag} on applies to the throughput workloads (c1, c50, c500, c10k) only"
+            ));
+        }
     }
     Ok(o)
 }

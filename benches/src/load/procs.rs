@@ -302,6 +302,7 @@ pub fn write_pipelines(
     memory_ledger: bool,
     budget: bool,
     key: Option<&str>,
+    traces_to: Option<SocketAddr>,
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let ledger = if memory_ledger {
@@ -324,6 +325,11 @@ pub fn write_pipelines(
              rate_limit: {{requests_per_minute: 1000000000, tokens_per_minute: 1000000000000}}\n",
             sluice::auth::format_hash(&sluice::auth::digest(secret))
         ),
+        None => settings,
+    };
+    // Every request traced, with the default batching and queue.
+    let settings = match traces_to {
+        Some(addr) => format!("{settings}telemetry:\n  endpoint: http://{addr}\n"),
         None => settings,
     };
     std::fs::write(dir.join("settings.yaml"), settings)?;

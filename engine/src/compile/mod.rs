@@ -9,6 +9,7 @@ pub mod cors;
 mod keys;
 mod pipeline;
 mod settings;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ pub struct Catalog {
     pub alert_webhook: Option<String>,
     /// The API keys, and whether requests need one.
     pub auth: Arc<crate::auth::Auth>,
+    /// Where traces go; None when they are off.
+    pub telemetry: Option<crate::telemetry::TraceSettings>,
 }
 
 /// The ledger's default place, relative to the settings file.
@@ -338,6 +341,13 @@ pub fn compile_sources(
         Some(raw) => cx.ledger_settings(settings_path, raw),
         None => (DEFAULT_STORAGE.to_string(), None),
     };
+    let telemetry = raw_settings.as_ref().and_then(|raw| {
+        cx.telemetry(
+            settings_path,
+            raw.telemetry.as_ref(),
+            &telemetry::process_env,
+        )
+    });
 
     // Names declared in settings, valid or not: a pipeline naming a provider
     // that failed its own checks must not also hear it is undeclared. With
@@ -393,6 +403,7 @@ pub fn compile_sources(
             global_budget,
             alert_webhook,
             auth: Arc::new(auth),
+            telemetry,
         })
     } else {
         let mut all = errors;

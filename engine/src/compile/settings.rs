@@ -76,7 +76,12 @@ impl Cx {
     }
 
     /// A count of at least one.
-    fn count(&mut self, file: &Path, raw: &Option<Spanned<u64>>, what: &str) -> Option<usize> {
+    pub(super) fn count(
+        &mut self,
+        file: &Path,
+        raw: &Option<Spanned<u64>>,
+        what: &str,
+    ) -> Option<usize> {
         let raw = raw.as_ref()?;
         if raw.value == 0 {
             self.error(file, raw.pos, format!("{what} must be at least 1"));

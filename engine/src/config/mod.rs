@@ -7,6 +7,7 @@
 pub mod diag;
 pub mod node;
 pub mod schema;
+mod telemetry;
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,7 @@ use serde::Deserialize;
 
 pub use diag::{Diagnostic, Pos, Severity};
 pub use node::Spanned;
+pub use telemetry::RawTelemetry;
 
 use crate::compile::{ConnectionLimits, RetryPolicy, ServerSettings, Timeouts};
 use schema::duration_text;
@@ -57,6 +59,8 @@ pub struct RawSettings {
     /// Teams that keys belong to, by name.
     #[serde(default)]
     pub teams: BTreeMap<Spanned<String>, Spanned<RawTeam>>,
+    /// Traces over OTLP (see `telemetry.rs`).
+    pub telemetry: Option<Spanned<RawTelemetry>>,
 }
 
 /// An API key: `sluice keys new NAME` prints the secret once and this

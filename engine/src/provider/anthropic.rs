@@ -74,9 +74,10 @@ impl Provider for AnthropicProvider {
                 HeaderValue::from_static(API_VERSION),
             );
             let key = key.map(|v| (HeaderName::from_static("x-api-key"), v));
+            let headers = std::iter::once(version).chain(key);
             let req = self
                 .endpoint
-                .post(std::iter::once(version).chain(key), body);
+                .post(headers.chain(request.trace_headers.clone()), body);
             self.endpoint
                 .stream(
                     req,

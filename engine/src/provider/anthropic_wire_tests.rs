@@ -468,6 +468,7 @@ fn request(messages: Vec<Message>, temperature: Option<f64>) -> ProviderRequest 
         max_tokens: 300,
         connect_timeout: Duration::from_secs(1),
         tools: Default::default(),
+        trace_headers: Vec::new(),
     }
 }
 

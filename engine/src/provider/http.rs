@@ -142,7 +142,7 @@ impl Endpoint {
         headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
         body: Vec<u8>,
     ) -> Outgoing {
-        self.post_accepting("text/event-stream", headers, body)
+        self.post_as("application/json", "text/event-stream", headers, body)
     }
 
     /// A JSON POST that asks for one JSON answer (for [`Endpoint::call`]).
@@ -151,11 +151,13 @@ impl Endpoint {
         headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
         body: Vec<u8>,
     ) -> Outgoing {
-        self.post_accepting("application/json", headers, body)
+        self.post_as("application/json", "application/json", headers, body)
     }
 
-    fn post_accepting(
+    /// A POST of `body` as `content_type`, accepting `accept`.
+    pub fn post_as(
         &self,
+        content_type: &str,
         accept: &str,
         headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
         body: Vec<u8>,
@@ -166,7 +168,9 @@ impl Endpoint {
             &self.path,
             " HTTP/1.1\r\nhost: ",
             &self.authority,
-            "\r\ncontent-type: application/json\r\naccept: ",
+            "\r\ncontent-type: ",
+            content_type,
+            "\r\naccept: ",
             accept,
             "\r\n",
         ] {

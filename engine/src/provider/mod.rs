@@ -366,6 +366,9 @@ pub struct ProviderRequest {
     pub connect_timeout: Duration,
     /// Tools the model may call (none: the provider is not told of tools).
     pub tools: std::sync::Arc<[ToolSpec]>,
+    /// The call's trace context (`traceparent`, `tracestate`), sent as
+    /// headers; empty when traces are off.
+    pub trace_headers: Vec<(::http::HeaderName, ::http::HeaderValue)>,
 }
 
 /// Token usage exactly as the provider reported it: any JSON integer,

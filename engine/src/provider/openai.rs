@@ -64,9 +64,11 @@ impl Provider for OpenAiProvider {
             let auth = self.key.header(&self.name, "Bearer ")?;
             let body = serde_json::to_vec(&openai_wire::request_body(&request, true))
                 .map_err(|e| ProviderError::Config(format!("cannot encode request: {e}")))?;
-            let req = self
-                .endpoint
-                .post(auth.map(|v| (header::AUTHORIZATION, v)), body);
+            let headers = auth.map(|v| (header::AUTHORIZATION, v));
+            let req = self.endpoint.post(
+                headers.into_iter().chain(request.trace_headers.clone()),
+                body,
+            );
             self.endpoint
                 .stream(
                     req,

@@ -391,6 +391,7 @@ fn request_body_streaming() {
         max_tokens: 256,
         connect_timeout: Duration::from_secs(5),
         tools: Default::default(),
+        trace_headers: Vec::new(),
     };
     assert_eq!(
         request_body(&req, true),
@@ -661,6 +662,7 @@ fn request_body_sends_n_and_logprobs() {
         max_tokens: 16,
         connect_timeout: Duration::from_secs(5),
         tools: Default::default(),
+        trace_headers: Vec::new(),
     };
     let body = request_body(&req, true);
     assert_eq!(body["n"], json!(3));

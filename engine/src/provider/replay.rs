@@ -201,6 +201,7 @@ mod tests {
             max_tokens: 64,
             connect_timeout: Duration::from_secs(1),
             tools: Default::default(),
+            trace_headers: Vec::new(),
         };
         let stream = p.call(req).await.expect("recording is loaded");
         stream.map(|c| c.expect("no error")).collect().await

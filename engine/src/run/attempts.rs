@@ -13,6 +13,7 @@ use super::events::{Admission, ErrorCode, Rejection};
 use super::{RunContext, Target, rejection_for};
 use crate::compile::Pipeline;
 use crate::provider::{Chunk, ChunkStream, Message, ProviderError, ProviderRequest};
+use crate::telemetry::{CallInfo, Trace};
 
 /// How phase 1 ended without a first chunk.
 pub(super) enum NoStart {
@@ -83,6 +84,7 @@ pub(super) async fn first_chunk(
     max_tokens: u32,
     started: Instant,
     admit: &mut oneshot::Sender<Admission>,
+    trace: &mut Trace,
 ) -> Result<(usize, ChunkStream, Chunk, Option<String>), (usize, NoStart)> {
     let t = pipeline.timeouts;
     let total_deadline = started + t.total;
@@ -97,6 +99,16 @@ pub(super) async fn first_chunk(
                 break 'models;
             }
             let first_deadline = (attempt_start + t.first_token).min(total_deadline);
+            let trace_headers = trace.call_start(CallInfo {
+                provider: &target.provider_name,
+                wire: target.provider.wire(),
+                model: &target.model,
+                attempt,
+                fallback: Some(index),
+                round: 1,
+                max_tokens,
+                prompt,
+            });
             let preq = ProviderRequest {
                 model: target.model.clone(),
                 messages: prompt.to_vec(),
@@ -104,6 +116,7 @@ pub(super) async fn first_chunk(
                 max_tokens,
                 connect_timeout: t.connect.min(t.first_token),
                 tools: ask.tools.clone(),
+                trace_headers,
             };
             debug!(provider = %target.provider_name, model = %target.model, attempt, max_tokens, "calling provider");
             let first = super::open_stream(target, preq);
@@ -116,7 +129,11 @@ pub(super) async fn first_chunk(
                 r = tokio::time::timeout_at(first_deadline, first) => r,
             };
             let (rejection, next, retry_after) = match outcome {
-                Ok(Ok((stream, chunk, model))) => return Ok((index, stream, chunk, model)),
+                Ok(Ok((stream, chunk, model))) => {
+                    let answering = model.as_deref().unwrap_or(&target.model);
+                    trace.call_answered(answering, target.provider.wire());
+                    return Ok((index, stream, chunk, model));
+                }
                 Ok(Err(e)) => {
                     let retry_after = match &e {
                         ProviderError::Status { retry_after, .. } => *retry_after,
@@ -156,6 +173,7 @@ pub(super) async fn first_chunk(
                 error = %rejection.message,
                 "attempt failed before the first token"
             );
+            trace.call_failed(rejection.code.as_str(), rejection.upstream_status);
             failures.push(json!({
                 "provider": target.provider_name,
                 "model": target.model,

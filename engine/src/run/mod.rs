@@ -55,6 +55,7 @@ use crate::ledger::rate::RateCharge;
 use crate::ledger::{Ledger, Opening, Price, new_row_id};
 use crate::metrics::{Metrics, PipelineLabels, RequestLabels};
 use crate::provider::{FinishReason, Message, Params, Provider, ProviderError, Role, ToolSpec};
+use crate::telemetry::{Outcome, Trace};
 use crate::tokens;
 
 /// Capacity of the per-request event channel. Small on purpose: a slow
@@ -75,6 +76,9 @@ pub struct RunRequest {
     /// The API key that called (none when no key is declared): its
     /// budgets apply, and the ledger row and metrics name it.
     pub caller: Option<Arc<ApiKey>>,
+    /// Where its trace starts (the client's `traceparent`), when traces
+    /// are on.
+    pub trace: Option<crate::telemetry::Incoming>,
 }
 
 /// Shared by all requests of a server (each request task holds an `Arc`).
@@ -86,6 +90,15 @@ pub struct RunContext {
     pub ledger: Arc<Ledger>,
     pub alerts: Alerts,
     pub metrics: Arc<Metrics>,
+    /// Traces; None when they are off.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+}
+
+impl RunContext {
+    /// Where a request's trace starts, read from its head when traces are on.
+    pub fn incoming_trace(&self, headers: &http::HeaderMap) -> Option<crate::telemetry::Incoming> {
+        self.telemetry.as_ref().map(|t| t.incoming(headers))
+    }
 }
 
 /// Starts a request in its own task; the receiver resolves once the request
@@ -244,6 +257,16 @@ async fn run(
     admit: oneshot::Sender<Admission>,
 ) {
     let started = Instant::now();
+    let mut trace = match (&cx.telemetry, &req.trace) {
+        (Some(t), Some(incoming)) => t.request(
+            incoming,
+            &pipeline.name,
+            &req.request_id,
+            &pipeline.model,
+            req.caller.as_deref().map(|k| k.name.as_str()),
+        ),
+        _ => Trace::OFF,
+    };
     let mut prompt = Vec::with_capacity(req.messages.len() + 1);
     let replaced = pipeline.clients.system == SystemRule::Replace
         && req.messages.iter().any(|m| m.role == Role::System);
@@ -271,6 +294,7 @@ async fn run(
                 "the prompt (about {counted} tokens) leaves nothing of this pipeline's max_total_tokens ({total})"
             );
             let caller = req.caller.as_deref();
+            trace.finish(Outcome::refused("invalid_request", "token_ceiling"));
             refuse_token_ceiling(
                 &cx,
                 &pipeline,
@@ -291,12 +315,14 @@ async fn run(
                 "the prompt (about {counted} tokens) leaves too little of this pipeline's max_total_tokens ({total}) for {choices} choices"
             );
             let caller = req.caller.as_deref();
+            trace.finish(Outcome::refused("invalid_request", "token_ceiling"));
             refuse_token_ceiling(&cx, &pipeline, &req.request_id, caller, admit, message, "n")
                 .await;
             return;
         }
         max_tokens = max_tokens.min(u32::try_from(share).unwrap_or(u32::MAX));
     }
+    trace.max_tokens(max_tokens);
     let caller = req.caller.as_deref();
     // Rate limits take the request's worst case in tokens: its prompt and
     // every completion it may generate (all rounds of a tool loop).
@@ -317,6 +343,7 @@ async fn run(
         Ok(p) => p,
         Err(why) => {
             let field = "thinking.budget_tokens";
+            trace.finish(Outcome::refused("invalid_request", "token_ceiling"));
             refuse_token_ceiling(&cx, &pipeline, &req.request_id, caller, admit, why, field).await;
             return;
         }
@@ -357,6 +384,7 @@ async fn run(
         Ok(t) => t,
         Err(rejection) => {
             let status = Status::for_error(rejection.code);
+            trace.finish(Outcome::refused(status.as_str(), rejection.code.as_str()));
             info!(
                 status = status.as_str(),
                 error = rejection.code.as_str(),
@@ -388,6 +416,7 @@ async fn run(
     // What the provider may bill as completion: every choice's.
     tally.max_tokens = u64::from(max_tokens).saturating_mul(u64::from(choices));
     tally.tool_spec_bytes = usage_check::tool_spec_bytes(&ask.tools);
+    tally.trace = trace;
     let active = cx
         .metrics
         .active_streams
@@ -409,6 +438,7 @@ async fn run(
     )
     .await;
     active.dec();
+    let mut trace = std::mem::take(&mut tally.trace);
     Box::pin(conclude::conclude(
         &cx,
         &pipeline,
@@ -422,6 +452,18 @@ async fn run(
         caller.map_or("", |k| k.name.as_str()),
     ))
     .await;
+    if trace.is_on() {
+        let usage = tally.usage();
+        trace.finish(Outcome {
+            status: status.as_str(),
+            error: error.map(ErrorCode::as_str),
+            finish: &finish,
+            usage: Some(&usage),
+            ttft: tally.first_token_at.map(|t| t.duration_since(started)),
+            tool_calls: tally.tool_calls,
+            rounds: tally.rounds + 1,
+        });
+    }
 }
 
 /// Phases 1 and 2: returns which candidate answered (or was tried last),
@@ -453,6 +495,7 @@ async fn drive(
         max_tokens,
         tally.started,
         &mut admit,
+        &mut tally.trace,
     ))
     .await;
     let (index, stream, first_chunk, answering) = match phase1 {
@@ -509,7 +552,7 @@ async fn drive(
     };
     // The upstream stream was dropped inside `stream_body`: the provider
     // connection is closed before the client hears the ending.
-    let (status, finish, error) = match ending {
+    let ended = match ending {
         Ending::ClientClosed => (Status::ClientClosed, "cancelled".into(), None),
         Ending::Finished(reason) => {
             let _ = out.send(Event::Usage(Box::new(tally.usage()))).await;
@@ -551,5 +594,14 @@ async fn drive(
             (status, finish.to_string(), Some(code))
         }
     };
+    let (status, finish, error) = ended;
+    if tally.trace.is_on() {
+        // The model call that was streaming ends with the request.
+        let round = tally.round();
+        let error_type = error
+            .map(ErrorCode::as_str)
+            .or((status != Status::Ok).then_some(status.as_str()));
+        tally.trace.call_end(Some(&finish), Some(round), error_type);
+    }
     (index, status, finish, error)
 }

@@ -401,6 +401,7 @@ pub(super) async fn stream_round(
                 if wants_tools {
                     say(&mut said, Piece::Text(&delta));
                 }
+                tally.trace.text(&delta);
                 if out.send(Event::Delta(delta)).await.is_err() {
                     return RoundEnd::Ended(Ending::ClientClosed);
                 }

@@ -156,6 +156,8 @@ pub(crate) struct Tally {
     /// Finished rounds whose provider usage was not believed: what was
     /// wrong and why (see [`usage_check`]), by round number.
     pub(super) spent_anomalies: Vec<(u32, Vec<Anomaly>, String)>,
+    /// The request's spans (empty when traces are off).
+    pub(super) trace: crate::telemetry::Trace,
 }
 
 impl Tally {
@@ -185,6 +187,7 @@ impl Tally {
             max_tokens: u64::MAX,
             tool_spec_bytes: 0,
             spent_anomalies: Vec::new(),
+            trace: crate::telemetry::Trace::OFF,
         }
     }
 

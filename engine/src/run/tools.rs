@@ -16,6 +16,7 @@ use crate::compile::Pipeline;
 use crate::provider::{
     Chunk, ChunkStream, FinishReason, Message, Params, ProviderRequest, Role, ToolCall, ToolChoice,
 };
+use crate::telemetry::CallInfo;
 use crate::tokens;
 use crate::tools::ToolOutcome;
 
@@ -123,6 +124,13 @@ pub(super) async fn stream_body(
                 finish,
             } => (calls, for_client, said, finish),
         };
+        if tally.trace.is_on() {
+            // The model call that asked for tools is over.
+            let usage = tally.round();
+            tally
+                .trace
+                .call_end(Some(finish.as_str()), Some(usage), None);
+        }
         let complete = calls_complete(&finish, &calls);
         let client_calls: Vec<ToolCall> = calls
             .iter()
@@ -187,7 +195,14 @@ pub(super) async fn stream_body(
                     finish: "error",
                 };
             }
-            o = join_all(calls.iter().map(|c| run_tool(pipeline, c))) => o,
+            o = join_all(calls.iter().map(|c| {
+                let span = tally.trace.tool(&c.name, &c.id);
+                async move {
+                    let o = run_tool(pipeline, c).await;
+                    span.end(o.ok, o.error.as_deref(), o.rows, o.truncated);
+                    o
+                }
+            })) => o,
         };
         let mut next_prompt = tally.prompt.clone();
         // What the model said, its reasoning (with the provider's
@@ -256,6 +271,16 @@ pub(super) async fn stream_body(
             }
         };
         tally.max_tokens = u64::from(max_tokens);
+        let trace_headers = tally.trace.call_start(CallInfo {
+            provider: &target.provider_name,
+            wire: target.provider.wire(),
+            model: &target.model,
+            attempt: 1,
+            fallback: None,
+            round: round + 1,
+            max_tokens,
+            prompt: &tally.prompt,
+        });
         let preq = ProviderRequest {
             model: target.model.clone(),
             messages: tally.prompt.clone(),
@@ -263,6 +288,7 @@ pub(super) async fn stream_body(
             max_tokens,
             connect_timeout: t.connect.min(t.first_token),
             tools: ask.tools.clone(),
+            trace_headers,
         };
         let first_deadline = (Instant::now() + t.first_token).min(out.total_deadline);
         let call = super::open_stream(target, preq);
@@ -275,12 +301,21 @@ pub(super) async fn stream_body(
             r = tokio::time::timeout_at(first_deadline, call) => r,
         };
         match next {
-            Ok(Ok((s, c, _model))) => {
+            Ok(Ok((s, c, model))) => {
+                let answering = model.as_deref().unwrap_or(&target.model);
+                tally.trace.call_answered(answering, target.provider.wire());
                 stream = s;
                 first = c;
             }
             Ok(Err(e)) => {
                 warn!(error = %e, round = round + 1, "provider call after tool results failed");
+                let status = match &e {
+                    crate::provider::ProviderError::Status { status, .. } => Some(*status),
+                    _ => None,
+                };
+                tally
+                    .trace
+                    .call_failed(ErrorCode::Upstream.as_str(), status);
                 return Ending::Upstream(e);
             }
             Err(_) => {

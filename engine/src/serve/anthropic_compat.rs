@@ -205,6 +205,7 @@ async fn answer(
     request_id: &str,
     caller: Option<Arc<ApiKey>>,
 ) -> Response<ResponseBody> {
+    let trace = shared.run.incoming_trace(req.headers());
     let (msg, pipeline) = match read(
         shared,
         req,
@@ -227,6 +228,7 @@ async fn answer(
             params: msg.params,
             tools: msg.tools,
             caller,
+            trace,
         },
     );
     let rx = match admission.await {

@@ -372,6 +372,7 @@ async fn call_pipeline(
     request_id: &str,
     caller: Option<Arc<crate::auth::ApiKey>>,
 ) -> Response<ResponseBody> {
+    let trace = shared.run.incoming_trace(req.headers());
     let body = match read_json_body(
         req,
         shared.settings.max_body_bytes,
@@ -424,6 +425,7 @@ async fn call_pipeline(
             messages: call.messages,
             max_tokens: call.max_tokens,
             caller,
+            trace,
             ..RunRequest::default()
         },
     );

@@ -188,6 +188,7 @@ pub(super) async fn chat_completions(
     request_id: &str,
     caller: Option<Arc<ApiKey>>,
 ) -> Response<ResponseBody> {
+    let trace = shared.run.incoming_trace(req.headers());
     let body = match read_json_body(
         req,
         shared.settings.max_body_bytes,
@@ -241,6 +242,7 @@ pub(super) async fn chat_completions(
         params: chat.params,
         tools: chat.tools,
         caller,
+        trace,
     };
     if let Err(e) = check_with_pipeline(
         &pipeline,

@@ -10,8 +10,8 @@
 //! (they hold its pipeline), budgets and rate buckets carry over (they
 //! live in the ledger), and a key that is gone is refused from its next
 //! request. What only a restart can change (the listen address, the
-//! ledger, server settings but `server.cors`, the alert webhook) is
-//! reported, not applied.
+//! ledger, server settings but `server.cors`, the alert webhook,
+//! telemetry) is reported, not applied.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,7 @@ struct Fixed {
     addr: SocketAddr,
     storage: String,
     alert_webhook: Option<String>,
+    telemetry: Option<crate::telemetry::TraceSettings>,
     settings: ServerSettings,
 }
 
@@ -64,6 +65,7 @@ impl Status {
                 addr,
                 storage: catalog.storage.clone(),
                 alert_webhook: catalog.alert_webhook.clone(),
+                telemetry: catalog.telemetry.clone(),
                 settings: catalog.server.clone(),
             },
             last: Mutex::new(None),
@@ -221,6 +223,7 @@ fn restart_needed(fixed: &Fixed, catalog: &Catalog) -> Vec<String> {
     );
     check(fixed.storage != catalog.storage, "storage");
     check(fixed.alert_webhook != catalog.alert_webhook, "alerts");
+    check(fixed.telemetry != catalog.telemetry, "telemetry");
     out
 }
 

@@ -82,13 +82,23 @@ impl Server {
         );
         crate::tokens::init();
         let tracker = TaskTracker::new();
+        let metrics = Arc::new(Metrics::new());
+        let telemetry = match &catalog.telemetry {
+            Some(settings) => {
+                let t = crate::telemetry::Telemetry::start(settings, &metrics)?;
+                info!(service = %settings.service_name, "exporting traces over OTLP/HTTP");
+                Some(t)
+            }
+            None => None,
+        };
         let run = Arc::new(RunContext {
             keepalive: catalog.server.keepalive,
             force_stop: CancellationToken::new(),
             tracker: tracker.clone(),
             alerts: Alerts::new(ledger.clone(), catalog.alert_webhook.as_deref(), tracker),
             ledger,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            telemetry,
         });
         let bound = listener.local_addr()?;
         let reloads = Arc::new(super::reload::Status::new(
@@ -276,6 +286,10 @@ impl Server {
             Err(e) => warn!(error = %e, "cannot settle the rows left pending; the next start will"),
         }
         shared.run.ledger.close().await;
+        if let Some(t) = shared.run.telemetry.clone() {
+            // The last spans, bounded by the export timeout, off the workers.
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+        }
         info!("stopped");
     }
 }

@@ -1,0 +1,778 @@
+//! OpenTelemetry traces, black-box: Sluice exports to an in-process
+//! OTLP/HTTP receiver that decodes each export with the official
+//! `opentelemetry-proto` types; the tests check the span tree and the
+//! GenAI attributes of a plain request, retries and a fallback, a tool
+//! loop, a timeout and a client that leaves, and that a collector that is
+//! down or hangs costs a request nothing (its drops are counted).
+//!
+//! Stopping the server flushes what is queued, so every test reads the
+//! spans after `stop()` without polling.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode as SpanStatus;
+use prost::Message as _;
+use sluice::compile::compile_sources;
+use sluice::serve::RunningServer;
+use sluice_testkit::{Fault, MockProvider, Reply, Script};
+
+/// An export's spans, each with its resource's `service.name`.
+type Spans = Vec<(String, Span)>;
+
+/// The exports as received: each one's request headers and spans.
+#[derive(Default)]
+struct Received {
+    exports: Vec<(HashMap<String, String>, Spans)>,
+}
+
+/// An OTLP/HTTP collector on 127.0.0.1:0, on a thread and runtime of its
+/// own (so that a paused test clock does not touch it).
+#[derive(Clone)]
+struct Collector {
+    addr: SocketAddr,
+    received: Arc<Mutex<Received>>,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Received::default()));
+        let store = received.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let store = store.clone();
+                            async move { Ok::<_, std::convert::Infallible>(export(&store, req).await) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        Collector { addr, received }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every span received, in the order the exports came.
+    fn spans(&self) -> Vec<Span> {
+        self.received
+            .lock()
+            .unwrap()
+            .exports
+            .iter()
+            .flat_map(|(_, spans)| spans.iter().map(|(_, s)| s.clone()))
+            .collect()
+    }
+}
+
+async fn export(
+    store: &Mutex<Received>,
+    req: http::Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    assert_eq!(req.uri().path(), "/v1/traces");
+    assert_eq!(req.method(), http::Method::POST);
+    assert_eq!(req.headers()["content-type"], "application/x-protobuf");
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let decoded = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
+    let mut spans = Vec::new();
+    for rs in decoded.resource_spans {
+        let service = rs
+            .resource
+            .as_ref()
+            .and_then(|r| string_of(&r.attributes, "service.name"))
+            .unwrap_or_default();
+        for ss in rs.scope_spans {
+            spans.extend(ss.spans.into_iter().map(|s| (service.clone(), s)));
+        }
+    }
+    store.lock().unwrap().exports.push((headers, spans));
+    let mut resp = Response::new(Full::new(Bytes::from(
+        ExportTraceServiceResponse::default().encode_to_vec(),
+    )));
+    resp.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/x-protobuf"),
+    );
+    resp
+}
+
+fn value_of<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v: &AnyValue| v.value.as_ref())
+}
+
+fn string_of(attrs: &[KeyValue], key: &str) -> Option<String> {
+    match value_of(attrs, key)? {
+        Value::StringValue(s) => Some(s.clone()),
+        other => panic!("{key} is not a string: {other:?}"),
+    }
+}
+
+fn str_attr(s: &Span, key: &str) -> Option<String> {
+    string_of(&s.attributes, key)
+}
+
+fn int_attr(s: &Span, key: &str) -> Option<i64> {
+    match value_of(&s.attributes, key)? {
+        Value::IntValue(n) => Some(*n),
+        other => panic!("{key} is not an integer: {other:?}"),
+    }
+}
+
+fn list_attr(s: &Span, key: &str) -> Option<Vec<String>> {
+    match value_of(&s.attributes, key)? {
+        Value::ArrayValue(a) => Some(
+            a.values
+                .iter()
+                .map(|v| match &v.value {
+                    Some(Value::StringValue(s)) => s.clone(),
+                    other => panic!("{key} holds {other:?}"),
+                })
+                .collect(),
+        ),
+        other => panic!("{key} is not an array: {other:?}"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn kind(s: &Span) -> SpanKind {
+    SpanKind::try_from(s.kind).unwrap()
+}
+
+fn status(s: &Span) -> SpanStatus {
+    s.status.as_ref().map_or(SpanStatus::Unset, |st| {
+        SpanStatus::try_from(st.code).unwrap()
+    })
+}
+
+/// The one request span of what was received, and its children in the
+/// order they started.
+fn tree(spans: &[Span]) -> (Span, Vec<Span>) {
+    let roots: Vec<&Span> = spans
+        .iter()
+        .filter(|s| kind(s) == SpanKind::Server)
+        .collect();
+    assert_eq!(roots.len(), 1, "one request span: {spans:#?}");
+    let root = roots[0].clone();
+    let mut children: Vec<Span> = spans
+        .iter()
+        .filter(|s| s.span_id != root.span_id)
+        .cloned()
+        .collect();
+    for c in &children {
+        assert_eq!(c.trace_id, root.trace_id, "one trace");
+        assert_eq!(
+            c.parent_span_id, root.span_id,
+            "{} is a child of the request",
+            c.name
+        );
+        assert!(c.start_time_unix_nano >= root.start_time_unix_nano);
+        assert!(c.end_time_unix_nano <= root.end_time_unix_nano);
+    }
+    children.sort_by_key(|s| s.start_time_unix_nano);
+    (root, children)
+}
+
+const CLIENT_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const CLIENT_SPAN: &str = "b7ad6b7169203331";
+
+fn traceparent() -> String {
+    format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01")
+}
+
+/// A server whose providers `primary` and `backup` are the mocks, with
+/// the seeded shop database, exporting traces to `collector` (its
+/// `telemetry:` section completed by `telemetry`).
+async fn start(
+    primary: &MockProvider,
+    backup: Option<&MockProvider>,
+    collector_endpoint: &str,
+    telemetry: &str,
+    pipeline_rest: &str,
+) -> RunningServer {
+    let (db, seed) = shop_db();
+    let backup = backup.map_or(String::new(), |b| {
+        format!(
+            "  backup: {{kind: openai, base_url: \"{}\"}}\n",
+            b.base_url()
+        )
+    });
+    let settings = (
+        PathBuf::from("settings.yaml"),
+        format!(
+            "storage: memory\nserver: {{shutdown_grace: 2s}}\nproviders:\n  primary: {{kind: openai, base_url: \"{}\"}}\n{backup}databases:\n  shop: {{path: \"{}\", seed: \"{}\"}}\ntelemetry: {{endpoint: \"{collector_endpoint}\", batch_delay: 20ms{telemetry}}}\nprices:\n  main-model: {{input: 1.0, output: 2.0}}\n",
+            primary.base_url(),
+            db.display(),
+            seed.display()
+        ),
+    );
+    let pipeline = (
+        PathBuf::from("chat.yaml"),
+        format!(
+            "name: chat\nmodel: {{provider: primary, name: main-model}}\nsystem: Be brief.\n{pipeline_rest}"
+        ),
+    );
+    let catalog = compile_sources(&settings, &[pipeline]).unwrap_or_else(|d| panic!("{d:#?}"));
+    RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+const LIMITS: &str =
+    "limits: {max_tokens: 64}\ntimeouts: {first_token: 2s, idle: 2s, total: 20s}\n";
+
+async fn chat(addr: SocketAddr, headers: &[(&str, &str)]) -> Vec<Seen> {
+    let resp = send(
+        addr,
+        request_with(
+            "/v1/pipelines/chat",
+            headers,
+            Some(r#"{"input":"hi there"}"#),
+        ),
+    )
+    .await;
+    SseReader::new(resp).collect().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plain_request_is_a_server_span_with_one_client_span_in_the_clients_trace() {
+    let collector = Collector::start();
+    let mock = MockProvider::start(Script::single(Reply::text(&["fine", " thanks"])))
+        .await
+        .unwrap();
+    let server = start(&mock, None, &collector.endpoint(), "", LIMITS).await;
+    let tp = traceparent();
+    let events = chat(
+        server.addr,
+        &[("traceparent", &tp), ("x-request-id", "req-1")],
+    )
+    .await;
+    assert_eq!(events.last().unwrap().name, "done");
+    server.stop().await;
+
+    let spans = collector.spans();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let (root, children) = tree(&spans);
+    // The client's trace goes on: same trace id, its span the parent.
+    assert_eq!(hex(&root.trace_id), CLIENT_TRACE);
+    assert_eq!(hex(&root.parent_span_id), CLIENT_SPAN);
+    assert_eq!(root.name, "chat chat");
+    assert_eq!(status(&root), SpanStatus::Unset);
+    assert_eq!(
+        str_attr(&root, "gen_ai.operation.name").as_deref(),
+        Some("chat")
+    );
+    assert_eq!(
+        str_attr(&root, "gen_ai.provider.name").as_deref(),
+        Some("openai")
+    );
+    assert_eq!(
+        str_attr(&root, "gen_ai.request.model").as_deref(),
+        Some("main-model")
+    );
+    assert_eq!(
+        str_attr(&root, "gen_ai.response.model").as_deref(),
+        Some("mock-model")
+    );
+    assert_eq!(int_attr(&root, "gen_ai.request.max_tokens"), Some(64));
+    assert_eq!(
+        list_attr(&root, "gen_ai.response.finish_reasons"),
+        Some(vec!["stop".into()])
+    );
+    let (input, output) = (
+        int_attr(&root, "gen_ai.usage.input_tokens").unwrap(),
+        int_attr(&root, "gen_ai.usage.output_tokens").unwrap(),
+    );
+    assert!(input > 0 && output > 0, "{input} {output}");
+    // main-model: $1 in, $2 out per million tokens.
+    assert_eq!(
+        int_attr(&root, "sluice.cost_micros"),
+        Some(input + 2 * output)
+    );
+    assert_eq!(str_attr(&root, "sluice.pipeline").as_deref(), Some("chat"));
+    assert_eq!(
+        str_attr(&root, "sluice.request_id").as_deref(),
+        Some("req-1")
+    );
+    assert_eq!(str_attr(&root, "sluice.status").as_deref(), Some("ok"));
+    assert!(matches!(
+        value_of(&root.attributes, "sluice.time_to_first_token_ms"),
+        Some(Value::DoubleValue(ms)) if *ms >= 0.0
+    ));
+    assert!(str_attr(&root, "error.type").is_none());
+    assert!(str_attr(&root, "sluice.key").is_none());
+
+    let call = &children[0];
+    assert_eq!(children.len(), 1);
+    assert_eq!(kind(call), SpanKind::Client);
+    assert_eq!(call.name, "chat main-model");
+    assert_eq!(
+        str_attr(call, "gen_ai.provider.name").as_deref(),
+        Some("openai")
+    );
+    assert_eq!(
+        str_attr(call, "gen_ai.request.model").as_deref(),
+        Some("main-model")
+    );
+    assert_eq!(
+        str_attr(call, "gen_ai.response.model").as_deref(),
+        Some("mock-model")
+    );
+    assert_eq!(int_attr(call, "sluice.attempt"), Some(1));
+    assert_eq!(int_attr(call, "sluice.fallback"), Some(0));
+    assert_eq!(int_attr(call, "gen_ai.usage.output_tokens"), Some(output));
+    assert_eq!(
+        list_attr(call, "gen_ai.response.finish_reasons"),
+        Some(vec!["stop".into()])
+    );
+    // No content unless asked for.
+    for s in [&root, call] {
+        assert!(str_attr(s, "gen_ai.input.messages").is_none());
+        assert!(str_attr(s, "gen_ai.output.messages").is_none());
+    }
+    // The provider was sent the call span's context.
+    let sent = mock.journal().requests()[0]
+        .header("traceparent")
+        .map(str::to_string);
+    assert_eq!(
+        sent,
+        Some(format!("00-{CLIENT_TRACE}-{}-01", hex(&call.span_id)))
+    );
+    let received = collector.received.lock().unwrap();
+    assert!(
+        received
+            .exports
+            .iter()
+            .all(|(_, s)| s.iter().all(|(svc, _)| svc == "sluice"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_without_traceparent_starts_a_trace_and_content_is_captured_when_asked() {
+    let collector = Collector::start();
+    let mock = MockProvider::start(Script::single(Reply::text(&["fine", " thanks"])))
+        .await
+        .unwrap();
+    let telemetry = ", capture_content: true, service_name: gw, headers: {x-tenant: blue}";
+    let server = start(&mock, None, &collector.endpoint(), telemetry, LIMITS).await;
+    chat(server.addr, &[]).await;
+    server.stop().await;
+
+    let spans = collector.spans();
+    let (root, children) = tree(&spans);
+    assert!(root.parent_span_id.is_empty(), "a new trace has no parent");
+    assert_ne!(hex(&root.trace_id), CLIENT_TRACE);
+    let input = str_attr(&children[0], "gen_ai.input.messages").unwrap();
+    let input: serde_json::Value = serde_json::from_str(&input).unwrap();
+    assert_eq!(
+        input,
+        serde_json::json!([
+            {"role": "system", "parts": [{"type": "text", "content": "Be brief."}]},
+            {"role": "user", "parts": [{"type": "text", "content": "hi there"}]},
+        ])
+    );
+    let output = str_attr(&children[0], "gen_ai.output.messages").unwrap();
+    let output: serde_json::Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(output[0]["parts"][0]["content"], "fine thanks");
+    assert_eq!(output[0]["finish_reason"], "stop");
+    let received = collector.received.lock().unwrap();
+    for (headers, spans) in &received.exports {
+        assert_eq!(headers.get("x-tenant").map(String::as_str), Some("blue"));
+        assert!(spans.iter().all(|(svc, _)| svc == "gw"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_and_a_fallback_are_one_client_span_each() {
+    let collector = Collector::start();
+    let failing = || {
+        Reply::text(&["no"]).fault(Fault::Status {
+            status: 503,
+            retry_after: None,
+        })
+    };
+    let primary = MockProvider::start(Script::single(failing()).then(failing()))
+        .await
+        .unwrap();
+    let backup = MockProvider::start(Script::single(Reply::text(&["from", " backup"])))
+        .await
+        .unwrap();
+    let rest = format!(
+        "{LIMITS}retries: {{attempts: 2, backoff: 100ms}}\nfallbacks: [{{provider: backup, name: backup-model}}]\n"
+    );
+    let server = start(&primary, Some(&backup), &collector.endpoint(), "", &rest).await;
+    let events = chat(server.addr, &[]).await;
+    assert_eq!(text(&events), "from backup");
+    server.stop().await;
+
+    let spans = collector.spans();
+    let (root, calls) = tree(&spans);
+    // (name, attempt, fallback, error.type, HTTP status) of each call.
+    type Call = (
+        String,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+    );
+    let seen: Vec<Call> = calls
+        .iter()
+        .map(|c| {
+            (
+                c.name.clone(),
+                int_attr(c, "sluice.attempt"),
+                int_attr(c, "sluice.fallback"),
+                str_attr(c, "error.type"),
+                int_attr(c, "http.response.status_code"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "chat main-model".into(),
+                Some(1),
+                Some(0),
+                Some("upstream".into()),
+                Some(503)
+            ),
+            (
+                "chat main-model".into(),
+                Some(2),
+                Some(0),
+                Some("upstream".into()),
+                Some(503)
+            ),
+            ("chat backup-model".into(), Some(1), Some(1), None, None),
+        ]
+    );
+    for failed in &calls[..2] {
+        assert_eq!(status(failed), SpanStatus::Error);
+    }
+    assert_eq!(status(&calls[2]), SpanStatus::Unset);
+    assert_eq!(
+        str_attr(&calls[2], "sluice.provider").as_deref(),
+        Some("backup")
+    );
+    // The request ended well, answered by the fallback.
+    assert_eq!(status(&root), SpanStatus::Unset);
+    assert_eq!(str_attr(&root, "sluice.status").as_deref(), Some("ok"));
+    assert_eq!(
+        str_attr(&root, "gen_ai.response.model").as_deref(),
+        Some("mock-model")
+    );
+    // Each try carried its own span's context upstream.
+    let sent: Vec<String> = primary
+        .journal()
+        .requests()
+        .iter()
+        .chain(backup.journal().requests().iter())
+        .map(|r| r.header("traceparent").unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = calls
+        .iter()
+        .map(|c| format!("00-{}-{}-01", hex(&c.trace_id), hex(&c.span_id)))
+        .collect();
+    assert_eq!(sent, expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tool_loop_has_a_span_per_model_call_and_per_tool() {
+    let collector = Collector::start();
+    let mock = MockProvider::start(
+        Script::single(openai_tool_calls(&[(
+            "call_a",
+            "lookup_order",
+            r#"{"order_id": 7}"#,
+        )]))
+        .then(Reply::text(&["Order", " 7", " is", " delivered", "."])),
+    )
+    .await
+    .unwrap();
+    let rest = format!(
+        "limits: {{max_tokens: 200}}\ntimeouts: {{first_token: 5s, idle: 5s, total: 60s}}\n{LOOKUP_TOOL}"
+    );
+    let server = start(&mock, None, &collector.endpoint(), "", &rest).await;
+    let events = chat(server.addr, &[]).await;
+    assert_eq!(text(&events), "Order 7 is delivered.");
+    server.stop().await;
+
+    let spans = collector.spans();
+    let (root, children) = tree(&spans);
+    let names: Vec<&str> = children.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "chat main-model",
+            "execute_tool lookup_order",
+            "chat main-model"
+        ]
+    );
+    let (first, tool, second) = (&children[0], &children[1], &children[2]);
+    assert_eq!(int_attr(first, "sluice.round"), Some(1));
+    assert_eq!(
+        list_attr(first, "gen_ai.response.finish_reasons"),
+        Some(vec!["tool_calls".into()])
+    );
+    assert_eq!(int_attr(first, "gen_ai.usage.input_tokens"), Some(50));
+    assert_eq!(int_attr(first, "gen_ai.usage.output_tokens"), Some(20));
+    assert_eq!(kind(tool), SpanKind::Internal);
+    assert_eq!(
+        str_attr(tool, "gen_ai.operation.name").as_deref(),
+        Some("execute_tool")
+    );
+    assert_eq!(
+        str_attr(tool, "gen_ai.tool.name").as_deref(),
+        Some("lookup_order")
+    );
+    assert_eq!(
+        str_attr(tool, "gen_ai.tool.call.id").as_deref(),
+        Some("call_a")
+    );
+    assert_eq!(int_attr(tool, "sluice.tool.rows"), Some(1));
+    assert_eq!(status(tool), SpanStatus::Unset);
+    // The tool ran after the call that asked for it, before the next.
+    assert!(tool.start_time_unix_nano >= first.end_time_unix_nano);
+    assert!(second.start_time_unix_nano >= tool.end_time_unix_nano);
+    assert_eq!(int_attr(second, "sluice.round"), Some(2));
+    assert_eq!(int_attr(second, "sluice.fallback"), Some(0));
+    assert_eq!(
+        list_attr(second, "gen_ai.response.finish_reasons"),
+        Some(vec!["stop".into()])
+    );
+    assert_eq!(int_attr(&root, "sluice.tool_calls"), Some(1));
+    assert_eq!(int_attr(&root, "sluice.rounds"), Some(2));
+    let total_in = int_attr(&root, "gen_ai.usage.input_tokens").unwrap();
+    assert!(total_in > 50, "both rounds' prompts: {total_in}");
+    // The second call carried its own context, not the first's.
+    let sent: Vec<String> = mock
+        .journal()
+        .requests()
+        .iter()
+        .map(|r| r.header("traceparent").unwrap().to_string())
+        .collect();
+    assert!(sent[0].contains(&hex(&first.span_id)));
+    assert!(sent[1].contains(&hex(&second.span_id)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_is_an_error_with_sluices_code_on_the_call_and_the_request() {
+    let collector = Collector::start();
+    let mock = MockProvider::start(Script::single(
+        Reply::text(&["late"]).fault(Fault::DelayHeaders(Duration::from_secs(30))),
+    ))
+    .await
+    .unwrap();
+    let rest = "limits: {max_tokens: 64}\ntimeouts: {first_token: 2s, total: 20s}\n";
+    let server = start(&mock, None, &collector.endpoint(), "", rest).await;
+    let (status_code, _, body) = call_with(
+        server.addr,
+        "/v1/pipelines/chat",
+        &[],
+        Some(r#"{"input":"hi"}"#),
+    )
+    .await;
+    assert_eq!(status_code, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    server.stop().await;
+
+    let spans = collector.spans();
+    let (root, calls) = tree(&spans);
+    assert_eq!(calls.len(), 1);
+    for s in [&root, &calls[0]] {
+        assert_eq!(
+            str_attr(s, "error.type").as_deref(),
+            Some("timeout.first_token"),
+            "{}",
+            s.name
+        );
+        assert_eq!(status(s), SpanStatus::Error);
+    }
+    assert_eq!(str_attr(&root, "sluice.status").as_deref(), Some("timeout"));
+    assert!(str_attr(&root, "gen_ai.response.model").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_leaves_ends_the_spans_as_client_closed() {
+    let collector = Collector::start();
+    let mock = MockProvider::start(Script::single(
+        Reply::text(&["one", " two", " three"]).fault(Fault::StallAfter {
+            events: 2,
+            duration: None,
+        }),
+    ))
+    .await
+    .unwrap();
+    let rest = "limits: {max_tokens: 64}\ntimeouts: {first_token: 5s, idle: 60s, total: 120s}\n";
+    let server = start(&mock, None, &collector.endpoint(), "", rest).await;
+    let (resp, conn) = send_on_own_connection(
+        server.addr,
+        post_json("/v1/pipelines/chat", r#"{"input":"hi"}"#),
+    )
+    .await;
+    let mut r = SseReader::new(resp);
+    assert_eq!(r.next().await.unwrap().name, "start");
+    assert_eq!(r.next().await.unwrap().name, "delta");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(r);
+    drop(conn);
+    assert!(
+        mock.journal()
+            .wait_for_requests(1, Duration::from_secs(1))
+            .await
+    );
+    server.stop().await;
+
+    let spans = collector.spans();
+    let (root, calls) = tree(&spans);
+    assert_eq!(calls.len(), 1);
+    for s in [&root, &calls[0]] {
+        assert_eq!(
+            str_attr(s, "error.type").as_deref(),
+            Some("client_closed"),
+            "{}",
+            s.name
+        );
+        assert_eq!(status(s), SpanStatus::Error);
+    }
+    assert_eq!(
+        str_attr(&root, "sluice.status").as_deref(),
+        Some("client_closed")
+    );
+    assert_eq!(
+        list_attr(&root, "gen_ai.response.finish_reasons"),
+        Some(vec!["cancelled".into()])
+    );
+    // What was generated before the client left is counted.
+    assert!(int_attr(&root, "gen_ai.usage.output_tokens").unwrap() > 0);
+}
+
+/// `sluice_trace_spans_dropped_total` summed over its reasons.
+async fn dropped(addr: SocketAddr) -> u64 {
+    let resp = send(addr, request_with("/metrics", &[], None)).await;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with("sluice_trace_spans_dropped_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A collector that accepts connections and never answers.
+fn hanging_collector() -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        // Bounded: enough for the exports of one test.
+        for _ in 0..8 {
+            match listener.accept() {
+                Ok((c, _)) => conns.push(c),
+                Err(_) => break,
+            }
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    (format!("http://{addr}"), held)
+}
+
+/// Real time: the requests must not wait for an export that hangs for
+/// 3 s; the queue fills, and the spans it cannot take are counted.
+#[tokio::test]
+async fn a_collector_that_hangs_costs_requests_nothing_and_drops_are_counted() {
+    let (endpoint, _held) = hanging_collector();
+    let mock = MockProvider::start(Script::single(Reply::text(&["fine", " thanks"])))
+        .await
+        .unwrap();
+    let telemetry = ", timeout: 3s, queue_size: 2, batch_size: 1";
+    let server = start(&mock, None, &endpoint, telemetry, LIMITS).await;
+    let t0 = std::time::Instant::now();
+    for _ in 0..6 {
+        let events = chat(server.addr, &[]).await;
+        assert_eq!(events.last().unwrap().name, "done");
+    }
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "6 requests took {took:?}"
+    );
+    // 12 spans: the export thread holds at most 2, the queue 2 more.
+    let n = dropped(server.addr).await;
+    assert!(n >= 8, "{n} spans counted as dropped");
+    server.stop().await;
+}
+
+/// Real time: a collector that refuses connections fails each export
+/// at once; the requests complete and the lost spans are counted.
+#[tokio::test]
+async fn a_collector_that_is_down_costs_requests_nothing_and_drops_are_counted() {
+    let endpoint = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let mock = MockProvider::start(Script::single(Reply::text(&["fine", " thanks"])))
+        .await
+        .unwrap();
+    let server = start(&mock, None, &endpoint, ", timeout: 200ms", LIMITS).await;
+    assert_eq!(dropped(server.addr).await, 0);
+    for _ in 0..3 {
+        let events = chat(server.addr, &[]).await;
+        assert_eq!(events.last().unwrap().name, "done");
+    }
+    // The export fails within its timeout; bounded wait for the count.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    while n < 6 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        n = dropped(server.addr).await;
+    }
+    assert_eq!(n, 6, "every span of the 3 requests counted as dropped");
+    server.stop().await;
+}
