@@ -37,6 +37,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 .build()?;
             rt.block_on(cli::record(&record))
         }
+        Command::Mock(mock) => Ok(sluice::mock_cmd::run(&mock)),
         Command::Serve { dir, listen } => {
             cli::init_logging(args.log_json);
             let rt = tokio::runtime::Builder::new_multi_thread()
