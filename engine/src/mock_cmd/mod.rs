@@ -227,6 +227,7 @@ pub fn run(args: &MockArgs) -> ExitCode {
 }
 
 async fn serve(plan: MockPlan) -> ExitCode {
+    let stop = Stop::listen();
     let responder = Arc::new(MockResponder::new(plan.answers));
     let mock = match MockProvider::serve(plan.listen, responder.clone()).await {
         Ok(m) => m,
@@ -262,28 +263,43 @@ async fn serve(plan: MockPlan) -> ExitCode {
     } else {
         drop(done_tx);
     }
-    wait_for_stop(done_rx).await;
+    stop.wait(done_rx).await;
     drop(mock);
     eprintln!("{}", responder.stats.summary());
     ExitCode::SUCCESS
 }
 
-/// Returns on SIGINT, SIGTERM or when `done` fires.
-async fn wait_for_stop(done: tokio::sync::oneshot::Receiver<()>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        if done.await.is_err() {
-            std::future::pending::<()>().await;
+/// SIGINT and SIGTERM, listened for from before the address is printed,
+/// so that a signal sent as soon as the mock answers is not missed.
+struct Stop {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Stop {
+    fn listen() -> Stop {
+        use tokio::signal::unix::{SignalKind, signal};
+        Stop {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
         }
-        return;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        Ok(()) = done => {}
+    }
+
+    /// Returns on SIGINT, SIGTERM or when `done` fires.
+    async fn wait(mut self, done: tokio::sync::oneshot::Receiver<()>) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = recv(&mut self.int) => {}
+            () = recv(&mut self.term) => {}
+            Ok(()) = done => {}
+        }
     }
 }
 
