@@ -63,7 +63,7 @@ pub enum Command {
     Record(RecordArgs),
     /// Serve a mock OpenAI and Anthropic provider with set timing, lengths
     /// and faults (to measure a gateway or an application against it).
-    Mock(crate::mock_cmd::MockArgs),
+    Mock(Box<crate::mock_cmd::MockArgs>),
     /// Write a new pipelines directory (settings, a demo pipeline and its
     /// recording) that `sluice serve DIR` serves at once.
     Init {

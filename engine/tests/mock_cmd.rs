@@ -169,10 +169,7 @@ fn read_response(s: &mut TcpStream, sent: Instant) -> Response {
     if chunked {
         // Dechunk, mapping raw offsets of reads to body offsets.
         let mut pos = head_end;
-        loop {
-            let Some(eol) = raw[pos..].windows(2).position(|w| w == b"\r\n") else {
-                break;
-            };
+        while let Some(eol) = raw[pos..].windows(2).position(|w| w == b"\r\n") {
             let size_text = String::from_utf8_lossy(&raw[pos..pos + eol]).into_owned();
             let size = usize::from_str_radix(size_text.trim(), 16).unwrap();
             pos += eol + 2;

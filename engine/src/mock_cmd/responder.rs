@@ -243,7 +243,7 @@ fn draw_duration(d: Dist<Duration>, seed: u64, k: u64, salt: u64) -> Duration {
 fn strikes(when: When, seed: u64, k: u64, rule: u64) -> bool {
     match when {
         When::Always => true,
-        When::Every(n) => (k + 1) % n == 0,
+        When::Every(n) => (k + 1).is_multiple_of(n),
         // The top 53 bits as a fraction in [0, 1).
         When::Probability(p) => {
             ((hash(seed, k, 100 + rule) >> 11) as f64 / (1u64 << 53) as f64) < p
