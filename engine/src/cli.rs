@@ -61,6 +61,9 @@ pub enum Command {
     Test(TestArgs),
     /// Proxy requests to a provider and save each streamed answer with its timing.
     Record(RecordArgs),
+    /// Serve a mock OpenAI and Anthropic provider with set timing, lengths
+    /// and faults (to measure a gateway or an application against it).
+    Mock(Box<crate::mock_cmd::MockArgs>),
     /// Write a new pipelines directory (settings, a demo pipeline and its
     /// recording) that `sluice serve DIR` serves at once.
     Init {

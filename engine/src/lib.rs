@@ -16,6 +16,8 @@
 //! - [`tokens`]: tokenizer counts for ceilings and estimated usage.
 //! - [`scenario`]: fault scenarios against the testkit's mock provider
 //!   (`sluice test`) and the recording proxy (`sluice record`).
+//! - [`mock_cmd`]: `sluice mock`, the testkit's mock provider as a
+//!   standalone server with set timing, lengths and faults.
 //! - [`init`]: `sluice init`, a new pipelines directory that serves at once.
 //! - [`bench`]: `sluice bench`, a load generator and latency report for
 //!   Chat Completions and Messages streaming endpoints.
@@ -33,6 +35,7 @@ pub mod config;
 pub mod init;
 pub mod ledger;
 pub mod metrics;
+pub mod mock_cmd;
 pub mod provider;
 pub mod run;
 pub mod scenario;

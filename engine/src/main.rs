@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 .build()?;
             Ok(rt.block_on(sluice::bench::command::bench(&bench)))
         }
+        Command::Mock(mock) => Ok(sluice::mock_cmd::run(&mock)),
         Command::Serve { dir, listen } => {
             cli::init_logging(args.log_json);
             let rt = tokio::runtime::Builder::new_multi_thread()

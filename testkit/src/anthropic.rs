@@ -24,6 +24,11 @@ pub(crate) fn event(name: &str, data: &Value) -> Bytes {
 }
 
 pub(crate) fn message_start() -> Bytes {
+    message_start_with(MOCK_INPUT_TOKENS)
+}
+
+/// `message_start` reporting `input_tokens` input tokens.
+pub(crate) fn message_start_with(input_tokens: u64) -> Bytes {
     event(
         "message_start",
         &json!({
@@ -36,7 +41,7 @@ pub(crate) fn message_start() -> Bytes {
                 "content": [],
                 "stop_reason": null,
                 "stop_sequence": null,
-                "usage": {"input_tokens": MOCK_INPUT_TOKENS, "output_tokens": 1},
+                "usage": {"input_tokens": input_tokens, "output_tokens": 1},
             },
         }),
     )

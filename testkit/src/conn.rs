@@ -15,11 +15,11 @@ use tokio::time::Instant;
 use crate::fixture::Wire;
 use crate::http::{self, ReadError, Request};
 use crate::journal::{Journal, RecordedRequest};
-use crate::script::{Body, Fault, Reply, Script};
+use crate::script::{Body, Fault, Reply};
 use crate::{anthropic, hostile, sse};
 
 pub(crate) struct Shared {
-    pub script: Script,
+    pub responder: Arc<dyn crate::Responder>,
     pub journal: Journal,
     pub next_slot: AtomicUsize,
     pub read_by_peer: Option<crate::ReadByPeer>,
@@ -157,6 +157,7 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, conn: usiz
                 key,
                 drip,
                 in_body: false,
+                frame: Vec::new(),
                 pacing: shared.read_by_peer.clone().zip(addrs),
             };
             tokio::select! {
@@ -186,7 +187,7 @@ pub(crate) async fn serve(mut stream: TcpStream, shared: Arc<Shared>, conn: usiz
     }
 }
 
-/// Decides the answer to `req`; the slot is taken only for scripted replies.
+/// Decides the answer to `req`; the slot is taken only for model requests.
 fn plan(req: &Request, json: &Value, shared: &Shared) -> (Plan, Option<usize>) {
     let route = req.path.split('?').next().unwrap_or("");
     let wire = if route.ends_with("/chat/completions") {
@@ -194,6 +195,9 @@ fn plan(req: &Request, json: &Value, shared: &Shared) -> (Plan, Option<usize>) {
     } else if route.ends_with("/messages") {
         Wire::Anthropic
     } else {
+        if let Some((status, body)) = shared.responder.route(&req.method, route) {
+            return (Plan::Simple(status, body), None);
+        }
         let msg = format!("Unknown request URL: {} {}", req.method, req.path);
         return (Plan::Simple(404, http::error_body(404, Some(&msg))), None);
     };
@@ -205,13 +209,21 @@ fn plan(req: &Request, json: &Value, shared: &Shared) -> (Plan, Option<usize>) {
         let msg = "We could not parse the JSON body of your request.";
         return (Plan::Simple(400, wire.error_body(400, Some(msg))), None);
     }
-    let slot = shared.next_slot.fetch_add(1, Ordering::SeqCst);
-    let Some(reply) = shared.script.reply_for(slot).cloned() else {
-        let msg = "sluice-testkit: the mock's script is empty";
-        return (
-            Plan::Simple(500, wire.error_body(500, Some(msg))),
-            Some(slot),
-        );
+    let slot = shared.next_slot.fetch_add(1, Ordering::Relaxed);
+    let model_request = crate::ModelRequest {
+        wire,
+        body: json,
+        body_len: req.body.len(),
+        index: slot,
+    };
+    let reply = match shared.responder.reply(&model_request) {
+        Ok(reply) => reply,
+        Err((status, msg)) => {
+            return (
+                Plan::Simple(status, wire.error_body(status, Some(&msg))),
+                Some(slot),
+            );
+        }
     };
     // Both APIs stream only when asked (`stream` defaults to false there);
     // the mock streams unless told not to.
@@ -291,6 +303,15 @@ impl Iterator for Source {
 fn timed_events(events: &[Bytes], reply: &Reply) -> Vec<(Bytes, Duration)> {
     let truncate = reply.faults.contains(&Fault::Truncate);
     let omit_usage = reply.faults.contains(&Fault::OmitUsage);
+    if !truncate && !omit_usage {
+        // The common case, on every request of a busy mock: no event is
+        // parsed, each is shared (a reference count), not copied.
+        return events
+            .iter()
+            .enumerate()
+            .map(|(i, ev)| (ev.clone(), reply.event_delay(i)))
+            .collect();
+    }
     let recorded = reply.timing.as_ref().map_or(0, |t| t.events.len());
     let mut out = Vec::with_capacity(events.len());
     let mut carried = Duration::ZERO;
@@ -326,6 +347,8 @@ struct Out<'a, 'b> {
     drip: (Duration, Duration),
     /// The head has been written.
     in_body: bool,
+    /// Reused by `chunk` for each event's framed bytes.
+    frame: Vec<u8>,
     /// `MockProvider::start_paced`: whether the client has read all that
     /// was written on this connection (local and peer address).
     pacing: Option<(
@@ -358,12 +381,18 @@ impl Out<'_, '_> {
         Ok(())
     }
 
-    /// Writes `payload` as one HTTP chunk.
+    /// Writes `payload` as one HTTP chunk, in one write: the framing and
+    /// the payload are put together in a buffer kept for the whole reply.
     async fn chunk(&mut self, payload: &[u8]) -> Result<(), Instant> {
-        let mut framed = format!("{:x}\r\n", payload.len()).into_bytes();
+        use std::io::Write;
+        let mut framed = std::mem::take(&mut self.frame);
+        framed.clear();
+        let _ = write!(framed, "{:x}\r\n", payload.len());
         framed.extend_from_slice(payload);
         framed.extend_from_slice(b"\r\n");
-        self.send(&framed).await?;
+        let sent = self.send(&framed).await;
+        self.frame = framed;
+        sent?;
         let n = payload.len();
         self.journal.update(self.idx, |r| r.bytes_sent += n);
         Ok(())

@@ -115,7 +115,11 @@ where
             while buf.len() < n {
                 fill(io, buf).await?;
             }
-            buf.split_to(n).freeze()
+            // A copy, not a view: a view would keep the connection's whole
+            // read buffer alive for as long as the journal keeps the body.
+            let body = Bytes::copy_from_slice(&buf[..n]);
+            buf.advance(n);
+            body
         }
         None => loop {
             if let Some((body, used)) = parse_chunked(buf)? {

@@ -53,6 +53,7 @@ mod anthropic;
 mod conn;
 mod fixture;
 mod gate;
+mod generate;
 pub mod guide;
 mod hostile;
 mod http;
@@ -72,6 +73,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 pub use fixture::{FixtureError, Recording, Wire, validate_dir};
 pub use gate::Gate;
+pub use generate::{TextGenerator, TextShape};
 pub use inspect::{SentBeforeClose, ToolResult, lookup};
 pub use journal::{Journal, RecordedRequest};
 pub use script::{Body, Fault, Reply, Script, fixtures_dir};
@@ -80,7 +82,8 @@ pub use timing::{Timing, TimingError};
 /// Connections waiting to be accepted (the kernel caps it at somaxconn).
 const ACCEPT_BACKLOG: u32 = 4096;
 
-/// A mock OpenAI-compatible and Anthropic provider on `127.0.0.1`. It serves until
+/// A mock OpenAI-compatible and Anthropic provider (on `127.0.0.1`, or the
+/// address given to [`MockProvider::serve`]). It serves until
 /// dropped; dropping it aborts the accept loop and every connection task
 /// (their sockets close at the runtime's next turn).
 #[derive(Debug)]
@@ -102,7 +105,22 @@ pub const PACING_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 impl MockProvider {
     /// Binds `127.0.0.1:0` and starts serving `script`.
     pub async fn start(script: Script) -> std::io::Result<MockProvider> {
-        Self::start_with(script, None).await
+        Self::start_with(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            Arc::new(script),
+            None,
+        )
+        .await
+    }
+
+    /// Binds `addr` (any address; port 0 lets the system pick) and answers
+    /// each model request with what `responder` says: the standalone mock
+    /// (`sluice mock`), whose replies depend on the request.
+    pub async fn serve(
+        addr: SocketAddr,
+        responder: Arc<dyn Responder>,
+    ) -> std::io::Result<MockProvider> {
+        Self::start_with(addr, responder, None).await
     }
 
     /// Like [`MockProvider::start`], but a flood (an endless or generated
@@ -116,23 +134,31 @@ impl MockProvider {
         script: Script,
         read_by_peer: ReadByPeer,
     ) -> std::io::Result<MockProvider> {
-        Self::start_with(script, Some(read_by_peer)).await
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        Self::start_with(addr, Arc::new(script), Some(read_by_peer)).await
     }
 
     async fn start_with(
-        script: Script,
+        addr: SocketAddr,
+        responder: Arc<dyn Responder>,
         read_by_peer: Option<ReadByPeer>,
     ) -> std::io::Result<MockProvider> {
         // A deep accept queue: thousands of calls arriving at once are
         // accepted late instead of dropped (a dropped SYN costs the caller a
         // one-second retransmit, which no real provider's front end makes).
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind((Ipv4Addr::LOCALHOST, 0).into())?;
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // A mock restarted on a fixed port binds at once, whatever its
+        // predecessor's connections left in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
         let listener = socket.listen(ACCEPT_BACKLOG)?;
         let addr = listener.local_addr()?;
         let journal = Journal::default();
         let shared = Arc::new(conn::Shared {
-            script,
+            responder,
             journal: journal.clone(),
             next_slot: AtomicUsize::new(0),
             read_by_peer,
@@ -149,7 +175,7 @@ impl MockProvider {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT/v1`; clients POST `{base_url}/chat/completions`
+    /// `http://ADDR/v1`; clients POST `{base_url}/chat/completions`
     /// or `{base_url}/messages`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
@@ -164,6 +190,44 @@ impl MockProvider {
 impl Drop for MockProvider {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A model request (`POST …/chat/completions` or `POST …/messages` with a
+/// JSON object body), as a [`Responder`] sees it.
+#[derive(Debug)]
+pub struct ModelRequest<'a> {
+    /// The API its path names.
+    pub wire: Wire,
+    /// The body, parsed (a JSON object).
+    pub body: &'a serde_json::Value,
+    /// The body's length in bytes.
+    pub body_len: usize,
+    /// Its arrival index among model requests (0, 1, ...).
+    pub index: usize,
+}
+
+/// Decides what the mock answers. A [`Script`] answers by arrival order;
+/// `sluice mock` answers from its flags (the request's wire, `max_tokens`,
+/// `stream_options`). It runs on the connection's task for every request,
+/// so it should be quick.
+pub trait Responder: Send + Sync + 'static {
+    /// The reply to a model request, or an error status and message,
+    /// answered with a provider-shaped error body.
+    fn reply(&self, req: &ModelRequest<'_>) -> Result<Reply, (u16, String)>;
+
+    /// The answer to a request on any other route (e.g. a stats page):
+    /// a status and a JSON body, or `None` for the usual 404.
+    fn route(&self, _method: &str, _path: &str) -> Option<(u16, Vec<u8>)> {
+        None
+    }
+}
+
+impl Responder for Script {
+    fn reply(&self, req: &ModelRequest<'_>) -> Result<Reply, (u16, String)> {
+        self.reply_for(req.index)
+            .cloned()
+            .ok_or_else(|| (500, "sluice-testkit: the mock's script is empty".to_owned()))
     }
 }
 

@@ -164,7 +164,7 @@ pub(crate) fn replace_data(event: &[u8], data: &str) -> Bytes {
     Bytes::from(out)
 }
 
-fn data_event(v: &Value) -> Bytes {
+pub(crate) fn data_event(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 

@@ -2,11 +2,11 @@
 //! directly, then through `sluice serve`, and what Sluice costs on top.
 //!
 //! ```text
-//! cargo build --release -p sluice -p sluice-testkit --bins \
+//! cargo build --release -p sluice \
 //!   && cargo run --release -p sluice-benches --bin load -- --workload all
 //! ```
 //!
-//! It builds nothing itself: it runs `sluice` and `sluice-mock` from the
+//! It builds nothing itself: it runs `sluice` (and `sluice mock`) from the
 //! directory of its own executable (`target/release/`, or `--bin-dir`). For
 //! each workload it starts fresh processes: one mock per phase and one
 //! `sluice serve` (a temporary pipelines directory: an OpenAI-compatible
@@ -68,9 +68,10 @@ use summary::{machine, summary_table, targets};
 
 /// The two binaries, checked to exist (and warned about when older than
 /// the sources they are built from).
+/// The binaries a run starts: `sluice` serves, and `sluice mock` is the
+/// provider.
 struct Bins {
     sluice: PathBuf,
-    mock: PathBuf,
 }
 
 fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
@@ -92,24 +93,23 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
 fn find_bins(dir: &Path) -> Result<Bins, String> {
     let bins = Bins {
         sluice: dir.join("sluice"),
-        mock: dir.join("sluice-mock"),
     };
-    for b in [&bins.sluice, &bins.mock] {
+    for b in [&bins.sluice] {
         if !b.is_file() {
             return Err(format!(
-                "{} is missing: build it first with\n  cargo build --release -p sluice -p sluice-testkit --bins",
+                "{} is missing: build it first with\n  cargo build --release -p sluice",
                 b.display()
             ));
         }
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for (bin, src) in [(&bins.sluice, "engine/src"), (&bins.mock, "testkit/src")] {
+    for (bin, src) in [(&bins.sluice, "engine/src"), (&bins.sluice, "testkit/src")] {
         let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok();
         if let (Some(built), Some(src_time)) = (built, newest_mtime(&root.join(src)))
             && src_time > built
         {
             eprintln!(
-                "warning: {} is older than {src}: rebuild with cargo build --release -p sluice -p sluice-testkit --bins",
+                "warning: {} is older than {src}: rebuild with cargo build --release -p sluice",
                 bin.display()
             );
         }
@@ -237,7 +237,7 @@ async fn start_stack(
     pipelines: &[PipelineSpec],
     opts: &Opts,
 ) -> Result<(Mock, Proc, u16), String> {
-    let mock = Mock::start(&bins.mock, mock_spec, tmp.path.join("mock.log"))?;
+    let mock = Mock::start(&bins.sluice, mock_spec, tmp.path.join("mock.log"))?;
     let dir = tmp.path.join("pipelines");
     let key = opts.keys.then_some(BENCH_KEY);
     let traces_to = match opts.tracing {
@@ -279,7 +279,7 @@ async fn run_workload(spec: &Spec, bins: &Bins, opts: &Opts) -> Result<Workload,
         gap_ms: spec.gap_ms,
         usage: true,
         stall_after: None,
-        tool_pairs: None,
+        tool_calls: false,
     };
     let pipelines = [PipelineSpec {
         name: "bench",
@@ -289,7 +289,7 @@ async fn run_workload(spec: &Spec, bins: &Bins, opts: &Opts) -> Result<Workload,
     }];
     // One mock per phase, both fresh: the journal of the direct phase does
     // not weigh on the mock Sluice calls.
-    let direct_mock = Mock::start(&bins.mock, &mock_spec, tmp.path.join("mock-direct.log"))?;
+    let direct_mock = Mock::start(&bins.sluice, &mock_spec, tmp.path.join("mock-direct.log"))?;
     let (mock, sluice, port) = start_stack(bins, &tmp, &mock_spec, &pipelines, opts).await?;
     eprintln!(
         "{}: mock pids {} (direct, {}) and {} (Sluice's, {}), sluice pid {} on 127.0.0.1:{port}, files in {}",
@@ -352,7 +352,7 @@ async fn run_workload(spec: &Spec, bins: &Bins, opts: &Opts) -> Result<Workload,
     };
     // The relay, with a mock of its own, where the workload measures it.
     let relay = if spec.relay && !opts.skip_direct {
-        let m = Mock::start(&bins.mock, &mock_spec, tmp.path.join("mock-relay.log"))?;
+        let m = Mock::start(&bins.sluice, &mock_spec, tmp.path.join("mock-relay.log"))?;
         let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
         let r = relay::Relay::start(&exe, m.addr, tmp.path.join("relay.log"))?;
         Some((m, r))

@@ -116,8 +116,8 @@ workloads: c1 (C=1, 2000 requests, 0 ms gaps), c50 (C=50, 20000, 0 ms), c500 (C=
            soak (not in all): mixed traffic for --duration (default 30m, e.g. 2m, 90s, 1h),
            --concurrency clients (default 64) plus one tool-loop client, --pause-ms between
            requests (default 20); RSS, descriptors and the ledger's WAL sampled, verdict at the end
-Needs target/release/sluice and target/release/sluice-mock:
-  cargo build --release -p sluice -p sluice-testkit --bins";
+Needs target/release/sluice (which runs the mock provider too, as sluice mock):
+  cargo build --release -p sluice";
 
 pub(crate) fn parse_args() -> Result<Opts, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;

@@ -25,7 +25,7 @@ pub(crate) async fn run_cancel(bins: &Bins, opts: &Opts) -> Result<Cancel, Strin
         gap_ms: 0.0,
         usage: true,
         stall_after: Some(STALL_AFTER),
-        tool_pairs: None,
+        tool_calls: false,
     };
     let pipelines = [
         PipelineSpec {

@@ -203,28 +203,47 @@ pub struct MockSpec {
     pub gap_ms: f64,
     pub usage: bool,
     pub stall_after: Option<usize>,
-    /// `--tool-pairs`: a tool call then text, this many times.
-    pub tool_pairs: Option<usize>,
+    /// Answer in turn with a `lookup_order` call (`{"order_id": 1}`) and
+    /// with text, instead of text only.
+    pub tool_calls: bool,
 }
 
+/// Requests the mock's journal keeps: the cancel workload looks its
+/// requests up there after the run.
+const MOCK_JOURNAL: usize = 100_000;
+
 impl Mock {
+    /// Starts `sluice mock` (`bin` is the `sluice` binary) on a port of
+    /// the system's choice, reading its address from the first line of its
+    /// stdout; its stdin stays open for journal requests.
     pub fn start(bin: &Path, spec: &MockSpec, log: PathBuf) -> Result<Mock, String> {
         let mut cmd = Command::new(bin);
-        cmd.arg("--listen")
+        // The gap in whole microseconds (sub-microsecond gaps are none).
+        let gap_us = (spec.gap_ms * 1000.0).round().max(0.0) as u64;
+        cmd.arg("mock")
+            .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--tokens")
             .arg(spec.tokens.to_string())
-            .arg("--gap-ms")
-            .arg(spec.gap_ms.to_string())
+            .arg("--itl")
+            .arg(format!("{gap_us}us"))
+            .arg("--usage")
+            .arg(if spec.usage { "on" } else { "off" })
+            .arg("--journal")
+            .arg(MOCK_JOURNAL.to_string())
             .arg("--control-stdin");
-        if spec.usage {
-            cmd.arg("--usage");
-        }
         if let Some(n) = spec.stall_after {
             cmd.arg("--stall-after").arg(n.to_string());
         }
-        if let Some(n) = spec.tool_pairs {
-            cmd.arg("--tool-pairs").arg(n.to_string());
+        if spec.tool_calls {
+            // The rotation: a tool call, then the synthesized text.
+            let config = log.with_extension("yaml");
+            std::fs::write(
+                &config,
+                "replies:\n  - tool_call: {id: call_soak_1, name: lookup_order, arguments: {order_id: 1}}\n  - {}\n",
+            )
+            .map_err(|e| format!("{}: {e}", config.display()))?;
+            cmd.arg("--config").arg(config);
         }
         let stderr = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         cmd.stdin(Stdio::piped())
@@ -253,7 +272,7 @@ impl Mock {
     }
 
     /// The mock's journal: one JSON object per request kept (the mock keeps
-    /// the last 100,000), in arrival order; `i` is its arrival index.
+    /// the last [`MOCK_JOURNAL`]), in arrival order; `i` is its arrival index.
     pub fn journal(&mut self) -> Result<Vec<serde_json::Value>, String> {
         writeln!(self.stdin, "journal")
             .and_then(|()| self.stdin.flush())

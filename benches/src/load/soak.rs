@@ -5,13 +5,12 @@
 //! The claim it checks: after a warm-up, none of them grows with the number
 //! of requests served (the ledger's rows aside: one per request by design).
 //!
-//! Three mocks, one per behaviour, since a mock process answers every
-//! request alike: `ok` streams 32 tokens 2 ms apart with usage, `stall`
+//! Three mocks, one per behaviour: `ok` streams 32 tokens 2 ms apart with usage, `stall`
 //! goes silent after 4 events (the `stall` pipeline's idle timeout is
-//! 200 ms), `tools` answers in pairs, a `lookup_order` call then text (see
-//! `sluice-mock --tool-pairs`). The pairs only line up when one tool
-//! conversation runs at a time, so the tool loops have a lane of their own:
-//! one client, next to the C mixed clients.
+//! 200 ms), `tools` answers in turn with a `lookup_order` call and with
+//! text (a rotation of two replies in `sluice mock --config`). The turns
+//! only line up when one tool conversation runs at a time, so the tool
+//! loops have a lane of their own: one client, next to the C mixed clients.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -417,27 +416,26 @@ pub(crate) async fn run_soak(bins: &Bins, opts: &Opts) -> Result<Soak, String> {
     let duration = opts.duration;
     let clients = opts.concurrency.unwrap_or(64);
     let tmp = TempDir::new("soak", opts.keep_temp).map_err(|e| format!("temp dir: {e}"))?;
-    let spec = |stall_after, tool_pairs| MockSpec {
+    let spec = |stall_after, tool_calls| MockSpec {
         tokens: OK_TOKENS,
         gap_ms: OK_GAP_MS,
         usage: true,
         stall_after,
-        tool_pairs,
+        tool_calls,
     };
-    let ok = Mock::start(&bins.mock, &spec(None, None), tmp.path.join("mock-ok.log"))?;
+    let ok = Mock::start(
+        &bins.sluice,
+        &spec(None, false),
+        tmp.path.join("mock-ok.log"),
+    )?;
     let stall = Mock::start(
-        &bins.mock,
-        &spec(Some(STALL_AFTER), None),
+        &bins.sluice,
+        &spec(Some(STALL_AFTER), false),
         tmp.path.join("mock-stall.log"),
     )?;
-    // One tool conversation takes two model calls, the text one paced
-    // (~70 ms), plus the pause: 20 pairs per second of soak is twice what
-    // the lane can use (past them it would get plain answers, counted as
-    // unexpected), and ~1.6 KB each held by the mock.
-    let pairs = duration.as_secs() as usize * 20 + 1000;
     let tools = Mock::start(
-        &bins.mock,
-        &spec(None, Some(pairs)),
+        &bins.sluice,
+        &spec(None, true),
         tmp.path.join("mock-tools.log"),
     )?;
     let dir = tmp.path.join("pipelines");

@@ -221,22 +221,36 @@ pub fn parse(file: &Path, text: &str, defaults: &Defaults) -> Result<Scenario, V
     }
 }
 
-struct Cx {
+/// Collects the diagnostics of one file while its parts are checked;
+/// `sluice mock --config` uses it for its replies and faults, which are
+/// written as scenario turns and faults.
+pub(crate) struct Cx {
     file: PathBuf,
     diags: Vec<Diagnostic>,
 }
 
 impl Cx {
+    pub(crate) fn new(file: &Path) -> Cx {
+        Cx {
+            file: file.to_path_buf(),
+            diags: Vec::new(),
+        }
+    }
+
+    pub(crate) fn has_errors(&self) -> bool {
+        !self.diags.is_empty()
+    }
+
     fn diag(&self, pos: Pos, msg: impl Into<String>) -> Diagnostic {
         Diagnostic::error(&self.file, pos, msg)
     }
 
-    fn error(&mut self, pos: Pos, msg: impl Into<String>) {
+    pub(crate) fn error(&mut self, pos: Pos, msg: impl Into<String>) {
         let d = self.diag(pos, msg);
         self.diags.push(d);
     }
 
-    fn finish(mut self) -> Vec<Diagnostic> {
+    pub(crate) fn finish(mut self) -> Vec<Diagnostic> {
         diag::sort(&mut self.diags);
         self.diags
     }
@@ -245,7 +259,7 @@ impl Cx {
         self.file.parent().unwrap_or(Path::new(".")).to_path_buf()
     }
 
-    fn duration(&mut self, raw: &Spanned<String>, what: &str) -> Option<Duration> {
+    pub(crate) fn duration(&mut self, raw: &Spanned<String>, what: &str) -> Option<Duration> {
         match humantime::parse_duration(raw.value.trim()) {
             Ok(d) => Some(d),
             Err(_) => {
@@ -373,7 +387,7 @@ impl Cx {
         }
     }
 
-    fn turn(
+    pub(crate) fn turn(
         &mut self,
         t: &Spanned<RawTurn>,
         recordings: &Path,
@@ -460,7 +474,7 @@ impl Cx {
         })
     }
 
-    fn fault(&mut self, f: &Spanned<RawFault>) -> Option<Fault> {
+    pub(crate) fn fault(&mut self, f: &Spanned<RawFault>) -> Option<Fault> {
         Some(match &f.value {
             RawFault::Status(s) => {
                 if !(100..=599).contains(&s.code.value) {
