@@ -239,6 +239,7 @@ pub async fn serve(
     for w in &catalog.warnings {
         tracing::warn!("{w}");
     }
+    ledger_beside_pipelines(dir, &catalog.storage);
     let addr = listen.unwrap_or(catalog.server.listen);
     let names: Vec<String> = catalog.pipelines.keys().cloned().collect();
     let server = Server::bind(catalog, addr).await?;
@@ -255,6 +256,25 @@ pub async fn serve(
     stop_watching.cancel();
     let _ = watcher.await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Warns when the SQLite ledger sits in the watched pipelines directory
+/// itself: every write to it (and its WAL) wakes the directory watcher, a
+/// few percent of the CPU under load. A subdirectory is not watched.
+fn ledger_beside_pipelines(dir: &std::path::Path, storage: &str) {
+    let Some(path) = storage.strip_prefix("sqlite:") else {
+        return;
+    };
+    let path = std::path::Path::new(path.trim_start_matches("//"));
+    let (Some(parent), Ok(dir)) = (path.parent(), dir.canonicalize()) else {
+        return;
+    };
+    if parent.canonicalize().is_ok_and(|p| p == dir) {
+        tracing::warn!(
+            ledger = %path.display(),
+            "the ledger is in the pipelines directory itself: each write wakes its watcher; a subdirectory (e.g. data/) is not watched"
+        );
+    }
 }
 
 async fn shutdown_signal() {

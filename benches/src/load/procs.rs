@@ -327,7 +327,9 @@ pub fn write_pipelines(
     let ledger = if memory_ledger {
         "memory".to_string()
     } else {
-        format!("sqlite:{}", dir.join("ledger.db").display())
+        // In a subdirectory: Sluice watches the pipelines directory itself,
+        // and a ledger there would wake its watcher on every write.
+        format!("sqlite:{}", dir.join("data/ledger.db").display())
     };
     let settings = format!(
         "# Written by the sluice-benches load generator.\n\

@@ -355,7 +355,7 @@ fn write_pipelines(
          storage: 'sqlite:{ledger}'\n\
          prices:\n  bench-model: {{input: 0.15, output: 0.60}}\n\
          databases:\n  shop: {{path: '{shop}', seed: '{seed}'}}\n",
-        ledger = dir.join("ledger.db").display(),
+        ledger = dir.join("data/ledger.db").display(),
         shop = dir.join("shop.db").display(),
         seed = seed.display(),
     );
@@ -453,7 +453,7 @@ pub(crate) async fn run_soak(bins: &Bins, opts: &Opts) -> Result<Soak, String> {
     )?;
     wait_ready(&mut sluice, port).await?;
     let mocks = [ok.proc.pid(), stall.proc.pid(), tools.proc.pid()];
-    let ledger = dir.join("ledger.db");
+    let ledger = dir.join("data/ledger.db");
     eprintln!(
         "soak: {} s, {clients} mixed clients + 1 tool lane, pause {} ms; sluice pid {} on 127.0.0.1:{port}, \
          mock pids {:?}, files in {}",
