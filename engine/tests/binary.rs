@@ -531,3 +531,66 @@ async fn the_deploy_example_serves_from_its_mounted_directory() {
     drop(served);
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// What `sluice serve DIR` logs up to its "serving" line.
+fn startup_log(dir: &std::path::Path) -> Vec<String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .current_dir(tempdir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env_remove("SLUICE_LOG")
+        .spawn()
+        .expect("sluice starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("sluice logs that it is serving");
+        let serving = line.contains("serving");
+        lines.push(line);
+        if serving {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+#[test]
+fn a_ledger_in_the_watched_directory_is_warned_about_and_a_subdirectory_is_not() {
+    let warning = "the ledger is in the pipelines directory itself";
+    for (storage, warned) in [("sqlite:ledger.db", true), ("sqlite:data/ledger.db", false)] {
+        let dir = tempdir();
+        std::fs::write(
+            dir.join("settings.yaml"),
+            format!(
+                "storage: {storage}\nproviders:\n  replay: {{kind: replay, fixtures: {}/fixtures/recorded}}\n",
+                repo_root().display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("demo.yaml"),
+            "name: demo\nmodel: {provider: replay, name: openai/text_stop.sse}\nlimits: {max_tokens: 64}\n",
+        )
+        .unwrap();
+        let log = startup_log(&dir);
+        assert_eq!(
+            log.iter().any(|l| l.contains(warning)),
+            warned,
+            "storage {storage}: {log:#?}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
