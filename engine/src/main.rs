@@ -3,6 +3,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use sluice::cli::{self, Cli, Command};
 
+/// jemalloc: frees across threads (spans, events) without glibc's arena
+/// locks; see the dependency's comment in Cargo.toml.
+#[cfg(all(unix, not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<ExitCode> {
     let args = Cli::parse();
     match args.command {
