@@ -237,7 +237,7 @@ async fn what_a_provider_cannot_do_is_refused_by_name_before_any_call() {
     let mock = MockProvider::start(Script::single(Reply::anthropic_text(&["x"])))
         .await
         .unwrap();
-    let server = serve(&mock, "anthropic", SQL_TOOL).await;
+    let server = serve(&mock, "anthropic", LOOKUP_TOOL).await;
     let base = r#""model":"chat","messages":[{"role":"user","content":"x"}]"#;
     for (extra, field) in [
         (r#""seed":1"#, "seed"),
@@ -454,7 +454,7 @@ async fn thinking_goes_back_to_anthropic_with_its_signature_after_a_pipeline_too
     )
     .await
     .unwrap();
-    let server = serve(&mock, "anthropic", SQL_TOOL).await;
+    let server = serve(&mock, "anthropic", LOOKUP_TOOL).await;
     let events = SseReader::new(
         post_json_to(
             server.addr,
@@ -504,7 +504,7 @@ async fn an_endless_reasoning_signature_is_cut() {
     let mock = MockProvider::start(Script::single(Reply::recorded(flood)))
         .await
         .unwrap();
-    let server = serve(&mock, "anthropic", SQL_TOOL).await;
+    let server = serve(&mock, "anthropic", LOOKUP_TOOL).await;
     let events =
         SseReader::new(post_json_to(server.addr, "/v1/pipelines/chat", r#"{"input":"x"}"#).await)
             .collect()

@@ -49,7 +49,7 @@ async fn a_tool_call_cut_by_max_tokens_is_never_run() {
         "\"stop_reason\":\"max_tokens\"",
     );
     assert!(recorded.contains("max_tokens\""));
-    let tool = SQL_TOOL
+    let tool = LOOKUP_TOOL
         .replace("lookup_order", "get_weather")
         .replace("order_id", "location");
     let mock = MockProvider::start(
@@ -89,7 +89,7 @@ async fn a_turn_asking_for_client_and_pipeline_tools_returns_the_clients_only() 
     ])))
     .await
     .unwrap();
-    let server = serve(&mock, "openai", SQL_TOOL).await;
+    let server = serve(&mock, "openai", LOOKUP_TOOL).await;
     let body = format!(
         r#"{{"model":"chat","stream":true,"messages":[{{"role":"user","content":"x"}}],"tools":[{WEATHER_TOOL}]}}"#
     );
@@ -129,7 +129,7 @@ async fn a_forced_tool_choice_applies_to_the_first_answer_only() {
     )
     .await
     .unwrap();
-    let server = serve(&mock, "openai", SQL_TOOL).await;
+    let server = serve(&mock, "openai", LOOKUP_TOOL).await;
     let body = r#"{"model":"chat","messages":[{"role":"user","content":"Order 1?"}],"tool_choice":"required"}"#;
     let answer = body_json(chat(server.addr, body).await).await;
     assert_eq!(answer["choices"][0]["message"]["content"], "Shipped.");
@@ -254,7 +254,7 @@ async fn a_name_streamed_in_pieces_is_routed_on_the_whole_name() {
     )
     .await
     .unwrap();
-    let server = serve(&mock, "openai", SQL_TOOL).await;
+    let server = serve(&mock, "openai", LOOKUP_TOOL).await;
     let body = format!(
         r#"{{"model":"chat","stream":true,"messages":[{{"role":"user","content":"Order 1?"}}],"tools":[{WEATHER_TOOL},{LOOKUP_PREFIX_TOOL}]}}"#
     );

@@ -152,46 +152,15 @@ pub async fn run(target: Arc<Target>, plan: &Plan, progress: Option<&Progress>) 
             count,
             seed,
         ));
+        let phase = |label: String, stop: Stop| {
+            phase(&target, *load, stop, &prompts, seed, plan, progress, label)
+        };
         if !plan.warmup.is_empty() {
-            if let Some(p) = progress {
-                p.start(&format!("{load} warm-up"), plan.warmup);
-            }
-            let live = Arc::new(Live::new(Instant::now(), plan.slo));
-            let ticker = progress.map(|p| p.follow(live.clone()));
-            drive(
-                &target,
-                *load,
-                plan.warmup,
-                &prompts,
-                &live,
-                seed,
-                plan.max_in_flight,
-            )
-            .await;
-            if let Some(t) = ticker {
-                t.abort();
-            }
-        }
-        if let Some(p) = progress {
-            p.start(&load.to_string(), plan.stop);
+            phase(format!("{load} warm-up"), plan.warmup).await;
         }
         let cpu_before = metrics::cpu_times();
         let wall = std::time::Instant::now();
-        let live = Arc::new(Live::new(Instant::now(), plan.slo));
-        let ticker = progress.map(|p| p.follow(live.clone()));
-        drive(
-            &target,
-            *load,
-            plan.stop,
-            &prompts,
-            &live,
-            seed,
-            plan.max_in_flight,
-        )
-        .await;
-        if let Some(t) = ticker {
-            t.abort();
-        }
+        let live = phase(load.to_string(), plan.stop).await;
         let cpu = metrics::cpu_report(cpu_before, metrics::cpu_times(), wall.elapsed());
         let mut report = live.tally().report(
             live.sent.load(Ordering::Relaxed),
@@ -208,6 +177,31 @@ pub async fn run(target: Arc<Target>, plan: &Plan, progress: Option<&Progress>) 
         reports.push(report);
     }
     reports
+}
+
+/// One phase of a step (its warm-up or its measured run), with the
+/// progress bar following it; returns the phase's figures.
+#[allow(clippy::too_many_arguments)]
+async fn phase(
+    target: &Arc<Target>,
+    load: Load,
+    stop: Stop,
+    prompts: &Arc<Vec<Prompt>>,
+    seed: u64,
+    plan: &Plan,
+    progress: Option<&Progress>,
+    label: String,
+) -> Arc<Live> {
+    if let Some(p) = progress {
+        p.start(&label, stop);
+    }
+    let live = Arc::new(Live::new(Instant::now(), plan.slo));
+    let ticker = progress.map(|p| p.follow(live.clone()));
+    drive(target, load, stop, prompts, &live, seed, plan.max_in_flight).await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    live
 }
 
 /// Sends the requests of one step (or warm-up) and waits for all of them.

@@ -134,16 +134,8 @@ pub fn parse(file: &Path, text: &str) -> Result<FileSettings, Vec<Diagnostic>> {
     // `every` and `probability` sit beside each top-level fault; they are
     // taken out so that the rest reads as a scenario fault.
     let whens = take_whens(&mut node);
-    let (result, notes) = node::from_node::<RawMockFile>(&node);
-    for n in notes {
-        cx.error(n.pos, n.message);
-    }
-    let raw = match result {
-        Ok(raw) => raw,
-        Err(e) => {
-            cx.error(e.pos.unwrap_or(Pos::START), e.message);
-            return Err(cx.finish());
-        }
+    let Some(raw) = cx.read::<RawMockFile>(&node) else {
+        return Err(cx.finish());
     };
     let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
     let settings = settings(&mut cx, raw, whens, &dir);

@@ -230,6 +230,32 @@ impl Endpoint {
         decoder: D,
         summarize: fn(u16, &[u8]) -> String,
     ) -> Result<ChunkStream, ProviderError> {
+        let conn = self.exchange_ok(req, connect_timeout, summarize).await?;
+        Ok(Box::pin(UpstreamStream {
+            pool: self.pool.clone(),
+            secrets: self.secrets.clone(),
+            conn: Some(conn),
+            parser: SseParser::new(),
+            decoder,
+            events: Vec::new(),
+            pending: VecDeque::new(),
+            error: None,
+            finished: false,
+            failed: false,
+            saw_end: false,
+            end_delivered: false,
+        }))
+    }
+
+    /// [`Endpoint::exchange`], then a status that is not 2xx becomes
+    /// [`ProviderError::Status`] with `summarize`'s words; every error is
+    /// scrubbed of secrets.
+    async fn exchange_ok(
+        &self,
+        req: Outgoing,
+        connect_timeout: Duration,
+        summarize: fn(u16, &[u8]) -> String,
+    ) -> Result<Connection, ProviderError> {
         let secrets = &self.secrets;
         let (mut conn, head) = self
             .exchange(req, connect_timeout)
@@ -248,20 +274,7 @@ impl Endpoint {
             };
             return Err(error.scrubbed(secrets));
         }
-        Ok(Box::pin(UpstreamStream {
-            pool: self.pool.clone(),
-            secrets: self.secrets.clone(),
-            conn: Some(conn),
-            parser: SseParser::new(),
-            decoder,
-            events: Vec::new(),
-            pending: VecDeque::new(),
-            error: None,
-            finished: false,
-            failed: false,
-            saw_end: false,
-            end_delivered: false,
-        }))
+        Ok(conn)
     }
 
     /// Sends `req` on the most recently returned live idle connection, or
@@ -307,21 +320,7 @@ impl Endpoint {
         limit: usize,
         summarize: fn(u16, &[u8]) -> String,
     ) -> Result<Vec<u8>, ProviderError> {
-        let secrets = &self.secrets;
-        let (mut conn, head) = self
-            .exchange(req, connect_timeout)
-            .await
-            .map_err(|e| e.scrubbed(secrets))?;
-        if !(200..300).contains(&head.status) {
-            let body = read_body(&mut conn, MAX_ERROR_BODY).await;
-            let body = secrets.scrub_bytes(&body);
-            let error = ProviderError::Status {
-                status: head.status,
-                retry_after: retry_after(&head.headers),
-                message: summarize(head.status, &body),
-            };
-            return Err(error.scrubbed(secrets));
-        }
+        let mut conn = self.exchange_ok(req, connect_timeout, summarize).await?;
         let mut body = Vec::new();
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
@@ -335,7 +334,7 @@ impl Endpoint {
                     body.extend_from_slice(&buf[..n]);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(e.scrubbed(secrets)),
+                Err(e) => return Err(e.scrubbed(&self.secrets)),
             }
         }
         self.pool.checkin(conn);

@@ -203,16 +203,8 @@ pub fn parse(file: &Path, text: &str, defaults: &Defaults) -> Result<Scenario, V
     if matches!(node.kind, node::Kind::Null) {
         return Err(vec![cx.diag(Pos::START, "scenario file is empty")]);
     }
-    let (result, notes) = node::from_node::<RawScenario>(&node);
-    for n in notes {
-        cx.error(n.pos, n.message);
-    }
-    let raw = match result {
-        Ok(raw) => raw,
-        Err(e) => {
-            cx.error(e.pos.unwrap_or(Pos::START), e.message);
-            return Err(cx.finish());
-        }
+    let Some(raw) = cx.read::<RawScenario>(&node) else {
+        return Err(cx.finish());
     };
     let scenario = cx.scenario(raw, defaults);
     match scenario {
@@ -248,6 +240,22 @@ impl Cx {
     pub(crate) fn error(&mut self, pos: Pos, msg: impl Into<String>) {
         let d = self.diag(pos, msg);
         self.diags.push(d);
+    }
+
+    /// `node` read as a `T`: unknown keys are noted as errors, and a shape
+    /// that cannot be read is one too (then `None`).
+    pub(crate) fn read<'a, T: serde::Deserialize<'a>>(&mut self, node: &'a Node) -> Option<T> {
+        let (result, notes) = node::from_node::<T>(node);
+        for n in notes {
+            self.error(n.pos, n.message);
+        }
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error(e.pos.unwrap_or(Pos::START), e.message);
+                None
+            }
+        }
     }
 
     pub(crate) fn finish(mut self) -> Vec<Diagnostic> {

@@ -20,16 +20,6 @@ pub async fn serve(mock: &MockProvider, kind: &str, extra: &str) -> RunningServe
     .await
 }
 
-pub const SQL_TOOL: &str = r#"tools:
-  - name: lookup_order
-    description: Look up one order by its id
-    parameters:
-      type: object
-      properties: {order_id: {type: integer, minimum: 1}}
-      required: [order_id]
-    sql: {database: shop, query: "SELECT id, status FROM orders WHERE id = :order_id"}
-"#;
-
 pub const WEATHER_TOOL: &str = r#"{"type":"function","function":{"name":"get_weather","description":"Weather in a city","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]},"strict":true}}"#;
 
 pub async fn chat(addr: std::net::SocketAddr, body: &str) -> http::Response<hyper::body::Incoming> {
