@@ -15,6 +15,7 @@
 //! pipelining, no upgrades, no request bodies other than a fixed buffer.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -152,8 +153,8 @@ impl Connection {
             }
             let io = &mut self.io;
             let n = std::future::poll_fn(|cx| {
-                let mut tmp = [0u8; READ_CHUNK];
-                let mut read = ReadBuf::new(&mut tmp);
+                let mut tmp = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut read = ReadBuf::uninit(&mut tmp);
                 Pin::new(&mut *io).poll_read(cx, &mut read).map_ok(|()| {
                     buf.extend_from_slice(read.filled());
                     read.filled().len()
@@ -169,15 +170,18 @@ impl Connection {
         }
     }
 
-    /// Reads the next body bytes into `buf`: `Some(n)` puts `n > 0` bytes of
-    /// the body at the front of `buf`, `None` is the body's end. After an
+    /// Reads the next body bytes into `read` (cleared first; its memory need
+    /// not be initialized, so a caller's stack buffer costs no zeroing):
+    /// `Some(n)` puts `n > 0` bytes of the body at the front of
+    /// `read.filled()`, `None` is the body's end. After an
     /// error the connection is not reusable.
     pub(super) fn poll_body(
         &mut self,
         cx: &mut Context<'_>,
-        buf: &mut [u8],
+        read: &mut ReadBuf<'_>,
     ) -> Poll<Result<Option<usize>, ProviderError>> {
         loop {
+            read.clear();
             let Some(framing) = self.body.as_mut() else {
                 return Poll::Ready(Ok(None));
             };
@@ -186,16 +190,15 @@ impl Connection {
                 continue;
             }
             let n = if !self.leftover.is_empty() {
-                let n = self.leftover.len().min(buf.len());
-                buf[..n].copy_from_slice(&self.leftover[..n]);
+                let n = self.leftover.len().min(read.remaining());
+                read.put_slice(&self.leftover[..n]);
                 self.leftover.drain(..n);
                 if self.leftover.is_empty() {
                     self.leftover = Vec::new();
                 }
                 n
             } else {
-                let mut read = ReadBuf::new(buf);
-                match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+                match Pin::new(&mut self.io).poll_read(cx, read) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(e)) => {
                         self.reusable = false;
@@ -225,7 +228,7 @@ impl Connection {
                     }
                     take
                 }
-                Framing::Chunked(c) => match c.decode(&mut buf[..n]) {
+                Framing::Chunked(c) => match c.decode(read.filled_mut()) {
                     Ok(d) => {
                         if c.is_done() {
                             self.body = None;
@@ -255,9 +258,9 @@ impl Connection {
     /// has arrived), and the server has neither closed the connection nor
     /// sent anything more.
     pub(super) fn poll_reusable(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut buf = [0u8; 256];
+        let mut buf = [MaybeUninit::<u8>::uninit(); 256];
         while self.reusable && self.body.is_some() {
-            match self.poll_body(cx, &mut buf) {
+            match self.poll_body(cx, &mut ReadBuf::uninit(&mut buf)) {
                 Poll::Ready(Ok(None)) => {}
                 // Body data after the end marker, or an end not yet here.
                 _ => return false,
@@ -266,7 +269,7 @@ impl Connection {
         if !self.reusable || !self.leftover.is_empty() {
             return false;
         }
-        let mut read = ReadBuf::new(&mut buf[..1]);
+        let mut read = ReadBuf::uninit(&mut buf[..1]);
         // Anything but "nothing to read yet" (EOF, a reset, stray bytes)
         // means the connection cannot be used.
         Pin::new(&mut self.io).poll_read(cx, &mut read).is_pending()

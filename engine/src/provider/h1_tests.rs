@@ -198,12 +198,15 @@ async fn pair() -> (Connection, TcpStream) {
     (Connection::new(Io::Plain(client)), server)
 }
 
-/// The whole body of the current response, read in reads of `READ_CHUNK`.
+/// The whole body of the current response, read in reads of `READ_CHUNK`
+/// into one buffer that starts out as garbage (the engine's is
+/// uninitialized), so that nothing can rely on a zeroed buffer.
 async fn body(conn: &mut Connection) -> Result<Vec<u8>, ProviderError> {
     let mut out = Vec::new();
-    let mut buf = vec![0u8; READ_CHUNK];
-    while let Some(n) = std::future::poll_fn(|cx| conn.poll_body(cx, &mut buf)).await? {
-        out.extend_from_slice(&buf[..n]);
+    let mut buf = vec![0xA5u8; READ_CHUNK];
+    let mut read = ReadBuf::new(&mut buf);
+    while let Some(n) = std::future::poll_fn(|cx| conn.poll_body(cx, &mut read)).await? {
+        out.extend_from_slice(&read.filled()[..n]);
     }
     Ok(out)
 }
