@@ -466,6 +466,55 @@ fn sweeps_run_each_step_after_its_warmup() {
     });
 }
 
+/// `--via`: the same workload direct and through a "gateway" (a second
+/// mock whose headers come 3 ms later), in alternating rounds; what the
+/// gateway adds comes out exact and each side's rounds add up.
+#[test]
+fn via_alternates_rounds_and_reports_what_the_gateway_adds() {
+    paused(async {
+        let reply = || Reply::text(&["a", "b", "c", "d"]).pace(ms(10));
+        let direct = MockProvider::start(Script::single(reply())).await.unwrap();
+        let gateway =
+            MockProvider::start(Script::single(reply().fault(Fault::DelayHeaders(ms(3)))))
+                .await
+                .unwrap();
+        let url = |m: &MockProvider| format!("{}/chat/completions", m.base_url());
+        let mut p = plan(Load::Closed { concurrency: 1 }, 8);
+        p.warmup = Stop {
+            requests: Some(1),
+            duration: None,
+        };
+        let (d, v) = bench::run_via(target(url(&direct)), target(url(&gateway)), &p, 4, None).await;
+        let (d, v) = (one(&d), one(&v));
+        assert_eq!((d.sent, d.ok, v.sent, v.ok), (8, 8, 8, 8));
+        // Role and first word, 10 ms each; the gateway's headers 3 ms later.
+        all(&d.ttft_ms, 8, 20.0);
+        all(&v.ttft_ms, 8, 23.0);
+        all(&d.e2e_ms, 8, 80.0);
+        all(&v.e2e_ms, 8, 83.0);
+        // Four rounds of two requests back to back on each side.
+        assert_eq!(d.duration_s, 0.64);
+        assert_eq!(v.duration_s, 0.664);
+        assert_eq!(d.series.iter().map(|s| s.ok).sum::<u64>(), 8);
+        let added = bench::Added::between(d, v);
+        assert_eq!(added.ttft_p50_ms, Some(3.0));
+        assert_eq!(added.ttft_p99_ms, Some(3.0));
+        assert_eq!(added.itl_p50_ms, Some(0.0));
+        assert_eq!(added.e2e_p50_ms, Some(3.0));
+        let ratio = added.request_throughput_ratio.unwrap();
+        assert!((ratio - 0.64 / 0.664).abs() < 1e-9, "{ratio}");
+
+        // Warm-up on each side, then rounds of two: D D V V D D V V ...
+        let mut arrivals: Vec<(tokio::time::Instant, char)> = Vec::new();
+        for (m, side) in [(&direct, 'D'), (&gateway, 'V')] {
+            arrivals.extend(m.journal().requests().iter().map(|r| (r.received_at, side)));
+        }
+        arrivals.sort();
+        let order: String = arrivals.iter().map(|a| a.1).collect();
+        assert_eq!(order, "DVDDVVDDVVDDVVDDVV");
+    });
+}
+
 /// `stream: false`: E2E only, tokens from the answer's usage.
 #[test]
 fn whole_answers_are_timed_end_to_end() {
@@ -595,6 +644,52 @@ fn binary_writes_a_report_that_compare_reads() {
             .any(|l| l.trim_start().starts_with("ok") && l.trim_end().ends_with("1.000")),
         "{out}"
     );
+
+    // --via: a second mock as the gateway, in two rounds per side.
+    let gateway = rt
+        .block_on(MockProvider::start(Script::single(Reply::text(&[
+            "x", "y",
+        ]))))
+        .unwrap();
+    let c = dir.join("c.json");
+    let via_page = dir.join("c.html");
+    let table = run(
+        &c,
+        &[
+            "--via",
+            &format!("{}/chat/completions", gateway.base_url()),
+            "--via-model",
+            "gw-model",
+            "--rounds",
+            "2",
+            "--html",
+            via_page.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        table.contains("through http://127.0.0.1:") && table.contains("added by the gateway"),
+        "{table}"
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&c).unwrap()).unwrap();
+    assert_eq!(report["steps"][0]["ok"], 6);
+    assert_eq!(report["via"]["steps"][0]["ok"], 6);
+    assert_eq!(report["via"]["rounds"], 2);
+    assert_eq!(report["via"]["model"], "gw-model");
+    assert!(report["via"]["added"][0]["ttft_p50_ms"].is_number());
+    let html = std::fs::read_to_string(&via_page).unwrap();
+    assert!(
+        html.contains("Added by the gateway") && html.contains("via concurrency 2"),
+        "{html}"
+    );
+    let gw_models: Vec<String> = rt.block_on(async {
+        gateway
+            .journal()
+            .requests()
+            .iter()
+            .map(|r| r.body["model"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    });
+    assert_eq!(gw_models, vec!["gw-model"; 6]);
 
     // Usage errors exit 2 and say what is wrong.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))

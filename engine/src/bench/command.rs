@@ -101,6 +101,27 @@ pub struct RunArgs {
     /// A JSON object merged into every request body, e.g. '{"ignore_eos": true}'.
     #[arg(long, value_name = "JSON")]
     pub extra_body: Option<String>,
+    /// Also through a gateway: the same workload sent to URL (a gateway
+    /// in front of the same kind of endpoint), in rounds alternating with
+    /// the direct ones; the report adds what the gateway adds.
+    #[arg(long, value_name = "URL")]
+    pub via: Option<String>,
+    /// The model to ask the gateway for (default: --model; for Sluice, a
+    /// pipeline's name).
+    #[arg(long, value_name = "NAME", requires = "via")]
+    pub via_model: Option<String>,
+    /// A header for the gateway, `Name: value` (repeatable; default: the
+    /// --header ones).
+    #[arg(long = "via-header", value_name = "NAME: VALUE", requires = "via")]
+    pub via_headers: Vec<String>,
+    /// Environment variable holding the gateway's API key (default: the
+    /// usual one of its API when set, else the direct endpoint's key).
+    #[arg(long, value_name = "VAR", requires = "via")]
+    pub via_api_key_env: Option<String>,
+    /// With --via: rounds per side, each with its share of --requests or
+    /// --duration.
+    #[arg(long, default_value_t = 4)]
+    pub rounds: u32,
     /// Write the report as JSON to FILE (`-`: stdout, the table then goes to stderr).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -118,7 +139,7 @@ fn duration(name: &str, v: &str) -> Result<Duration, String> {
 }
 
 /// Arguments checked and turned into what a run needs.
-pub fn plan(a: &RunArgs) -> Result<(TargetOptions, Plan, RunConfig), String> {
+pub fn plan(a: &RunArgs) -> Result<Planned, String> {
     let url = a
         .url
         .clone()
@@ -206,21 +227,7 @@ pub fn plan(a: &RunArgs) -> Result<(TargetOptions, Plan, RunConfig), String> {
         },
     };
     let api = a.api;
-    let key_env = a.api_key_env.clone();
-    // The key: from the variable named, which must then be set, or from
-    // the API's usual one when it is set.
-    let detected = api.or_else(|| {
-        url.parse::<http::Uri>()
-            .ok()
-            .and_then(|u| Api::detect(u.path()))
-    });
-    let api_key = match (&key_env, detected) {
-        (Some(var), _) => {
-            Some(std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?)
-        }
-        (None, Some(api)) => std::env::var(api.key_env()).ok().filter(|k| !k.is_empty()),
-        (None, None) => None,
-    };
+    let api_key = key(a.api_key_env.as_deref(), api, &url)?;
     let most_clients = steps
         .iter()
         .map(|l| match *l {
@@ -240,6 +247,37 @@ pub fn plan(a: &RunArgs) -> Result<(TargetOptions, Plan, RunConfig), String> {
         timeout,
         connect_timeout,
         max_idle: most_clients,
+    };
+    let via = match &a.via {
+        None => None,
+        Some(url) => {
+            if a.rounds == 0 {
+                return Err("--rounds must be at least 1".into());
+            }
+            // The gateway may speak another API than the endpoint behind it.
+            let via_api = api.filter(|_| {
+                url.parse::<http::Uri>()
+                    .ok()
+                    .and_then(|u| Api::detect(u.path()))
+                    .is_none()
+            });
+            let via_key = match key(a.via_api_key_env.as_deref(), via_api, url)? {
+                Some(k) => Some(k),
+                None => target.api_key.clone(),
+            };
+            Some(TargetOptions {
+                url: url.clone(),
+                api: via_api,
+                model: a.via_model.clone().unwrap_or_else(|| model.clone()),
+                headers: if a.via_headers.is_empty() {
+                    a.headers.clone()
+                } else {
+                    a.via_headers.clone()
+                },
+                api_key: via_key,
+                ..target.clone()
+            })
+        }
     };
     let plan = Plan {
         steps: steps.clone(),
@@ -271,7 +309,37 @@ pub fn plan(a: &RunArgs) -> Result<(TargetOptions, Plan, RunConfig), String> {
         timeout_s: timeout.as_secs_f64(),
         max_in_flight: plan.max_in_flight,
     };
-    Ok((target, plan, config))
+    Ok(Planned {
+        target,
+        via,
+        plan,
+        config,
+    })
+}
+
+/// What the arguments asked for.
+pub struct Planned {
+    pub target: TargetOptions,
+    /// `--via`: the gateway.
+    pub via: Option<TargetOptions>,
+    pub plan: Plan,
+    pub config: RunConfig,
+}
+
+/// The API key: from the variable named, which must then be set, or from
+/// the API's usual one (by `api`, or `url`'s path) when it is set.
+fn key(var: Option<&str>, api: Option<Api>, url: &str) -> Result<Option<String>, String> {
+    if let Some(var) = var {
+        return std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("environment variable {var} is not set"));
+    }
+    let detected = api.or_else(|| {
+        url.parse::<http::Uri>()
+            .ok()
+            .and_then(|u| Api::detect(u.path()))
+    });
+    Ok(detected.and_then(|api| std::env::var(api.key_env()).ok().filter(|k| !k.is_empty())))
 }
 
 /// `sluice bench`: runs (or compares) and prints.
@@ -280,15 +348,13 @@ pub async fn bench(args: &BenchArgs) -> ExitCode {
         return compare_files(a, b);
     }
     let a = &args.run;
-    let (options, plan, mut config) = match plan(a) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let target = match Target::new(options) {
-        Ok(t) => Arc::new(t),
+    let targets = plan(a).and_then(|p| {
+        let target = Arc::new(Target::new(p.target)?);
+        let via = p.via.map(Target::new).transpose()?.map(Arc::new);
+        Ok((target, via, p.plan, p.config))
+    });
+    let (target, via, plan, mut config) = match targets {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -299,13 +365,39 @@ pub async fn bench(args: &BenchArgs) -> ExitCode {
     crate::tokens::init();
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let progress = (!a.quiet).then(Progress::new);
-    let steps = super::run(target, &plan, progress.as_ref()).await;
+    let (steps, via) = match via {
+        None => (super::run(target, &plan, progress.as_ref()).await, None),
+        Some(via) => {
+            let (url, api, model) = (
+                via.display_url.clone(),
+                via.api.name().to_string(),
+                via.model.clone(),
+            );
+            let (direct, through) =
+                super::run_via(target, via, &plan, a.rounds, progress.as_ref()).await;
+            let added = direct
+                .iter()
+                .zip(&through)
+                .map(|(d, v)| super::Added::between(d, v))
+                .collect();
+            let via = report::Via {
+                url,
+                api,
+                model,
+                rounds: a.rounds,
+                steps: through,
+                added,
+            };
+            (direct, Some(via))
+        }
+    };
     let report = Report {
         schema: SCHEMA.into(),
         sluice_version: env!("CARGO_PKG_VERSION").into(),
         started_at,
         config,
         steps,
+        via,
     };
     let table = report::render(&report);
     match &a.json {
@@ -333,7 +425,8 @@ pub async fn bench(args: &BenchArgs) -> ExitCode {
         }
         eprintln!("page written to {}", p.display());
     }
-    if report.steps.iter().any(|s| s.ok == 0) {
+    let via_steps = report.via.iter().flat_map(|v| &v.steps);
+    if report.steps.iter().chain(via_steps).any(|s| s.ok == 0) {
         eprintln!("error: a step had no successful request");
         return ExitCode::FAILURE;
     }

@@ -179,6 +179,7 @@ mod tests {
                 }),
                 ..StepReport::default()
             }],
+            via: None,
         }
     }
 

@@ -198,20 +198,46 @@ table{{border-collapse:collapse;margin:8px 0}}td,th{{padding:3px 10px;text-align
         started = esc(&report.started_at),
         version = esc(&report.sluice_version),
     );
-    let steps = &report.steps;
+    // With --via, every series and row comes twice: direct and through
+    // the gateway.
+    let sides: Vec<(&str, &Vec<StepReport>)> = match &report.via {
+        None => vec![("", &report.steps)],
+        Some(v) => vec![("direct ", &report.steps), ("via ", &v.steps)],
+    };
+    if let Some(v) = &report.via {
+        let _ = write!(
+            page,
+            r#"<p class="meta">through {} ({}, model {}), in {} rounds alternating with the direct ones</p>"#,
+            esc(&v.url),
+            esc(&v.api),
+            esc(&v.model),
+            v.rounds
+        );
+    }
     let x_name = if c.load == "rate" {
         "rate (requests/s)"
     } else {
         "concurrency"
     };
     page.push_str(r#"<div class="charts">"#);
-    if steps.len() > 1 {
+    if report.steps.len() > 1 {
         let lat = |name: &str, get: fn(&StepReport) -> &Option<Stats>| {
-            vec![
-                (format!("{name} p50"), stat_series(steps, get, |s| s.p50)),
-                (format!("{name} p90"), stat_series(steps, get, |s| s.p90)),
-                (format!("{name} p99"), stat_series(steps, get, |s| s.p99)),
-            ]
+            let mut series = Vec::new();
+            for (side, steps) in &sides {
+                series.push((
+                    format!("{side}{name} p50"),
+                    stat_series(steps, get, |s| s.p50),
+                ));
+                series.push((
+                    format!("{side}{name} p90"),
+                    stat_series(steps, get, |s| s.p90),
+                ));
+                series.push((
+                    format!("{side}{name} p99"),
+                    stat_series(steps, get, |s| s.p99),
+                ));
+            }
+            series
         };
         page.push_str(&chart(
             "TTFT against load",
@@ -235,20 +261,31 @@ table{{border-collapse:collapse;margin:8px 0}}td,th{{padding:3px 10px;text-align
             "Throughput against load",
             x_name,
             "output tokens/s",
-            &[(
-                "output tokens/s".into(),
-                steps
-                    .iter()
-                    .map(|s| (s.load.value, s.output_throughput))
-                    .collect(),
-            )],
+            &sides
+                .iter()
+                .map(|(side, steps)| {
+                    (
+                        format!("{side}output tokens/s"),
+                        steps
+                            .iter()
+                            .map(|s| (s.load.value, s.output_throughput))
+                            .collect(),
+                    )
+                })
+                .collect::<Vec<_>>(),
         ));
     }
     let dist = |get: fn(&StepReport) -> &Vec<[f64; 2]>| -> Vec<(String, Vec<(f64, f64)>)> {
-        steps
+        sides
             .iter()
-            .filter(|s| !get(s).is_empty())
-            .map(|s| (s.label(), get(s).iter().map(|p| (p[0], p[1])).collect()))
+            .flat_map(|(side, steps)| {
+                steps.iter().filter(|s| !get(s).is_empty()).map(move |s| {
+                    (
+                        format!("{side}{}", s.label()),
+                        get(s).iter().map(|p| (p[0], p[1])).collect(),
+                    )
+                })
+            })
             .collect()
     };
     let ttft = dist(|s| &s.ttft_distribution_ms);
@@ -259,16 +296,18 @@ table{{border-collapse:collapse;margin:8px 0}}td,th{{padding:3px 10px;text-align
     if !itl.is_empty() {
         page.push_str(&chart("ITL distribution", "percentile", "ms", &itl));
     }
-    let over_time: Vec<(String, Vec<(f64, f64)>)> = steps
+    let over_time: Vec<(String, Vec<(f64, f64)>)> = sides
         .iter()
-        .map(|s| {
-            (
-                s.label(),
-                s.series
-                    .iter()
-                    .map(|p| (f64::from(p.t), p.output_tokens))
-                    .collect(),
-            )
+        .flat_map(|(side, steps)| {
+            steps.iter().map(move |s| {
+                (
+                    format!("{side}{}", s.label()),
+                    s.series
+                        .iter()
+                        .map(|p| (f64::from(p.t), p.output_tokens))
+                        .collect(),
+                )
+            })
         })
         .collect();
     page.push_str(&chart(
@@ -282,7 +321,10 @@ table{{border-collapse:collapse;margin:8px 0}}td,th{{padding:3px 10px;text-align
     let ms = |s: &Option<Stats>, f: fn(&Stats) -> f64| {
         s.as_ref().map_or("-".into(), |s| format!("{:.1}", f(s)))
     };
-    for s in steps {
+    for (side, s) in sides
+        .iter()
+        .flat_map(|(side, steps)| steps.iter().map(move |s| (side, s)))
+    {
         let causes: Vec<String> = s
             .failures
             .iter()
@@ -291,7 +333,7 @@ table{{border-collapse:collapse;margin:8px 0}}td,th{{padding:3px 10px;text-align
         let _ = write!(
             page,
             "<tr><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td>{:.2}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&s.label()),
+            esc(&format!("{side}{}", s.label())),
             s.ok,
             esc(&causes.join(", ")),
             s.failed,
@@ -312,7 +354,29 @@ table{{border-collapse:collapse;margin:8px 0}}td,th{{padding:3px 10px;text-align
             )),
         );
     }
-    page.push_str("</table><p class=\"meta\">Times in milliseconds. Definitions: docs/bench.md (TTFT to the first content chunk, ITL the gaps between content chunks, TPOT (E2E − TTFT) / (tokens − 1), latencies from the intended send time).</p>");
+    page.push_str("</table>");
+    if let Some(v) = &report.via {
+        page.push_str("<h2>Added by the gateway</h2><table><tr><th>step</th><th>TTFT p50</th><th>TTFT p99</th><th>ITL p50</th><th>ITL p99</th><th>E2E p50</th><th>E2E p99</th><th>req/s</th><th>out tok/s</th></tr>");
+        let d = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:+.2}"));
+        let r = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}×"));
+        for (a, s) in v.added.iter().zip(&v.steps) {
+            let _ = write!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&s.label()),
+                d(a.ttft_p50_ms),
+                d(a.ttft_p99_ms),
+                d(a.itl_p50_ms),
+                d(a.itl_p99_ms),
+                d(a.e2e_p50_ms),
+                d(a.e2e_p99_ms),
+                r(a.request_throughput_ratio),
+                r(a.output_throughput_ratio),
+            );
+        }
+        page.push_str("</table>");
+    }
+    page.push_str("<p class=\"meta\">Times in milliseconds. Definitions: docs/bench.md (TTFT to the first content chunk, ITL the gaps between content chunks, TPOT (E2E − TTFT) / (tokens − 1), latencies from the intended send time).</p>");
     let _ = write!(
         page,
         "<h2>Report</h2><pre>{}</pre>",
@@ -381,6 +445,7 @@ mod tests {
                 ..RunConfig::default()
             },
             steps: vec![step(1.0), step(4.0)],
+            via: None,
         };
         let page = render(&report);
         assert_eq!(

@@ -206,6 +206,16 @@ impl Hist {
         self.n
     }
 
+    /// Adds `other`'s samples (the same bounds and precision: `add` cannot
+    /// fail).
+    pub fn absorb(&mut self, other: &Hist) {
+        let _ = self.h.add(&other.h);
+        self.n += other.n;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
     /// The percentile `q` (0..=100), in recorded units.
     pub fn percentile(&self, q: f64) -> u64 {
         if self.n == 0 {
@@ -271,6 +281,8 @@ pub struct Tally {
     counted_client: u64,
     last_end: Option<Instant>,
     series: Vec<Second>,
+    /// The durations of the rounds absorbed (`--via`'s alternating rounds).
+    absorbed: Duration,
 }
 
 /// Seconds of series a step keeps at most (a day).
@@ -297,6 +309,7 @@ impl Tally {
             counted_client: 0,
             last_end: None,
             series: Vec::new(),
+            absorbed: Duration::ZERO,
         }
     }
 
@@ -376,10 +389,61 @@ impl Tally {
         }
     }
 
-    /// The step's duration: its start to the end of its last request.
+    /// The step's duration: its start to the end of its last request,
+    /// plus the durations of the rounds absorbed.
     pub fn duration(&self) -> Duration {
-        self.last_end
-            .map_or(Duration::ZERO, |e| e.saturating_duration_since(self.epoch))
+        self.absorbed
+            + self
+                .last_end
+                .map_or(Duration::ZERO, |e| e.saturating_duration_since(self.epoch))
+    }
+
+    /// Adds a later round of the same step (run after this one, with other
+    /// work in between): samples and counts add up, durations too, and its
+    /// seconds follow this one's in the series.
+    pub fn absorb(&mut self, other: &Tally) {
+        for (mine, theirs) in [
+            (&mut self.ttft, &other.ttft),
+            (&mut self.itl, &other.itl),
+            (&mut self.tpot, &other.tpot),
+            (&mut self.e2e, &other.e2e),
+            (&mut self.lag, &other.lag),
+            (&mut self.tps, &other.tps),
+        ] {
+            mine.absorb(theirs);
+        }
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.good += other.good;
+        for (cause, (n, example)) in &other.failures {
+            self.failures
+                .entry(cause.clone())
+                .or_insert_with(|| (0, example.clone()))
+                .0 += n;
+        }
+        self.output_tokens += other.output_tokens;
+        self.prompt_tokens += other.prompt_tokens;
+        self.counted_server += other.counted_server;
+        self.counted_client += other.counted_client;
+        let offset = self.duration().as_secs().max(self.series.len() as u64);
+        for s in &other.series {
+            let Ok(t) = u32::try_from(offset + u64::from(s.t)) else {
+                break;
+            };
+            if t as usize >= MAX_SERIES {
+                break;
+            }
+            // Seconds with nothing in them keep their place.
+            while self.series.len() < t as usize {
+                let t = self.series.len() as u32;
+                self.series.push(Second {
+                    t,
+                    ..Second::default()
+                });
+            }
+            self.series.push(Second { t, ..*s });
+        }
+        self.absorbed += other.duration();
     }
 
     /// Requests, tokens and latencies of the step.

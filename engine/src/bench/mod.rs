@@ -54,6 +54,7 @@ pub mod workload;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -61,6 +62,7 @@ use tokio::time::Instant;
 use client::Target;
 use metrics::{Outcome, Slo, Tally};
 use progress::Progress;
+pub use report::Added;
 use report::{StepLoad, StepReport};
 use workload::{Lengths, Load, Prompt, PromptSource, Schedule, Stop};
 
@@ -141,6 +143,84 @@ impl Live {
 pub async fn run(target: Arc<Target>, plan: &Plan, progress: Option<&Progress>) -> Vec<StepReport> {
     let mut reports = Vec::new();
     for (i, load) in plan.steps.iter().enumerate() {
+        let step = Step::new(plan, i, *load);
+        if !plan.warmup.is_empty() {
+            step.phase(&target, plan, progress, "warm-up", plan.warmup)
+                .await;
+        }
+        let measured = step.measure(&target, plan, progress, "", plan.stop).await;
+        reports.push(measured.report(*load, progress));
+    }
+    reports
+}
+
+/// Runs every step of `plan` against `direct` and through `via` (a
+/// gateway in front of the same kind of endpoint) in `rounds` alternating
+/// rounds, each side's round taking its share of the step's requests or
+/// time, so that whatever else the machine does weighs on both alike.
+/// Returns each side's steps, every round of a side merged into one.
+pub async fn run_via(
+    direct: Arc<Target>,
+    via: Arc<Target>,
+    plan: &Plan,
+    rounds: u32,
+    progress: Option<&Progress>,
+) -> (Vec<StepReport>, Vec<StepReport>) {
+    let rounds = rounds.max(1);
+    let share = Stop {
+        requests: plan
+            .stop
+            .requests
+            .map(|n| n.div_ceil(u64::from(rounds)).max(1)),
+        duration: plan.stop.duration.map(|d| d / rounds),
+    };
+    let (mut direct_steps, mut via_steps) = (Vec::new(), Vec::new());
+    for (i, load) in plan.steps.iter().enumerate() {
+        let step = Step::new(plan, i, *load);
+        if !plan.warmup.is_empty() {
+            step.phase(&direct, plan, progress, "direct warm-up", plan.warmup)
+                .await;
+            step.phase(&via, plan, progress, "via warm-up", plan.warmup)
+                .await;
+        }
+        let mut sides: [Option<Measured>; 2] = [None, None];
+        for r in 1..=rounds {
+            for (side, (target, name)) in sides.iter_mut().zip([(&direct, "direct"), (&via, "via")])
+            {
+                let label = format!("{name} round {r}/{rounds}");
+                let m = step.measure(target, plan, progress, &label, share).await;
+                match side {
+                    None => *side = Some(m),
+                    Some(all) => all.absorb(&m),
+                }
+            }
+        }
+        let [Some(d), Some(v)] = sides else {
+            unreachable!("at least one round ran")
+        };
+        direct_steps.push(d.report(*load, progress));
+        via_steps.push(v.report(*load, progress));
+    }
+    (direct_steps, via_steps)
+}
+
+/// One step of a plan: its load, and the prompts every phase of it sends.
+struct Step {
+    load: Load,
+    prompts: Arc<Vec<Prompt>>,
+    seed: u64,
+}
+
+/// A measured phase: its figures and the client's CPU over it.
+struct Measured {
+    live: Arc<Live>,
+    cpu: (Duration, Duration),
+    wall: Duration,
+    cpu_known: bool,
+}
+
+impl Step {
+    fn new(plan: &Plan, i: usize, load: Load) -> Step {
         let seed = plan.seed.wrapping_add(i as u64);
         let count = plan
             .stop
@@ -152,16 +232,98 @@ pub async fn run(target: Arc<Target>, plan: &Plan, progress: Option<&Progress>) 
             count,
             seed,
         ));
-        let phase = |label: String, stop: Stop| {
-            phase(&target, *load, stop, &prompts, seed, plan, progress, label)
-        };
-        if !plan.warmup.is_empty() {
-            phase(format!("{load} warm-up"), plan.warmup).await;
+        Step {
+            load,
+            prompts,
+            seed,
         }
-        let cpu_before = metrics::cpu_times();
+    }
+
+    /// Runs a phase of the step; `label` follows the load's name on the
+    /// progress bar.
+    async fn phase(
+        &self,
+        target: &Arc<Target>,
+        plan: &Plan,
+        progress: Option<&Progress>,
+        label: &str,
+        stop: Stop,
+    ) -> Arc<Live> {
+        let label = if label.is_empty() {
+            self.load.to_string()
+        } else {
+            format!("{} {label}", self.load)
+        };
+        phase(
+            target,
+            self.load,
+            stop,
+            &self.prompts,
+            self.seed,
+            plan,
+            progress,
+            label,
+        )
+        .await
+    }
+
+    /// A phase whose figures count, with the client's CPU over it.
+    async fn measure(
+        &self,
+        target: &Arc<Target>,
+        plan: &Plan,
+        progress: Option<&Progress>,
+        label: &str,
+        stop: Stop,
+    ) -> Measured {
+        let before = metrics::cpu_times();
         let wall = std::time::Instant::now();
-        let live = phase(load.to_string(), plan.stop).await;
-        let cpu = metrics::cpu_report(cpu_before, metrics::cpu_times(), wall.elapsed());
+        let live = self.phase(target, plan, progress, label, stop).await;
+        let wall = wall.elapsed();
+        let after = metrics::cpu_times();
+        let cpu = match (before, after) {
+            (Some((u0, s0)), Some((u1, s1))) => {
+                Some((u1.saturating_sub(u0), s1.saturating_sub(s0)))
+            }
+            _ => None,
+        };
+        Measured {
+            live,
+            cpu: cpu.unwrap_or_default(),
+            wall,
+            cpu_known: cpu.is_some(),
+        }
+    }
+}
+
+impl Measured {
+    fn absorb(&mut self, later: &Measured) {
+        self.live.tally().absorb(&later.live.tally());
+        self.live
+            .sent
+            .fetch_add(later.live.sent.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.live.peak_in_flight.fetch_max(
+            later.live.peak_in_flight.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.cpu.0 += later.cpu.0;
+        self.cpu.1 += later.cpu.1;
+        self.wall += later.wall;
+        self.cpu_known &= later.cpu_known;
+    }
+
+    fn report(&self, load: Load, progress: Option<&Progress>) -> StepReport {
+        let cpu = self
+            .cpu_known
+            .then(|| {
+                metrics::cpu_report(
+                    Some((Duration::ZERO, Duration::ZERO)),
+                    Some(self.cpu),
+                    self.wall,
+                )
+            })
+            .flatten();
+        let live = &self.live;
         let mut report = live.tally().report(
             live.sent.load(Ordering::Relaxed),
             live.peak_in_flight.load(Ordering::Relaxed),
@@ -174,9 +336,8 @@ pub async fn run(target: Arc<Target>, plan: &Plan, progress: Option<&Progress>) 
         if let Some(p) = progress {
             p.finish(&report);
         }
-        reports.push(report);
+        report
     }
-    reports
 }
 
 /// One phase of a step (its warm-up or its measured run), with the

@@ -18,6 +18,58 @@ pub struct Report {
     pub config: RunConfig,
     /// One per concurrency or rate of the sweep, in order.
     pub steps: Vec<StepReport>,
+    /// `--via`: the same steps through a gateway, run in rounds that
+    /// alternate with those of `steps` (the direct endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Via>,
+}
+
+/// The gateway's side of a `--via` run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Via {
+    pub url: String,
+    pub api: String,
+    pub model: String,
+    /// Rounds per side and step; each took its share of the requests or
+    /// the duration.
+    pub rounds: u32,
+    pub steps: Vec<StepReport>,
+    /// Step by step, what the gateway added.
+    pub added: Vec<Added>,
+}
+
+/// What a gateway adds to one step (`--via`): the gateway's figure minus
+/// the direct endpoint's, in milliseconds, and the gateway's throughput
+/// over the direct one's.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Added {
+    pub load: StepLoad,
+    pub ttft_p50_ms: Option<f64>,
+    pub ttft_p99_ms: Option<f64>,
+    pub itl_p50_ms: Option<f64>,
+    pub itl_p99_ms: Option<f64>,
+    pub e2e_p50_ms: Option<f64>,
+    pub e2e_p99_ms: Option<f64>,
+    pub request_throughput_ratio: Option<f64>,
+    pub output_throughput_ratio: Option<f64>,
+}
+
+impl Added {
+    pub fn between(direct: &StepReport, via: &StepReport) -> Added {
+        let diff = |get: fn(&StepReport) -> Option<f64>| Some(get(via)? - get(direct)?);
+        let ratio = |a: f64, b: f64| (a > 0.0).then(|| b / a);
+        Added {
+            load: via.load.clone(),
+            ttft_p50_ms: diff(|s| s.ttft_ms.map(|x| x.p50)),
+            ttft_p99_ms: diff(|s| s.ttft_ms.map(|x| x.p99)),
+            itl_p50_ms: diff(|s| s.itl_ms.map(|x| x.p50)),
+            itl_p99_ms: diff(|s| s.itl_ms.map(|x| x.p99)),
+            e2e_p50_ms: diff(|s| s.e2e_ms.map(|x| x.p50)),
+            e2e_p99_ms: diff(|s| s.e2e_ms.map(|x| x.p99)),
+            request_throughput_ratio: ratio(direct.request_throughput, via.request_throughput),
+            output_throughput_ratio: ratio(direct.output_throughput, via.output_throughput),
+        }
+    }
 }
 
 /// How the run was set up (no header values, no key, no URL query).
@@ -204,7 +256,53 @@ pub fn render(report: &Report) -> String {
         out.push('\n');
         render_sweep(&mut out, &report.steps);
     }
+    if let Some(via) = &report.via {
+        let _ = writeln!(
+            out,
+            "\nthrough {} ({}, model {}), {} rounds alternating with the direct ones",
+            via.url, via.api, via.model, via.rounds
+        );
+        for step in &via.steps {
+            out.push('\n');
+            render_step(&mut out, step);
+        }
+        out.push('\n');
+        render_added(&mut out, &via.added);
+    }
     out
+}
+
+/// What the gateway added, one line per step.
+fn render_added(out: &mut String, added: &[Added]) {
+    let _ = writeln!(
+        out,
+        "added by the gateway (its figure minus the direct one's; throughput: its over the direct one's)"
+    );
+    let _ = writeln!(
+        out,
+        "  {:<18}{:>15}{:>15}{:>15}{:>11}{:>11}",
+        "step", "TTFT p50/p99", "ITL p50/p99", "E2E p50/p99", "req/s", "tok/s"
+    );
+    let d = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:+.2}"));
+    let r = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}x"));
+    for a in added {
+        let label = StepReport {
+            load: a.load.clone(),
+            ..StepReport::default()
+        }
+        .label();
+        let _ = writeln!(
+            out,
+            "  {:<18}{:>15}{:>15}{:>15}{:>11}{:>11}",
+            label,
+            format!("{}/{}", d(a.ttft_p50_ms), d(a.ttft_p99_ms)),
+            format!("{}/{}", d(a.itl_p50_ms), d(a.itl_p99_ms)),
+            format!("{}/{}", d(a.e2e_p50_ms), d(a.e2e_p99_ms)),
+            r(a.request_throughput_ratio),
+            r(a.output_throughput_ratio),
+        );
+    }
+    let _ = writeln!(out, "  (milliseconds)");
 }
 
 fn render_step(out: &mut String, s: &StepReport) {

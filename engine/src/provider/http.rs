@@ -618,13 +618,15 @@ impl<D: Decoder> Stream for UpstreamStream<D> {
             };
             match conn.poll_body(cx, &mut read) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(Some(n))) => match this.parser.push(&read.filled()[..n], &mut this.events) {
-                    Ok(()) => this.decode_events(),
-                    Err(e) => {
-                        this.decode_events();
-                        this.fail(ProviderError::Malformed(e.to_string()));
+                Poll::Ready(Ok(Some(n))) => {
+                    match this.parser.push(&read.filled()[..n], &mut this.events) {
+                        Ok(()) => this.decode_events(),
+                        Err(e) => {
+                            this.decode_events();
+                            this.fail(ProviderError::Malformed(e.to_string()));
+                        }
                     }
-                },
+                }
                 Poll::Ready(Err(e)) => {
                     this.conn = None;
                     this.fail(e);
