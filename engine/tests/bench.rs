@@ -466,52 +466,63 @@ fn sweeps_run_each_step_after_its_warmup() {
     });
 }
 
-/// `--via`: the same workload direct and through a "gateway" (a second
-/// mock whose headers come 3 ms later), in alternating rounds; what the
+/// `--via`: the same workload direct and through two "gateways" (mocks
+/// whose headers come 3 and 5 ms later), in alternating rounds; what each
 /// gateway adds comes out exact and each side's rounds add up.
 #[test]
-fn via_alternates_rounds_and_reports_what_the_gateway_adds() {
+fn via_alternates_rounds_and_reports_what_each_gateway_adds() {
     paused(async {
         let reply = || Reply::text(&["a", "b", "c", "d"]).pace(ms(10));
+        let slower = |by| Script::single(reply().fault(Fault::DelayHeaders(ms(by))));
         let direct = MockProvider::start(Script::single(reply())).await.unwrap();
-        let gateway =
-            MockProvider::start(Script::single(reply().fault(Fault::DelayHeaders(ms(3)))))
-                .await
-                .unwrap();
-        let url = |m: &MockProvider| format!("{}/chat/completions", m.base_url());
+        let gw3 = MockProvider::start(slower(3)).await.unwrap();
+        let gw5 = MockProvider::start(slower(5)).await.unwrap();
+        let url = |m: &MockProvider| target(format!("{}/chat/completions", m.base_url()));
         let mut p = plan(Load::Closed { concurrency: 1 }, 8);
         p.warmup = Stop {
             requests: Some(1),
             duration: None,
         };
-        let (d, v) = bench::run_via(target(url(&direct)), target(url(&gateway)), &p, 4, None).await;
-        let (d, v) = (one(&d), one(&v));
-        assert_eq!((d.sent, d.ok, v.sent, v.ok), (8, 8, 8, 8));
-        // Role and first word, 10 ms each; the gateway's headers 3 ms later.
+        let (d, via) = bench::run_via(
+            url(&direct),
+            &[url(&gw3), url(&gw5)],
+            &["gw3".into(), "gw5".into()],
+            &p,
+            4,
+            None,
+        )
+        .await;
+        let d = one(&d);
+        assert_eq!((d.sent, d.ok), (8, 8));
+        // Role and first word, 10 ms each; the gateways' headers later.
         all(&d.ttft_ms, 8, 20.0);
-        all(&v.ttft_ms, 8, 23.0);
         all(&d.e2e_ms, 8, 80.0);
-        all(&v.e2e_ms, 8, 83.0);
-        // Four rounds of two requests back to back on each side.
+        // Four rounds of two requests back to back.
         assert_eq!(d.duration_s, 0.64);
-        assert_eq!(v.duration_s, 0.664);
         assert_eq!(d.series.iter().map(|s| s.ok).sum::<u64>(), 8);
-        let added = bench::Added::between(d, v);
-        assert_eq!(added.ttft_p50_ms, Some(3.0));
-        assert_eq!(added.ttft_p99_ms, Some(3.0));
-        assert_eq!(added.itl_p50_ms, Some(0.0));
-        assert_eq!(added.e2e_p50_ms, Some(3.0));
-        let ratio = added.request_throughput_ratio.unwrap();
-        assert!((ratio - 0.64 / 0.664).abs() < 1e-9, "{ratio}");
+        for (v, by) in via.iter().zip([3.0, 5.0]) {
+            let v = one(v);
+            assert_eq!((v.sent, v.ok), (8, 8));
+            all(&v.ttft_ms, 8, 20.0 + by);
+            all(&v.e2e_ms, 8, 80.0 + by);
+            assert_eq!(v.duration_s, 8.0 * (80.0 + by) / 1000.0);
+            let added = bench::Added::between(d, v);
+            assert_eq!(added.ttft_p50_ms, Some(by));
+            assert_eq!(added.ttft_p99_ms, Some(by));
+            assert_eq!(added.itl_p50_ms, Some(0.0));
+            assert_eq!(added.e2e_p50_ms, Some(by));
+            let ratio = added.request_throughput_ratio.unwrap();
+            assert!((ratio - 80.0 / (80.0 + by)).abs() < 1e-9, "{ratio}");
+        }
 
-        // Warm-up on each side, then rounds of two: D D V V D D V V ...
+        // Warm-ups, then rounds of two on each side in turn.
         let mut arrivals: Vec<(tokio::time::Instant, char)> = Vec::new();
-        for (m, side) in [(&direct, 'D'), (&gateway, 'V')] {
+        for (m, side) in [(&direct, 'D'), (&gw3, 'V'), (&gw5, 'W')] {
             arrivals.extend(m.journal().requests().iter().map(|r| (r.received_at, side)));
         }
         arrivals.sort();
         let order: String = arrivals.iter().map(|a| a.1).collect();
-        assert_eq!(order, "DVDDVVDDVVDDVVDDVV");
+        assert_eq!(order, format!("DVW{}", "DDVVWW".repeat(4)));
     });
 }
 
@@ -657,7 +668,7 @@ fn binary_writes_a_report_that_compare_reads() {
         &c,
         &[
             "--via",
-            &format!("{}/chat/completions", gateway.base_url()),
+            &format!("gw={}/chat/completions", gateway.base_url()),
             "--via-model",
             "gw-model",
             "--rounds",
@@ -667,18 +678,19 @@ fn binary_writes_a_report_that_compare_reads() {
         ],
     );
     assert!(
-        table.contains("through http://127.0.0.1:") && table.contains("added by the gateway"),
+        table.contains("gw: through http://127.0.0.1:") && table.contains("added by gw"),
         "{table}"
     );
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&c).unwrap()).unwrap();
     assert_eq!(report["steps"][0]["ok"], 6);
-    assert_eq!(report["via"]["steps"][0]["ok"], 6);
-    assert_eq!(report["via"]["rounds"], 2);
-    assert_eq!(report["via"]["model"], "gw-model");
-    assert!(report["via"]["added"][0]["ttft_p50_ms"].is_number());
+    assert_eq!(report["via"][0]["steps"][0]["ok"], 6);
+    assert_eq!(report["via"][0]["rounds"], 2);
+    assert_eq!(report["via"][0]["model"], "gw-model");
+    assert_eq!(report["via"][0]["name"], "gw");
+    assert!(report["via"][0]["added"][0]["ttft_p50_ms"].is_number());
     let html = std::fs::read_to_string(&via_page).unwrap();
     assert!(
-        html.contains("Added by the gateway") && html.contains("via concurrency 2"),
+        html.contains("Added by gw") && html.contains("gw concurrency 2"),
         "{html}"
     );
     let gw_models: Vec<String> = rt.block_on(async {
@@ -705,5 +717,35 @@ fn binary_writes_a_report_that_compare_reads() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown SLO \"speed\""));
+    for (vias, error) in [
+        (
+            [
+                "a=http://127.0.0.1:1/v1/chat/completions",
+                "a=http://127.0.0.1:2/v1/chat/completions",
+            ],
+            "two paths are named \"a\"",
+        ),
+        (
+            [
+                "b c=http://127.0.0.1:1/v1/chat/completions",
+                "http://127.0.0.1:2/v1/chat/completions",
+            ],
+            "invalid --via name \"b c\"",
+        ),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "bench",
+                "http://127.0.0.1:1/v1/chat/completions",
+                "--model",
+                "m",
+            ])
+            .args(["--via", vias[0], "--via", vias[1]])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.contains(error), "{stderr}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -103,13 +103,14 @@ pub struct RunArgs {
     pub extra_body: Option<String>,
     /// Also through a gateway: the same workload sent to URL (a gateway
     /// in front of the same kind of endpoint), in rounds alternating with
-    /// the direct ones; the report adds what the gateway adds.
-    #[arg(long, value_name = "URL")]
-    pub via: Option<String>,
+    /// the direct ones; the report adds what the gateway adds. Repeatable:
+    /// each gateway takes its turn in every round. `NAME=URL` names it.
+    #[arg(long, value_name = "[NAME=]URL")]
+    pub via: Vec<String>,
     /// The model to ask the gateway for (default: --model; for Sluice, a
-    /// pipeline's name).
+    /// pipeline's name). Once for every gateway, or once per --via in order.
     #[arg(long, value_name = "NAME", requires = "via")]
-    pub via_model: Option<String>,
+    pub via_model: Vec<String>,
     /// A header for the gateway, `Name: value` (repeatable; default: the
     /// --header ones).
     #[arg(long = "via-header", value_name = "NAME: VALUE", requires = "via")]
@@ -248,27 +249,37 @@ pub fn plan(a: &RunArgs) -> Result<Planned, String> {
         connect_timeout,
         max_idle: most_clients,
     };
-    let via = match &a.via {
-        None => None,
-        Some(url) => {
-            if a.rounds == 0 {
-                return Err("--rounds must be at least 1".into());
-            }
-            // The gateway may speak another API than the endpoint behind it.
-            let via_api = api.filter(|_| {
-                url.parse::<http::Uri>()
-                    .ok()
-                    .and_then(|u| Api::detect(u.path()))
-                    .is_none()
-            });
-            let via_key = match key(a.via_api_key_env.as_deref(), via_api, url)? {
-                Some(k) => Some(k),
-                None => target.api_key.clone(),
-            };
-            Some(TargetOptions {
-                url: url.clone(),
+    if !a.via.is_empty() && a.rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
+    if a.via_model.len() > 1 && a.via_model.len() != a.via.len() {
+        return Err(format!(
+            "--via-model is given {} times for {} --via: give it once, or once per --via",
+            a.via_model.len(),
+            a.via.len()
+        ));
+    }
+    let mut via = Vec::new();
+    for (i, spec) in a.via.iter().enumerate() {
+        let (name, url) = via_name(spec, i, a.via.len())?;
+        // The gateway may speak another API than the endpoint behind it.
+        let via_api = api.filter(|_| {
+            url.parse::<http::Uri>()
+                .ok()
+                .and_then(|u| Api::detect(u.path()))
+                .is_none()
+        });
+        let via_key = match key(a.via_api_key_env.as_deref(), via_api, url)? {
+            Some(k) => Some(k),
+            None => target.api_key.clone(),
+        };
+        let via_model = a.via_model.get(i).or(a.via_model.first());
+        via.push((
+            name,
+            TargetOptions {
+                url: url.to_string(),
                 api: via_api,
-                model: a.via_model.clone().unwrap_or_else(|| model.clone()),
+                model: via_model.cloned().unwrap_or_else(|| model.clone()),
                 headers: if a.via_headers.is_empty() {
                     a.headers.clone()
                 } else {
@@ -276,9 +287,18 @@ pub fn plan(a: &RunArgs) -> Result<Planned, String> {
                 },
                 api_key: via_key,
                 ..target.clone()
-            })
-        }
-    };
+            },
+        ));
+    }
+    if let Some((_, (name, _))) = via
+        .iter()
+        .enumerate()
+        .find(|(i, (n, _))| n == "direct" || via[..*i].iter().any(|(m, _)| m == n))
+    {
+        return Err(format!(
+            "two paths are named \"{name}\": give each --via a name of its own"
+        ));
+    }
     let plan = Plan {
         steps: steps.clone(),
         stop,
@@ -320,10 +340,37 @@ pub fn plan(a: &RunArgs) -> Result<Planned, String> {
 /// What the arguments asked for.
 pub struct Planned {
     pub target: TargetOptions,
-    /// `--via`: the gateway.
-    pub via: Option<TargetOptions>,
+    /// `--via`: the gateways, with their names.
+    pub via: Vec<(String, TargetOptions)>,
     pub plan: Plan,
     pub config: RunConfig,
+}
+
+/// `--via [NAME=]URL`: the gateway's name (`via`, or `via N` of several,
+/// without one) and its URL.
+fn via_name(spec: &str, i: usize, of: usize) -> Result<(String, &str), String> {
+    if let Some((name, url)) = spec.split_once('=')
+        && !name.contains("://")
+        && !name.contains('/')
+    {
+        let ok = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            return Err(format!(
+                "invalid --via name \"{name}\": letters, digits, '-', '_' or '.', at most 32"
+            ));
+        }
+        return Ok((name.to_string(), url));
+    }
+    let name = if of == 1 {
+        "via".to_string()
+    } else {
+        format!("via {}", i + 1)
+    };
+    Ok((name, spec))
 }
 
 /// The API key: from the variable named, which must then be set, or from
@@ -350,7 +397,11 @@ pub async fn bench(args: &BenchArgs) -> ExitCode {
     let a = &args.run;
     let targets = plan(a).and_then(|p| {
         let target = Arc::new(Target::new(p.target)?);
-        let via = p.via.map(Target::new).transpose()?.map(Arc::new);
+        let via = p
+            .via
+            .into_iter()
+            .map(|(name, o)| Ok((name, Arc::new(Target::new(o)?))))
+            .collect::<Result<Vec<_>, String>>()?;
         Ok((target, via, p.plan, p.config))
     });
     let (target, via, plan, mut config) = match targets {
@@ -365,31 +416,41 @@ pub async fn bench(args: &BenchArgs) -> ExitCode {
     crate::tokens::init();
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let progress = (!a.quiet).then(Progress::new);
-    let (steps, via) = match via {
-        None => (super::run(target, &plan, progress.as_ref()).await, None),
-        Some(via) => {
-            let (url, api, model) = (
-                via.display_url.clone(),
-                via.api.name().to_string(),
-                via.model.clone(),
-            );
-            let (direct, through) =
-                super::run_via(target, via, &plan, a.rounds, progress.as_ref()).await;
-            let added = direct
-                .iter()
-                .zip(&through)
-                .map(|(d, v)| super::Added::between(d, v))
-                .collect();
-            let via = report::Via {
-                url,
-                api,
-                model,
+    let (steps, via) = if via.is_empty() {
+        (
+            super::run(target, &plan, progress.as_ref()).await,
+            Vec::new(),
+        )
+    } else {
+        let (names, gateways): (Vec<String>, Vec<Arc<Target>>) = via.into_iter().unzip();
+        let (direct, through) = super::run_via(
+            target,
+            &gateways,
+            &names,
+            &plan,
+            a.rounds,
+            progress.as_ref(),
+        )
+        .await;
+        let via = names
+            .into_iter()
+            .zip(gateways)
+            .zip(through)
+            .map(|((name, v), steps)| report::Via {
+                name,
+                url: v.display_url.clone(),
+                api: v.api.name().into(),
+                model: v.model.clone(),
                 rounds: a.rounds,
-                steps: through,
-                added,
-            };
-            (direct, Some(via))
-        }
+                added: direct
+                    .iter()
+                    .zip(&steps)
+                    .map(|(d, v)| super::Added::between(d, v))
+                    .collect(),
+                steps,
+            })
+            .collect();
+        (direct, via)
     };
     let report = Report {
         schema: SCHEMA.into(),

@@ -179,7 +179,7 @@ mod tests {
                 }),
                 ..StepReport::default()
             }],
-            via: None,
+            via: Vec::new(),
         }
     }
 

@@ -11,7 +11,7 @@ use super::report::{Report, Stats, StepReport};
 const W: f64 = 640.0;
 const H: f64 = 300.0;
 const LEFT: f64 = 64.0;
-const RIGHT: f64 = 150.0;
+const RIGHT: f64 = 180.0;
 const TOP: f64 = 34.0;
 const BOTTOM: f64 = 44.0;
 /// Line colours, in turn (distinct for the common kinds of colour blindness).
@@ -198,16 +198,25 @@ table{{border-collapse:collapse;margin:8px 0}}td,th{{padding:3px 10px;text-align
         started = esc(&report.started_at),
         version = esc(&report.sluice_version),
     );
-    // With --via, every series and row comes twice: direct and through
-    // the gateway.
-    let sides: Vec<(&str, &Vec<StepReport>)> = match &report.via {
-        None => vec![("", &report.steps)],
-        Some(v) => vec![("direct ", &report.steps), ("via ", &v.steps)],
+    // With --via, every series and row comes once per path: direct and
+    // through each gateway.
+    let names: Vec<String> = if report.via.is_empty() {
+        vec![String::new()]
+    } else {
+        std::iter::once("direct ".to_string())
+            .chain(report.via.iter().map(|v| format!("{} ", v.name)))
+            .collect()
     };
-    if let Some(v) = &report.via {
+    let sides: Vec<(&str, &Vec<StepReport>)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(std::iter::once(&report.steps).chain(report.via.iter().map(|v| &v.steps)))
+        .collect();
+    for (v, name) in report.via.iter().zip(&names[1..]) {
         let _ = write!(
             page,
-            r#"<p class="meta">through {} ({}, model {}), in {} rounds alternating with the direct ones</p>"#,
+            r#"<p class="meta">{}: {} ({}, model {}), in {} rounds alternating with the direct ones</p>"#,
+            esc(name.trim()),
             esc(&v.url),
             esc(&v.api),
             esc(&v.model),
@@ -228,10 +237,13 @@ table{{border-collapse:collapse;margin:8px 0}}td,th{{padding:3px 10px;text-align
                     format!("{side}{name} p50"),
                     stat_series(steps, get, |s| s.p50),
                 ));
-                series.push((
-                    format!("{side}{name} p90"),
-                    stat_series(steps, get, |s| s.p90),
-                ));
+                // Beside other paths, p50 and p99 are enough to read.
+                if report.via.is_empty() {
+                    series.push((
+                        format!("{side}{name} p90"),
+                        stat_series(steps, get, |s| s.p90),
+                    ));
+                }
                 series.push((
                     format!("{side}{name} p99"),
                     stat_series(steps, get, |s| s.p99),
@@ -355,8 +367,9 @@ table{{border-collapse:collapse;margin:8px 0}}td,th{{padding:3px 10px;text-align
         );
     }
     page.push_str("</table>");
-    if let Some(v) = &report.via {
-        page.push_str("<h2>Added by the gateway</h2><table><tr><th>step</th><th>TTFT p50</th><th>TTFT p99</th><th>ITL p50</th><th>ITL p99</th><th>E2E p50</th><th>E2E p99</th><th>req/s</th><th>out tok/s</th></tr>");
+    for (v, name) in report.via.iter().zip(&names[1..]) {
+        let _ = write!(page, "<h2>Added by {}</h2>", esc(name.trim()));
+        page.push_str("<table><tr><th>step</th><th>TTFT p50</th><th>TTFT p99</th><th>ITL p50</th><th>ITL p99</th><th>E2E p50</th><th>E2E p99</th><th>req/s</th><th>out tok/s</th></tr>");
         let d = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:+.2}"));
         let r = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}×"));
         for (a, s) in v.added.iter().zip(&v.steps) {
@@ -445,7 +458,7 @@ mod tests {
                 ..RunConfig::default()
             },
             steps: vec![step(1.0), step(4.0)],
-            via: None,
+            via: Vec::new(),
         };
         let page = render(&report);
         assert_eq!(

@@ -154,18 +154,21 @@ pub async fn run(target: Arc<Target>, plan: &Plan, progress: Option<&Progress>) 
     reports
 }
 
-/// Runs every step of `plan` against `direct` and through `via` (a
-/// gateway in front of the same kind of endpoint) in `rounds` alternating
-/// rounds, each side's round taking its share of the step's requests or
-/// time, so that whatever else the machine does weighs on both alike.
-/// Returns each side's steps, every round of a side merged into one.
+/// Runs every step of `plan` against `direct` and through each of `via`
+/// (gateways in front of the same kind of endpoint) in `rounds`
+/// alternating rounds (direct, then each gateway in turn), each round of a
+/// side taking its share of the step's requests or time, so that whatever
+/// else the machine does weighs on every side alike. Returns the direct
+/// steps and each gateway's, every round of a side merged into one;
+/// `names` label the gateways on the progress bar.
 pub async fn run_via(
     direct: Arc<Target>,
-    via: Arc<Target>,
+    via: &[Arc<Target>],
+    names: &[String],
     plan: &Plan,
     rounds: u32,
     progress: Option<&Progress>,
-) -> (Vec<StepReport>, Vec<StepReport>) {
+) -> (Vec<StepReport>, Vec<Vec<StepReport>>) {
     let rounds = rounds.max(1);
     let share = Stop {
         requests: plan
@@ -174,19 +177,28 @@ pub async fn run_via(
             .map(|n| n.div_ceil(u64::from(rounds)).max(1)),
         duration: plan.stop.duration.map(|d| d / rounds),
     };
-    let (mut direct_steps, mut via_steps) = (Vec::new(), Vec::new());
+    let targets: Vec<(&Arc<Target>, String)> = std::iter::once((&direct, "direct".to_string()))
+        .chain(via.iter().enumerate().map(|(i, t)| {
+            let name = names
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("via {}", i + 1));
+            (t, name)
+        }))
+        .collect();
+    let mut out: Vec<Vec<StepReport>> = vec![Vec::new(); targets.len()];
     for (i, load) in plan.steps.iter().enumerate() {
         let step = Step::new(plan, i, *load);
         if !plan.warmup.is_empty() {
-            step.phase(&direct, plan, progress, "direct warm-up", plan.warmup)
-                .await;
-            step.phase(&via, plan, progress, "via warm-up", plan.warmup)
-                .await;
+            for (target, name) in &targets {
+                let label = format!("{name} warm-up");
+                step.phase(target, plan, progress, &label, plan.warmup)
+                    .await;
+            }
         }
-        let mut sides: [Option<Measured>; 2] = [None, None];
+        let mut sides: Vec<Option<Measured>> = targets.iter().map(|_| None).collect();
         for r in 1..=rounds {
-            for (side, (target, name)) in sides.iter_mut().zip([(&direct, "direct"), (&via, "via")])
-            {
+            for (side, (target, name)) in sides.iter_mut().zip(&targets) {
                 let label = format!("{name} round {r}/{rounds}");
                 let m = step.measure(target, plan, progress, &label, share).await;
                 match side {
@@ -195,13 +207,12 @@ pub async fn run_via(
                 }
             }
         }
-        let [Some(d), Some(v)] = sides else {
-            unreachable!("at least one round ran")
-        };
-        direct_steps.push(d.report(*load, progress));
-        via_steps.push(v.report(*load, progress));
+        for (reports, side) in out.iter_mut().zip(sides.into_iter().flatten()) {
+            reports.push(side.report(*load, progress));
+        }
     }
-    (direct_steps, via_steps)
+    let direct_steps = out.remove(0);
+    (direct_steps, out)
 }
 
 /// One step of a plan: its load, and the prompts every phase of it sends.

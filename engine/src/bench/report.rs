@@ -18,15 +18,17 @@ pub struct Report {
     pub config: RunConfig,
     /// One per concurrency or rate of the sweep, in order.
     pub steps: Vec<StepReport>,
-    /// `--via`: the same steps through a gateway, run in rounds that
+    /// `--via`: the same steps through each gateway, run in rounds that
     /// alternate with those of `steps` (the direct endpoint).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub via: Option<Via>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<Via>,
 }
 
 /// The gateway's side of a `--via` run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Via {
+    /// `--via NAME=URL`'s name; `via` (or `via 1`, `via 2`, …) without.
+    pub name: String,
     pub url: String,
     pub api: String,
     pub model: String,
@@ -256,27 +258,27 @@ pub fn render(report: &Report) -> String {
         out.push('\n');
         render_sweep(&mut out, &report.steps);
     }
-    if let Some(via) = &report.via {
+    for via in &report.via {
         let _ = writeln!(
             out,
-            "\nthrough {} ({}, model {}), {} rounds alternating with the direct ones",
-            via.url, via.api, via.model, via.rounds
+            "\n{}: through {} ({}, model {}), {} rounds alternating with the direct ones",
+            via.name, via.url, via.api, via.model, via.rounds
         );
         for step in &via.steps {
             out.push('\n');
             render_step(&mut out, step);
         }
         out.push('\n');
-        render_added(&mut out, &via.added);
+        render_added(&mut out, &via.name, &via.added);
     }
     out
 }
 
 /// What the gateway added, one line per step.
-fn render_added(out: &mut String, added: &[Added]) {
+fn render_added(out: &mut String, name: &str, added: &[Added]) {
     let _ = writeln!(
         out,
-        "added by the gateway (its figure minus the direct one's; throughput: its over the direct one's)"
+        "added by {name} (its figure minus the direct one's; throughput: its over the direct one's)"
     );
     let _ = writeln!(
         out,
