@@ -16,6 +16,8 @@ use sluice::bench::workload::{Arrivals, Lengths, Load, PromptSource, Stop};
 use sluice::bench::{self, Plan};
 use sluice_testkit::{Fault, MockProvider, Reply, Script};
 
+mod common;
+
 /// Runs `f` on a current-thread runtime with tokio's clock paused, as
 /// `sluice test` does: before every park (where the paused clock jumps),
 /// loopback traffic in flight is let reach the other end first (see
@@ -523,6 +525,72 @@ fn via_alternates_rounds_and_reports_what_each_gateway_adds() {
         arrivals.sort();
         let order: String = arrivals.iter().map(|a| a.1).collect();
         assert_eq!(order, format!("DVW{}", "DDVVWW".repeat(4)));
+    });
+}
+
+/// Sluice's own pipeline API as the "gateway" in front of the mock (its
+/// events decoded by the bench), against the mock directly: on the paused
+/// clock Sluice adds no time, so every figure through it equals the
+/// direct one, and its usage event counts the tokens.
+#[test]
+fn the_pipeline_api_is_timed_like_the_provider_behind_it() {
+    paused(async {
+        let reply = || Reply::text(&["a", "b", "c", "d"]).pace(ms(10));
+        let direct = MockProvider::start(Script::single(reply())).await.unwrap();
+        let sluice =
+            common::Harness::start(Script::single(reply()), 256, "{first_token: 5s}").await;
+        let url = format!("http://{}/v1/pipelines/chat", sluice.addr());
+        let pipeline = Arc::new(
+            Target::new(TargetOptions {
+                url,
+                api: None,
+                model: "ignored".into(),
+                stream: true,
+                headers: vec![],
+                api_key: None,
+                extra_body: None,
+                timeout: Duration::from_secs(60),
+                connect_timeout: Duration::from_secs(5),
+                max_idle: 4,
+            })
+            .unwrap(),
+        );
+        assert_eq!(pipeline.api, Api::Pipeline);
+        let direct_url = format!("{}/chat/completions", direct.base_url());
+        let p = plan(Load::Closed { concurrency: 2 }, 6);
+        let (d, via) = bench::run_via(
+            target(direct_url),
+            &[pipeline],
+            &["sluice".into()],
+            &p,
+            2,
+            None,
+        )
+        .await;
+        let (d, v) = (one(&d), one(&via[0]));
+        assert_eq!(
+            (v.sent, v.ok, v.failed),
+            (6, 6, 0),
+            "{:?}",
+            v.failure_examples
+        );
+        for s in [d, v] {
+            all(&s.ttft_ms, 6, 20.0);
+            all(&s.itl_ms, 18, 10.0);
+            all(&s.e2e_ms, 6, 80.0);
+            assert_eq!(s.output_tokens, 24);
+            assert_eq!(s.tokens_counted_by.server, 6);
+        }
+        let added = bench::Added::between(d, v);
+        assert_eq!(
+            (added.ttft_p50_ms, added.e2e_p99_ms),
+            (Some(0.0), Some(0.0))
+        );
+        // What Sluice was sent: the pipeline's own body, no model.
+        let reqs = sluice.mock.journal().requests();
+        assert_eq!(reqs.len(), 6);
+        assert_eq!(reqs[0].body["model"], "gpt-4o-mini");
+        assert_eq!(reqs[0].body["max_tokens"], 16);
     });
 }
 

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use super::metrics::{Answer, CountedBy, Failure, Outcome};
+use super::pipeline::PipelineDecoder;
 use super::workload::{Prompt, PromptContent};
 use crate::provider::anthropic_wire::{self, AnthropicDecoder};
 use crate::provider::http::Endpoint;
@@ -27,13 +28,22 @@ pub enum Api {
     Chat,
     /// Anthropic Messages (`…/messages`).
     Messages,
+    /// Sluice's own pipeline API (`…/v1/pipelines/NAME`): the pipeline is
+    /// in the path, so the model is not sent.
+    Pipeline,
 }
 
 impl Api {
-    /// From the URL's path: `…/chat/completions` or `…/messages`.
+    /// From the URL's path: `…/chat/completions`, `…/messages` or
+    /// `…/v1/pipelines/NAME`.
     pub fn detect(path: &str) -> Option<Api> {
         let path = path.trim_end_matches('/');
-        if path.ends_with("/chat/completions") {
+        if let Some((_, name)) = path.rsplit_once("/v1/pipelines/")
+            && !name.is_empty()
+            && !name.contains('/')
+        {
+            Some(Api::Pipeline)
+        } else if path.ends_with("/chat/completions") {
             Some(Api::Chat)
         } else if path.ends_with("/messages") {
             Some(Api::Messages)
@@ -46,6 +56,7 @@ impl Api {
         match self {
             Api::Chat => "chat",
             Api::Messages => "messages",
+            Api::Pipeline => "pipeline",
         }
     }
 
@@ -54,6 +65,7 @@ impl Api {
         match self {
             Api::Chat => "OPENAI_API_KEY",
             Api::Messages => "ANTHROPIC_API_KEY",
+            Api::Pipeline => "SLUICE_API_KEY",
         }
     }
 }
@@ -77,7 +89,8 @@ pub struct TargetOptions {
     pub stream: bool,
     /// `Name: value` headers, sent with every request.
     pub headers: Vec<String>,
-    /// Sent as `Authorization: Bearer` (chat) or `x-api-key` (messages).
+    /// Sent as `Authorization: Bearer` (chat, pipeline) or `x-api-key`
+    /// (messages).
     pub api_key: Option<String>,
     /// Merged into every request body (e.g. `{"ignore_eos": true}`).
     pub extra_body: Option<Map<String, Value>>,
@@ -169,7 +182,7 @@ impl Target {
         if let Some(key) = &o.api_key {
             secrets.add_key(key);
             let (name, value) = match api {
-                Api::Chat => ("authorization", format!("Bearer {key}")),
+                Api::Chat | Api::Pipeline => ("authorization", format!("Bearer {key}")),
                 Api::Messages => ("x-api-key", key.clone()),
             };
             if !has(&headers, name) {
@@ -204,7 +217,7 @@ impl Target {
     /// The JSON body of a request for `p`.
     pub fn body(&self, p: &Prompt) -> Vec<u8> {
         let mut messages: Vec<Value> = Vec::new();
-        if let (Api::Chat, Some(system)) = (self.api, &p.system) {
+        if let (Api::Chat | Api::Pipeline, Some(system)) = (self.api, &p.system) {
             messages.push(json!({"role": "system", "content": system}));
         }
         match &p.content {
@@ -212,7 +225,9 @@ impl Target {
             PromptContent::Messages(m) => messages.extend(m.iter().cloned()),
         }
         let mut body = Map::new();
-        body.insert("model".into(), json!(self.model));
+        if self.api != Api::Pipeline {
+            body.insert("model".into(), json!(self.model));
+        }
         body.insert("messages".into(), Value::Array(messages));
         body.insert("stream".into(), json!(self.stream));
         match self.api {
@@ -228,6 +243,9 @@ impl Target {
                 if let Some(system) = &p.system {
                     body.insert("system".into(), json!(system));
                 }
+            }
+            Api::Pipeline => {
+                body.insert("max_tokens".into(), json!(p.max_tokens));
             }
         }
         if let Some(extra) = &self.extra_body {
@@ -296,6 +314,16 @@ impl Target {
                     )
                     .await
             }
+            Api::Pipeline => {
+                self.endpoint
+                    .stream(
+                        req,
+                        self.connect_timeout,
+                        PipelineDecoder::default(),
+                        openai_wire::summarize_error_body,
+                    )
+                    .await
+            }
         };
         let mut stream = stream.map_err(failure)?;
         let mut timing = ChunkTiming::new(t0, epoch);
@@ -355,7 +383,7 @@ impl Target {
     async fn whole(&self, body: Vec<u8>, t0: Instant) -> Result<Answer, Failure> {
         let req = self.endpoint.post_json(self.headers.iter().cloned(), body);
         let summarize = match self.api {
-            Api::Chat => openai_wire::summarize_error_body,
+            Api::Chat | Api::Pipeline => openai_wire::summarize_error_body,
             Api::Messages => anthropic_wire::summarize_error_body,
         };
         let bytes = self
@@ -404,6 +432,24 @@ impl Target {
                 let usage = u["output_tokens"]
                     .as_u64()
                     .map(|c| (u["input_tokens"].as_u64(), c));
+                (text, usage)
+            }
+            Api::Pipeline => {
+                let mut text = String::new();
+                for key in ["output", "refusal"] {
+                    if let Some(t) = v[key].as_str() {
+                        text.push_str(t);
+                    }
+                }
+                for call in v["tool_calls"].as_array().into_iter().flatten() {
+                    text.push_str(call["name"].as_str().unwrap_or_default());
+                    text.push_str(&call["arguments"].to_string());
+                }
+                let u = &v["usage"];
+                // Sluice's own count (`estimated`) is still the server's.
+                let usage = u["completion_tokens"]
+                    .as_u64()
+                    .map(|c| (u["prompt_tokens"].as_u64(), c));
                 (text, usage)
             }
         };
@@ -564,6 +610,9 @@ mod tests {
     fn api_is_detected_from_the_path() {
         assert_eq!(Api::detect("/v1/chat/completions"), Some(Api::Chat));
         assert_eq!(Api::detect("/v1/messages/"), Some(Api::Messages));
+        assert_eq!(Api::detect("/v1/pipelines/demo"), Some(Api::Pipeline));
+        assert_eq!(Api::detect("/gw/v1/pipelines/demo/"), Some(Api::Pipeline));
+        assert_eq!(Api::detect("/v1/pipelines/"), None);
         assert_eq!(Api::detect("/v1/completions"), None);
         let e = Target::new(opts("http://127.0.0.1:1/v1/completions"))
             .err()

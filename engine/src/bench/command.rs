@@ -33,13 +33,15 @@ pub enum BenchAction {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The endpoint, e.g. http://127.0.0.1:8080/v1/chat/completions or
-    /// https://api.anthropic.com/v1/messages.
+    /// The endpoint, e.g. http://127.0.0.1:8080/v1/chat/completions,
+    /// https://api.anthropic.com/v1/messages or Sluice's
+    /// http://127.0.0.1:8080/v1/pipelines/demo.
     pub url: Option<String>,
     /// The API it speaks (default: from the URL's path).
     #[arg(long, value_enum)]
     pub api: Option<Api>,
-    /// The model to ask for (for Sluice: the pipeline's name).
+    /// The model to ask for (for Sluice's OpenAI and Anthropic endpoints:
+    /// the pipeline's name; not needed for its pipeline API).
     #[arg(long, short)]
     pub model: Option<String>,
     /// A header sent with every request, `Name: value` (repeatable).
@@ -145,10 +147,24 @@ pub fn plan(a: &RunArgs) -> Result<Planned, String> {
         .url
         .clone()
         .ok_or("the endpoint URL is missing (sluice bench URL --model NAME)")?;
-    let model = a
-        .model
-        .clone()
-        .ok_or("--model is required (for Sluice: the pipeline's name)")?;
+    // Sluice's pipeline API names the pipeline in the path: no model.
+    let pipeline_api = a.api == Some(Api::Pipeline)
+        || (a.api.is_none()
+            && url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| Api::detect(u.path()))
+                == Some(Api::Pipeline));
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None if pipeline_api => String::new(),
+        None => {
+            return Err(
+                "--model is required (for Sluice's OpenAI or Anthropic endpoint: the pipeline's name)"
+                    .into(),
+            );
+        }
+    };
     let steps: Vec<Load> = if !a.rate.is_empty() {
         if let Some(r) = a.rate.iter().find(|r| !(r.is_finite() && **r > 0.0)) {
             return Err(format!(

@@ -48,6 +48,7 @@ pub mod command;
 pub mod compare;
 pub mod html;
 pub mod metrics;
+mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod workload;
