@@ -282,7 +282,7 @@ fn render_added(out: &mut String, name: &str, added: &[Added]) {
     );
     let _ = writeln!(
         out,
-        "  {:<18}{:>15}{:>15}{:>15}{:>11}{:>11}",
+        "  {:<18}{:>21}{:>21}{:>21}{:>11}{:>11}",
         "step", "TTFT p50/p99", "ITL p50/p99", "E2E p50/p99", "req/s", "tok/s"
     );
     let d = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:+.2}"));
@@ -295,7 +295,7 @@ fn render_added(out: &mut String, name: &str, added: &[Added]) {
         .label();
         let _ = writeln!(
             out,
-            "  {:<18}{:>15}{:>15}{:>15}{:>11}{:>11}",
+            "  {:<18}{:>21}{:>21}{:>21}{:>11}{:>11}",
             label,
             format!("{}/{}", d(a.ttft_p50_ms), d(a.ttft_p99_ms)),
             format!("{}/{}", d(a.itl_p50_ms), d(a.itl_p99_ms)),
