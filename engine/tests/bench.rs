@@ -594,6 +594,113 @@ fn the_pipeline_api_is_timed_like_the_provider_behind_it() {
     });
 }
 
+/// Interrupted (Ctrl-C) in the middle of a step: nothing more is sent, the
+/// request in flight is abandoned at once, and the requests that ended
+/// before are reported, the step marked `interrupted`; later steps do not
+/// run.
+#[test]
+fn an_interrupted_run_reports_what_ended_before() {
+    paused(async {
+        let mock = MockProvider::start(Script::single(
+            Reply::text(&["a", "b", "c", "d"]).pace(ms(10)),
+        ))
+        .await
+        .unwrap();
+        let url = format!("{}/chat/completions", mock.base_url());
+        let mut p = plan(Load::Closed { concurrency: 1 }, 100);
+        p.steps.push(Load::Closed { concurrency: 2 });
+        let interrupt = p.interrupt.clone();
+        let start = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            // Three answers of 80 ms have ended; the fourth is in flight.
+            tokio::time::sleep(ms(250)).await;
+            interrupt.cancel();
+        });
+        let steps = bench::run(target(url), &p, None).await;
+        assert_eq!(
+            start.elapsed(),
+            ms(250),
+            "the request in flight is not waited for"
+        );
+        let s = one(&steps);
+        assert!(s.interrupted);
+        assert_eq!((s.sent, s.ok, s.failed), (4, 3, 0));
+        all(&s.e2e_ms, 3, 80.0);
+        assert_eq!(s.duration_s, 0.24);
+        assert_eq!(mock.journal().requests().len(), 4);
+        let table = sluice::bench::report::render(&sluice::bench::report::Report {
+            schema: sluice::bench::report::SCHEMA.into(),
+            sluice_version: "0".into(),
+            started_at: "t".into(),
+            config: Default::default(),
+            steps: steps.clone(),
+            via: Vec::new(),
+        });
+        assert!(
+            table.contains("4 sent, 3 ok, 0 failed in 0.24 s (interrupted: 1 in flight abandoned)"),
+            "{table}"
+        );
+    });
+}
+
+/// The binary on Ctrl-C (SIGINT): the report of what ended is printed and
+/// written, and the exit status is 130.
+#[test]
+fn ctrl_c_writes_the_report_so_far() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mock = rt
+        .block_on(MockProvider::start(Script::single(
+            Reply::text(&["x", "y"]).pace(ms(20)),
+        )))
+        .unwrap();
+    let json = std::env::temp_dir().join(format!("sluice-bench-int-{}.json", std::process::id()));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", &format!("{}/chat/completions", mock.base_url())])
+        .args([
+            "--model",
+            "m",
+            "-n",
+            "100000",
+            "--prompt-tokens",
+            "4",
+            "--quiet",
+            "--json",
+        ])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once a few answers have ended.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rt.block_on(async { mock.journal().requests().len() }) < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request reached the mock"
+        );
+        std::thread::sleep(ms(20));
+    }
+    // SAFETY: kill only sends a signal to the child we started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let step = &report["steps"][0];
+    assert_eq!(step["interrupted"], true);
+    assert!(step["ok"].as_u64().unwrap() >= 3, "{step}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("in flight abandoned"));
+    let _ = std::fs::remove_file(&json);
+}
+
 /// `stream: false`: E2E only, tokens from the answer's usage.
 #[test]
 fn whole_answers_are_timed_end_to_end() {

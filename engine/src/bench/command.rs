@@ -324,6 +324,7 @@ pub fn plan(a: &RunArgs) -> Result<Planned, String> {
         slo,
         seed: a.seed,
         max_in_flight: a.max_in_flight.max(1),
+        interrupt: tokio_util::sync::CancellationToken::new(),
     };
     let config = RunConfig {
         url: String::new(),
@@ -432,6 +433,19 @@ pub async fn bench(args: &BenchArgs) -> ExitCode {
     crate::tokens::init();
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let progress = (!a.quiet).then(Progress::new);
+    // Ctrl-C: stop, and report what was measured; a second one quits.
+    let interrupt = plan.interrupt.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "\ninterrupted: reporting what was measured so far (Ctrl-C again to quit at once)"
+            );
+            interrupt.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
     let (steps, via) = if via.is_empty() {
         (
             super::run(target, &plan, progress.as_ref()).await,
@@ -501,6 +515,9 @@ pub async fn bench(args: &BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
         eprintln!("page written to {}", p.display());
+    }
+    if plan.interrupt.is_cancelled() {
+        return ExitCode::from(130);
     }
     let via_steps = report.via.iter().flat_map(|v| &v.steps);
     if report.steps.iter().chain(via_steps).any(|s| s.ok == 0) {

@@ -487,6 +487,7 @@ impl Tally {
             peak_in_flight,
             client_cpu: cpu,
             series: self.series.clone(),
+            interrupted: false,
         }
     }
 }

@@ -59,9 +59,10 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use client::Target;
-use metrics::{Outcome, Slo, Tally};
+use metrics::{Slo, Tally};
 use progress::Progress;
 pub use report::Added;
 use report::{StepLoad, StepReport};
@@ -84,6 +85,10 @@ pub struct Plan {
     /// request due while the cap is reached is sent late, and its latency
     /// still counts from when it was due.
     pub max_in_flight: usize,
+    /// Cancelled (Ctrl-C): nothing more is sent, requests in flight are
+    /// abandoned, and the steps measured so far are returned, the last one
+    /// marked `interrupted`.
+    pub interrupt: CancellationToken,
 }
 
 impl Default for Plan {
@@ -102,6 +107,7 @@ impl Default for Plan {
             slo: Slo::default(),
             seed: 0,
             max_in_flight: 10_000,
+            interrupt: CancellationToken::new(),
         }
     }
 }
@@ -130,13 +136,28 @@ impl Live {
         self.tally.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn send(&self, target: &Target, p: &Prompt, scheduled: Instant, epoch: Instant) {
+    /// Sends one request and adds what it measured; a request still in
+    /// flight when `interrupt` fires is abandoned, not counted.
+    async fn send(
+        &self,
+        target: &Target,
+        p: &Prompt,
+        scheduled: Instant,
+        epoch: Instant,
+        interrupt: &CancellationToken,
+    ) {
         self.sent.fetch_add(1, Ordering::Relaxed);
         let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak_in_flight.fetch_max(n, Ordering::Relaxed);
-        let o: Outcome = target.send(p, scheduled, epoch).await;
+        let o = tokio::select! {
+            biased;
+            () = interrupt.cancelled() => None,
+            o = target.send(p, scheduled, epoch) => Some(o),
+        };
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.tally().add(&o);
+        if let Some(o) = o {
+            self.tally().add(&o);
+        }
     }
 }
 
@@ -149,8 +170,14 @@ pub async fn run(target: Arc<Target>, plan: &Plan, progress: Option<&Progress>) 
             step.phase(&target, plan, progress, "warm-up", plan.warmup)
                 .await;
         }
+        if plan.interrupt.is_cancelled() {
+            break;
+        }
         let measured = step.measure(&target, plan, progress, "", plan.stop).await;
-        reports.push(measured.report(*load, progress));
+        reports.push(measured.report(*load, progress, plan));
+        if plan.interrupt.is_cancelled() {
+            break;
+        }
     }
     reports
 }
@@ -198,8 +225,11 @@ pub async fn run_via(
             }
         }
         let mut sides: Vec<Option<Measured>> = targets.iter().map(|_| None).collect();
-        for r in 1..=rounds {
+        'rounds: for r in 1..=rounds {
             for (side, (target, name)) in sides.iter_mut().zip(&targets) {
+                if plan.interrupt.is_cancelled() {
+                    break 'rounds;
+                }
                 let label = format!("{name} round {r}/{rounds}");
                 let m = step.measure(target, plan, progress, &label, share).await;
                 match side {
@@ -208,8 +238,16 @@ pub async fn run_via(
                 }
             }
         }
+        // Interrupted before every side measured a round: the step has
+        // nothing to compare.
+        if sides.iter().any(Option::is_none) {
+            break;
+        }
         for (reports, side) in out.iter_mut().zip(sides.into_iter().flatten()) {
-            reports.push(side.report(*load, progress));
+            reports.push(side.report(*load, progress, plan));
+        }
+        if plan.interrupt.is_cancelled() {
+            break;
         }
     }
     let direct_steps = out.remove(0);
@@ -324,7 +362,7 @@ impl Measured {
         self.cpu_known &= later.cpu_known;
     }
 
-    fn report(&self, load: Load, progress: Option<&Progress>) -> StepReport {
+    fn report(&self, load: Load, progress: Option<&Progress>, plan: &Plan) -> StepReport {
         let cpu = self
             .cpu_known
             .then(|| {
@@ -345,6 +383,7 @@ impl Measured {
             kind: load.kind().into(),
             value: load.value(),
         };
+        report.interrupted = plan.interrupt.is_cancelled();
         if let Some(p) = progress {
             p.finish(&report);
         }
@@ -370,7 +409,7 @@ async fn phase(
     }
     let live = Arc::new(Live::new(Instant::now(), plan.slo));
     let ticker = progress.map(|p| p.follow(live.clone()));
-    drive(target, load, stop, prompts, &live, seed, plan.max_in_flight).await;
+    drive(target, load, stop, prompts, &live, seed, plan).await;
     if let Some(t) = ticker {
         t.abort();
     }
@@ -386,8 +425,9 @@ async fn drive(
     prompts: &Arc<Vec<Prompt>>,
     live: &Arc<Live>,
     seed: u64,
-    max_in_flight: usize,
+    plan: &Plan,
 ) {
+    let interrupt = &plan.interrupt;
     if stop.is_empty() || prompts.is_empty() {
         return;
     }
@@ -399,12 +439,17 @@ async fn drive(
             let next = Arc::new(AtomicU64::new(0));
             let mut clients = JoinSet::new();
             for _ in 0..concurrency.max(1) {
-                let (target, prompts, live, next) =
-                    (target.clone(), prompts.clone(), live.clone(), next.clone());
+                let (target, prompts, live, next, interrupt) = (
+                    target.clone(),
+                    prompts.clone(),
+                    live.clone(),
+                    next.clone(),
+                    interrupt.clone(),
+                );
                 clients.spawn(async move {
                     loop {
                         let now = Instant::now();
-                        if deadline.is_some_and(|d| now >= d) {
+                        if deadline.is_some_and(|d| now >= d) || interrupt.is_cancelled() {
                             break;
                         }
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -412,7 +457,7 @@ async fn drive(
                             break;
                         }
                         let p = &prompts[(i % prompts.len() as u64) as usize];
-                        live.send(&target, p, now, epoch).await;
+                        live.send(&target, p, now, epoch, &interrupt).await;
                     }
                 });
             }
@@ -422,22 +467,32 @@ async fn drive(
             // Each request is due at its scheduled time, whatever happened
             // to the ones before: the schedule never waits for the server.
             let mut schedule = Schedule::new(rate, arrivals, seed);
-            let permits = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
+            let permits = Arc::new(tokio::sync::Semaphore::new(plan.max_in_flight.max(1)));
             let mut requests = JoinSet::new();
             let mut due = epoch;
             let mut i = 0u64;
             while i < limit && deadline.is_none_or(|d| due < d) {
-                tokio::time::sleep_until(due).await;
+                tokio::select! {
+                    biased;
+                    () = interrupt.cancelled() => break,
+                    () = tokio::time::sleep_until(due) => {}
+                }
                 // At the cap, this waits: the request goes late, and its
                 // lateness is part of its latency.
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
-                let (target, prompts, live) = (target.clone(), prompts.clone(), live.clone());
+                let (target, prompts, live, interrupt) = (
+                    target.clone(),
+                    prompts.clone(),
+                    live.clone(),
+                    interrupt.clone(),
+                );
                 let p = (i % prompts.len() as u64) as usize;
                 let scheduled = due;
                 requests.spawn(async move {
-                    live.send(&target, &prompts[p], scheduled, epoch).await;
+                    live.send(&target, &prompts[p], scheduled, epoch, &interrupt)
+                        .await;
                     drop(permit);
                 });
                 // Finished tasks are reaped as we go, so a long run holds

@@ -191,6 +191,11 @@ pub struct StepReport {
     pub peak_in_flight: u64,
     pub client_cpu: Option<CpuReport>,
     pub series: Vec<Second>,
+    /// The run was interrupted (Ctrl-C) during this step: its figures are
+    /// those of the requests that ended before; the ones in flight then
+    /// (`sent` - `ok` - `failed`) were abandoned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 impl StepReport {
@@ -317,9 +322,17 @@ fn render_step(out: &mut String, s: &StepReport) {
             .collect();
         failures = format!(" ({})", causes.join(", "));
     }
+    let interrupted = if s.interrupted {
+        format!(
+            " (interrupted: {} in flight abandoned)",
+            s.sent.saturating_sub(s.ok + s.failed)
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "{}: {} sent, {} ok, {} failed{failures} in {:.2} s",
+        "{}: {} sent, {} ok, {} failed{failures} in {:.2} s{interrupted}",
         s.label(),
         s.sent,
         s.ok,
