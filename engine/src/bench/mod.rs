@@ -198,11 +198,13 @@ pub async fn run_via(
     progress: Option<&Progress>,
 ) -> (Vec<StepReport>, Vec<Vec<StepReport>>) {
     let rounds = rounds.max(1);
-    let share = Stop {
-        requests: plan
-            .stop
-            .requests
-            .map(|n| n.div_ceil(u64::from(rounds)).max(1)),
+    // Round r's share: the requests split as evenly as they go (the first
+    // `n % rounds` rounds take one more), the duration in equal parts.
+    let share = |r: u32| Stop {
+        requests: plan.stop.requests.map(|n| {
+            let rounds = u64::from(rounds);
+            n / rounds + u64::from(u64::from(r - 1) < n % rounds)
+        }),
         duration: plan.stop.duration.map(|d| d / rounds),
     };
     let targets: Vec<(&Arc<Target>, String)> = std::iter::once((&direct, "direct".to_string()))
@@ -231,7 +233,7 @@ pub async fn run_via(
                     break 'rounds;
                 }
                 let label = format!("{name} round {r}/{rounds}");
-                let m = step.measure(target, plan, progress, &label, share).await;
+                let m = step.measure(target, plan, progress, &label, share(r)).await;
                 match side {
                     None => *side = Some(m),
                     Some(all) => all.absorb(&m),

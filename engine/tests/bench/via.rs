@@ -128,3 +128,30 @@ fn the_pipeline_api_is_timed_like_the_provider_behind_it() {
         assert_eq!(reqs[0].body["max_tokens"], 16);
     });
 }
+
+/// Requests that do not divide by the rounds: each side still sends
+/// exactly `--requests` (3, 2, 2 over three rounds).
+#[test]
+fn rounds_share_the_requests_exactly() {
+    paused(async {
+        let mock = MockProvider::start(Script::single(Reply::text(&["a"]).pace(ms(5))))
+            .await
+            .unwrap();
+        let gateway = MockProvider::start(Script::single(Reply::text(&["a"]).pace(ms(5))))
+            .await
+            .unwrap();
+        let url = |m: &MockProvider| target(format!("{}/chat/completions", m.base_url()));
+        let p = plan(Load::Closed { concurrency: 1 }, 7);
+        let (d, via) =
+            bench::run_via(url(&mock), &[url(&gateway)], &["gw".into()], &p, 3, None).await;
+        assert_eq!((one(&d).sent, one(&d).ok), (7, 7));
+        assert_eq!((one(&via[0]).sent, one(&via[0]).ok), (7, 7));
+        let mut arrivals: Vec<(tokio::time::Instant, char)> = Vec::new();
+        for (m, side) in [(&mock, 'D'), (&gateway, 'V')] {
+            arrivals.extend(m.journal().requests().iter().map(|r| (r.received_at, side)));
+        }
+        arrivals.sort();
+        let order: String = arrivals.iter().map(|a| a.1).collect();
+        assert_eq!(order, "DDDVVVDDVVDDVV");
+    });
+}
