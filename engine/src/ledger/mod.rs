@@ -15,6 +15,7 @@ pub mod rate;
 pub mod report;
 mod sqlite;
 mod sqlite_file;
+mod sqlite_writer;
 mod store;
 
 use std::sync::Arc;
