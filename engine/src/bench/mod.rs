@@ -165,15 +165,17 @@ impl Live {
 pub async fn run(target: Arc<Target>, plan: &Plan, progress: Option<&Progress>) -> Vec<StepReport> {
     let mut reports = Vec::new();
     for (i, load) in plan.steps.iter().enumerate() {
-        let step = Step::new(plan, i, *load);
+        let step = Step::new(plan, i, *load, 0);
         if !plan.warmup.is_empty() {
-            step.phase(&target, plan, progress, "warm-up", plan.warmup)
+            step.phase(&target, plan, progress, "warm-up", plan.warmup, 0)
                 .await;
         }
         if plan.interrupt.is_cancelled() {
             break;
         }
-        let measured = step.measure(&target, plan, progress, "", plan.stop).await;
+        let measured = step
+            .measure(&target, plan, progress, "", plan.stop, 0)
+            .await;
         reports.push(measured.report(*load, progress, plan));
         if plan.interrupt.is_cancelled() {
             break;
@@ -218,22 +220,30 @@ pub async fn run_via(
         .collect();
     let mut out: Vec<Vec<StepReport>> = vec![Vec::new(); targets.len()];
     for (i, load) in plan.steps.iter().enumerate() {
-        let step = Step::new(plan, i, *load);
+        let steps: Vec<Step> = (0..targets.len())
+            .map(|side| Step::new(plan, i, *load, side))
+            .collect();
         if !plan.warmup.is_empty() {
-            for (target, name) in &targets {
+            for ((target, name), step) in targets.iter().zip(&steps) {
                 let label = format!("{name} warm-up");
-                step.phase(target, plan, progress, &label, plan.warmup)
+                step.phase(target, plan, progress, &label, plan.warmup, 0)
                     .await;
             }
         }
         let mut sides: Vec<Option<Measured>> = targets.iter().map(|_| None).collect();
         'rounds: for r in 1..=rounds {
-            for (side, (target, name)) in sides.iter_mut().zip(&targets) {
+            for ((side, (target, name)), step) in sides.iter_mut().zip(&targets).zip(&steps) {
                 if plan.interrupt.is_cancelled() {
                     break 'rounds;
                 }
                 let label = format!("{name} round {r}/{rounds}");
-                let m = step.measure(target, plan, progress, &label, share(r)).await;
+                // Each round goes on where the side's last one stopped.
+                let offset = side
+                    .as_ref()
+                    .map_or(0, |m| m.live.sent.load(Ordering::Relaxed));
+                let m = step
+                    .measure(target, plan, progress, &label, share(r), offset)
+                    .await;
                 match side {
                     None => *side = Some(m),
                     Some(all) => all.absorb(&m),
@@ -272,8 +282,14 @@ struct Measured {
 }
 
 impl Step {
-    fn new(plan: &Plan, i: usize, load: Load) -> Step {
-        let seed = plan.seed.wrapping_add(i as u64);
+    /// Step `i` of `plan`; `side` (0 but for `--via`'s gateways) draws
+    /// prompts of its own, so that no path is sent what another path just
+    /// sent (a prefix cache behind a gateway would make it look faster).
+    fn new(plan: &Plan, i: usize, load: Load, side: usize) -> Step {
+        let seed = plan
+            .seed
+            .wrapping_add(i as u64)
+            .wrapping_add((side as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let count = plan
             .stop
             .requests
@@ -291,8 +307,9 @@ impl Step {
         }
     }
 
-    /// Runs a phase of the step; `label` follows the load's name on the
-    /// progress bar.
+    /// Runs a phase of the step (a warm-up or a measured run) with the
+    /// progress bar following it, its requests taking the prompts from
+    /// `offset` on; `label` follows the load's name on the progress bar.
     async fn phase(
         &self,
         target: &Arc<Target>,
@@ -300,23 +317,23 @@ impl Step {
         progress: Option<&Progress>,
         label: &str,
         stop: Stop,
+        offset: u64,
     ) -> Arc<Live> {
         let label = if label.is_empty() {
             self.load.to_string()
         } else {
             format!("{} {label}", self.load)
         };
-        phase(
-            target,
-            self.load,
-            stop,
-            &self.prompts,
-            self.seed,
-            plan,
-            progress,
-            label,
-        )
-        .await
+        if let Some(p) = progress {
+            p.start(&label, stop);
+        }
+        let live = Arc::new(Live::new(Instant::now(), plan.slo));
+        let ticker = progress.map(|p| p.follow(live.clone()));
+        drive(target, self, stop, &live, plan, offset).await;
+        if let Some(t) = ticker {
+            t.abort();
+        }
+        live
     }
 
     /// A phase whose figures count, with the client's CPU over it.
@@ -327,10 +344,13 @@ impl Step {
         progress: Option<&Progress>,
         label: &str,
         stop: Stop,
+        offset: u64,
     ) -> Measured {
         let before = metrics::cpu_times();
         let wall = std::time::Instant::now();
-        let live = self.phase(target, plan, progress, label, stop).await;
+        let live = self
+            .phase(target, plan, progress, label, stop, offset)
+            .await;
         let wall = wall.elapsed();
         let after = metrics::cpu_times();
         let cpu = match (before, after) {
@@ -393,42 +413,17 @@ impl Measured {
     }
 }
 
-/// One phase of a step (its warm-up or its measured run), with the
-/// progress bar following it; returns the phase's figures.
-#[allow(clippy::too_many_arguments)]
-async fn phase(
-    target: &Arc<Target>,
-    load: Load,
-    stop: Stop,
-    prompts: &Arc<Vec<Prompt>>,
-    seed: u64,
-    plan: &Plan,
-    progress: Option<&Progress>,
-    label: String,
-) -> Arc<Live> {
-    if let Some(p) = progress {
-        p.start(&label, stop);
-    }
-    let live = Arc::new(Live::new(Instant::now(), plan.slo));
-    let ticker = progress.map(|p| p.follow(live.clone()));
-    drive(target, load, stop, prompts, &live, seed, plan).await;
-    if let Some(t) = ticker {
-        t.abort();
-    }
-    live
-}
-
 /// Sends the requests of one step (or warm-up) and waits for all of them.
 /// The step's epoch (`live`'s tally) is its start.
 async fn drive(
     target: &Arc<Target>,
-    load: Load,
+    step: &Step,
     stop: Stop,
-    prompts: &Arc<Vec<Prompt>>,
     live: &Arc<Live>,
-    seed: u64,
     plan: &Plan,
+    offset: u64,
 ) {
+    let (load, prompts, seed) = (step.load, &step.prompts, step.seed);
     let interrupt = &plan.interrupt;
     if stop.is_empty() || prompts.is_empty() {
         return;
@@ -458,7 +453,7 @@ async fn drive(
                         if i >= limit {
                             break;
                         }
-                        let p = &prompts[(i % prompts.len() as u64) as usize];
+                        let p = &prompts[((offset + i) % prompts.len() as u64) as usize];
                         live.send(&target, p, now, epoch, &interrupt).await;
                     }
                 });
@@ -490,7 +485,7 @@ async fn drive(
                     live.clone(),
                     interrupt.clone(),
                 );
-                let p = (i % prompts.len() as u64) as usize;
+                let p = ((offset + i) % prompts.len() as u64) as usize;
                 let scheduled = due;
                 requests.spawn(async move {
                     live.send(&target, &prompts[p], scheduled, epoch, &interrupt)

@@ -153,5 +153,14 @@ fn rounds_share_the_requests_exactly() {
         arrivals.sort();
         let order: String = arrivals.iter().map(|a| a.1).collect();
         assert_eq!(order, "DDDVVVDDVVDDVV");
+        // No path is sent a prompt another path (or an earlier round) was
+        // sent: a prefix cache behind one of them would flatter it.
+        let mut prompts = std::collections::BTreeSet::new();
+        for m in [&mock, &gateway] {
+            for r in m.journal().requests() {
+                prompts.insert(r.body["messages"].to_string());
+            }
+        }
+        assert_eq!(prompts.len(), 14);
     });
 }
