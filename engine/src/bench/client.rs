@@ -52,6 +52,12 @@ impl Api {
         }
     }
 
+    /// From a URL's path (see [`Api::detect`]); `None` for a URL that does
+    /// not parse.
+    pub fn of_url(url: &str) -> Option<Api> {
+        Api::detect(url.parse::<Uri>().ok()?.path())
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Api::Chat => "chat",

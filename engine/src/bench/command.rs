@@ -148,13 +148,7 @@ pub fn plan(a: &RunArgs) -> Result<Planned, String> {
         .clone()
         .ok_or("the endpoint URL is missing (sluice bench URL --model NAME)")?;
     // Sluice's pipeline API names the pipeline in the path: no model.
-    let pipeline_api = a.api == Some(Api::Pipeline)
-        || (a.api.is_none()
-            && url
-                .parse::<http::Uri>()
-                .ok()
-                .and_then(|u| Api::detect(u.path()))
-                == Some(Api::Pipeline));
+    let pipeline_api = a.api.or_else(|| Api::of_url(&url)) == Some(Api::Pipeline);
     let model = match &a.model {
         Some(m) => m.clone(),
         None if pipeline_api => String::new(),
@@ -279,12 +273,7 @@ pub fn plan(a: &RunArgs) -> Result<Planned, String> {
     for (i, spec) in a.via.iter().enumerate() {
         let (name, url) = via_name(spec, i, a.via.len())?;
         // The gateway may speak another API than the endpoint behind it.
-        let via_api = api.filter(|_| {
-            url.parse::<http::Uri>()
-                .ok()
-                .and_then(|u| Api::detect(u.path()))
-                .is_none()
-        });
+        let via_api = api.filter(|_| Api::of_url(url).is_none());
         let via_key = match key(a.via_api_key_env.as_deref(), via_api, url)? {
             Some(k) => Some(k),
             None => target.api_key.clone(),
@@ -398,11 +387,7 @@ fn key(var: Option<&str>, api: Option<Api>, url: &str) -> Result<Option<String>,
             .map(Some)
             .map_err(|_| format!("environment variable {var} is not set"));
     }
-    let detected = api.or_else(|| {
-        url.parse::<http::Uri>()
-            .ok()
-            .and_then(|u| Api::detect(u.path()))
-    });
+    let detected = api.or_else(|| Api::of_url(url));
     Ok(detected.and_then(|api| std::env::var(api.key_env()).ok().filter(|k| !k.is_empty())))
 }
 

@@ -276,9 +276,9 @@ struct Step {
 /// A measured phase: its figures and the client's CPU over it.
 struct Measured {
     live: Arc<Live>,
-    cpu: (Duration, Duration),
+    /// User and system CPU; `None` when getrusage failed.
+    cpu: Option<(Duration, Duration)>,
     wall: Duration,
-    cpu_known: bool,
 }
 
 impl Step {
@@ -359,12 +359,7 @@ impl Step {
             }
             _ => None,
         };
-        Measured {
-            live,
-            cpu: cpu.unwrap_or_default(),
-            wall,
-            cpu_known: cpu.is_some(),
-        }
+        Measured { live, cpu, wall }
     }
 }
 
@@ -378,23 +373,15 @@ impl Measured {
             later.live.peak_in_flight.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
-        self.cpu.0 += later.cpu.0;
-        self.cpu.1 += later.cpu.1;
+        self.cpu = self
+            .cpu
+            .zip(later.cpu)
+            .map(|((u0, s0), (u1, s1))| (u0 + u1, s0 + s1));
         self.wall += later.wall;
-        self.cpu_known &= later.cpu_known;
     }
 
     fn report(&self, load: Load, progress: Option<&Progress>, plan: &Plan) -> StepReport {
-        let cpu = self
-            .cpu_known
-            .then(|| {
-                metrics::cpu_report(
-                    Some((Duration::ZERO, Duration::ZERO)),
-                    Some(self.cpu),
-                    self.wall,
-                )
-            })
-            .flatten();
+        let cpu = metrics::cpu_report(Some((Duration::ZERO, Duration::ZERO)), self.cpu, self.wall);
         let live = &self.live;
         let mut report = live.tally().report(
             live.sent.load(Ordering::Relaxed),

@@ -6,11 +6,7 @@ use super::*;
 /// written, and the exit status is 130.
 #[test]
 fn ctrl_c_writes_the_report_so_far() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = real_runtime();
     let mock = rt
         .block_on(MockProvider::start(Script::single(
             Reply::text(&["x", "y"]).pace(ms(20)),
@@ -63,11 +59,7 @@ fn ctrl_c_writes_the_report_so_far() {
 /// The binary: a run with `--json`, read back by `compare`.
 #[test]
 fn binary_writes_a_report_that_compare_reads() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = real_runtime();
     let mock = rt
         .block_on(MockProvider::start(Script::single(Reply::text(&[
             "x", "y",

@@ -262,21 +262,13 @@ fn failures_are_reported_by_cause() {
         .then(ok());
         let mock = MockProvider::start(script).await.unwrap();
         let url = format!("{}/chat/completions", mock.base_url());
-        let t = Arc::new(
-            Target::new(TargetOptions {
-                url,
-                api: None,
-                model: "m".into(),
-                stream: true,
-                headers: vec![],
-                api_key: Some("sk-bench-secret-0123456789".into()),
-                extra_body: None,
-                timeout: Duration::from_secs(30),
-                connect_timeout: Duration::from_secs(5),
-                max_idle: 4,
-            })
-            .unwrap(),
-        );
+        let t = target_with(TargetOptions {
+            model: "m".into(),
+            headers: vec![],
+            timeout: Duration::from_secs(30),
+            max_idle: 4,
+            ..options(url)
+        });
         let steps = bench::run(t, &plan(Load::Closed { concurrency: 1 }, 10), None).await;
         let s = one(&steps);
         assert_eq!((s.sent, s.ok, s.failed), (10, 1, 9));
@@ -428,21 +420,15 @@ fn whole_answers_are_timed_end_to_end() {
         .await
         .unwrap();
         let url = format!("{}/chat/completions", mock.base_url());
-        let t = Arc::new(
-            Target::new(TargetOptions {
-                url,
-                api: None,
-                model: "m".into(),
-                stream: false,
-                headers: vec![],
-                api_key: None,
-                extra_body: None,
-                timeout: Duration::from_secs(30),
-                connect_timeout: Duration::from_secs(5),
-                max_idle: 4,
-            })
-            .unwrap(),
-        );
+        let t = target_with(TargetOptions {
+            model: "m".into(),
+            stream: false,
+            headers: vec![],
+            api_key: None,
+            timeout: Duration::from_secs(30),
+            max_idle: 4,
+            ..options(url)
+        });
         let steps = bench::run(t, &plan(Load::Closed { concurrency: 1 }, 2), None).await;
         let s = one(&steps);
         assert_eq!(s.ok, 2);

@@ -53,22 +53,54 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// A streaming target with a model, a header and a key (which the tests
+/// check are sent); tests that need other options change these.
+fn options(url: String) -> TargetOptions {
+    TargetOptions {
+        url,
+        api: None,
+        model: "bench-model".into(),
+        stream: true,
+        headers: vec!["x-team: bench".into()],
+        api_key: Some("sk-bench-secret-0123456789".into()),
+        extra_body: None,
+        timeout: Duration::from_secs(60),
+        connect_timeout: Duration::from_secs(5),
+        max_idle: 64,
+    }
+}
+
+fn target_with(o: TargetOptions) -> Arc<Target> {
+    Arc::new(Target::new(o).expect("target"))
+}
+
 fn target(url: String) -> Arc<Target> {
-    Arc::new(
-        Target::new(TargetOptions {
-            url,
-            api: None,
-            model: "bench-model".into(),
-            stream: true,
-            headers: vec!["x-team: bench".into()],
-            api_key: Some("sk-bench-secret-0123456789".into()),
-            extra_body: None,
-            timeout: Duration::from_secs(60),
-            connect_timeout: Duration::from_secs(5),
-            max_idle: 64,
-        })
-        .expect("target"),
-    )
+    target_with(options(url))
+}
+
+/// The order in which the mocks received their requests, each mock named
+/// by its letter.
+fn arrival_order(mocks: &[(&MockProvider, char)]) -> String {
+    let mut arrivals: Vec<(tokio::time::Instant, char)> = Vec::new();
+    for (m, side) in mocks {
+        arrivals.extend(
+            m.journal()
+                .requests()
+                .iter()
+                .map(|r| (r.received_at, *side)),
+        );
+    }
+    arrivals.sort();
+    arrivals.iter().map(|a| a.1).collect()
+}
+
+/// A real-clock runtime for the tests that run the binary beside a mock.
+fn real_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn plan(load: Load, requests: u64) -> Plan {

@@ -53,12 +53,7 @@ fn via_alternates_rounds_and_reports_what_each_gateway_adds() {
         }
 
         // Warm-ups, then rounds of two on each side in turn.
-        let mut arrivals: Vec<(tokio::time::Instant, char)> = Vec::new();
-        for (m, side) in [(&direct, 'D'), (&gw3, 'V'), (&gw5, 'W')] {
-            arrivals.extend(m.journal().requests().iter().map(|r| (r.received_at, side)));
-        }
-        arrivals.sort();
-        let order: String = arrivals.iter().map(|a| a.1).collect();
+        let order = arrival_order(&[(&direct, 'D'), (&gw3, 'V'), (&gw5, 'W')]);
         assert_eq!(order, format!("DVW{}", "DDVVWW".repeat(4)));
     });
 }
@@ -75,21 +70,13 @@ fn the_pipeline_api_is_timed_like_the_provider_behind_it() {
         let sluice =
             common::Harness::start(Script::single(reply()), 256, "{first_token: 5s}").await;
         let url = format!("http://{}/v1/pipelines/chat", sluice.addr());
-        let pipeline = Arc::new(
-            Target::new(TargetOptions {
-                url,
-                api: None,
-                model: "ignored".into(),
-                stream: true,
-                headers: vec![],
-                api_key: None,
-                extra_body: None,
-                timeout: Duration::from_secs(60),
-                connect_timeout: Duration::from_secs(5),
-                max_idle: 4,
-            })
-            .unwrap(),
-        );
+        let pipeline = target_with(TargetOptions {
+            model: "ignored".into(),
+            headers: vec![],
+            api_key: None,
+            max_idle: 4,
+            ..options(url)
+        });
         assert_eq!(pipeline.api, Api::Pipeline);
         let direct_url = format!("{}/chat/completions", direct.base_url());
         let p = plan(Load::Closed { concurrency: 2 }, 6);
@@ -146,12 +133,7 @@ fn rounds_share_the_requests_exactly() {
             bench::run_via(url(&mock), &[url(&gateway)], &["gw".into()], &p, 3, None).await;
         assert_eq!((one(&d).sent, one(&d).ok), (7, 7));
         assert_eq!((one(&via[0]).sent, one(&via[0]).ok), (7, 7));
-        let mut arrivals: Vec<(tokio::time::Instant, char)> = Vec::new();
-        for (m, side) in [(&mock, 'D'), (&gateway, 'V')] {
-            arrivals.extend(m.journal().requests().iter().map(|r| (r.received_at, side)));
-        }
-        arrivals.sort();
-        let order: String = arrivals.iter().map(|a| a.1).collect();
+        let order = arrival_order(&[(&mock, 'D'), (&gateway, 'V')]);
         assert_eq!(order, "DDDVVVDDVVDDVV");
         // No path is sent a prompt another path (or an earlier round) was
         // sent: a prefix cache behind one of them would flatter it.
