@@ -197,6 +197,19 @@ fn status(s: &Span) -> SpanStatus {
     })
 }
 
+/// Each of `spans` ended as an error whose `error.type` is `error_type`.
+fn assert_failed(spans: &[&Span], error_type: &str) {
+    for s in spans {
+        assert_eq!(
+            str_attr(s, "error.type").as_deref(),
+            Some(error_type),
+            "{}",
+            s.name
+        );
+        assert_eq!(status(s), SpanStatus::Error);
+    }
+}
+
 /// The one request span of what was received, and its children in the
 /// order they started.
 fn tree(spans: &[Span]) -> (Span, Vec<Span>) {

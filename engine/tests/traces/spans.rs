@@ -347,15 +347,7 @@ async fn a_timeout_is_an_error_with_sluices_code_on_the_call_and_the_request() {
     let spans = collector.spans();
     let (root, calls) = tree(&spans);
     assert_eq!(calls.len(), 1);
-    for s in [&root, &calls[0]] {
-        assert_eq!(
-            str_attr(s, "error.type").as_deref(),
-            Some("timeout.first_token"),
-            "{}",
-            s.name
-        );
-        assert_eq!(status(s), SpanStatus::Error);
-    }
+    assert_failed(&[&root, &calls[0]], "timeout.first_token");
     assert_eq!(str_attr(&root, "sluice.status").as_deref(), Some("timeout"));
     assert!(str_attr(&root, "gen_ai.response.model").is_none());
 }
@@ -394,15 +386,7 @@ async fn a_client_that_leaves_ends_the_spans_as_client_closed() {
     let spans = collector.spans();
     let (root, calls) = tree(&spans);
     assert_eq!(calls.len(), 1);
-    for s in [&root, &calls[0]] {
-        assert_eq!(
-            str_attr(s, "error.type").as_deref(),
-            Some("client_closed"),
-            "{}",
-            s.name
-        );
-        assert_eq!(status(s), SpanStatus::Error);
-    }
+    assert_failed(&[&root, &calls[0]], "client_closed");
     assert_eq!(
         str_attr(&root, "sluice.status").as_deref(),
         Some("client_closed")
