@@ -12,11 +12,12 @@ use http::{HeaderName, HeaderValue, Uri};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
+use super::h2::H2;
 use super::metrics::{Answer, CountedBy, Failure, Outcome};
 use super::pipeline::PipelineDecoder;
 use super::workload::{Prompt, PromptContent};
 use crate::provider::anthropic_wire::{self, AnthropicDecoder};
-use crate::provider::http::Endpoint;
+use crate::provider::http::{Decoder, Endpoint};
 use crate::provider::openai_wire::{self, OpenAiDecoder};
 use crate::provider::secrets::Secrets;
 use crate::provider::{Chunk, ProviderError};
@@ -66,6 +67,14 @@ impl Api {
         }
     }
 
+    /// Its error bodies in words.
+    fn summarize(self) -> fn(u16, &[u8]) -> String {
+        match self {
+            Api::Chat | Api::Pipeline => openai_wire::summarize_error_body,
+            Api::Messages => anthropic_wire::summarize_error_body,
+        }
+    }
+
     /// The environment variable an API key is read from by default.
     pub fn key_env(self) -> &'static str {
         match self {
@@ -104,6 +113,10 @@ pub struct TargetOptions {
     pub connect_timeout: Duration,
     /// Idle connections kept for reuse: at least the concurrency.
     pub max_idle: usize,
+    /// HTTP/2 without TLS (h2c, prior knowledge), up to
+    /// [`super::h2::STREAMS_PER_CONN`] streams per connection; `http://`
+    /// only. Otherwise HTTP/1.1, one connection per request in flight.
+    pub http2: bool,
 }
 
 /// Where requests go and how they are made.
@@ -113,11 +126,18 @@ pub struct Target {
     pub stream: bool,
     pub timeout: Duration,
     connect_timeout: Duration,
-    endpoint: Endpoint,
+    transport: Transport,
     headers: Vec<(HeaderName, HeaderValue)>,
     extra_body: Option<Map<String, Value>>,
     /// The URL without credentials or query, for reports.
     pub display_url: String,
+}
+
+/// How requests travel.
+enum Transport {
+    /// HTTP/1.1 on Sluice's provider client (keep-alive, plain or TLS).
+    H1(Endpoint),
+    H2(H2),
 }
 
 /// Headers the client writes itself; one given by the user would break
@@ -204,16 +224,21 @@ impl Target {
                 HeaderValue::from_static("2023-06-01"),
             ));
         }
-        let endpoint = Endpoint::url(&uri)
-            .with_secrets(secrets)
-            .with_max_idle(o.max_idle.max(1));
+        let transport = match o.http2 {
+            true => Transport::H2(H2::new(&uri, secrets)?),
+            false => Transport::H1(
+                Endpoint::url(&uri)
+                    .with_secrets(secrets)
+                    .with_max_idle(o.max_idle.max(1)),
+            ),
+        };
         Ok(Target {
             api,
             model: o.model,
             stream: o.stream,
             timeout: o.timeout,
             connect_timeout: o.connect_timeout,
-            endpoint,
+            transport,
             headers,
             extra_body: o.extra_body,
             display_url: redact_url(&o.url),
@@ -298,105 +323,79 @@ impl Target {
         t0: Instant,
         epoch: Instant,
     ) -> Result<Answer, Failure> {
-        let req = self.endpoint.post(self.headers.iter().cloned(), body);
-        let stream = match self.api {
-            Api::Chat => {
-                self.endpoint
-                    .stream(
-                        req,
-                        self.connect_timeout,
-                        OpenAiDecoder::new(),
-                        openai_wire::summarize_error_body,
-                    )
-                    .await
-            }
-            Api::Messages => {
-                self.endpoint
-                    .stream(
-                        req,
-                        self.connect_timeout,
-                        AnthropicDecoder::new(),
-                        anthropic_wire::summarize_error_body,
-                    )
-                    .await
-            }
-            Api::Pipeline => {
-                self.endpoint
-                    .stream(
-                        req,
-                        self.connect_timeout,
-                        PipelineDecoder::default(),
-                        openai_wire::summarize_error_body,
-                    )
-                    .await
-            }
-        };
-        let mut stream = stream.map_err(failure)?;
-        let mut timing = ChunkTiming::new(t0, epoch);
-        let mut text = TextCount::default();
-        let mut usage: Option<(i128, i128)> = None;
-        let mut end = None;
-        while let Some(item) = stream.next().await {
-            let chunk = item.map_err(failure)?;
-            let now = Instant::now();
-            match chunk {
-                Chunk::Delta(t) | Chunk::Reasoning(t) | Chunk::Refusal(t) => {
-                    timing.content(now);
-                    text.push(&t);
+        let mut answer = Streamed::new(t0, epoch);
+        match &self.transport {
+            Transport::H1(endpoint) => {
+                let req = endpoint.post(self.headers.iter().cloned(), body);
+                let (timeout, summarize) = (self.connect_timeout, self.api.summarize());
+                let stream = match self.api {
+                    Api::Chat => {
+                        endpoint
+                            .stream(req, timeout, OpenAiDecoder::new(), summarize)
+                            .await
+                    }
+                    Api::Messages => {
+                        endpoint
+                            .stream(req, timeout, AnthropicDecoder::new(), summarize)
+                            .await
+                    }
+                    Api::Pipeline => {
+                        endpoint
+                            .stream(req, timeout, PipelineDecoder::default(), summarize)
+                            .await
+                    }
+                };
+                let mut stream = stream.map_err(failure)?;
+                while let Some(item) = stream.next().await {
+                    if answer.chunk(item.map_err(failure)?) {
+                        break;
+                    }
                 }
-                Chunk::ToolCallDelta {
-                    name, arguments, ..
-                } if name.is_some() || !arguments.is_empty() => {
-                    timing.content(now);
-                    text.push(name.as_deref().unwrap_or_default());
-                    text.push(&arguments);
-                }
-                Chunk::Usage(u) => usage = Some((u.prompt_tokens, u.completion_tokens)),
-                Chunk::End => {
-                    end = Some(now);
-                    break;
-                }
-                _ => {}
+                // Dropped at its end marker, the stream's connection goes
+                // back to the pool for the next request.
+            }
+            Transport::H2(h2) => {
+                let decoder: Box<dyn Decoder> = match self.api {
+                    Api::Chat => Box::new(OpenAiDecoder::new()),
+                    Api::Messages => Box::new(AnthropicDecoder::new()),
+                    Api::Pipeline => Box::new(PipelineDecoder::default()),
+                };
+                h2.stream(
+                    &self.headers,
+                    body,
+                    self.connect_timeout,
+                    decoder,
+                    self.api.summarize(),
+                    |c| answer.chunk(c),
+                )
+                .await
+                .map_err(failure)?;
             }
         }
-        // Dropped at its end marker, the stream's connection goes back to
-        // the pool for the next request.
-        drop(stream);
-        let Some(end) = end else {
-            return Err(Failure {
-                cause: "incomplete".into(),
-                message: "the stream ended without its end marker".into(),
-            });
-        };
-        let Some(ttft) = timing.first else {
-            return Err(no_content());
-        };
-        let (output_tokens, counted_by) = match usage {
-            Some((_, c)) => (clamp(c), CountedBy::Server),
-            None => (text.finish(), CountedBy::Client),
-        };
-        Ok(Answer {
-            ttft: Some(ttft),
-            e2e: end.saturating_duration_since(t0),
-            itl: timing.gaps,
-            output_tokens,
-            counted_by,
-            prompt_tokens: usage.map(|(p, _)| clamp(p)),
-            chunk_seconds: timing.seconds,
-        })
+        answer.finish()
     }
 
     async fn whole(&self, body: Vec<u8>, t0: Instant) -> Result<Answer, Failure> {
-        let req = self.endpoint.post_json(self.headers.iter().cloned(), body);
-        let summarize = match self.api {
-            Api::Chat | Api::Pipeline => openai_wire::summarize_error_body,
-            Api::Messages => anthropic_wire::summarize_error_body,
-        };
-        let bytes = self
-            .endpoint
-            .call(req, self.connect_timeout, MAX_ANSWER, summarize)
-            .await
-            .map_err(failure)?;
+        let summarize = self.api.summarize();
+        let bytes = match &self.transport {
+            Transport::H1(endpoint) => {
+                let req = endpoint.post_json(self.headers.iter().cloned(), body);
+                endpoint
+                    .call(req, self.connect_timeout, MAX_ANSWER, summarize)
+                    .await
+            }
+            Transport::H2(h2) => {
+                h2.call(
+                    &self.headers,
+                    body,
+                    self.connect_timeout,
+                    MAX_ANSWER,
+                    summarize,
+                )
+                .await
+            }
+        }
+        .map_err(failure)?;
         let end = Instant::now();
         let v: Value = serde_json::from_slice(&bytes).map_err(|e| Failure {
             cause: "protocol".into(),
@@ -474,6 +473,75 @@ impl Target {
             counted_by,
             prompt_tokens,
             chunk_seconds: Vec::new(),
+        })
+    }
+}
+
+/// A streamed answer as its chunks arrive.
+struct Streamed {
+    timing: ChunkTiming,
+    text: TextCount,
+    usage: Option<(i128, i128)>,
+    end: Option<Instant>,
+}
+
+impl Streamed {
+    fn new(t0: Instant, epoch: Instant) -> Streamed {
+        Streamed {
+            timing: ChunkTiming::new(t0, epoch),
+            text: TextCount::default(),
+            usage: None,
+            end: None,
+        }
+    }
+
+    /// Takes one chunk as it arrives; true at the end marker.
+    fn chunk(&mut self, chunk: Chunk) -> bool {
+        let now = Instant::now();
+        match chunk {
+            Chunk::Delta(t) | Chunk::Reasoning(t) | Chunk::Refusal(t) => {
+                self.timing.content(now);
+                self.text.push(&t);
+            }
+            Chunk::ToolCallDelta {
+                name, arguments, ..
+            } if name.is_some() || !arguments.is_empty() => {
+                self.timing.content(now);
+                self.text.push(name.as_deref().unwrap_or_default());
+                self.text.push(&arguments);
+            }
+            Chunk::Usage(u) => self.usage = Some((u.prompt_tokens, u.completion_tokens)),
+            Chunk::End => {
+                self.end = Some(now);
+                return true;
+            }
+            _ => {}
+        }
+        false
+    }
+
+    fn finish(self) -> Result<Answer, Failure> {
+        let Some(end) = self.end else {
+            return Err(Failure {
+                cause: "incomplete".into(),
+                message: "the stream ended without its end marker".into(),
+            });
+        };
+        let Some(ttft) = self.timing.first else {
+            return Err(no_content());
+        };
+        let (output_tokens, counted_by) = match self.usage {
+            Some((_, c)) => (clamp(c), CountedBy::Server),
+            None => (self.text.finish(), CountedBy::Client),
+        };
+        Ok(Answer {
+            ttft: Some(ttft),
+            e2e: end.saturating_duration_since(self.timing.t0),
+            itl: self.timing.gaps,
+            output_tokens,
+            counted_by,
+            prompt_tokens: self.usage.map(|(p, _)| clamp(p)),
+            chunk_seconds: self.timing.seconds,
         })
     }
 }
@@ -609,6 +677,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
             max_idle: 4,
+            http2: false,
         }
     }
 
@@ -676,5 +745,13 @@ mod tests {
             .err()
             .unwrap();
         assert!(!e.contains("pw"), "{e}");
+        // h2c has no TLS.
+        let e = Target::new(TargetOptions {
+            http2: true,
+            ..opts("https://api.example.com/v1/messages")
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains("http://"), "{e}");
     }
 }

@@ -100,6 +100,14 @@ pub struct RunArgs {
     /// their latency shows it).
     #[arg(long, default_value_t = 10_000)]
     pub max_in_flight: usize,
+    /// Closed loop: start the clients one after another over this time
+    /// (e.g. 2s), so that thousands do not connect at once.
+    #[arg(long, default_value = "0s")]
+    pub ramp: String,
+    /// HTTP/2 without TLS (h2c, prior knowledge) for every URL, 100
+    /// streams per connection; http:// URLs only.
+    #[arg(long)]
+    pub http2: bool,
     /// A JSON object merged into every request body, e.g. '{"ignore_eos": true}'.
     #[arg(long, value_name = "JSON")]
     pub extra_body: Option<String>,
@@ -258,6 +266,7 @@ pub fn plan(a: &RunArgs) -> Result<Planned, String> {
         timeout,
         connect_timeout,
         max_idle: most_clients,
+        http2: a.http2,
     };
     if !a.via.is_empty() && a.rounds == 0 {
         return Err("--rounds must be at least 1".into());
@@ -313,6 +322,7 @@ pub fn plan(a: &RunArgs) -> Result<Planned, String> {
         slo,
         seed: a.seed,
         max_in_flight: a.max_in_flight.max(1),
+        ramp: duration("ramp", &a.ramp)?,
         interrupt: tokio_util::sync::CancellationToken::new(),
     };
     let config = RunConfig {
@@ -334,6 +344,8 @@ pub fn plan(a: &RunArgs) -> Result<Planned, String> {
         seed: a.seed,
         timeout_s: timeout.as_secs_f64(),
         max_in_flight: plan.max_in_flight,
+        ramp_s: (!plan.ramp.is_zero()).then(|| plan.ramp.as_secs_f64()),
+        http2: a.http2,
     };
     Ok(Planned {
         target,

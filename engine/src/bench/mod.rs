@@ -32,6 +32,7 @@
 //!     timeout: Duration::from_secs(60),
 //!     connect_timeout: Duration::from_secs(5),
 //!     max_idle: 16,
+//!     http2: false,
 //! })?);
 //! let plan = Plan {
 //!     steps: vec![Load::Closed { concurrency: 16 }],
@@ -46,6 +47,7 @@
 pub mod client;
 pub mod command;
 pub mod compare;
+mod h2;
 pub mod html;
 pub mod metrics;
 mod pipeline;
@@ -85,6 +87,10 @@ pub struct Plan {
     /// request due while the cap is reached is sent late, and its latency
     /// still counts from when it was due.
     pub max_in_flight: usize,
+    /// A closed loop's clients start one after another over this time
+    /// (client k of C at k/C of it), so that thousands of them do not
+    /// connect at once; each client's first request counts from its start.
+    pub ramp: Duration,
     /// Cancelled (Ctrl-C): nothing more is sent, requests in flight are
     /// abandoned, and the steps measured so far are returned, the last one
     /// marked `interrupted`.
@@ -107,6 +113,7 @@ impl Default for Plan {
             slo: Slo::default(),
             seed: 0,
             max_in_flight: 10_000,
+            ramp: Duration::ZERO,
             interrupt: CancellationToken::new(),
         }
     }
@@ -422,7 +429,9 @@ async fn drive(
         Load::Closed { concurrency } => {
             let next = Arc::new(AtomicU64::new(0));
             let mut clients = JoinSet::new();
-            for _ in 0..concurrency.max(1) {
+            let concurrency = concurrency.max(1);
+            for k in 0..concurrency {
+                let start = epoch + plan.ramp.mul_f64(k as f64 / concurrency as f64);
                 let (target, prompts, live, next, interrupt) = (
                     target.clone(),
                     prompts.clone(),
@@ -431,6 +440,11 @@ async fn drive(
                     interrupt.clone(),
                 );
                 clients.spawn(async move {
+                    tokio::select! {
+                        biased;
+                        () = interrupt.cancelled() => return,
+                        () = tokio::time::sleep_until(start) => {}
+                    }
                     loop {
                         let now = Instant::now();
                         if deadline.is_some_and(|d| now >= d) || interrupt.is_cancelled() {

@@ -98,6 +98,12 @@ pub struct RunConfig {
     pub seed: u64,
     pub timeout_s: f64,
     pub max_in_flight: usize,
+    /// A closed loop's clients started over this time (`--ramp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp_s: Option<f64>,
+    /// h2c instead of HTTP/1.1 (`--http2`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
 }
 
 /// One step's load: `concurrency` 8, or `rate` 2.5 (requests/s).

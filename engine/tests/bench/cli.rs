@@ -117,8 +117,18 @@ fn binary_writes_a_report_that_compare_reads() {
     let page = dir.join("b.html");
     run(
         &b,
-        &["--output-tokens", "4", "--html", page.to_str().unwrap()],
+        &[
+            "--output-tokens",
+            "4",
+            "--ramp",
+            "20ms",
+            "--html",
+            page.to_str().unwrap(),
+        ],
     );
+    let report_b: Value = serde_json::from_str(&std::fs::read_to_string(&b).unwrap()).unwrap();
+    assert_eq!(report_b["config"]["ramp_s"], 0.02);
+    assert!(report["config"].get("ramp_s").is_none());
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(
         html.contains("<svg") && html.contains("TTFT distribution"),

@@ -23,6 +23,7 @@ use sluice_testkit::{Fault, MockProvider, Reply, Script};
 mod cli;
 #[path = "../common/mod.rs"]
 mod common;
+mod connections;
 mod figures;
 mod via;
 
@@ -67,6 +68,7 @@ fn options(url: String) -> TargetOptions {
         timeout: Duration::from_secs(60),
         connect_timeout: Duration::from_secs(5),
         max_idle: 64,
+        http2: false,
     }
 }
 
