@@ -344,7 +344,7 @@ pub fn plan(a: &RunArgs) -> Result<Planned, String> {
         seed: a.seed,
         timeout_s: timeout.as_secs_f64(),
         max_in_flight: plan.max_in_flight,
-        ramp_s: (!plan.ramp.is_zero()).then(|| plan.ramp.as_secs_f64()),
+        ramp_s: (!plan.ramp.is_zero()).then_some(plan.ramp.as_secs_f64()),
         http2: a.http2,
     };
     Ok(Planned {
