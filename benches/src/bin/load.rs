@@ -31,8 +31,6 @@
 mod args;
 #[path = "../load/cancel.rs"]
 mod cancel;
-#[path = "../load/client.rs"]
-mod client;
 #[path = "../load/collector.rs"]
 mod collector;
 #[path = "../load/phase.rs"]
@@ -54,14 +52,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::json;
+use sluice::bench::client::{Target, TargetOptions};
 
 use args::{Opts, Spec, USAGE, parse_args, spec};
 use cancel::{Cancel, run_cancel};
-use client::{Kind, Plan, Target};
 use procs::{Mock, MockSpec, PipelineSpec, Proc, TempDir};
-use report::{Close, Phase, Workload, f3};
+use report::{Close, Workload, f3};
 use soak::run_soak;
 use soak_report::Soak;
 use summary::{machine, summary_table, targets};
@@ -199,34 +199,36 @@ async fn metric_sum(port: u16, name: &str) -> u64 {
         .sum()
 }
 
-const DIRECT_BODY: &str = r#"{"model":"bench-model","stream":true,"stream_options":{"include_usage":true},"max_tokens":1024,"messages":[{"role":"user","content":"Say something."}]}"#;
+/// The body of a pipeline request (the soak's and the cancel workload's
+/// raw clients).
 const SLUICE_BODY: &str = r#"{"input":"Say something."}"#;
 /// The API key clients of Sluice send with `--keys on`.
 const BENCH_KEY: &str =
     "sk-sluice-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-fn direct_target(mock: &Mock, tokens: usize) -> Target {
-    Target {
-        kind: Kind::Direct,
-        addr: mock.addr,
-        path: "/v1/chat/completions".into(),
-        body: Bytes::from_static(DIRECT_BODY.as_bytes()),
-        auth: None,
-        // role, tokens, finish, usage, [DONE]
-        min_events: tokens as u32 + 4,
-    }
-}
-
-fn sluice_target(port: u16, pipeline: &str, tokens: usize) -> Target {
-    Target {
-        kind: Kind::Sluice,
-        addr: ([127, 0, 0, 1], port).into(),
-        path: format!("/v1/pipelines/{pipeline}"),
-        body: Bytes::from_static(SLUICE_BODY.as_bytes()),
-        auth: None,
-        // start, deltas, usage, done
-        min_events: tokens as u32 + 3,
-    }
+/// A `sluice bench` target: `url`'s API (detected from its path), a key
+/// when given, h2c when asked for.
+fn target(
+    url: String,
+    key: Option<&str>,
+    concurrency: usize,
+    http2: bool,
+    opts: &Opts,
+) -> Result<Arc<Target>, String> {
+    let t = Target::new(TargetOptions {
+        url,
+        api: None,
+        model: "bench-model".into(),
+        stream: true,
+        headers: Vec::new(),
+        api_key: key.map(str::to_owned),
+        extra_body: None,
+        timeout: opts.deadline,
+        connect_timeout: Duration::from_secs(30),
+        max_idle: concurrency.max(50),
+        http2,
+    })?;
+    Ok(Arc::new(t))
 }
 
 /// Starts a fresh mock and Sluice for `pipelines`; returns them with Sluice's port.
@@ -287,8 +289,8 @@ async fn run_workload(spec: &Spec, bins: &Bins, opts: &Opts) -> Result<Workload,
         idle: "60s",
         total: "300s",
     }];
-    // One mock per phase, both fresh: the journal of the direct phase does
-    // not weigh on the mock Sluice calls.
+    // One mock per path, each fresh: one path's traffic does not weigh on
+    // the mock of another, and each mock's CPU is its path's.
     let direct_mock = Mock::start(&bins.sluice, &mock_spec, tmp.path.join("mock-direct.log"))?;
     let (mock, sluice, port) = start_stack(bins, &tmp, &mock_spec, &pipelines, opts).await?;
     eprintln!(
@@ -301,24 +303,10 @@ async fn run_workload(spec: &Spec, bins: &Bins, opts: &Opts) -> Result<Workload,
         sluice.pid(),
         tmp.path.display()
     );
-    let plan = Plan {
-        requests: spec.requests,
-        concurrency: spec.concurrency,
-        connect_ramp: spec.connect_ramp,
-        request_ramp: spec.request_ramp,
-        deadline: opts.deadline,
-        reconnect: false,
-        http2: false,
-    };
-    let direct_plan = Plan {
-        reconnect: opts.direct_reconnect,
-        ..plan.clone()
-    };
-    // Over HTTP/1.1 Sluice holds two descriptors per stream (client and
-    // upstream); the mock and this process one each.
-    let http2 = opts
-        .http2
-        .unwrap_or(2 * spec.concurrency as u64 + 1000 > opts.nofile);
+    // Over HTTP/1.1 Sluice (and the relay) hold two descriptors per
+    // stream; the mock and this process one each.
+    let fits = 2 * spec.concurrency as u64 + 1000 <= opts.nofile;
+    let http2 = opts.http2.unwrap_or(!fits);
     if http2 && opts.http2.is_none() {
         eprintln!(
             "  {}: RLIMIT_NOFILE is {} (hard limit), Sluice would need {} descriptors over HTTP/1.1: \
@@ -326,32 +314,13 @@ async fn run_workload(spec: &Spec, bins: &Bins, opts: &Opts) -> Result<Workload,
             spec.name,
             opts.nofile,
             2 * spec.concurrency + 1000,
-            100
+            sluice::bench::STREAMS_PER_CONN
         );
     }
-    let sluice_plan = Plan {
-        http2,
-        ..plan.clone()
-    };
-    let direct_path = phase::Path {
-        label: "direct",
-        target: direct_target(&direct_mock, opts.tokens),
-        plan: direct_plan,
-        sluice: None,
-        mock: &direct_mock.proc,
-    };
-    let sluice_path = phase::Path {
-        label: "sluice",
-        target: Target {
-            auth: opts.keys.then_some(BENCH_KEY),
-            ..sluice_target(port, "bench", opts.tokens)
-        },
-        plan: sluice_plan,
-        sluice: Some((&sluice, port)),
-        mock: &mock.proc,
-    };
-    // The relay, with a mock of its own, where the workload measures it.
-    let relay = if spec.relay && !opts.skip_direct {
+    let chat = |addr: std::net::SocketAddr| format!("http://{addr}/v1/chat/completions");
+    let c = spec.concurrency;
+    // The relay, with a mock of its own, where the descriptors allow it.
+    let relay = if spec.relay && !opts.skip_direct && fits {
         let m = Mock::start(&bins.sluice, &mock_spec, tmp.path.join("mock-relay.log"))?;
         let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
         let r = relay::Relay::start(&exe, m.addr, tmp.path.join("relay.log"))?;
@@ -359,29 +328,43 @@ async fn run_workload(spec: &Spec, bins: &Bins, opts: &Opts) -> Result<Workload,
     } else {
         None
     };
-    let (direct, relayed, through) = if opts.skip_direct {
-        let mut p = phase::run(&[sluice_path], spec, 1).await;
-        (Phase::default(), None, p.remove(0))
-    } else {
-        let mut paths = vec![direct_path];
-        if let Some((m, r)) = &relay {
-            paths.push(phase::Path {
-                label: "relay",
-                target: Target {
-                    addr: r.addr,
-                    ..direct_target(m, opts.tokens)
-                },
-                plan: plan.clone(),
-                sluice: None,
-                mock: &m.proc,
-            });
-        }
-        paths.push(sluice_path);
-        let mut p = phase::run(&paths, spec, spec.rounds).await;
-        let through = p.pop().unwrap_or_default();
-        let relayed = (p.len() > 1).then(|| p.remove(1));
-        (p.remove(0), relayed, through)
-    };
+    let mut paths = Vec::new();
+    if !opts.skip_direct {
+        paths.push(phase::Path {
+            label: "direct",
+            target: target(chat(direct_mock.addr), None, c, false, opts)?,
+            hop: None,
+            sluice_port: None,
+            mock: &direct_mock.proc,
+        });
+    }
+    if let Some((m, r)) = &relay {
+        paths.push(phase::Path {
+            label: "relay",
+            target: target(chat(r.addr), None, c, false, opts)?,
+            hop: Some(&r.proc),
+            sluice_port: None,
+            mock: &m.proc,
+        });
+    }
+    paths.push(phase::Path {
+        label: "sluice",
+        target: target(
+            format!("http://127.0.0.1:{port}/v1/pipelines/bench"),
+            opts.keys.then_some(BENCH_KEY),
+            c,
+            http2,
+            opts,
+        )?,
+        hop: Some(&sluice),
+        sluice_port: Some(port),
+        mock: &mock.proc,
+    });
+    let mut phases = phase::run(&paths, spec, opts.tokens).await;
+    drop(paths);
+    let through = phases.pop().unwrap_or_default();
+    let relayed = relay.as_ref().and_then(|_| phases.pop());
+    let direct = phases.pop().unwrap_or_default();
     drop(relay);
     let sluice_metrics = requests_by_status(port).await;
     if opts.tracing {
@@ -469,6 +452,9 @@ async fn run_all(opts: &Opts, bins: &Bins) -> Result<Results, String> {
         if let Some(w) = opts.warmup {
             s.warmup = w;
         }
+        if let Some(r) = opts.rounds {
+            s.rounds = r;
+        }
         s.warmup = s.warmup.min(s.requests);
         let w = run_workload(&s, bins, opts).await?;
         println!("{}", w.table());
@@ -545,16 +531,16 @@ fn main() -> ExitCode {
         "tracing": opts.tracing,
         "metrics": true,
         "sluice_log": opts.sluice_log,
-        "direct_connection": if opts.direct_reconnect { "new per request" } else { "keep-alive" },
+        "client": "sluice bench (HTTP/1.1 keep-alive; h2c to Sluice where noted)",
         "tokens": opts.tokens,
     });
     println!(
-        "setup: ledger {}, budget {}, tracing {}, Sluice log level {}, direct clients {}",
+        "setup: ledger {}, budget {}, keys {}, tracing {}, Sluice log level {}; clients: sluice bench",
         setup["ledger"].as_str().unwrap_or(""),
         if opts.budget { "on" } else { "off" },
+        if opts.keys { "on" } else { "off" },
         if opts.tracing { "on" } else { "off" },
         opts.sluice_log,
-        setup["direct_connection"].as_str().unwrap_or("")
     );
     if !workloads.is_empty() {
         println!(
@@ -571,7 +557,7 @@ fn main() -> ExitCode {
     }
     let line = json!({
         "bench": "sluice-load",
-        "version": 1,
+        "version": 2,
         "machine": machine,
         "setup": setup,
         "workloads": workloads.iter().map(Workload::json).collect::<Vec<_>>(),

@@ -10,11 +10,11 @@ pub(crate) struct Spec {
     pub(crate) concurrency: usize,
     pub(crate) requests: usize,
     pub(crate) gap_ms: f64,
-    pub(crate) connect_ramp: Duration,
-    pub(crate) request_ramp: Duration,
+    /// The clients start one after another over this time.
+    pub(crate) ramp: Duration,
     pub(crate) warmup: usize,
     /// Measured requests cut into this many rounds that alternate between
-    /// the direct path and Sluice (1: each path in one go).
+    /// the paths (1: each path in one go).
     pub(crate) rounds: usize,
     /// Also measure a plain TCP relay (the floor of one more hop).
     pub(crate) relay: bool,
@@ -30,28 +30,25 @@ pub(crate) fn spec(name: &str) -> Option<Spec> {
         concurrency,
         requests,
         gap_ms,
-        connect_ramp: Duration::ZERO,
-        request_ramp: Duration::ZERO,
+        ramp: Duration::ZERO,
         warmup,
         rounds: 1,
-        relay: false,
+        relay: true,
     };
     Some(match name {
         // The overhead is a difference of tens of microseconds: measured in
         // 10 alternating rounds of 200 so that drift weighs on both paths.
         "c1" => Spec {
             rounds: 10,
-            relay: true,
             ..s("c1", 1, 2000, 0.0, 200)
         },
         "c50" => s("c50", 50, 20_000, 0.0, 1000),
         "c500" => s("c500", 500, 5000, 5.0, 500),
         "c10k" => Spec {
-            // Connections are opened over 2 s (listen backlogs), then the
-            // requests start over 2 s (Sluice's upstream connects
-            // hit the mock's listen backlog).
-            connect_ramp: Duration::from_secs(2),
-            request_ramp: Duration::from_secs(2),
+            // The clients start over 2 s: 10,000 connects at once would
+            // overflow the listen backlogs (Sluice's upstream connects
+            // too, into the mock's).
+            ramp: Duration::from_secs(2),
             ..s("c10k", 10_000, 10_000, 5.0, 500)
         },
         _ => return None,
@@ -78,7 +75,8 @@ pub(crate) struct Opts {
     /// Sluice exports traces (every request sampled) to a collector in
     /// this process that discards them.
     pub(crate) tracing: bool,
-    pub(crate) direct_reconnect: bool,
+    /// Rounds per workload instead of its own (c1: 10, others: 1).
+    pub(crate) rounds: Option<usize>,
     /// HTTP/2 for the clients of Sluice: `None` = only when HTTP/1.1 would
     /// need more descriptors than RLIMIT_NOFILE allows (c10k).
     pub(crate) http2: Option<bool>,
@@ -104,7 +102,7 @@ usage: load [--workload NAME[,NAME...]|all] [--requests R] [--concurrency C] [--
 experiments (not the benchmark's set-up): [--storage sqlite|memory] [--budget on|off]
             [--keys on|off] (clients of Sluice send an API key that has a rate limit and a budget)
             [--tracing on|off] (Sluice exports OTLP traces to a collector here that discards them)
-            [--direct-reconnect] (a new connection per direct request, connect timed)
+            [--rounds N] (rounds alternating between the paths; c1: 10, others: 1)
             [--gap-ms MS] [--sluice-env NAME=VALUE]... [--warmup N] [--skip-direct]
             [--sluice-wrap 'CMD ARGS'] (e.g. 'heaptrack -o FILE'; CPU/RSS are then the wrapper's)
             [--http2 auto|on|off] clients of Sluice on h2c, 100 streams per connection
@@ -135,7 +133,7 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
         budget: true,
         keys: false,
         tracing: false,
-        direct_reconnect: false,
+        rounds: None,
         http2: None,
         nofile: 0,
         gap_ms: None,
@@ -230,7 +228,7 @@ pub(crate) fn parse_args() -> Result<Opts, String> {
                 "off" => o.budget = false,
                 v => return Err(format!("--budget {v:?}: expected on or off")),
             },
-            "--direct-reconnect" => o.direct_reconnect = true,
+            "--rounds" => o.rounds = Some(num("--rounds", value("--rounds")?)?.max(1)),
             "--http2" => match value("--http2")?.as_str() {
                 "auto" => o.http2 = None,
                 "on" => o.http2 = Some(true),

@@ -1,6 +1,11 @@
 //! The `cancel` workload: how fast Sluice closes its upstream after an idle
 //! deadline or a client disconnect, read from the mock's journal.
 
+use sluice::bench::workload::{Lengths, Load, PromptSource, Stop};
+use sluice::bench::{self, Plan};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use super::*;
 
 /// The `cancel` workload's result.
@@ -52,22 +57,33 @@ pub(crate) async fn run_cancel(bins: &Bins, opts: &Opts) -> Result<Cancel, Strin
     // 1. Idle deadline: every stream ends with `error: timeout.idle`.
     eprintln!("  deadline: {n_deadline} requests, 10 clients, idle 100 ms");
     let plan = Plan {
-        requests: n_deadline,
-        concurrency: 10,
-        connect_ramp: Duration::ZERO,
-        request_ramp: Duration::ZERO,
-        deadline: opts.deadline,
-        reconnect: false,
-        http2: false,
+        steps: vec![Load::Closed { concurrency: 10 }],
+        stop: Stop {
+            requests: Some(n_deadline as u64),
+            duration: None,
+        },
+        prompts: PromptSource::Synthetic {
+            prompt_tokens: Lengths::Fixed(8),
+        },
+        output_tokens: Lengths::Fixed(64),
+        ..Plan::default()
     };
-    let outcome = client::run(sluice_target(port, "deadline", 0), plan).await;
+    let url = format!("http://127.0.0.1:{port}/v1/pipelines/deadline");
+    let steps = bench::run(target(url, None, 10, false, opts)?, &plan, None).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let journal = mock.journal()?;
     let mut deadline = Close::default();
     // The streams are expected to end with an error event.
-    for (kind, n) in &outcome.errors {
-        if kind != "error event" {
-            deadline.failed.push(format!("{kind}: {n}"));
+    for s in &steps {
+        for (cause, n) in &s.failures {
+            if cause != "stream_error" {
+                deadline.failed.push(format!("{cause}: {n}"));
+            }
+        }
+        if s.ok > 0 {
+            deadline
+                .failed
+                .push(format!("{} streams ended without the deadline", s.ok));
         }
     }
     for e in &journal {
@@ -98,7 +114,7 @@ pub(crate) async fn run_cancel(bins: &Bins, opts: &Opts) -> Result<Cancel, Strin
         }
         // Sluice sends `start` and one delta per upstream content chunk:
         // 10 upstream events (role + 9 contents) make 10 client events.
-        match client::read_then_close(
+        match read_then_close(
             addr,
             "/v1/pipelines/disconnect",
             SLUICE_BODY.as_bytes(),
@@ -142,4 +158,61 @@ pub(crate) async fn run_cancel(bins: &Bins, opts: &Opts) -> Result<Cancel, Strin
         disconnect,
         idle_ms: IDLE_MS,
     })
+}
+
+/// A request over a raw socket that reads `events` SSE events, waits
+/// `linger`, then closes the socket. Returns the CLOCK_MONOTONIC time of
+/// the close (ns). For measuring how fast Sluice closes its upstream after
+/// its client leaves.
+async fn read_then_close(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &[u8],
+    events: u32,
+    linger: Duration,
+) -> Result<u64, String> {
+    let mut tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         accept: text/event-stream\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    tcp.write_all(body)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = 0u32;
+    let mut last_nl = false;
+    while seen < events {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .map_err(|_| format!("no event within 10 s after {seen}"))?
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!("closed after {seen} events"));
+        }
+        // Chunk framing uses CRLF, so a bare `\n\n` is an SSE terminator.
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                if last_nl {
+                    seen += 1;
+                    last_nl = false;
+                    continue;
+                }
+                last_nl = true;
+            } else {
+                last_nl = false;
+            }
+        }
+    }
+    tokio::time::sleep(linger).await;
+    let at = procs::monotonic_ns();
+    drop(tcp);
+    Ok(at)
 }

@@ -1,178 +1,168 @@
-//! Running the measured phases of a workload: warm-ups, the measured
-//! requests, and the CPU each process used, for the direct path and the
-//! path through Sluice.
+//! The measured part of a workload, on `sluice bench`'s engine
+//! ([`sluice::bench::run_via`]): each path warmed up, then the same
+//! closed-loop workload sent to the direct path and through each hop in
+//! rounds that alternate between the paths, so that whatever else the
+//! machine does (another tenant of the VM, frequency changes) weighs on
+//! every path alike. At C=1 the figure that matters is a difference of a
+//! few tens of microseconds, smaller than the drift between two runs a few
+//! seconds apart.
 //!
-//! With one round, each path runs all its requests in turn (direct, then
-//! Sluice). With more, the requests are cut into rounds that alternate
-//! between the paths, so that whatever else the machine does (another
-//! tenant of the VM, frequency changes) weighs on both alike: at C=1 the
-//! figure that matters is a difference of a few tens of microseconds,
-//! smaller than the drift between two runs a few seconds apart.
+//! Each path has processes of its own (its mock, and the relay or Sluice
+//! in front), so their CPU over the whole measured part is that path's
+//! alone; the client's is measured around each of the path's rounds.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use sluice::bench::client::Target;
+use sluice::bench::report::StepReport;
+use sluice::bench::workload::{Lengths, Load, PromptSource, Stop};
+use sluice::bench::{self, Plan};
+
 use super::args::Spec;
-use super::client::{self, Outcome, Plan, Target};
 use super::procs::{self, Proc};
 use super::report::{Cpu, Phase};
 
 /// One path under test.
 pub(crate) struct Path<'a> {
     pub label: &'static str,
-    pub target: Target,
-    pub plan: Plan,
-    /// Sluice's process and port, on the path through it.
-    pub sluice: Option<(&'a Proc, u16)>,
+    pub target: Arc<Target>,
+    /// The hop between the client and the mock (Sluice or the relay), and
+    /// Sluice's port when it is Sluice.
+    pub hop: Option<&'a Proc>,
+    pub sluice_port: Option<u16>,
     pub mock: &'a Proc,
-}
-
-/// What a path measured so far, over its rounds.
-#[derive(Default)]
-struct Tally {
-    outcome: Option<Outcome>,
-    cpu: Cpu,
-    /// Requests Sluice has counted, warm-up included.
-    expected: u64,
-    settle_lag: Option<Duration>,
 }
 
 fn cpu_of(p: &Proc) -> f64 {
     procs::cpu_seconds(p.pid()).unwrap_or(f64::NAN)
 }
 
-fn self_cpu() -> f64 {
-    procs::cpu_seconds(std::process::id()).unwrap_or(f64::NAN)
-}
-
 impl Path<'_> {
-    fn cpu_now(&self) -> Cpu {
-        Cpu {
-            sluice: self.sluice.map(|(p, _)| cpu_of(p)),
-            mock: cpu_of(self.mock),
-            client: self_cpu(),
-        }
+    /// CPU seconds of the path's processes so far: (hop, mock).
+    fn cpu_now(&self) -> (Option<f64>, f64) {
+        (self.hop.map(cpu_of), cpu_of(self.mock))
     }
 
-    /// Waits until Sluice has concluded every request sent so far.
+    /// Waits until Sluice has concluded `expected` requests.
     async fn concluded(&self, expected: u64) -> Option<Duration> {
-        match self.sluice {
-            Some((_, port)) => Some(wait_concluded(port, expected).await),
+        match self.sluice_port {
+            Some(port) => Some(wait_concluded(port, expected).await),
             None => None,
         }
     }
+}
 
-    async fn warm_up(&self, spec: &Spec, t: &mut Tally) {
-        eprintln!("  {}: warm-up ({} requests)", self.label, spec.warmup);
-        let w = client::run(self.target.clone(), warmup_plan(spec)).await;
-        if w.failed > 0 {
-            eprintln!("  {}: warm-up failures: {:?}", self.label, w.errors);
-        }
-        t.expected += (w.samples.len() + w.failed) as u64;
-        self.concluded(t.expected).await;
+/// The workload as `sluice bench` runs it: a closed loop at the spec's
+/// concurrency, `tokens` asked for with a short prompt.
+pub(crate) fn plan(spec: &Spec, tokens: usize, requests: u64) -> Plan {
+    Plan {
+        steps: vec![Load::Closed {
+            concurrency: spec.concurrency,
+        }],
+        stop: Stop {
+            requests: Some(requests),
+            duration: None,
+        },
+        warmup: Stop::none(),
+        prompts: PromptSource::Synthetic {
+            prompt_tokens: Lengths::Fixed(8),
+        },
+        output_tokens: Lengths::Fixed(tokens as u32),
+        ramp: spec.ramp,
+        ..Plan::default()
     }
+}
 
-    /// One measured slice of `requests` requests.
-    async fn round(&self, requests: usize, t: &mut Tally) {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let before = self.cpu_now();
-        let plan = Plan {
-            requests,
-            ..self.plan.clone()
+/// Warms every path up, then runs the measured requests in `spec.rounds`
+/// rounds alternating between the paths (the first path is the direct
+/// one); one phase per path, in order.
+pub(crate) async fn run(paths: &[Path<'_>], spec: &Spec, tokens: usize) -> Vec<Phase> {
+    let mut expected = vec![0u64; paths.len()];
+    for (path, expected) in paths.iter().zip(&mut expected) {
+        eprintln!("  {}: warm-up ({} requests)", path.label, spec.warmup);
+        let warm = Plan {
+            steps: vec![Load::Closed {
+                concurrency: spec.concurrency.min(50),
+            }],
+            ramp: Duration::ZERO,
+            ..plan(spec, tokens, spec.warmup as u64)
         };
-        let outcome = client::run(self.target.clone(), plan).await;
-        t.expected += (outcome.samples.len() + outcome.failed) as u64;
-        // Settlement, logs and connection teardown of the last requests.
-        t.settle_lag = self.concluded(t.expected).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let after = self.cpu_now();
-        t.cpu = Cpu {
-            sluice: match (t.cpu.sluice, after.sluice.zip(before.sluice)) {
-                (s, Some((a, b))) => Some(s.unwrap_or(0.0) + a - b),
-                (s, None) => s,
-            },
-            mock: t.cpu.mock + after.mock - before.mock,
-            client: t.cpu.client + after.client - before.client,
-        };
-        match &mut t.outcome {
-            Some(o) => o.absorb(outcome),
-            None => t.outcome = Some(outcome),
+        for s in bench::run(path.target.clone(), &warm, None).await {
+            if s.failed > 0 {
+                eprintln!("  {}: warm-up failures: {:?}", path.label, s.failures);
+            }
+            *expected += s.ok + s.failed;
         }
+        path.concluded(*expected).await;
     }
-
-    fn phase(&self, t: Tally) -> Phase {
-        let outcome = t.outcome.unwrap_or_default();
-        let mut p = Phase::new(&outcome, t.cpu);
-        p.sluice_peak_rss = self
-            .sluice
-            .and_then(|(s, _)| procs::status_bytes(s.pid(), "VmHWM"));
-        p.mock_peak_rss = procs::status_bytes(self.mock.pid(), "VmHWM");
-        p.conclude_lag_s = t.settle_lag.map(|d| d.as_secs_f64());
+    eprintln!(
+        "  {} requests per path, {} clients{}{}",
+        spec.requests,
+        spec.concurrency,
+        if spec.rounds > 1 {
+            format!(", in {} rounds alternating between the paths", spec.rounds)
+        } else {
+            String::new()
+        },
+        if spec.ramp.is_zero() {
+            String::new()
+        } else {
+            format!(", clients started over {:?}", spec.ramp)
+        }
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before: Vec<_> = paths.iter().map(Path::cpu_now).collect();
+    let plan = plan(spec, tokens, spec.requests as u64);
+    let mut steps: Vec<StepReport> = match paths {
+        [only] => bench::run(only.target.clone(), &plan, None).await,
+        [direct, via @ ..] => {
+            let targets: Vec<Arc<Target>> = via.iter().map(|p| p.target.clone()).collect();
+            let names: Vec<String> = via.iter().map(|p| p.label.to_string()).collect();
+            let (d, v) = bench::run_via(
+                direct.target.clone(),
+                &targets,
+                &names,
+                &plan,
+                spec.rounds as u32,
+                None,
+            )
+            .await;
+            d.into_iter().chain(v.into_iter().flatten()).collect()
+        }
+        [] => Vec::new(),
+    };
+    // Settlement, logs and connection teardown of the last requests.
+    let mut lags = Vec::new();
+    for ((path, expected), step) in paths.iter().zip(&expected).zip(&steps) {
+        lags.push(path.concluded(expected + step.ok + step.failed).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut phases = Vec::new();
+    for (((path, step), before), lag) in paths.iter().zip(steps.drain(..)).zip(before).zip(lags) {
+        let (hop, mock) = path.cpu_now();
+        let cpu = Cpu {
+            hop: hop.zip(before.0).map(|(a, b)| a - b),
+            mock: mock - before.1,
+        };
+        let mut p = Phase::new(&step, cpu);
+        p.hop_peak_rss = path.hop.and_then(|h| procs::status_bytes(h.pid(), "VmHWM"));
+        p.mock_peak_rss = procs::status_bytes(path.mock.pid(), "VmHWM");
+        p.conclude_lag_s = lag.map(|d| d.as_secs_f64());
         eprintln!(
             "  {}: {} ok, {} failed in {:.1} s{}",
-            self.label,
+            path.label,
             p.ok,
             p.failed,
             p.wall_s,
-            t.settle_lag.map_or(String::new(), |d| format!(
+            lag.map_or(String::new(), |d| format!(
                 "; Sluice concluded the last of them {:.2} s after the last stream ended",
                 d.as_secs_f64()
             ))
         );
-        p
+        phases.push(p);
     }
-}
-
-/// Warms each path up, then runs its `plan.requests` measured requests in
-/// `rounds` slices that alternate between the paths; one phase per path.
-pub(crate) async fn run(paths: &[Path<'_>], spec: &Spec, rounds: usize) -> Vec<Phase> {
-    let rounds = rounds.max(1);
-    let mut tallies: Vec<Tally> = paths.iter().map(|_| Tally::default()).collect();
-    if rounds == 1 {
-        for (path, t) in paths.iter().zip(&mut tallies) {
-            path.warm_up(spec, t).await;
-            log_start(path, rounds);
-            path.round(path.plan.requests, t).await;
-        }
-    } else {
-        for (path, t) in paths.iter().zip(&mut tallies) {
-            path.warm_up(spec, t).await;
-            log_start(path, rounds);
-        }
-        for r in 0..rounds {
-            for (path, t) in paths.iter().zip(&mut tallies) {
-                let n = path.plan.requests / rounds + usize::from(r < path.plan.requests % rounds);
-                path.round(n, t).await;
-            }
-        }
-    }
-    paths.iter().zip(tallies).map(|(p, t)| p.phase(t)).collect()
-}
-
-fn log_start(path: &Path<'_>, rounds: usize) {
-    eprintln!(
-        "  {}: {} requests, {} clients{}{}",
-        path.label,
-        path.plan.requests,
-        path.plan.concurrency,
-        if path.plan.http2 { " (h2c)" } else { "" },
-        if rounds > 1 {
-            format!(", in {rounds} rounds alternating with the other path")
-        } else {
-            String::new()
-        }
-    );
-}
-
-fn warmup_plan(spec: &Spec) -> Plan {
-    Plan {
-        requests: spec.warmup,
-        concurrency: spec.concurrency.min(50),
-        connect_ramp: Duration::ZERO,
-        request_ramp: Duration::ZERO,
-        deadline: Duration::from_secs(60),
-        reconnect: false,
-        http2: false,
-    }
+    phases
 }
 
 /// Sluice concludes a request (settles its ledger row, then counts it in

@@ -55,8 +55,8 @@ pub(crate) fn serve(upstream: SocketAddr) -> ExitCode {
 
 /// A relay process in front of `upstream`.
 pub(crate) struct Relay {
-    /// Held so that the process stops when the relay is dropped.
-    _proc: Proc,
+    /// Stops when the relay is dropped.
+    pub proc: Proc,
     pub addr: SocketAddr,
 }
 
@@ -80,6 +80,6 @@ impl Relay {
             .trim()
             .parse()
             .map_err(|_| format!("the relay did not print its address (got {line:?})"))?;
-        Ok(Relay { _proc: proc, addr })
+        Ok(Relay { proc, addr })
     }
 }

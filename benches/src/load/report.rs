@@ -1,130 +1,118 @@
 //! Figures of a load phase, the table for people and the JSON for machines.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
+use sluice::bench::report::{Stats, StepReport};
 
-use super::client::Outcome;
-
-/// The figures of one phase (direct or through Sluice).
+/// The figures of one path (direct, through the relay, through Sluice),
+/// from `sluice bench`'s report of it and the CPU of its processes.
 #[derive(Clone, Debug, Default)]
 pub struct Phase {
-    pub ok: usize,
-    pub failed: usize,
-    pub errors: Vec<(String, usize)>,
-    pub timed_out: bool,
+    pub ok: u64,
+    pub failed: u64,
+    /// Failed requests by cause (`sluice bench`'s causes).
+    pub errors: Vec<(String, u64)>,
     pub wall_s: f64,
-    pub ttfe_p50_ms: f64,
-    pub ttfe_p99_ms: f64,
     pub ttft_p50_ms: f64,
     pub ttft_p99_ms: f64,
+    pub itl_p50_ms: f64,
+    pub itl_p99_ms: f64,
+    /// End to end: from sending the request to the stream's end marker.
     pub stream_p50_ms: f64,
     pub stream_p99_ms: f64,
-    pub events_per_s: f64,
+    /// Output tokens (as the server reported them) per second.
+    pub tokens_per_s: f64,
     pub requests_per_s: f64,
-    pub peak_open: usize,
-    pub peak_in_flight: usize,
+    pub peak_in_flight: u64,
     /// CPU seconds per 1000 finished requests (ok or failed), by process;
-    /// `None` when the process took no part (Sluice in the direct phase).
-    pub sluice_cpu_per_1k: Option<f64>,
+    /// the hop is Sluice or the relay (`None` on the direct path).
+    pub hop_cpu_per_1k: Option<f64>,
     pub mock_cpu_per_1k: f64,
     pub client_cpu_per_1k: f64,
     /// VmHWM after the phase, bytes.
-    pub sluice_peak_rss: Option<u64>,
+    pub hop_peak_rss: Option<u64>,
     pub mock_peak_rss: Option<u64>,
     /// Sluice: seconds from the last stream's end until it had concluded
     /// (ledger settled, metrics counted) every request.
     pub conclude_lag_s: Option<f64>,
 }
 
-/// Nearest-rank percentile of sorted durations, in milliseconds.
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
-}
-
-/// CPU seconds each process used during a phase.
+/// CPU seconds the path's processes used during its measured part.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu {
-    pub sluice: Option<f64>,
+    pub hop: Option<f64>,
     pub mock: f64,
-    pub client: f64,
+}
+
+fn at(s: &Option<Stats>, p: fn(&Stats) -> f64) -> f64 {
+    s.as_ref().map_or(f64::NAN, p)
 }
 
 impl Phase {
-    pub fn new(o: &Outcome, cpu: Cpu) -> Phase {
-        let mut ttfe: Vec<Duration> = o.samples.iter().map(|s| s.ttfe).collect();
-        let mut ttft: Vec<Duration> = o.samples.iter().map(|s| s.ttft).collect();
-        let mut total: Vec<Duration> = o.samples.iter().map(|s| s.total).collect();
-        ttfe.sort_unstable();
-        ttft.sort_unstable();
-        total.sort_unstable();
-        let wall = o.wall.as_secs_f64().max(1e-9);
-        let finished = (o.samples.len() + o.failed).max(1) as f64;
-        let per_1k = |s: f64| s * 1000.0 / finished;
+    pub fn new(s: &StepReport, cpu: Cpu) -> Phase {
+        let finished = (s.ok + s.failed).max(1) as f64;
+        let per_1k = |x: f64| x * 1000.0 / finished;
+        let client = s
+            .client_cpu
+            .as_ref()
+            .map_or(f64::NAN, |c| c.user_s + c.system_s);
         Phase {
-            ok: o.samples.len(),
-            failed: o.failed,
-            errors: o.errors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            timed_out: o.timed_out,
-            wall_s: wall,
-            ttfe_p50_ms: pct(&ttfe, 50.0),
-            ttfe_p99_ms: pct(&ttfe, 99.0),
-            ttft_p50_ms: pct(&ttft, 50.0),
-            ttft_p99_ms: pct(&ttft, 99.0),
-            stream_p50_ms: pct(&total, 50.0),
-            stream_p99_ms: pct(&total, 99.0),
-            events_per_s: o.events as f64 / wall,
-            requests_per_s: o.samples.len() as f64 / wall,
-            peak_open: o.peak_open,
-            peak_in_flight: o.peak_in_flight,
-            sluice_cpu_per_1k: cpu.sluice.map(per_1k),
+            ok: s.ok,
+            failed: s.failed,
+            errors: s.failures.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            wall_s: s.duration_s,
+            ttft_p50_ms: at(&s.ttft_ms, |x| x.p50),
+            ttft_p99_ms: at(&s.ttft_ms, |x| x.p99),
+            itl_p50_ms: at(&s.itl_ms, |x| x.p50),
+            itl_p99_ms: at(&s.itl_ms, |x| x.p99),
+            stream_p50_ms: at(&s.e2e_ms, |x| x.p50),
+            stream_p99_ms: at(&s.e2e_ms, |x| x.p99),
+            tokens_per_s: s.output_throughput,
+            requests_per_s: s.request_throughput,
+            peak_in_flight: s.peak_in_flight,
+            hop_cpu_per_1k: cpu.hop.map(per_1k),
             mock_cpu_per_1k: per_1k(cpu.mock),
-            client_cpu_per_1k: per_1k(cpu.client),
-            sluice_peak_rss: None,
+            client_cpu_per_1k: per_1k(client),
+            hop_peak_rss: None,
             mock_peak_rss: None,
             conclude_lag_s: None,
         }
     }
 
     pub fn json(&self) -> Value {
-        let r = |x: f64| {
-            if x.is_finite() {
-                json!((x * 1000.0).round() / 1000.0)
-            } else {
-                Value::Null
-            }
-        };
         json!({
             "ok": self.ok,
             "failed": self.failed,
             "errors": self.errors.iter().map(|(k, v)| json!({"kind": k, "count": v})).collect::<Vec<_>>(),
-            "timed_out": self.timed_out,
-            "wall_s": r(self.wall_s),
-            "ttfe_p50_ms": r(self.ttfe_p50_ms),
-            "ttfe_p99_ms": r(self.ttfe_p99_ms),
-            "ttft_p50_ms": r(self.ttft_p50_ms),
-            "ttft_p99_ms": r(self.ttft_p99_ms),
-            "stream_p50_ms": r(self.stream_p50_ms),
-            "stream_p99_ms": r(self.stream_p99_ms),
-            "events_per_s": r(self.events_per_s),
-            "requests_per_s": r(self.requests_per_s),
-            "peak_open_streams": self.peak_open,
+            "wall_s": r3(self.wall_s),
+            "ttft_p50_ms": r3(self.ttft_p50_ms),
+            "ttft_p99_ms": r3(self.ttft_p99_ms),
+            "itl_p50_ms": r3(self.itl_p50_ms),
+            "itl_p99_ms": r3(self.itl_p99_ms),
+            "stream_p50_ms": r3(self.stream_p50_ms),
+            "stream_p99_ms": r3(self.stream_p99_ms),
+            "tokens_per_s": r3(self.tokens_per_s),
+            "requests_per_s": r3(self.requests_per_s),
             "peak_in_flight": self.peak_in_flight,
-            "sluice_cpu_s_per_1k": self.sluice_cpu_per_1k.map(r),
-            "mock_cpu_s_per_1k": r(self.mock_cpu_per_1k),
-            "client_cpu_s_per_1k": r(self.client_cpu_per_1k),
-            "sluice_peak_rss_bytes": self.sluice_peak_rss,
+            "hop_cpu_s_per_1k": self.hop_cpu_per_1k.map(r3),
+            "mock_cpu_s_per_1k": r3(self.mock_cpu_per_1k),
+            "client_cpu_s_per_1k": r3(self.client_cpu_per_1k),
+            "hop_peak_rss_bytes": self.hop_peak_rss,
             "mock_peak_rss_bytes": self.mock_peak_rss,
-            "sluice_conclude_lag_s": self.conclude_lag_s.map(r),
+            "sluice_conclude_lag_s": self.conclude_lag_s.map(r3),
         })
     }
 }
 
-/// One workload's result: both phases and their settings.
+/// Rounded to 3 decimals; `null` when not a number.
+fn r3(x: f64) -> Value {
+    if x.is_finite() {
+        json!((x * 1000.0).round() / 1000.0)
+    } else {
+        Value::Null
+    }
+}
+
+/// One workload's result: every path and its settings.
 #[derive(Clone, Debug)]
 pub struct Workload {
     pub name: String,
@@ -133,7 +121,7 @@ pub struct Workload {
     pub tokens: usize,
     pub gap_ms: f64,
     pub direct: Phase,
-    /// A plain TCP relay in front of a mock of its own (c1 only).
+    /// A plain TCP relay in front of a mock of its own.
     pub relay: Option<Phase>,
     pub sluice: Phase,
     /// Requests Sluice counted in `sluice_requests_total`, by status.
@@ -142,34 +130,28 @@ pub struct Workload {
     pub sluice_protocol: &'static str,
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
+pub fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { f64::NAN }
 }
 
 impl Workload {
     pub fn ratios(&self) -> Value {
         let (d, s) = (&self.direct, &self.sluice);
-        let r = |x: f64| {
-            if x.is_finite() {
-                json!((x * 1000.0).round() / 1000.0)
-            } else {
-                Value::Null
-            }
-        };
+        let sluice_cpu = s.hop_cpu_per_1k.unwrap_or(f64::NAN);
+        let relay = self.relay.as_ref();
         json!({
-            "ttfe_p50": r(ratio(s.ttfe_p50_ms, d.ttfe_p50_ms)),
-            "ttfe_p99": r(ratio(s.ttfe_p99_ms, d.ttfe_p99_ms)),
-            "ttft_p50": r(ratio(s.ttft_p50_ms, d.ttft_p50_ms)),
-            "ttft_p99": r(ratio(s.ttft_p99_ms, d.ttft_p99_ms)),
-            "stream_p50": r(ratio(s.stream_p50_ms, d.stream_p50_ms)),
-            "stream_p99": r(ratio(s.stream_p99_ms, d.stream_p99_ms)),
-            "events_per_s": r(ratio(s.events_per_s, d.events_per_s)),
-            "requests_per_s": r(ratio(s.requests_per_s, d.requests_per_s)),
-            "sluice_cpu_over_mock_cpu": r(ratio(s.sluice_cpu_per_1k.unwrap_or(f64::NAN), s.mock_cpu_per_1k)),
-            "added_ttfe_p50_ms": r(s.ttfe_p50_ms - d.ttfe_p50_ms),
-            "added_ttfe_p99_ms": r(s.ttfe_p99_ms - d.ttfe_p99_ms),
-            "added_ttft_p50_ms": r(s.ttft_p50_ms - d.ttft_p50_ms),
-            "added_ttft_p99_ms": r(s.ttft_p99_ms - d.ttft_p99_ms),
+            "ttft_p50": r3(ratio(s.ttft_p50_ms, d.ttft_p50_ms)),
+            "ttft_p99": r3(ratio(s.ttft_p99_ms, d.ttft_p99_ms)),
+            "stream_p50": r3(ratio(s.stream_p50_ms, d.stream_p50_ms)),
+            "stream_p99": r3(ratio(s.stream_p99_ms, d.stream_p99_ms)),
+            "tokens_per_s": r3(ratio(s.tokens_per_s, d.tokens_per_s)),
+            "requests_per_s": r3(ratio(s.requests_per_s, d.requests_per_s)),
+            "sluice_cpu_over_mock_cpu": r3(ratio(sluice_cpu, s.mock_cpu_per_1k)),
+            "sluice_cpu_over_relay_cpu": relay.map(|r| r3(ratio(sluice_cpu, r.hop_cpu_per_1k.unwrap_or(f64::NAN)))),
+            "added_ttft_p50_ms": r3(s.ttft_p50_ms - d.ttft_p50_ms),
+            "added_ttft_p99_ms": r3(s.ttft_p99_ms - d.ttft_p99_ms),
+            "relay_added_ttft_p50_ms": relay.map(|r| r3(r.ttft_p50_ms - d.ttft_p50_ms)),
+            "relay_added_ttft_p99_ms": relay.map(|r| r3(r.ttft_p99_ms - d.ttft_p99_ms)),
         })
     }
 
@@ -189,22 +171,40 @@ impl Workload {
         })
     }
 
-    /// The human table of this workload.
+    /// The paths measured, in the table's order.
+    pub fn paths(&self) -> Vec<(&'static str, &Phase)> {
+        let mut paths = vec![("direct", &self.direct)];
+        if let Some(r) = &self.relay {
+            paths.push(("TCP relay", r));
+        }
+        paths.push(("Sluice", &self.sluice));
+        paths
+    }
+
+    /// The human table of this workload: one column per path, then
+    /// Sluice's over direct.
     pub fn table(&self) -> String {
         let (d, s) = (&self.direct, &self.sluice);
+        let paths = self.paths();
         let mut out = format!(
             "== {}: {} concurrent clients, {} requests, {} tokens per stream, {} ms between events ==\n",
             self.name, self.concurrency, self.requests, self.tokens, self.gap_ms
         );
-        out += &format!(
-            "{:<32} {:>20} {:>20} {:>18}\n",
-            "",
-            "direct",
-            format!("Sluice ({})", self.sluice_protocol),
-            "Sluice/direct"
-        );
-        let mut row = |label: &str, a: String, b: String, r: String| {
-            out += &format!("{label:<32} {a:>20} {b:>20} {r:>18}\n");
+        out += &format!("{:<32}", "");
+        for (name, _) in &paths {
+            let name = match *name {
+                "Sluice" => format!("Sluice ({})", self.sluice_protocol),
+                n => n.to_string(),
+            };
+            out += &format!(" {name:>20}");
+        }
+        out += &format!(" {:>18}\n", "Sluice/direct");
+        let mut row = |label: &str, cell: &dyn Fn(&Phase) -> String, r: String| {
+            out += &format!("{label:<32}");
+            for (_, p) in &paths {
+                out += &format!(" {:>20}", cell(p));
+            }
+            out += &format!(" {r:>18}\n");
         };
         let pair = |x: f64, y: f64| format!("{} / {}", f3(x), f3(y));
         let rpair = |a: (f64, f64), b: (f64, f64)| {
@@ -212,108 +212,80 @@ impl Workload {
         };
         row(
             "requests ok / failed",
-            format!("{} / {}", d.ok, d.failed),
-            format!("{} / {}", s.ok, s.failed),
+            &|p| format!("{} / {}", p.ok, p.failed),
             String::new(),
         );
         row(
-            "first event p50 / p99 (ms)",
-            pair(d.ttfe_p50_ms, d.ttfe_p99_ms),
-            pair(s.ttfe_p50_ms, s.ttfe_p99_ms),
-            rpair(
-                (d.ttfe_p50_ms, d.ttfe_p99_ms),
-                (s.ttfe_p50_ms, s.ttfe_p99_ms),
-            ),
-        );
-        row(
             "first token p50 / p99 (ms)",
-            pair(d.ttft_p50_ms, d.ttft_p99_ms),
-            pair(s.ttft_p50_ms, s.ttft_p99_ms),
+            &|p| pair(p.ttft_p50_ms, p.ttft_p99_ms),
             rpair(
                 (d.ttft_p50_ms, d.ttft_p99_ms),
                 (s.ttft_p50_ms, s.ttft_p99_ms),
             ),
         );
         row(
+            "inter-token p50 / p99 (ms)",
+            &|p| pair(p.itl_p50_ms, p.itl_p99_ms),
+            String::new(),
+        );
+        row(
             "whole stream p50 / p99 (ms)",
-            pair(d.stream_p50_ms, d.stream_p99_ms),
-            pair(s.stream_p50_ms, s.stream_p99_ms),
+            &|p| pair(p.stream_p50_ms, p.stream_p99_ms),
             rpair(
                 (d.stream_p50_ms, d.stream_p99_ms),
                 (s.stream_p50_ms, s.stream_p99_ms),
             ),
         );
         row(
-            "events/s",
-            format!("{:.0}", d.events_per_s),
-            format!("{:.0}", s.events_per_s),
-            fx(ratio(s.events_per_s, d.events_per_s)),
+            "output tokens/s",
+            &|p| format!("{:.0}", p.tokens_per_s),
+            fx(ratio(s.tokens_per_s, d.tokens_per_s)),
         );
         row(
             "requests/s",
-            format!("{:.1}", d.requests_per_s),
-            format!("{:.1}", s.requests_per_s),
+            &|p| format!("{:.1}", p.requests_per_s),
             fx(ratio(s.requests_per_s, d.requests_per_s)),
         );
         row(
-            "Sluice CPU s / 1000 requests",
-            "-".into(),
-            f3(s.sluice_cpu_per_1k.unwrap_or(f64::NAN)),
+            "hop CPU s / 1000 requests",
+            &|p| p.hop_cpu_per_1k.map_or("-".into(), f3),
             format!(
                 "{} of mock",
                 fx(ratio(
-                    s.sluice_cpu_per_1k.unwrap_or(f64::NAN),
+                    s.hop_cpu_per_1k.unwrap_or(f64::NAN),
                     s.mock_cpu_per_1k
                 ))
             ),
         );
         row(
             "mock CPU s / 1000 requests",
-            f3(d.mock_cpu_per_1k),
-            f3(s.mock_cpu_per_1k),
+            &|p| f3(p.mock_cpu_per_1k),
             String::new(),
         );
         row(
             "client CPU s / 1000 requests",
-            f3(d.client_cpu_per_1k),
-            f3(s.client_cpu_per_1k),
+            &|p| f3(p.client_cpu_per_1k),
             String::new(),
         );
         row(
-            "peak RSS Sluice / mock (MB)",
-            format!("- / {}", mb(d.mock_peak_rss)),
-            format!("{} / {}", mb(s.sluice_peak_rss), mb(s.mock_peak_rss)),
+            "peak RSS hop / mock (MB)",
+            &|p| format!("{} / {}", mb(p.hop_peak_rss), mb(p.mock_peak_rss)),
             String::new(),
         );
         row(
             "Sluice done concluding after (s)",
-            "-".into(),
-            s.conclude_lag_s.map_or("-".into(), f3),
+            &|p| p.conclude_lag_s.map_or("-".into(), f3),
             String::new(),
         );
         row(
-            "peak requests in flight / open",
-            format!("{} / {}", d.peak_in_flight, d.peak_open),
-            format!("{} / {}", s.peak_in_flight, s.peak_open),
+            "peak requests in flight",
+            &|p| p.peak_in_flight.to_string(),
             String::new(),
         );
-        if let Some(r) = &self.relay {
-            out += &format!(
-                "plain TCP relay (one more hop, nothing parsed): first token p50 / p99 {} / {} ms, \
-                 {:+.3} / {:+.3} ms over direct\n",
-                f3(r.ttft_p50_ms),
-                f3(r.ttft_p99_ms),
-                r.ttft_p50_ms - d.ttft_p50_ms,
-                r.ttft_p99_ms - d.ttft_p99_ms
-            );
-        }
-        for (name, p) in [("direct", d), ("Sluice", s)] {
+        for (name, p) in &paths {
             if !p.errors.is_empty() {
                 let list: Vec<String> = p.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
                 out += &format!("  {name} failures: {}\n", list.join(", "));
-            }
-            if p.timed_out {
-                out += &format!("  {name}: the phase hit its deadline\n");
             }
         }
         if !self.sluice_metrics.is_empty() {

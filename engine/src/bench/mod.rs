@@ -64,6 +64,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use client::Target;
+pub use h2::STREAMS_PER_CONN;
 use metrics::{Slo, Tally};
 use progress::Progress;
 pub use report::Added;
