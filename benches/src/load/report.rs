@@ -171,9 +171,13 @@ impl Workload {
         })
     }
 
-    /// The paths measured, in the table's order.
+    /// The paths measured, in the table's order (no direct one under
+    /// `--skip-direct`).
     pub fn paths(&self) -> Vec<(&'static str, &Phase)> {
-        let mut paths = vec![("direct", &self.direct)];
+        let mut paths = Vec::new();
+        if self.direct.ok + self.direct.failed > 0 {
+            paths.push(("direct", &self.direct));
+        }
         if let Some(r) = &self.relay {
             paths.push(("TCP relay", r));
         }
