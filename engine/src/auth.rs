@@ -39,8 +39,11 @@ pub struct ApiKey {
     pub budgets: Vec<Budget>,
     /// The key's own rate limit, then its team's.
     pub rate_limits: Vec<RateLimit>,
-    /// Whether it may read `/metrics`.
+    /// Whether it may read `/metrics` (and `/v1/config`).
     pub metrics: bool,
+    /// Whether it may open the console and its JSON endpoints (which show
+    /// every pipeline's and key's traffic); implies `metrics`.
+    pub admin: bool,
 }
 
 impl ApiKey {
@@ -71,6 +74,11 @@ pub struct Auth {
 }
 
 impl Auth {
+    /// Every declared key, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<ApiKey>> {
+        self.keys.values()
+    }
+
     pub fn new(keys: HashMap<[u8; 32], Arc<ApiKey>>, allow_unauthenticated: bool) -> Auth {
         Auth {
             keys,
@@ -167,6 +175,7 @@ mod tests {
             budgets: Vec::new(),
             rate_limits: Vec::new(),
             metrics: false,
+            admin: false,
         })
     }
 
@@ -219,6 +228,7 @@ mod tests {
             budgets: Vec::new(),
             rate_limits: Vec::new(),
             metrics: false,
+            admin: false,
         };
         assert!(k.may_call("a") && !k.may_call("b"));
         k.pipelines = Access::All;

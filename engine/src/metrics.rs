@@ -94,6 +94,9 @@ pub struct Metrics {
     pub ttft: Family<ModelLabels, Histogram>,
     pub duration: Family<ModelLabels, Histogram>,
     pub active_streams: Family<PipelineLabels, Gauge>,
+    /// Every pipeline's active streams together (not exported: the
+    /// console's "streaming now").
+    pub streams_now: Gauge,
     pub budget_used: Family<ScopeLabels, Gauge<f64, AtomicU64>>,
     pub usage_anomalies: Family<AnomalyLabels, Counter>,
     pub auth_refusals: Family<AuthLabels, Counter>,
@@ -236,6 +239,7 @@ impl Metrics {
             ttft,
             duration,
             active_streams,
+            streams_now: Gauge::default(),
             budget_used,
             usage_anomalies,
             trace_spans_dropped,

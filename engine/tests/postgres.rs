@@ -7,57 +7,17 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+#[path = "common/pg.rs"]
+mod pg;
 #[path = "common/raw.rs"]
 mod raw;
 #[path = "common/skip.rs"]
 mod skip;
 
+use pg::{drop_database, fresh_database, uuid_like};
 use sluice::ledger::{Ledger, money};
 use sluice_testkit::{MockProvider, Reply, Script};
 use sqlx::Connection;
-
-/// A fresh database on the test server, dropped by the caller.
-async fn fresh_database() -> Option<(String, String, String)> {
-    let admin_url = skip::env_or_skip(
-        "SLUICE_TEST_POSTGRES_URL",
-        "Postgres ledger test",
-        "the URL of a Postgres server, e.g. postgres://postgres@127.0.0.1:5432/postgres",
-    )?;
-    let name = format!("sluice_test_{}", uuid_like());
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .expect("connect to SLUICE_TEST_POSTGRES_URL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
-    let (base, _) = admin_url
-        .rsplit_once('/')
-        .expect("the url names a database");
-    Some((admin_url.clone(), format!("{base}/{name}"), name))
-}
-
-async fn drop_database(admin_url: &str, name: &str) {
-    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await;
-    }
-}
-
-fn uuid_like() -> String {
-    format!(
-        "{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
 
 struct Instance {
     child: Child,

@@ -102,6 +102,7 @@ impl Cx {
                 }
             }
             if let (Some(d), Some(pipelines)) = (digest, pipelines) {
+                let admin = key.admin.as_ref().is_some_and(|a| a.value);
                 keys.insert(
                     d,
                     Arc::new(ApiKey {
@@ -111,7 +112,8 @@ impl Cx {
                         pipelines,
                         budgets,
                         rate_limits,
-                        metrics: key.metrics.as_ref().is_some_and(|m| m.value),
+                        metrics: key.metrics.as_ref().is_some_and(|m| m.value) || admin,
+                        admin,
                     }),
                 );
             }

@@ -87,6 +87,12 @@ pub struct RawKey {
     /// Whether it may read `/metrics`.
     #[schemars(extend("default" = false))]
     pub metrics: Option<Spanned<bool>>,
+    /// Whether it may open the console (`/console`) and read the usage,
+    /// requests and budgets of every pipeline and key (`/v1/usage`,
+    /// `/v1/requests`, `/v1/budgets`, `/v1/overview`), `/metrics` and
+    /// `/v1/config`.
+    #[schemars(extend("default" = false))]
+    pub admin: Option<Spanned<bool>>,
 }
 
 /// A team: budgets that all its keys share.

@@ -240,6 +240,62 @@ async fn no_row_is_left_pending_on_sqlite() {
     no_row_is_left_pending("sqlite::memory:").await;
 }
 
+/// A ledger of schema 6 (before the console's totals) gets them from its
+/// rows when it opens: two absurd rows in one group saturate instead of
+/// failing the migration, the pending row is counted as in flight.
+#[tokio::test]
+async fn a_ledger_of_schema_six_gets_its_usage_totals_from_its_rows() {
+    use super::console::{UsageBy, usage_of_rows};
+    let (dir, url) = temp_url();
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        let c = rusqlite::Connection::open(dir.join("ledger.db")).unwrap();
+        for sql in [
+            include_str!("../../migrations/sqlite/0001_ledger.sql"),
+            include_str!("../../migrations/sqlite/0002_request_id_and_usage_anomaly.sql"),
+            include_str!("../../migrations/sqlite/0003_cache_tokens.sql"),
+            include_str!("../../migrations/sqlite/0004_keys.sql"),
+            include_str!("../../migrations/sqlite/0005_rate_limits.sql"),
+            include_str!("../../migrations/sqlite/0006_cache_write_1h_tokens.sql"),
+        ] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.execute_batch(
+            "PRAGMA user_version = 6;
+             INSERT INTO requests (id, instance, started_at_ms, day, pipeline, provider, model, status, prompt_tokens, cost_micros, api_key)
+                 VALUES ('a', 'gone', 1, '2026-01-01', 'p', 'x', 'm', 'ok', 9223372036854775807, 5, 'k'),
+                        ('b', 'gone', 2, '2026-01-01', 'p', 'x', 'm', 'ok', 9223372036854775807, 7, 'k'),
+                        ('c', 'gone', 3, '2026-01-01', 'q', 'x', 'm', 'timeout', -4, 3, NULL),
+                        ('d', 'gone', 4, '2026-01-02', 'q', 'x', 'm', 'pending', 0, 0, NULL);",
+        )
+        .unwrap();
+    }
+    let l = Ledger::open(&url).await.unwrap();
+    let rows = l.rows_since(0).await.unwrap();
+    for by in [UsageBy::Total, UsageBy::Pipeline, UsageBy::Key] {
+        let stored = l.usage("2026-01-01", "2026-01-02", by).await.unwrap();
+        assert_eq!(
+            stored,
+            usage_of_rows(&rows, "2026-01-01", "2026-01-02", by),
+            "{by:?}"
+        );
+    }
+    let p = l
+        .usage("2026-01-01", "2026-01-01", UsageBy::Pipeline)
+        .await
+        .unwrap();
+    assert_eq!(
+        (p[0].key.as_str(), p[0].requests, p[0].prompt_tokens),
+        ("p", 2, i64::MAX)
+    );
+    assert_eq!(
+        (p[1].key.as_str(), p[1].errors, p[1].prompt_tokens),
+        ("q", 1, 0)
+    );
+    l.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A ledger written before rows had their own id (and by the Sluice whose
 /// sums overflowed into REALs) opens, keeps its rows under their request
 /// ids, and reads again.

@@ -3,7 +3,7 @@
 //! (where a database worker thread would let virtual time run away) and
 //! for throwaway demos; nothing survives a restart.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use super::report::Row;
@@ -13,7 +13,8 @@ use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend, period, rat
 struct State {
     requests: HashMap<String, (Row, String, Vec<String>)>,
     budgets: BTreeMap<(String, String), Spend>,
-    alerts: BTreeSet<(String, String, i64)>,
+    /// Thresholds fired: (scope, period, ppm) → when.
+    alerts: BTreeMap<(String, String, i64), i64>,
     buckets: HashMap<String, rate::BucketState>,
     /// Each pending request's token buckets and the tokens it took.
     rates: HashMap<String, (Vec<String>, i64)>,
@@ -248,10 +249,40 @@ impl MemStore {
             .count() as u64
     }
 
-    pub fn claim_alert(&self, scope: &str, day: &str, ppm: i64) -> bool {
-        self.state()
+    pub fn claim_alert(&self, scope: &str, day: &str, ppm: i64, now: i64) -> bool {
+        let mut state = self.state();
+        let key = (scope.to_string(), day.to_string(), ppm);
+        if state.alerts.contains_key(&key) {
+            return false;
+        }
+        state.alerts.insert(key, now);
+        true
+    }
+
+    /// The alerts fired in `day` or `month`; an alert in memory counts as
+    /// delivered once claimed (nothing is kept of its delivery).
+    pub fn alerts(&self, day: &str, month: &str) -> Vec<super::console::AlertFired> {
+        let mut out: Vec<_> = self
+            .state()
             .alerts
-            .insert((scope.to_string(), day.to_string(), ppm))
+            .iter()
+            .filter(|((_, p, _), _)| p == day || p == month)
+            .map(|((scope, period, ppm), at)| super::console::AlertFired {
+                scope: scope.clone(),
+                period: period.clone(),
+                threshold_ppm: *ppm,
+                fired_at_ms: *at,
+                delivered: true,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (a.fired_at_ms, &a.scope, a.threshold_ppm).cmp(&(
+                b.fired_at_ms,
+                &b.scope,
+                b.threshold_ppm,
+            ))
+        });
+        out
     }
 
     pub fn spend(&self, scope: &str, day: &str) -> Spend {

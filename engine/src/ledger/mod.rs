@@ -8,6 +8,7 @@
 //! so no interleaving of requests (or of instances sharing Postgres) can
 //! spend past a budget.
 
+pub mod console;
 mod memory;
 pub mod money;
 mod postgres;
@@ -15,6 +16,7 @@ pub mod rate;
 pub mod report;
 mod sqlite;
 mod sqlite_file;
+mod sqlite_reader;
 mod sqlite_writer;
 mod store;
 
@@ -322,6 +324,36 @@ impl Ledger {
     /// Every row of a client's request id, oldest first.
     pub async fn rows_of(&self, request_id: &str) -> Result<Vec<report::Row>, LedgerError> {
         self.store.rows_of(request_id).await
+    }
+
+    /// Usage of the days `from..=to` (UTC, `YYYY-MM-DD`) by day and group.
+    pub async fn usage(
+        &self,
+        from: &str,
+        to: &str,
+        by: console::UsageBy,
+    ) -> Result<Vec<console::UsageCell>, LedgerError> {
+        self.store.usage(from, to, by).await
+    }
+
+    /// The rows `f` selects, newest first.
+    pub async fn requests(
+        &self,
+        f: &console::RequestFilter,
+    ) -> Result<Vec<report::Row>, LedgerError> {
+        self.store.requests(f).await
+    }
+
+    /// The alert thresholds fired on `day` (and, for monthly budgets, in
+    /// its month).
+    pub async fn alerts(&self, day: &str) -> Result<Vec<console::AlertFired>, LedgerError> {
+        self.store.alerts(day, period(MONTHLY, day)).await
+    }
+
+    /// First-token times (ms) of the latest `limit` requests started at or
+    /// after `since_ms`.
+    pub async fn ttfts(&self, since_ms: i64, limit: i64) -> Result<Vec<i64>, LedgerError> {
+        self.store.ttfts(since_ms, limit).await
     }
 
     pub async fn close(&self) {

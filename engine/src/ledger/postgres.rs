@@ -6,6 +6,7 @@
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row};
 
+use super::console;
 use super::report::Row as ReportRow;
 use super::store::*;
 use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend, period, rate};
@@ -504,4 +505,90 @@ pub(super) async fn spend(pool: &PgPool, scope: &str, day: &str) -> Result<Spend
             reserved_micros: 0,
         },
     })
+}
+
+/// The console's reads (see `console.rs`).
+pub(super) async fn usage(
+    pool: &PgPool,
+    from: &str,
+    to: &str,
+    by: console::UsageBy,
+) -> Result<Vec<console::UsageCell>, LedgerError> {
+    let rows = sqlx::query(pg(&console::usage_sql(by)))
+        .bind(from)
+        .bind(to)
+        .bind(from)
+        .bind(to)
+        .fetch_all(pool)
+        .await?;
+    let mut lines = Vec::with_capacity(rows.len());
+    for r in &rows {
+        lines.push((
+            r.try_get(0)?,
+            r.try_get(1)?,
+            [
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?,
+                r.try_get(6)?,
+                r.try_get::<i64, _>(7)?,
+            ],
+        ));
+    }
+    Ok(console::aggregate(lines))
+}
+
+pub(super) async fn requests(
+    pool: &PgPool,
+    f: &console::RequestFilter,
+) -> Result<Vec<ReportRow>, LedgerError> {
+    let (filter, params) = console::filter_sql(f);
+    let sql = select_rows(&filter);
+    let mut q = sqlx::query(pg(&sql));
+    for p in params {
+        q = match p {
+            console::Param::Int(v) => q.bind(v),
+            console::Param::Text(v) => q.bind(v),
+        };
+    }
+    report_rows(&q.fetch_all(pool).await?)
+}
+
+pub(super) async fn alerts(
+    pool: &PgPool,
+    day: &str,
+    month: &str,
+) -> Result<Vec<console::AlertFired>, LedgerError> {
+    let rows = sqlx::query(pg(console::ALERTS_SQL))
+        .bind(day)
+        .bind(month)
+        .fetch_all(pool)
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push(console::AlertFired {
+            scope: r.try_get(0)?,
+            period: r.try_get(1)?,
+            threshold_ppm: r.try_get(2)?,
+            fired_at_ms: r.try_get(3)?,
+            delivered: r.try_get::<i64, _>(4)? != 0,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) async fn ttfts(
+    pool: &PgPool,
+    since_ms: i64,
+    limit: i64,
+) -> Result<Vec<i64>, LedgerError> {
+    let rows = sqlx::query(pg(console::TTFT_SQL))
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get(0).map_err(LedgerError::from))
+        .collect()
 }

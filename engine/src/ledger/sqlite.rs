@@ -32,6 +32,8 @@ use super::{Admit, LedgerError, Opening, Settled, Settlement, Spend, period, rat
 
 pub struct SqliteStore {
     tx: mpsc::UnboundedSender<Msg>,
+    /// The console's reads, for a ledger in a file (`sqlite_reader.rs`).
+    pub(super) reader: Option<std::sync::Arc<super::sqlite_reader::Reader>>,
     /// Transactions committed (or tried), for tests of the batching.
     #[cfg(test)]
     batches: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -50,9 +52,19 @@ impl SqliteStore {
             path: std::path::PathBuf::from(format!("{path}-wal")),
             next_at: WAL_LIMIT,
         });
-        let (conn, checkpointer) = tokio::task::spawn_blocking(move || connect(&url))
-            .await
-            .map_err(|_| LedgerError::Closed)??;
+        let path = parse_url(&url).map(str::to_owned);
+        let (conn, checkpointer, reader) = tokio::task::spawn_blocking(move || {
+            let (conn, checkpointer) = connect(&url)?;
+            // Opened once the schema is up to date.
+            let reader = path
+                .as_deref()
+                .map(super::sqlite_reader::Reader::open)
+                .transpose()?
+                .map(std::sync::Arc::new);
+            Ok::<_, LedgerError>((conn, checkpointer, reader))
+        })
+        .await
+        .map_err(|_| LedgerError::Closed)??;
         let (tx, rx) = mpsc::unbounded_channel();
         #[cfg(test)]
         let batches = std::sync::Arc::<std::sync::atomic::AtomicU64>::default();
@@ -68,13 +80,14 @@ impl SqliteStore {
             .map_err(|e| LedgerError::Sqlite(format!("cannot start the ledger thread: {e}")))?;
         Ok(SqliteStore {
             tx,
+            reader,
             #[cfg(test)]
             batches,
         })
     }
 
     /// Runs `op` in the next batch and returns its answer once committed.
-    async fn call<T: Send + 'static>(
+    pub(super) async fn call<T: Send + 'static>(
         &self,
         op: impl FnOnce(&Connection) -> rusqlite::Result<Done<T>> + Send + 'static,
     ) -> Result<T, LedgerError> {
@@ -505,7 +518,7 @@ impl SqliteStore {
 }
 
 /// A `requests` row in [`store::ROW_COLUMNS`] order.
-fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
+pub(super) fn report_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
     Ok(ReportRow {
         id: r.get(0)?,
         started_at_ms: r.get(1)?,

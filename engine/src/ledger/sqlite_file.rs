@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_keys.sql"),
     include_str!("../../migrations/sqlite/0005_rate_limits.sql"),
     include_str!("../../migrations/sqlite/0006_cache_write_1h_tokens.sql"),
+    include_str!("../../migrations/sqlite/0007_usage_days.sql"),
 ];
 
 /// Where `sqlite:PATH`, `sqlite://PATH` or `sqlite::memory:` points

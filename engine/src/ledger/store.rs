@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use super::console;
 use super::memory::MemStore;
 use super::postgres;
 use super::report::Row as ReportRow;
@@ -359,7 +360,7 @@ impl Store {
     ) -> Result<bool, LedgerError> {
         match self {
             Store::Sqlite(s) => s.claim_alert(scope, day, ppm, now).await,
-            Store::Memory(m) => Ok(m.claim_alert(scope, day, ppm)),
+            Store::Memory(m) => Ok(m.claim_alert(scope, day, ppm, now)),
             Store::Postgres(pool) => {
                 Box::pin(postgres::claim_alert(pool, scope, day, ppm, now)).await
             }
@@ -402,6 +403,67 @@ impl Store {
             Store::Sqlite(s) => s.rows_of(request_id).await,
             Store::Memory(m) => Ok(m.rows_of(request_id)),
             Store::Postgres(pool) => Box::pin(postgres::rows_of(pool, request_id)).await,
+        }
+    }
+
+    /// Usage of the days `from..=to`, by day and group (`console.rs`).
+    pub async fn usage(
+        &self,
+        from: &str,
+        to: &str,
+        by: console::UsageBy,
+    ) -> Result<Vec<console::UsageCell>, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.usage(from, to, by).await,
+            Store::Memory(m) => Ok(console::usage_of_rows(
+                &m.rows_since(i64::MIN),
+                from,
+                to,
+                by,
+            )),
+            Store::Postgres(pool) => Box::pin(postgres::usage(pool, from, to, by)).await,
+        }
+    }
+
+    /// The requests `f` selects, newest first.
+    pub async fn requests(
+        &self,
+        f: &console::RequestFilter,
+    ) -> Result<Vec<ReportRow>, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.requests(f).await,
+            Store::Memory(m) => Ok(console::filter_rows(m.rows_since(i64::MIN), f)),
+            Store::Postgres(pool) => Box::pin(postgres::requests(pool, f)).await,
+        }
+    }
+
+    /// The alerts fired in `day` or `month`.
+    pub async fn alerts(
+        &self,
+        day: &str,
+        month: &str,
+    ) -> Result<Vec<console::AlertFired>, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.alerts(day, month).await,
+            Store::Memory(m) => Ok(m.alerts(day, month)),
+            Store::Postgres(pool) => Box::pin(postgres::alerts(pool, day, month)).await,
+        }
+    }
+
+    /// First-token times of the latest `limit` requests since `since_ms`.
+    pub async fn ttfts(&self, since_ms: i64, limit: i64) -> Result<Vec<i64>, LedgerError> {
+        match self {
+            Store::Sqlite(s) => s.ttfts(since_ms, limit).await,
+            Store::Memory(m) => {
+                let mut rows = m.rows_since(since_ms);
+                rows.reverse();
+                Ok(rows
+                    .iter()
+                    .filter_map(|r| r.ttft_ms)
+                    .take(usize::try_from(limit).unwrap_or(0))
+                    .collect())
+            }
+            Store::Postgres(pool) => Box::pin(postgres::ttfts(pool, since_ms, limit)).await,
         }
     }
 }

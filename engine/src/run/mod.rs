@@ -425,6 +425,7 @@ async fn run(
         })
         .clone();
     active.inc();
+    cx.metrics.streams_now.inc();
     let (answered, status, finish, error) = drive(
         &cx,
         &pipeline,
@@ -438,6 +439,7 @@ async fn run(
     )
     .await;
     active.dec();
+    cx.metrics.streams_now.dec();
     let mut trace = std::mem::take(&mut tally.trace);
     Box::pin(conclude::conclude(
         &cx,

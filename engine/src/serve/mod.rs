@@ -10,6 +10,7 @@ mod anthropic_request;
 mod anthropic_stream;
 mod auth;
 mod conn;
+mod console_api;
 mod cors;
 mod openai_compat;
 mod openai_messages;
@@ -296,6 +297,17 @@ async fn route(
             Method::POST => anthropic_compat::count_tokens(shared, req, request_id, caller).await,
             _ => method_not_allowed("POST", request_id),
         },
+        p if console_api::serves(p) => {
+            console_api::answer(
+                shared,
+                &method,
+                p,
+                req.uri().query(),
+                caller.as_deref(),
+                request_id,
+            )
+            .await
+        }
         "/v1/config" => match method {
             _ if caller.as_ref().is_some_and(|k| !k.metrics) => {
                 auth::refuse(shared, auth::Denied::Forbidden, api, request_id)

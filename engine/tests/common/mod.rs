@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod logs;
+pub mod pg;
 pub mod sdk;
 pub mod skip;
 
