@@ -359,15 +359,19 @@ async fn the_binary_reloads_on_a_changed_file_and_on_sighup() {
     };
     // The report once `done` says so, polled for at most 20 s.
     let wait_for = |done: fn(&serde_json::Value) -> bool| async move {
+        let mut last = (StatusCode::OK, String::new());
         for _ in 0..400 {
-            let (_, _, body) = call(addr, "/v1/config", "", None).await;
+            let (status, _, body) = call(addr, "/v1/config", "", None).await;
             let report: serde_json::Value = serde_json::from_str(&body).unwrap();
             if done(&report) {
                 return report;
             }
+            last = (status, body);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the reload did not happen");
+        // What the server said last, to tell a reload that never came
+        // from one that came twice.
+        panic!("the reload did not happen; /v1/config said {last:?}");
     };
     assert_eq!(
         wait_for(|r| r["version"] == 1).await["pipelines"],
