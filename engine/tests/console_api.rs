@@ -5,7 +5,9 @@
 //! numbers as `sluice usage`; filters narrow the listing; bad parameters
 //! are a 400 that says why. With keys declared only an admin key reads
 //! them (a pipeline-only key gets a 403, none a 401); without keys, on
-//! loopback, they are open like the rest of the API.
+//! loopback, they are open like the rest of the API. The console's page
+//! is served without a key (it holds no data), and with a key only to an
+//! admin.
 
 mod common;
 
@@ -281,6 +283,33 @@ async fn only_admin_keys_read_the_endpoints() {
             "{path}"
         );
     }
+    // The console's page: without a key it is the empty shell that asks
+    // for one; with a key, only an admin's.
+    let page = |key: Option<String>| async move {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let (status, headers, _) = call_with(addr, "/console", &headers, None).await;
+        (status, headers)
+    };
+    let (status, headers) = page(None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    assert_eq!(page(Some(admin.secret.clone())).await.0, StatusCode::OK);
+    assert_eq!(
+        page(Some(bot.secret.clone())).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        page(Some("sk-sluice-unknown".into())).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     // An admin key reads the metrics too.
     let (status, _, _) = call_with(
         addr,

@@ -11,6 +11,7 @@ mod anthropic_stream;
 mod auth;
 mod conn;
 mod console_api;
+mod console_ui;
 mod cors;
 mod openai_compat;
 mod openai_messages;
@@ -255,6 +256,11 @@ async fn route(
             Method::GET | Method::HEAD => json_response(StatusCode::OK, json!({"status": "ok"})),
             _ => method_not_allowed("GET", request_id),
         };
+    }
+    // The console's page holds no data: served without a key (it asks
+    // for one), and with one only when that key is an admin's.
+    if console_ui::serves(&path) {
+        return console_ui::answer(shared, &method, &path, req.headers(), request_id);
     }
     // Every route but the liveness probe needs a key once keys are declared.
     let api = match path.as_str() {

@@ -1,0 +1,206 @@
+//! The console's page in a real browser: headless Chromium opens
+//! `/console` after a scripted series of requests (one answered, one timed
+//! out, one refused by a budget) and draws today's totals, the budget's
+//! bar (coloured by its alert thresholds, with the percentage the ledger
+//! gives) and the alert sent, the same numbers `/v1/overview` answers. A
+//! screenshot is saved as `target/tmp/console-overview.png`.
+//!
+//! Needs `SLUICE_TEST_CHROMIUM` (a Chromium binary, e.g.
+//! `/usr/bin/chromium` from Debian's `chromium` package); skipped, saying
+//! so, without it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::sdk::env_or_skip;
+use common::*;
+use http::StatusCode;
+use serde_json::Value;
+use sluice::compile::compile_sources;
+use sluice::serve::RunningServer;
+use sluice_testkit::{Fault, MockProvider, Reply, Script};
+
+/// What the page shows for an amount of micro-dollars (`Intl` en-US
+/// currency, 2 to 6 decimals).
+fn money(micros: i64) -> String {
+    let s = format!("{:.6}", micros as f64 / 1e6);
+    let trimmed = s.trim_end_matches('0');
+    let decimals = trimmed.split('.').nth(1).map_or(0, str::len);
+    if decimals < 2 {
+        format!("${:.2}", micros as f64 / 1e6)
+    } else {
+        format!("${trimmed}")
+    }
+}
+
+/// Runs Chromium on `url` with `args`; its stdout.
+fn chromium(bin: &str, profile: &Path, url: &str, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+            // Virtual time runs until the page's fetches are done and
+            // drawn (the page polls every 5 s: one poll, then this ends).
+            "--virtual-time-budget=4000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    assert!(out.status.success(), "chromium failed: {:?}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The text of the element with `id` in a DOM dump.
+fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
+    let open = format!("id=\"{id}\">");
+    let start = dom
+        .find(&open)
+        .unwrap_or_else(|| panic!("no #{id} in the page:\n{dom}"))
+        + open.len();
+    &dom[start..start + dom[start..].find('<').unwrap()]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_draws_what_the_ledger_holds() {
+    let Some(bin) = env_or_skip(
+        "SLUICE_TEST_CHROMIUM",
+        "the console's browser test",
+        "a Chromium binary such as /usr/bin/chromium",
+    ) else {
+        return;
+    };
+    let mock = MockProvider::start(
+        Script::single(Reply::text(&["Hello", " there"]))
+            .then(Reply::text(&["late"]).fault(Fault::DelayHeaders(Duration::from_secs(5)))),
+    )
+    .await
+    .unwrap();
+    let settings = (
+        PathBuf::from("settings.yaml"),
+        format!(
+            "storage: memory\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\n",
+            mock.base_url()
+        ),
+    );
+    let pipeline = |name: &str, extra: &str| {
+        (
+            PathBuf::from(format!("{name}.yaml")),
+            format!(
+                "name: {name}\nmodel: {{provider: mock, name: gpt-4o-mini}}\nlimits: {{max_tokens: 100}}\n{extra}"
+            ),
+        )
+    };
+    let catalog = compile_sources(
+        &settings,
+        &[
+            pipeline(
+                "chat",
+                "budget: {daily_usd: 0.001, alert_at: [0.01, 0.9]}\n",
+            ),
+            pipeline("slow", "timeouts: {first_token: 300ms, total: 30s}\n"),
+            pipeline("tiny", "budget: {daily_usd: 0.000001}\n"),
+        ],
+    )
+    .unwrap_or_else(|d| panic!("{d:#?}"));
+    let server = RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.addr;
+    for (pipeline, status) in [
+        ("chat", StatusCode::OK),
+        ("slow", StatusCode::GATEWAY_TIMEOUT),
+        ("tiny", StatusCode::TOO_MANY_REQUESTS),
+    ] {
+        let (got, _, _) = call_with(
+            addr,
+            &format!("/v1/pipelines/{pipeline}"),
+            &[],
+            Some(r#"{"input":"hi","stream":false}"#),
+        )
+        .await;
+        assert_eq!(got, status, "{pipeline}");
+    }
+    // Every request concluded and the alert claimed.
+    let mut overview = Value::Null;
+    for _ in 0..200 {
+        overview = call_with(addr, "/v1/overview", &[], None).await.2;
+        if overview["requests"] == 3
+            && overview["alerts"].as_array().is_some_and(|a| a.len() == 1)
+            && server
+                .ledger()
+                .rows_since(0)
+                .await
+                .unwrap()
+                .iter()
+                .all(|r| r.status != "pending")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(overview["errors"], 2, "{overview}");
+
+    let profile = std::env::temp_dir().join(format!("sluice-console-chromium-{}", pg::uuid_like()));
+    std::fs::create_dir_all(&profile).unwrap();
+    let url = format!("http://{addr}/console");
+    let (bin2, profile2, url2) = (bin.clone(), profile.clone(), url.clone());
+    let dom =
+        tokio::task::spawn_blocking(move || chromium(&bin2, &profile2, &url2, &["--dump-dom"]))
+            .await
+            .unwrap();
+    assert_eq!(text_of(&dom, "requests"), "3");
+    assert_eq!(text_of(&dom, "errors"), "2");
+    let cost = overview["cost_micros"].as_i64().unwrap();
+    assert!(cost > 0);
+    assert_eq!(text_of(&dom, "cost"), money(cost));
+    assert_eq!(text_of(&dom, "streaming"), "0");
+    assert!(text_of(&dom, "day").starts_with(overview["day"].as_str().unwrap()));
+    // The chat budget: its percentage from the ledger, amber past its
+    // first threshold (1%) and short of its last (90%).
+    let chat = overview["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["scope"] == "pipeline:chat")
+        .unwrap();
+    let pct = chat["used_ppm"].as_f64().unwrap() / 10_000.0;
+    assert!((1.0..90.0).contains(&pct), "{chat}");
+    let row = &dom[dom
+        .find("data-scope=\"pipeline:chat\"")
+        .expect("the chat budget's row")..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("class=\"bar warn\""), "{row}");
+    let shown = format!("{:.*}%", if pct < 10.0 { 2 } else { 1 }, pct);
+    assert!(row.contains(&format!(">{shown}<")), "{shown} in {row}");
+    assert!(
+        row.contains(&money(chat["spent_micros"].as_i64().unwrap())),
+        "{row}"
+    );
+    assert!(dom.contains("pipeline:chat passed 1%"), "the alert:\n{dom}");
+
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-overview.png");
+    let _ = std::fs::remove_file(&shot);
+    let arg = format!("--screenshot={}", shot.display());
+    tokio::task::spawn_blocking(move || {
+        chromium(&bin, &profile, &url, &[&arg, "--window-size=1280,820"])
+    })
+    .await
+    .unwrap();
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000),
+        "{}",
+        shot.display()
+    );
+    println!("screenshot: {}", shot.display());
+    server.stop().await;
+}
