@@ -114,9 +114,9 @@ async fn seed_postgres(url: &str, rows: i64, now: i64) -> Result<(), String> {
     Ok(())
 }
 
-/// One GET on a new connection: the status line and how long the whole
-/// answer took.
-async fn get(addr: SocketAddr, path: &str) -> Result<(String, Duration), String> {
+/// One GET on a new connection: the status line, the body and how long
+/// the whole answer took.
+async fn get(addr: SocketAddr, path: &str) -> Result<(String, String, Duration), String> {
     let started = Instant::now();
     let mut tcp = tokio::net::TcpStream::connect(addr)
         .await
@@ -130,7 +130,9 @@ async fn get(addr: SocketAddr, path: &str) -> Result<(String, Duration), String>
     tcp.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
     let took = started.elapsed();
     let text = String::from_utf8_lossy(&out);
-    Ok((text.lines().next().unwrap_or_default().to_string(), took))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((status, body.to_string(), took))
 }
 
 const ENDPOINTS: &[&str] = &[
@@ -144,10 +146,10 @@ const ENDPOINTS: &[&str] = &[
     "/v1/requests?limit=50&status=timeout",
     "/v1/requests?limit=50&pipeline=pipeline-3&model=model-2&status=ok",
     "/v1/requests?limit=50&before=PAGE",
-    "/v1/requests/req-123456",
+    "/v1/requests/REQ",
 ];
 
-async fn bench(storage: &str, label: &str, runs: usize) -> Result<(), String> {
+async fn bench(storage: &str, label: &str, rows: i64, runs: usize) -> Result<(), String> {
     let settings = (
         PathBuf::from("settings.yaml"),
         format!(
@@ -171,35 +173,22 @@ async fn bench(storage: &str, label: &str, runs: usize) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let addr = server.addr;
     // A cursor 500 rows into the listing.
-    let page = {
-        let mut tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        tcp.write_all(
-            format!(
-                "GET /v1/requests?limit=500 HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        tcp.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&out);
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let v: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
-        v["next"].as_str().unwrap_or_default().to_string()
-    };
+    let (_, body, _) = get(addr, "/v1/requests?limit=500").await?;
+    let listing: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    let page = listing["next"].as_str().unwrap_or_default().to_string();
     println!("\n{label}: median / slowest of {runs} calls, ms");
     for path in ENDPOINTS {
-        let path = path.replace("PAGE", &page);
-        let (status, _) = get(addr, &path).await?;
+        // A request from the middle of the ledger.
+        let path = path
+            .replace("PAGE", &page)
+            .replace("REQ", &format!("req-{}", rows / 2));
+        let (status, _, _) = get(addr, &path).await?;
         if !status.contains(" 200") {
             return Err(format!("{path}: {status}"));
         }
         let mut times = Vec::with_capacity(runs);
         for _ in 0..runs {
-            times.push(get(addr, &path).await?.1);
+            times.push(get(addr, &path).await?.2);
         }
         times.sort_unstable();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -243,7 +232,7 @@ async fn run(a: &Args) -> Result<(), String> {
         t.elapsed().as_secs_f64(),
         std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0) as f64 / 1e6
     );
-    let result = bench(&url, "SQLite", a.runs).await;
+    let result = bench(&url, "SQLite", a.rows, a.runs).await;
     let _ = std::fs::remove_dir_all(&dir);
     result?;
     if let Ok(admin) = std::env::var("SLUICE_BENCH_POSTGRES_URL") {
@@ -271,7 +260,7 @@ async fn run(a: &Args) -> Result<(), String> {
                 a.rows,
                 t.elapsed().as_secs_f64()
             );
-            bench(&url, "Postgres", a.runs).await
+            bench(&url, "Postgres", a.rows, a.runs).await
         }
         .await;
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(

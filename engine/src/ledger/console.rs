@@ -216,9 +216,9 @@ impl std::fmt::Display for Cursor {
 /// The most rows one page lists.
 pub const MAX_PAGE: usize = 500;
 
-/// The filter as a `WHERE … ORDER BY … LIMIT` clause over `requests`, with
-/// its parameters in order (`?` placeholders; numbers are bound as text
-/// nowhere: the cursor's time is the one integer, first).
+/// The filter as a `WHERE … ORDER BY … LIMIT` clause over `requests`
+/// (`?` placeholders), with its parameters in order: times as integers,
+/// names as text.
 pub(super) fn filter_sql(f: &RequestFilter) -> (String, Vec<Param>) {
     let mut conds = Vec::new();
     let mut params = Vec::new();

@@ -158,7 +158,7 @@ fn today(shared: &Shared) -> (i64, String) {
     (now, utc_day(now))
 }
 
-/// The day `n` days before `day` (`YYYY-MM-DD`).
+/// The UTC day (`YYYY-MM-DD`) `n` days before the instant `now_ms`.
 fn days_before(now_ms: i64, n: i64) -> String {
     utc_day(now_ms - n * 86_400_000)
 }
