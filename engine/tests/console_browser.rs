@@ -1,9 +1,14 @@
 //! The console's page in a real browser: headless Chromium opens
 //! `/console` after a scripted series of requests (one answered, one timed
-//! out, one refused by a budget) and draws today's totals, the budget's
-//! bar (coloured by its alert thresholds, with the percentage the ledger
-//! gives) and the alert sent, the same numbers `/v1/overview` answers. A
-//! screenshot is saved as `target/tmp/console-overview.png`.
+//! out, one refused by a budget) on a SQLite ledger, and
+//! - the overview draws today's totals, the budget's bar (coloured by its
+//!   alert thresholds, with the percentage the ledger gives) and the alert
+//!   sent, the same numbers `/v1/overview` answers;
+//! - the spend page's table holds, per pipeline, the numbers `sluice usage
+//!   --by pipeline --since 30d --json` prints for the same ledger.
+//!
+//! Screenshots are saved as `target/tmp/console-overview.png` and
+//! `target/tmp/console-spend.png`.
 //!
 //! Needs `SLUICE_TEST_CHROMIUM` (a Chromium binary, e.g.
 //! `/usr/bin/chromium` from Debian's `chromium` package); skipped, saying
@@ -79,6 +84,9 @@ async fn the_overview_draws_what_the_ledger_holds() {
     ) else {
         return;
     };
+    let dir = std::env::temp_dir().join(format!("sluice-console-page-{}", pg::uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("ledger.db");
     let mock = MockProvider::start(
         Script::single(Reply::text(&["Hello", " there"]))
             .then(Reply::text(&["late"]).fault(Fault::DelayHeaders(Duration::from_secs(5)))),
@@ -88,8 +96,9 @@ async fn the_overview_draws_what_the_ledger_holds() {
     let settings = (
         PathBuf::from("settings.yaml"),
         format!(
-            "storage: memory\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\n",
-            mock.base_url()
+            "storage: \"sqlite:{db}\"\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\n",
+            mock.base_url(),
+            db = db.display(),
         ),
     );
     let pipeline = |name: &str, extra: &str| {
@@ -191,8 +200,9 @@ async fn the_overview_draws_what_the_ledger_holds() {
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-overview.png");
     let _ = std::fs::remove_file(&shot);
     let arg = format!("--screenshot={}", shot.display());
+    let (bin3, profile3) = (bin.clone(), profile.clone());
     tokio::task::spawn_blocking(move || {
-        chromium(&bin, &profile, &url, &[&arg, "--window-size=1280,820"])
+        chromium(&bin3, &profile3, &url, &[&arg, "--window-size=1280,820"])
     })
     .await
     .unwrap();
@@ -202,5 +212,90 @@ async fn the_overview_draws_what_the_ledger_holds() {
         shot.display()
     );
     println!("screenshot: {}", shot.display());
+
+    // Spend: the table of the last 30 days by pipeline, against `sluice
+    // usage` on the same ledger.
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "usage",
+            dir.to_str().unwrap(),
+            "--by",
+            "pipeline",
+            "--since",
+            "30d",
+            "--json",
+        ])
+        .arg("--storage")
+        .arg(format!("sqlite:{}", db.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let usage: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let groups = usage
+        .as_array()
+        .or_else(|| usage["groups"].as_array())
+        .expect("groups");
+    assert_eq!(groups.len(), 3, "{usage}");
+    let spend_url = format!("http://{addr}/console#spend");
+    let (bin2, profile2) = (bin.clone(), profile.clone());
+    let url2 = spend_url.clone();
+    let dom =
+        tokio::task::spawn_blocking(move || chromium(&bin2, &profile2, &url2, &["--dump-dom"]))
+            .await
+            .unwrap();
+    let int = |v: &Value| {
+        // en-US grouping, as the page's Intl.NumberFormat writes it.
+        let digits = v.as_i64().unwrap().to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    };
+    for g in groups {
+        let key = g["key"].as_str().unwrap();
+        let at = dom
+            .find(&format!("data-group=\"{key}\""))
+            .unwrap_or_else(|| panic!("no row for {key}:\n{dom}"));
+        let row = &dom[at..at + dom[at..].find("</tr>").unwrap()];
+        let cells: Vec<&str> = row
+            .split("<td class=\"num\">")
+            .skip(1)
+            .map(|c| &c[..c.find('<').unwrap()])
+            .collect();
+        let expected = [
+            int(&g["requests"]),
+            int(&g["errors"]),
+            int(&g["prompt_tokens"]),
+            int(&g["completion_tokens"]),
+            money(g["cost_micros"].as_i64().unwrap()),
+        ];
+        assert_eq!(cells, expected, "{key}: {row}");
+    }
+    let total: i64 = groups.iter().map(|g| g["requests"].as_i64().unwrap()).sum();
+    assert_eq!(text_of(&dom, "spend-requests"), total.to_string());
+    let spend_shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-spend.png");
+    let _ = std::fs::remove_file(&spend_shot);
+    let arg = format!("--screenshot={}", spend_shot.display());
+    tokio::task::spawn_blocking(move || {
+        chromium(
+            &bin,
+            &profile,
+            &spend_url,
+            &[&arg, "--window-size=1280,820"],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(std::fs::metadata(&spend_shot).is_ok_and(|m| m.len() > 10_000));
+    println!("screenshot: {}", spend_shot.display());
     server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -84,18 +84,102 @@ function drawOverview(o) {
   $('no-alerts').hidden = o.alerts.length !== 0;
 }
 
+const PALETTE = ['#4e79a7', '#f28e2b', '#59a14f', '#e15759', '#76b7b2', '#edc948', '#b07aa1', '#ff9da7', '#9c755f', '#bab0ac'];
+const SVG = 'http://www.w3.org/2000/svg';
+
+function svg(tag, attrs) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  return el;
+}
+
+// Cost per day over the range, stacked by group; the table below holds the
+// groups' totals (the numbers of `sluice usage --by …` for those days).
+function drawSpend(u) {
+  setText('spend-range', u.from + ' to ' + u.to + ' (UTC)');
+  const colour = new Map(u.groups.map((g, i) => [g.key, PALETTE[i % PALETTE.length]]));
+  const days = [];
+  for (let d = new Date(u.from + 'T00:00:00Z'); d <= new Date(u.to + 'T00:00:00Z'); d.setUTCDate(d.getUTCDate() + 1)) {
+    days.push(d.toISOString().slice(0, 10));
+  }
+  const byDay = new Map(days.map((d) => [d, []]));
+  for (const c of u.cells) if (byDay.has(c.day)) byDay.get(c.day).push(c);
+  const top = Math.max(1, ...days.map((d) => byDay.get(d).reduce((s, c) => s + c.cost_micros, 0)));
+  const chart = $('spend-chart');
+  const [w, h, pad] = [900, 220, 18];
+  const step = (w - 2 * pad) / days.length;
+  const parts = [];
+  days.forEach((d, i) => {
+    let y = h - pad;
+    for (const c of byDay.get(d)) {
+      const bh = (c.cost_micros / top) * (h - 2 * pad);
+      y -= bh;
+      const r = svg('rect', {x: pad + i * step + 1, y, width: Math.max(step - 2, 1), height: bh, fill: colour.get(c.key)});
+      const t = svg('title', {});
+      t.textContent = d + ' ' + (c.key || 'all') + ': ' + money(c.cost_micros) + ', ' + int.format(c.requests) + ' requests';
+      r.append(t);
+      parts.push(r);
+    }
+  });
+  const label = (x, y, text, anchor) => {
+    const t = svg('text', {x, y, 'text-anchor': anchor});
+    t.textContent = text;
+    return t;
+  };
+  parts.push(label(pad, h - 4, days[0], 'start'), label(w - pad, h - 4, days[days.length - 1], 'end'), label(pad, 12, money(top) + ' a day at most', 'start'));
+  chart.replaceChildren(...parts);
+  const tbody = $('spend-table').querySelector('tbody');
+  tbody.replaceChildren(...u.groups.map((g) => {
+    const tr = document.createElement('tr');
+    tr.dataset.group = g.key;
+    const name = document.createElement('td');
+    const sw = document.createElement('span');
+    sw.className = 'swatch';
+    sw.style.background = colour.get(g.key);
+    name.append(sw, document.createTextNode(g.key || 'all'));
+    const cells = [int.format(g.requests), int.format(g.errors), int.format(g.prompt_tokens), int.format(g.completion_tokens), money(g.cost_micros)].map((v) => {
+      const td = document.createElement('td');
+      td.className = 'num';
+      td.textContent = v;
+      return td;
+    });
+    tr.append(name, ...cells);
+    return tr;
+  }));
+  setText('spend-requests', int.format(u.total.requests));
+  setText('spend-errors', int.format(u.total.errors));
+  setText('spend-prompt', int.format(u.total.prompt_tokens));
+  setText('spend-completion', int.format(u.total.completion_tokens));
+  setText('spend-cost', money(u.total.cost_micros));
+}
+
+function page() {
+  const name = location.hash.slice(1);
+  return name === 'spend' ? 'spend' : 'overview';
+}
+
 function askForKey(message) {
   $('key-form').hidden = false;
-  $('overview').hidden = true;
+  for (const s of document.querySelectorAll('.page')) s.hidden = true;
   setText('key-error', message || '');
+}
+
+function show(name) {
+  for (const s of document.querySelectorAll('.page')) s.hidden = s.id !== name;
+  for (const a of document.querySelectorAll('nav a')) a.classList.toggle('active', a.dataset.page === name);
 }
 
 async function refresh() {
   try {
-    const o = await api('/v1/overview');
+    const name = page();
+    if (name === 'spend') {
+      const u = await api('/v1/usage?days=' + $('spend-days').value + '&by=' + $('spend-by').value);
+      drawSpend(u);
+    } else {
+      drawOverview(await api('/v1/overview'));
+    }
     $('key-form').hidden = true;
-    $('overview').hidden = false;
-    drawOverview(o);
+    show(name);
     setText('status', 'updated ' + new Date().toISOString().slice(11, 19) + ' UTC');
   } catch (e) {
     if (e.status === 401) return askForKey(sessionStorage.getItem(KEY) ? 'That key is not known.' : '');
@@ -111,5 +195,7 @@ $('key-form').addEventListener('submit', (ev) => {
   refresh();
 });
 
+for (const id of ['spend-days', 'spend-by']) $(id).addEventListener('change', refresh);
+window.addEventListener('hashchange', refresh);
 refresh();
 setInterval(refresh, POLL_MS);
