@@ -5,10 +5,13 @@
 //!   alert thresholds, with the percentage the ledger gives) and the alert
 //!   sent, the same numbers `/v1/overview` answers;
 //! - the spend page's table holds, per pipeline, the numbers `sluice usage
-//!   --by pipeline --since 30d --json` prints for the same ledger.
+//!   --by pipeline --since 30d --json` prints for the same ledger;
+//! - the requests page lists the requests newest first, and a filter in
+//!   its address (`#requests?pipeline=slow`) narrows it to the matching
+//!   ones, as `/v1/requests` with that filter answers.
 //!
-//! Screenshots are saved as `target/tmp/console-overview.png` and
-//! `target/tmp/console-spend.png`.
+//! Screenshots are saved as `target/tmp/console-overview.png`,
+//! `console-spend.png` and `console-requests.png`.
 //!
 //! Needs `SLUICE_TEST_CHROMIUM` (a Chromium binary, e.g.
 //! `/usr/bin/chromium` from Debian's `chromium` package); skipped, saying
@@ -284,10 +287,11 @@ async fn the_overview_draws_what_the_ledger_holds() {
     let spend_shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-spend.png");
     let _ = std::fs::remove_file(&spend_shot);
     let arg = format!("--screenshot={}", spend_shot.display());
+    let (bin3, profile3) = (bin.clone(), profile.clone());
     tokio::task::spawn_blocking(move || {
         chromium(
-            &bin,
-            &profile,
+            &bin3,
+            &profile3,
             &spend_url,
             &[&arg, "--window-size=1280,820"],
         )
@@ -296,6 +300,44 @@ async fn the_overview_draws_what_the_ledger_holds() {
     .unwrap();
     assert!(std::fs::metadata(&spend_shot).is_ok_and(|m| m.len() > 10_000));
     println!("screenshot: {}", spend_shot.display());
+
+    // Requests: newest first, and narrowed by a filter.
+    let ids_in = |dom: &str| -> Vec<String> {
+        dom.split("data-request-id=\"")
+            .skip(1)
+            .map(|r| r[..r.find('"').unwrap()].to_string())
+            .collect()
+    };
+    for (filter, expected) in [
+        ("", 3),
+        ("?pipeline=slow", 1),
+        ("?status=budget_rejected", 1),
+    ] {
+        let (_, _, api) = call_with(addr, &format!("/v1/requests{filter}"), &[], None).await;
+        let want: Vec<String> = api["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["request_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(want.len(), expected, "{filter}: {api}");
+        let url = format!("http://{addr}/console#requests{filter}");
+        let (bin2, profile2) = (bin.clone(), profile.clone());
+        let dom =
+            tokio::task::spawn_blocking(move || chromium(&bin2, &profile2, &url, &["--dump-dom"]))
+                .await
+                .unwrap();
+        assert_eq!(ids_in(&dom), want, "{filter}");
+    }
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-requests.png");
+    let arg = format!("--screenshot={}", shot.display());
+    let url = format!("http://{addr}/console#requests");
+    tokio::task::spawn_blocking(move || {
+        chromium(&bin, &profile, &url, &[&arg, "--window-size=1280,820"])
+    })
+    .await
+    .unwrap();
+    println!("screenshot: {}", shot.display());
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

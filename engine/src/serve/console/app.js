@@ -153,9 +153,105 @@ function drawSpend(u) {
   setText('spend-cost', money(u.total.cost_micros));
 }
 
+// The requests page's filters live in the hash (`#requests?status=ok`), so
+// a filtered view can be linked to.
+function hashQuery() {
+  const q = location.hash.split('?')[1] || '';
+  return new URLSearchParams(q);
+}
+
+function cell(text, cls) {
+  const td = document.createElement('td');
+  if (cls) td.className = cls;
+  td.textContent = text;
+  return td;
+}
+
+const OK = new Set(['ok', 'ceiling', 'pending']);
+const time = (ms) => new Date(ms).toISOString().replace('T', ' ').slice(0, 19);
+
+function requestRow(r) {
+  const tr = document.createElement('tr');
+  tr.className = 'row';
+  tr.dataset.requestId = r.request_id;
+  const est = r.estimated ? '~' : '';
+  tr.append(
+    cell(time(r.started_at_ms)),
+    cell(r.request_id, 'rid'),
+    cell(r.pipeline),
+    cell(r.provider + '/' + r.model),
+    cell(r.status, OK.has(r.status) ? 'status-ok' : 'status-error'),
+    cell(est + int.format(r.prompt_tokens) + ' / ' + est + int.format(r.completion_tokens), 'num'),
+    cell(money(r.cost_micros), 'num'),
+    cell(ms(r.ttft_ms), 'num'),
+    cell(ms(r.duration_ms), 'num'),
+    cell(r.error_code || ''),
+  );
+  tr.children[1].title = r.request_id;
+  tr.addEventListener('click', () => toggleDetails(tr, r.request_id));
+  return tr;
+}
+
+// A row's details: every ledger row of its request id (retries and
+// fallbacks each have one), with what the table leaves out.
+async function toggleDetails(tr, id) {
+  const next = tr.nextElementSibling;
+  if (next && next.classList.contains('details')) return next.remove();
+  const d = await api('/v1/requests/' + encodeURIComponent(id));
+  const row = document.createElement('tr');
+  row.className = 'details';
+  const td = document.createElement('td');
+  td.colSpan = 10;
+  td.append(...d.rows.map((r) => {
+    const p = document.createElement('div');
+    p.textContent = 'row ' + r.id + ': ' + r.provider + '/' + r.model + ', ' + r.status +
+      (r.error_code ? ' (' + r.error_code + ')' : '') + ', ' + r.tool_calls + ' tool calls, reserved ' +
+      money(r.reserved_micros) + ', charged ' + money(r.cost_micros) +
+      (r.cache_read_tokens ? ', ' + int.format(r.cache_read_tokens) + ' tokens from cache' : '') +
+      (r.api_key ? ', key ' + r.api_key + (r.team ? ' (team ' + r.team + ')' : '') : '') +
+      (r.usage_anomaly ? ', usage not believed: ' + r.usage_anomaly : '');
+    return p;
+  }));
+  row.append(td);
+  tr.after(row);
+}
+
+let older = null;
+let paged = false;
+
+async function loadRequests(more) {
+  const q = hashQuery();
+  const form = $('filters');
+  for (const name of ['pipeline', 'model', 'status', 'since']) form.elements[name].value = q.get(name) || '';
+  const params = new URLSearchParams();
+  for (const [k, v] of q) if (v) params.set(k, v);
+  params.set('limit', '50');
+  if (more && older) params.set('before', older);
+  const page = await api('/v1/requests?' + params);
+  const tbody = $('request-table').querySelector('tbody');
+  const rows = page.requests.map(requestRow);
+  if (more) tbody.append(...rows);
+  else tbody.replaceChildren(...rows);
+  older = page.next;
+  $('older').hidden = !older;
+  $('no-requests').hidden = tbody.children.length !== 0;
+}
+
+$('filters').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const params = new URLSearchParams();
+  for (const [k, v] of new FormData($('filters'))) if (v.trim()) params.set(k, v.trim());
+  const q = params.toString();
+  location.hash = 'requests' + (q ? '?' + q : '');
+});
+$('older').addEventListener('click', () => {
+  paged = true;
+  loadRequests(true).catch((e) => setText('status', e.message));
+});
+
 function page() {
-  const name = location.hash.slice(1);
-  return name === 'spend' ? 'spend' : 'overview';
+  const name = location.hash.slice(1).split('?')[0];
+  return ['spend', 'requests'].includes(name) ? name : 'overview';
 }
 
 function askForKey(message) {
@@ -175,6 +271,10 @@ async function refresh() {
     if (name === 'spend') {
       const u = await api('/v1/usage?days=' + $('spend-days').value + '&by=' + $('spend-by').value);
       drawSpend(u);
+    } else if (name === 'requests') {
+      // The first page follows new requests; older pages, and a row
+      // whose details are open, stay put until the filters change.
+      if (!paged && !document.querySelector('tr.details')) await loadRequests(false);
     } else {
       drawOverview(await api('/v1/overview'));
     }
@@ -196,6 +296,10 @@ $('key-form').addEventListener('submit', (ev) => {
 });
 
 for (const id of ['spend-days', 'spend-by']) $(id).addEventListener('change', refresh);
-window.addEventListener('hashchange', refresh);
+window.addEventListener('hashchange', () => {
+  paged = false;
+  for (const d of document.querySelectorAll('tr.details')) d.remove();
+  refresh();
+});
 refresh();
 setInterval(refresh, POLL_MS);
