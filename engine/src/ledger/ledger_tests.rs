@@ -335,7 +335,7 @@ mod group_commit {
             panic!("not sqlite")
         };
         let batches = s.batches();
-        eprintln!("200 openings (+ heartbeat, 2 reads) in {batches} transactions");
+        eprintln!("200 openings (+ heartbeat) in {batches} transactions");
         assert!(batches < 150, "{batches} transactions: nothing was grouped");
         l.close().await;
         let _ = std::fs::remove_dir_all(dir);

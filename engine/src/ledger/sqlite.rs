@@ -458,51 +458,6 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn spend(&self, scope: &str, day: &str) -> Result<Spend, LedgerError> {
-        let (scope, day) = (scope.to_string(), day.to_string());
-        self.call(move |c| {
-            let spend = c
-                .prepare_cached(store::SELECT_BUDGET)?
-                .query_row(params![scope, day], |r| {
-                    Ok(Spend {
-                        spent_micros: r.get(0)?,
-                        reserved_micros: r.get(1)?,
-                    })
-                })
-                .optional()?;
-            Ok(Done::Keep(spend.unwrap_or(Spend {
-                spent_micros: 0,
-                reserved_micros: 0,
-            })))
-        })
-        .await
-    }
-
-    pub async fn rows_since(&self, since_ms: i64) -> Result<Vec<ReportRow>, LedgerError> {
-        self.call(move |c| {
-            let rows = c
-                .prepare(&store::select_rows(
-                    "started_at_ms >= ? ORDER BY started_at_ms",
-                ))?
-                .query_map([since_ms], report_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(Done::Keep(rows))
-        })
-        .await
-    }
-
-    pub async fn rows_of(&self, request_id: &str) -> Result<Vec<ReportRow>, LedgerError> {
-        let request_id = request_id.to_string();
-        self.call(move |c| {
-            let rows = c
-                .prepare_cached(&store::select_rows(store::OF_REQUEST_ID))?
-                .query_map([&request_id], report_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(Done::Keep(rows))
-        })
-        .await
-    }
-
     /// How many transactions the writer ran (tests only).
     #[cfg(test)]
     pub fn batches(&self) -> u64 {

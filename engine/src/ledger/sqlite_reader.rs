@@ -1,17 +1,19 @@
-//! The SQLite ledger's console reads (see `console.rs`): on a read-only
-//! connection of their own for a ledger in a file (WAL: they never wait
-//! for the writer, nor it for them), through the writer thread only for
-//! a ledger in memory, which one connection alone can see.
+//! The SQLite ledger's reads (a budget's spend, rows for reports, and the
+//! console's, see `console.rs`): on a read-only connection of their own
+//! for a ledger in a file (WAL: they never wait for the writer, nor it for
+//! them, and each sees every commit answered before it), through the
+//! writer thread only for a ledger in memory, which one connection alone
+//! can see.
 
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::console::{self, AlertFired, Param, RequestFilter, UsageBy, UsageCell};
 use super::report::Row;
 use super::sqlite::{SqliteStore, report_row};
 use super::sqlite_writer::Done;
-use super::{LedgerError, store};
+use super::{LedgerError, Spend, store};
 
 /// A read-only connection to the ledger's file.
 pub(super) struct Reader(Mutex<Connection>);
@@ -45,6 +47,47 @@ impl SqliteStore {
             }
             None => self.call(move |c| op(c).map(Done::Keep)).await,
         }
+    }
+
+    pub async fn spend(&self, scope: &str, day: &str) -> Result<Spend, LedgerError> {
+        let (scope, day) = (scope.to_string(), day.to_string());
+        let spend = self
+            .read(move |c| {
+                c.prepare_cached(store::SELECT_BUDGET)?
+                    .query_row(params![scope, day], |r| {
+                        Ok(Spend {
+                            spent_micros: r.get(0)?,
+                            reserved_micros: r.get(1)?,
+                        })
+                    })
+                    .optional()
+            })
+            .await?;
+        Ok(spend.unwrap_or(Spend {
+            spent_micros: 0,
+            reserved_micros: 0,
+        }))
+    }
+
+    pub async fn rows_since(&self, since_ms: i64) -> Result<Vec<Row>, LedgerError> {
+        self.read(move |c| {
+            c.prepare(&store::select_rows(
+                "started_at_ms >= ? ORDER BY started_at_ms",
+            ))?
+            .query_map([since_ms], report_row)?
+            .collect()
+        })
+        .await
+    }
+
+    pub async fn rows_of(&self, request_id: &str) -> Result<Vec<Row>, LedgerError> {
+        let request_id = request_id.to_string();
+        self.read(move |c| {
+            c.prepare_cached(&store::select_rows(store::OF_REQUEST_ID))?
+                .query_map([&request_id], report_row)?
+                .collect()
+        })
+        .await
     }
 
     pub async fn usage(

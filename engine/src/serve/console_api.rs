@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::{ResponseBody, Shared, auth, error_response, json_response, method_not_allowed};
 use crate::auth::ApiKey;
 use crate::budget::{Budget, OnExhausted};
-use crate::ledger::console::{Cursor, MAX_PAGE, RequestFilter, UsageBy};
+use crate::ledger::console::{AlertFired, Cursor, MAX_PAGE, RequestFilter, UsageBy};
 use crate::ledger::money::{format_usd, utc_day};
 use crate::ledger::report::Row;
 use crate::ledger::{MONTHLY, period};
@@ -56,7 +56,7 @@ pub(super) async fn answer(
         "/v1/overview" => overview(shared).await,
         "/v1/usage" => usage(shared, &q).await,
         "/v1/requests" => requests(shared, &q).await,
-        "/v1/budgets" => budgets(shared).await.map(|b| json!({ "budgets": b })),
+        "/v1/budgets" => budget_list(shared).await,
         p => {
             let id = &p["/v1/requests/".len()..];
             request(shared, id).await
@@ -390,14 +390,20 @@ fn declared_budgets(shared: &Shared) -> Vec<(&Budget, String)> {
     out
 }
 
-/// `GET /v1/budgets`: each budget's spent and reserved in its current
-/// period against its limit, its alert thresholds and those fired.
-async fn budgets(shared: &Shared) -> Result<Vec<Value>, Fail> {
+/// `GET /v1/budgets`.
+async fn budget_list(shared: &Shared) -> Result<Value, Fail> {
     let (_, day) = today(shared);
     let fired = shared.run.ledger.alerts(&day).await?;
+    Ok(json!({ "budgets": budgets(shared, &day, &fired).await? }))
+}
+
+/// Each budget's spent and reserved in its current period (`day`'s)
+/// against its limit, its alert thresholds and those of `fired` that are
+/// its.
+async fn budgets(shared: &Shared, day: &str, fired: &[AlertFired]) -> Result<Vec<Value>, Fail> {
     let mut out = Vec::new();
     for (b, owner) in declared_budgets(shared) {
-        let p = period(&b.scope, &day);
+        let p = period(&b.scope, day);
         let spend = shared.run.ledger.spend(&b.scope, p).await?;
         let used = spend.spent_micros.saturating_add(spend.reserved_micros);
         let ppm = |m: i64| {
@@ -466,7 +472,7 @@ async fn overview(shared: &Shared) -> Result<Value, Fail> {
         "ttft_p95_ms": pct(0.95),
         "ttft_sample": ttft.len(),
         "streaming_now": shared.run.metrics.streams_now.get().max(0),
-        "budgets": budgets(shared).await?,
+        "budgets": budgets(shared, &day, &alerts).await?,
         "alerts": alerts,
         "ledger": shared.run.ledger.backend(),
         "config_version": shared.version,
