@@ -12,16 +12,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
+use common::console::{self, call, catalog, temp_db};
 use common::*;
 use http::StatusCode;
 use serde_json::Value;
-use sluice::compile::{Catalog, compile_sources};
 use sluice::ledger::report::{self, GroupBy};
 use sluice::serve::RunningServer;
-use sluice_testkit::{Fault, MockProvider, Reply, Script};
+use sluice_testkit::{MockProvider, Reply, Script};
 
 const ENDPOINTS: [&str; 5] = [
     "/v1/overview",
@@ -31,45 +29,6 @@ const ENDPOINTS: [&str; 5] = [
     "/v1/budgets",
 ];
 
-/// `chat` (a budget with alerts), `slow` (a 300 ms first-token deadline)
-/// and `tiny` (a budget nothing fits in), on a SQLite file.
-fn catalog(mock: &MockProvider, db: &str, keys: &str) -> Catalog {
-    let settings = (
-        PathBuf::from("settings.yaml"),
-        format!(
-            "storage: \"sqlite:{db}\"\nserver: {{shutdown_grace: 2s}}\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\n{keys}",
-            mock.base_url()
-        ),
-    );
-    let pipeline = |name: &str, extra: &str| {
-        (
-            PathBuf::from(format!("{name}.yaml")),
-            format!(
-                "name: {name}\nmodel: {{provider: mock, name: gpt-4o-mini}}\nlimits: {{max_tokens: 100}}\n{extra}"
-            ),
-        )
-    };
-    compile_sources(
-        &settings,
-        &[
-            pipeline(
-                "chat",
-                "timeouts: {first_token: 5s, total: 30s}\nbudget: {daily_usd: 0.001, alert_at: [0.01, 0.9]}\n",
-            ),
-            pipeline("slow", "timeouts: {first_token: 300ms, total: 30s}\n"),
-            pipeline("tiny", "budget: {daily_usd: 0.000001}\n"),
-        ],
-    )
-    .unwrap_or_else(|d| panic!("{d:#?}"))
-}
-
-fn temp_db(tag: &str) -> (PathBuf, String) {
-    let dir = std::env::temp_dir().join(format!("sluice-console-{tag}-{}", pg::uuid_like()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("ledger.db").display().to_string();
-    (dir, db)
-}
-
 async fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (StatusCode, Value) {
     let auth = key.map(|k| format!("Bearer {k}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
@@ -77,58 +36,15 @@ async fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (StatusCode, Va
     (status, json)
 }
 
-async fn call(addr: SocketAddr, pipeline: &str, id: &str, key: Option<&str>) -> StatusCode {
-    let auth = key.map(|k| format!("Bearer {k}"));
-    let mut headers: Vec<(&str, &str)> = vec![("x-request-id", id)];
-    headers.extend(auth.iter().map(|a| ("authorization", a.as_str())));
-    let (status, _, _) = call_with(
-        addr,
-        &format!("/v1/pipelines/{pipeline}"),
-        &headers,
-        Some(r#"{"input":"hi","stream":false}"#),
-    )
-    .await;
-    status
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_endpoints_show_what_the_ledger_holds() {
-    let mock = MockProvider::start(
-        Script::single(Reply::text(&["Hello", " there"]))
-            .then(Reply::text(&["late"]).fault(Fault::DelayHeaders(Duration::from_secs(5)))),
-    )
-    .await
-    .unwrap();
+    let mock = console::mock().await;
     let (dir, db) = temp_db("endpoints");
     let server = RunningServer::start(catalog(&mock, &db, ""), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let addr = server.addr;
-    assert_eq!(call(addr, "chat", "req-ok", None).await, StatusCode::OK);
-    assert_eq!(
-        call(addr, "slow", "req-slow", None).await,
-        StatusCode::GATEWAY_TIMEOUT
-    );
-    assert_eq!(
-        call(addr, "tiny", "req-tiny", None).await,
-        StatusCode::TOO_MANY_REQUESTS
-    );
-    let ledger = server.ledger();
-    // Every request concluded (settled, its alert claimed) before the
-    // numbers are read.
-    let today = sluice::ledger::money::utc_day(ledger.now_ms());
-    let mut rows = Vec::new();
-    for _ in 0..200 {
-        rows = ledger.rows_since(0).await.unwrap();
-        if rows.len() == 3
-            && rows.iter().all(|r| r.status != "pending")
-            && !ledger.alerts(&today).await.unwrap().is_empty()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    let rows = console::series(&server).await;
     let cost: i64 = rows.iter().map(|r| r.cost_micros).sum();
     assert!(cost > 0);
 

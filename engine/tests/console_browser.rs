@@ -19,17 +19,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::sdk::env_or_skip;
 use common::*;
-use http::StatusCode;
 use serde_json::Value;
-use sluice::compile::compile_sources;
 use sluice::serve::RunningServer;
-use sluice_testkit::{Fault, MockProvider, Reply, Script};
 
 /// What the page shows for an amount of micro-dollars (`Intl` en-US
 /// currency, 2 to 6 decimals).
@@ -87,79 +83,18 @@ async fn the_overview_draws_what_the_ledger_holds() {
     ) else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("sluice-console-page-{}", pg::uuid_like()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("ledger.db");
-    let mock = MockProvider::start(
-        Script::single(Reply::text(&["Hello", " there"]))
-            .then(Reply::text(&["late"]).fault(Fault::DelayHeaders(Duration::from_secs(5)))),
+    let mock = console::mock().await;
+    let (dir, db) = console::temp_db("page");
+    let server = RunningServer::start(
+        console::catalog(&mock, &db, ""),
+        "127.0.0.1:0".parse().unwrap(),
     )
     .await
     .unwrap();
-    let settings = (
-        PathBuf::from("settings.yaml"),
-        format!(
-            "storage: \"sqlite:{db}\"\nproviders:\n  mock: {{kind: openai, base_url: \"{}\"}}\nprices:\n  gpt-4o-mini: {{input: 1.0, output: 2.0}}\n",
-            mock.base_url(),
-            db = db.display(),
-        ),
-    );
-    let pipeline = |name: &str, extra: &str| {
-        (
-            PathBuf::from(format!("{name}.yaml")),
-            format!(
-                "name: {name}\nmodel: {{provider: mock, name: gpt-4o-mini}}\nlimits: {{max_tokens: 100}}\n{extra}"
-            ),
-        )
-    };
-    let catalog = compile_sources(
-        &settings,
-        &[
-            pipeline(
-                "chat",
-                "budget: {daily_usd: 0.001, alert_at: [0.01, 0.9]}\n",
-            ),
-            pipeline("slow", "timeouts: {first_token: 300ms, total: 30s}\n"),
-            pipeline("tiny", "budget: {daily_usd: 0.000001}\n"),
-        ],
-    )
-    .unwrap_or_else(|d| panic!("{d:#?}"));
-    let server = RunningServer::start(catalog, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
     let addr = server.addr;
-    for (pipeline, status) in [
-        ("chat", StatusCode::OK),
-        ("slow", StatusCode::GATEWAY_TIMEOUT),
-        ("tiny", StatusCode::TOO_MANY_REQUESTS),
-    ] {
-        let (got, _, _) = call_with(
-            addr,
-            &format!("/v1/pipelines/{pipeline}"),
-            &[],
-            Some(r#"{"input":"hi","stream":false}"#),
-        )
-        .await;
-        assert_eq!(got, status, "{pipeline}");
-    }
-    // Every request concluded and the alert claimed.
-    let mut overview = Value::Null;
-    for _ in 0..200 {
-        overview = call_with(addr, "/v1/overview", &[], None).await.2;
-        if overview["requests"] == 3
-            && overview["alerts"].as_array().is_some_and(|a| a.len() == 1)
-            && server
-                .ledger()
-                .rows_since(0)
-                .await
-                .unwrap()
-                .iter()
-                .all(|r| r.status != "pending")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    console::series(&server).await;
+    let overview = call_with(addr, "/v1/overview", &[], None).await.2;
+    assert_eq!(overview["requests"], 3, "{overview}");
     assert_eq!(overview["errors"], 2, "{overview}");
 
     let profile = std::env::temp_dir().join(format!("sluice-console-chromium-{}", pg::uuid_like()));
@@ -229,7 +164,7 @@ async fn the_overview_draws_what_the_ledger_holds() {
             "--json",
         ])
         .arg("--storage")
-        .arg(format!("sqlite:{}", db.display()))
+        .arg(format!("sqlite:{db}"))
         .output()
         .unwrap();
     assert!(

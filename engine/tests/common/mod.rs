@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chat;
+pub mod console;
 pub mod logs;
 pub mod pg;
 pub mod sdk;
