@@ -53,6 +53,7 @@ pub mod metrics;
 mod pipeline;
 pub mod progress;
 pub mod report;
+mod streamed;
 pub mod workload;
 
 use std::sync::atomic::{AtomicU64, Ordering};
